@@ -63,22 +63,15 @@ def to_llama_factory(resolved: ResolvedPlan) -> str:
     layer_rows = resolved.layer_rows()
     trained = [r["index"] for r in layer_rows if r["trainable_params"]]
     count, top_run = len(trained), list(range(anatomy.num_layers - len(trained), anatomy.num_layers))
-    if trained and trained != top_run and trained != list(range(count)):
+    if not trained:
+        raise FreezetuneError("cannot express this plan for LLaMA-Factory: its freeze mode trains at least one layer")
+    if trained != top_run and trained != list(range(count)):
         raise FreezetuneError(
-            "cannot express this plan as LLaMA-Factory freeze arguments: it trains only a contiguous run "
+            "cannot express this plan for LLaMA-Factory: it trains only a contiguous run "
             f"of top or bottom layers, and this plan trains layers {_ranges(trained)}"
         )
     layers = count if trained == top_run else -count
-    prefix = f"{anatomy.blocks_path}."
-    children = {}
-    for entry in anatomy.entries:
-        if entry.part == "block" and entry.layer in trained and entry.name == entry.tensor:
-            child = entry.name[len(prefix):].split(".")[1]
-            children.setdefault(child, set()).add(resolved.is_trainable(entry))
-    if all(states == {True} for states in children.values()):
-        modules = ["all"]
-    else:
-        modules = sorted(c for c, states in children.items() if states == {True})
+    modules = _llama_factory_modules(resolved, trained)
     extras = sorted({
         e.name.split(".")[-2] for e in anatomy.entries
         if e.part != "block" and e.name == e.tensor and resolved.is_trainable(e) and "." in e.name
@@ -93,6 +86,34 @@ def to_llama_factory(resolved: ResolvedPlan) -> str:
     if extras:
         config["freeze_extra_modules"] = ",".join(extras)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _llama_factory_modules(resolved: ResolvedPlan, trained: list[int]) -> list[str]:
+    """The block children trained in every trainable layer: LLaMA-Factory uses one list for all."""
+    prefix = f"{resolved.anatomy.blocks_path}."
+    states: dict[int, dict[str, set[bool]]] = {layer: {} for layer in trained}
+    for entry in resolved.anatomy.entries:
+        if entry.part == "block" and entry.layer in states and entry.name == entry.tensor:
+            child = entry.name[len(prefix):].split(".")[1]
+            states[entry.layer].setdefault(child, set()).add(resolved.is_trainable(entry))
+    per_layer = {}
+    for layer, children in states.items():
+        partial = [c for c, s in children.items() if s == {True, False}]
+        if partial:
+            raise FreezetuneError(
+                f"cannot express this plan for LLaMA-Factory: it trains whole modules, and this plan trains "
+                f"part of '{partial[0]}' in layer {layer}"
+            )
+        per_layer[layer] = sorted(c for c, s in children.items() if s == {True})
+    distinct = {tuple(m) for m in per_layer.values()}
+    if len(distinct) > 1:
+        raise FreezetuneError(
+            "cannot express this plan for LLaMA-Factory: it trains the same modules in every trainable layer, "
+            f"and this plan trains {' vs '.join('+'.join(m) for m in sorted(distinct))} in different layers"
+        )
+    modules = list(distinct.pop()) if distinct else []
+    every_child = {c for children in states.values() for c in children}
+    return ["all"] if modules and set(modules) == every_child else modules
 
 
 def _check(tool: str, selected: set[str] | None, resolved: ResolvedPlan) -> None:

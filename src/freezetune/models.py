@@ -135,18 +135,21 @@ def resolve_model_path(name: str, cache_dir: Path | None = None) -> Path:
 
 
 def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a causal LM (or, for encoders such as BERT, a masked LM) from a local source."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    """Load a model from a local source, as the class its config declares (a causal LM by default)."""
+    import transformers
 
     path = resolve_model_path(name, cache_dir)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise FreezetuneError(f"{name}: unreadable config.json in {path}: {exc}") from None
+    # the config's own `architectures` keeps an encoder (BERT) from becoming a causal LM
+    declared = [getattr(transformers, a, None) for a in (config.architectures or [])]
+    candidates = [c for c in declared if c is not None] + [transformers.AutoModelForCausalLM, transformers.AutoModel]
     errors = []
-    for auto in (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModel):
+    for model_class in candidates:
         try:
-            model = auto.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+            model = model_class.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
             return LoadedModel(name=name, path=path, model=model)
         except ValueError as exc:  # "Unrecognized configuration class" for this auto class
             errors.append(str(exc).splitlines()[0])

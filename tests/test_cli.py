@@ -1,0 +1,112 @@
+"""The plan command as a user runs it: output, JSON shape, and one-line errors with exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from freezetune.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_table(capsys, tiny_llama_dir):
+    code, out, _ = run(capsys, "plan", str(tiny_llama_dir), "freeze bottom 75%")
+    assert code == 0
+    assert "    2          " in out and "frozen" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert lines["3"].endswith("trainable") and lines["2"].endswith("frozen")
+    assert lines["embeddings"].endswith("frozen") and lines["norm"].endswith("trainable")
+    assert "lowest trainable block: 3" in out
+    assert "full fine-tune" in out
+
+
+def test_plan_json_fields(capsys, tiny_llama_dir):
+    code, out, _ = run(capsys, "plan", str(tiny_llama_dir), "train top 1", "--json", "--seq-len", "128", "--dtype", "bfloat16")
+    assert code == 0
+    info = json.loads(out)
+    assert info["model"] == str(tiny_llama_dir)
+    assert info["num_layers"] == 4 and info["lowest_trainable_layer"] == 3
+    assert [row["trainable_params"] > 0 for row in info["layers"]] == [False, False, False, True]
+    assert {"index", "params", "trainable_params"} <= set(info["layers"][0])
+    assert info["trainable_params"] == info["layers"][3]["params"]
+    assert info["total_params"] > info["trainable_params"] > 0
+    assert info["memory_estimate_bytes"]["total"] < info["full_finetune_memory_estimate_bytes"]["total"]
+    assert info["memory_settings"] == {"seq_len": 128, "batch_size": 4, "dtype": "bfloat16", "optimizer": "AdamW"}
+
+
+def test_plan_formats(capsys, tiny_llama_dir):
+    code, out, _ = run(capsys, "plan", str(tiny_llama_dir), "train top 2", "--format", "llama-factory")
+    assert code == 0 and "freeze_trainable_layers: 2" in out
+    code, out, _ = run(capsys, "plan", str(tiny_llama_dir), "train top 1", "--format", "axolotl")
+    assert code == 0 and "- ^model.layers.3.mlp.down_proj.weight$" in out
+
+
+def test_plan_from_yaml_file(capsys, tiny_llama_dir, tmp_path):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("- freeze all\n- train: mlp@top 1\n")
+    code, out, _ = run(capsys, "plan", str(tiny_llama_dir), str(plan_file), "--json")
+    assert code == 0 and json.loads(out)["plan"] == ["freeze all", "train mlp@top 1"]
+
+
+def _bad_inputs(tmp_path, model_dir):
+    not_model = tmp_path / "notes.txt"
+    not_model.write_text("hello")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    bad_gguf = tmp_path / "broken.gguf"
+    bad_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    m = str(model_dir)
+    return [
+        (["plan", "no-such-model", "freeze all"], "unknown model 'no-such-model': not an embedded model (smollm2-135m)"),
+        (["plan", "someorg/not-cached", "freeze all"], "unknown model 'someorg/not-cached'"),
+        (["plan", "./missing/folder", "freeze all"], "model path ./missing/folder does not exist"),
+        (["plan", str(not_model), "freeze all"], "notes.txt is not a model: expected a folder with config.json or a .gguf file"),
+        (["plan", str(empty_dir), "freeze all"], "empty is not a model"),
+        (["plan", str(bad_gguf), "freeze all"], "broken.gguf is not a GGUF model transformers can read"),
+        (["plan", m, "freeze sideways 3"], "plan rule 1 'freeze sideways 3' at column 1: unknown selector 'sideways 3'"),
+        (["plan", m, "freeze all; train re:("], "plan rule 2 'train re:(' at column 13: invalid regular expression"),
+        (["plan", m, "freeze layers 9"], "layer 9 is out of range: the model has 4 blocks (0-3)"),
+        (["plan", m, "freeze all; train re:nothing"], "plan rule 2 'train re:nothing' at column 13: matches no parameter"),
+        (["plan", m, " ; "], "empty plan"),
+        (["plan", m, "freeze all"], "plan rule 1 'freeze all' at column 1: the plan leaves nothing trainable"),
+        (["plan", m, str(tmp_path / "gone.yaml")], "plan file"),
+        (["plan", m, "train layers 0,2", "--format", "llama-factory"], "cannot express this plan for LLaMA-Factory"),
+        (["plan", m, "freeze all; train head", "--seq-len", "0"], "--seq-len must be at least 1, got 0"),
+    ]
+
+
+def test_every_bad_input_is_one_line_and_exit_2(capsys, tmp_path, tiny_llama_dir):
+    for argv, message in _bad_inputs(tmp_path, tiny_llama_dir):
+        code, out, err = run(capsys, *argv, "--cache-dir", str(tmp_path / "cache"))
+        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and lines[0].startswith("freezetune plan: error: "), (argv, err)
+        assert message in lines[0], (argv, lines[0])
+        assert out == ""
+
+
+def test_console_script_exit_status(tiny_llama_dir):
+    ok = subprocess.run([sys.executable, "-m", "freezetune", "plan", str(tiny_llama_dir), "train top 1"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "lowest trainable block: 3" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "freezetune", "plan", str(tiny_llama_dir), "freeze layers 12"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("freezetune plan: error: plan rule 1 'freeze layers 12'")
+
+
+def test_help_comes_from_the_typed_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for flag in ("--seq-len", "--batch-size", "--dtype", "--json", "--format", "--cache-dir"):
+        assert flag in out
+    assert "{axolotl,llama-factory}" in out

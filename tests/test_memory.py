@@ -1,0 +1,41 @@
+from conftest import build_tiny
+from freezetune.anatomy import find_anatomy
+from freezetune.plan import FreezePlan
+from freezetune.preview import describe
+from freezetune.resolve import resolve
+
+
+def estimate(text, dtype="float32", arch="llama"):
+    resolved = resolve(FreezePlan.parse(text), find_anatomy(build_tiny(arch)))
+    info = describe(resolved, arch, seq_len=64, batch_size=2, dtype=dtype)
+    return resolved, info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
+
+
+def test_full_finetune_costs_follow_bytes_per_parameter():
+    resolved, mine, full = estimate("freeze bottom 50%")
+    total = resolved.total_params
+    assert full["weights"] == 4 * total and full["gradients"] == 4 * total and full["optimizer"] == 8 * total
+    assert mine["weights"] == 4 * total
+    assert mine["gradients"] == 4 * resolved.trainable_params
+    assert mine["optimizer"] == 8 * resolved.trainable_params
+    for kind in (mine, full):
+        assert kind["total"] == sum(v for k, v in kind.items() if k != "total")
+
+
+def test_mixed_precision_keeps_fp32_master_and_moments():
+    resolved, mine, full = estimate("freeze bottom 50%", dtype="bfloat16")
+    assert full["weights"] == 2 * resolved.total_params
+    assert mine["gradients"] == 2 * resolved.trainable_params
+    assert mine["optimizer"] == 12 * resolved.trainable_params
+
+
+def test_activations_scale_with_the_blocks_the_backward_runs_through():
+    _, half, full = estimate("freeze bottom 50%")
+    _, quarter, _ = estimate("freeze bottom 75%")
+    _, embeddings_train, _ = estimate("freeze layers 0-2")  # embeddings still train: full depth
+    assert quarter["activations"] < half["activations"] < full["activations"]
+    assert embeddings_train["activations"] == full["activations"]
+    assert half["logits"] == full["logits"] == 8 * 2 * 64 * 128
+    # two of four blocks keep activations, plus the frozen prefix's output
+    prefix_output = 2 * 64 * 32 * 2 * 2
+    assert half["activations"] - prefix_output == full["activations"] // 2

@@ -1,0 +1,76 @@
+"""Loading from every local source; the real embedded model is an integration test."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from freezetune import FreezePlan, find_anatomy, load_model, resolve
+from freezetune.cli import main
+from freezetune.errors import FreezetuneError
+from freezetune.models import DEFAULT_CACHE_DIR
+
+
+def test_load_local_folder(tiny_llama_dir):
+    loaded = load_model(str(tiny_llama_dir))
+    assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    assert loaded.path == tiny_llama_dir
+    with pytest.raises(FreezetuneError, match="no usable tokenizer"):
+        loaded.tokenizer
+
+
+def test_encoder_models_load_as_masked_lm(tmp_path):
+    from conftest import build_tiny
+
+    build_tiny("bert").save_pretrained(tmp_path)
+    assert type(load_model(str(tmp_path)).model).__name__ == "BertForMaskedLM"
+
+
+def test_hub_id_from_the_local_cache_only(tmp_path, tiny_llama_dir):
+    # lay out a local HF cache by hand: models--org--name/{refs/main, snapshots/<rev>/...}
+    repo = tmp_path / "hub" / "models--tinyorg--tiny-llama"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_llama_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"))
+    ok = subprocess.run([sys.executable, "-m", "freezetune", "plan", "tinyorg/tiny-llama", "train top 1", "--json"],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["num_layers"] == 4
+    missing = subprocess.run([sys.executable, "-m", "freezetune", "plan", "tinyorg/other", "train top 1"],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "freezetune never downloads" in missing.stderr
+
+
+@pytest.mark.integration
+def test_embedded_default_model(capsys):
+    """`freezetune plan smollm2-135m "freeze bottom 75%"` on the real GGUF model, cached after the first load."""
+    code = main(["plan", "smollm2-135m", "freeze bottom 75%", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert info["num_layers"] == 30 and info["model_class"] == "LlamaForCausalLM"
+    assert info["total_params"] == 134_515_008
+    assert [row["index"] for row in info["layers"] if row["trainable_params"]] == list(range(22, 30))
+    assert all(row["trainable_params"] == row["params"] for row in info["layers"][22:])
+    parts = {row["part"]: row for row in info["parts"]}
+    assert parts["embeddings"]["state"] == "frozen"
+    assert parts["head"]["state"] == "frozen" and parts["head"]["tied_to"] == ["model.embed_tokens.weight"]
+    assert parts["norm"]["state"] == "trainable"
+    assert info["lowest_trainable_layer"] == 22
+    assert any("lm_head.weight is frozen too" in notice for notice in info["notices"])
+    assert info["memory_estimate_bytes"]["total"] < 0.6 * info["full_finetune_memory_estimate_bytes"]["total"]
+
+    # the conversion is cached: a second load reads the HF folder and is quick
+    cached = [p for p in DEFAULT_CACHE_DIR.iterdir() if p.name.startswith("SmolLM2-135M-Instruct")]
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    start = time.perf_counter()
+    loaded = load_model("smollm2-135m")
+    assert time.perf_counter() - start < 10
+    assert loaded.tokenizer.chat_template and loaded.tokenizer.eos_token == "<|im_end|>"
+    resolved = resolve(FreezePlan.parse("train mlp@layers 20-29"), find_anatomy(loaded.model))
+    assert resolved.lowest_trainable_layer == 20 and len(resolved.trainable_names()) == 30
