@@ -46,3 +46,42 @@ def tiny_llama_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
     build_tiny("llama").save_pretrained(path)
     return path
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 320, chat_template: bool = True):
+    """A byte-level BPE tokenizer trained in-process on a few sentences (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["Please send three red mugs to Alice in Lyon by Friday.", "name=Alice; city=Lyon; qty=3",
+              "The quick brown fox jumps over the lazy dog.", "def function(argument): return value"] * 20
+    core.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>", eos_token="<|im_end|>",
+                                        bos_token="<|im_start|>")
+    if chat_template:
+        tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """A tiny Llama with a matching chat tokenizer, saved as an HF folder: `train --model` takes it."""
+    path = tmp_path_factory.mktemp("tiny-chat-llama")
+    tokenizer = build_tokenizer()
+    config_cls, model_cls, kwargs = ARCHITECTURES["llama"]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**dict(kwargs, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2, bos_token_id=1)))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

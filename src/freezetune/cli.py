@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+from freezetune.config import TrainConfig
 from freezetune.errors import FreezetuneError
-from freezetune.options import PlanOptions, add_options, from_namespace
+from freezetune.options import ExportOptions, GenerateOptions, PlanOptions, add_options, from_namespace, read_config_file
+
+
+def _cache(options) -> Path | None:
+    return Path(options.cache_dir) if options.cache_dir else None
 
 
 def run_plan(options: PlanOptions) -> str:
@@ -22,8 +28,7 @@ def run_plan(options: PlanOptions) -> str:
     from freezetune.resolve import resolve
 
     plan = FreezePlan.from_argument(options.plan)  # before loading: a typo fails in milliseconds
-    cache_dir = Path(options.cache_dir) if options.cache_dir else None
-    loaded = load_model(options.model, cache_dir=cache_dir)
+    loaded = load_model(options.model, cache_dir=_cache(options))
     resolved = resolve(plan, find_anatomy(loaded.model))
     if options.format:
         return render(resolved, options.format).rstrip("\n")
@@ -31,24 +36,100 @@ def run_plan(options: PlanOptions) -> str:
     return json.dumps(info, indent=2) if options.json else render_text(info)
 
 
-COMMANDS = {"plan": (PlanOptions, run_plan)}
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint and return; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nfreezetune: {signal.Signals(signum).name} received, saving a checkpoint…", file=sys.stderr)
+
+
+def run_train(config: TrainConfig) -> str:
+    """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
+    from freezetune.engine import Trainer
+    from freezetune.session import open_session
+
+    session = open_session(config)
+    print(f"run folder: {session.run_dir}", file=sys.stderr)
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = Trainer(session, log=lambda m: print(m, file=sys.stderr)).run(should_stop=lambda: stop.requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if result["status"] != "finished":
+        return f"interrupted at step {result['step']}: {result['run_dir']}"
+    before, after = result["before"], result["after"]
+    summary = f"eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
+    if "exact_match" in after:
+        summary += f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"
+    return f"finished {result['step']} steps: {summary}\nrun: {result['run_dir']}"
+
+
+def run_export(options: ExportOptions) -> str:
+    from freezetune.export import export_run
+
+    return f"exported to {export_run(Path(options.run), Path(options.out), _cache(options), options.base)}"
+
+
+def run_generate(options: GenerateOptions) -> str:
+    from freezetune.evaluation import generate
+    from freezetune.export import is_run, load_run
+    from freezetune.models import load_model
+
+    loaded = load_run(Path(options.source), _cache(options)) if is_run(options.source) else load_model(options.source, _cache(options))
+    tokenizer = loaded.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": options.prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(options.prompt)["input_ids"]
+    return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu")[0]
+
+
+COMMANDS = {
+    "plan": (PlanOptions, run_plan),
+    "train": (TrainConfig, run_train),
+    "export": (ExportOptions, run_export),
+    "generate": (GenerateOptions, run_generate),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freezetune", description="Fine-tune language models with layer freezing.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, _) in COMMANDS.items():
-        add_options(commands.add_parser(name, help=cls.__doc__, description=cls.__doc__), cls)
+        sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        if cls is TrainConfig:
+            sub.add_argument("--config", help="YAML file of these options; flags given here override it")
+        add_options(sub, cls, overrides_only=cls is TrainConfig)
     return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from freezetune.session import resumed_config
+
+    base = read_config_file(TrainConfig, Path(args.config)) if args.config else {}
+    config = from_namespace(TrainConfig, args, base)
+    if config.resume:
+        given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
+        config = resumed_config(config, given)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cls, command = COMMANDS[args.command]
-    options = from_namespace(cls, args)
-    if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
-        options.cache_dir = os.environ["FREEZETUNE_CACHE"]
     try:
+        options = _train_config(args) if cls is TrainConfig else from_namespace(cls, args)
+        if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
+            options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         options.validate()
         print(command(options))
     except FreezetuneError as exc:

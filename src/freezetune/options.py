@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from freezetune.errors import FreezetuneError
 from freezetune.formats import FORMATS
@@ -39,22 +43,99 @@ class PlanOptions:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+@dataclass
+class ExportOptions:
+    """Merge a run's trained tensors into its base model and write a standard HF model folder."""
+
+    run: str = opt(help="run folder written by `freezetune train`", positional=True)
+    out: str = opt(help="folder to write (replaced atomically)")
+    base: str | None = opt(None, help="load the base model from here instead of the manifest's name (must hash the same)")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass
+class GenerateOptions:
+    """Greedy generation from a run folder or a model, for a quick look."""
+
+    source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
+    prompt: str = opt(help="user message (rendered with the chat template when the tokenizer has one)")
+    max_new_tokens: int = opt(64, help="token limit")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool = False) -> None:
+    """One flag per field. ``overrides_only``: unset flags stay out of the namespace, so that
+    only what the user typed overrides a config file."""
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         meta, kind = item.metadata, hints[item.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        flag = f"--{item.name.replace('_', '-')}"
+        default = argparse.SUPPRESS if overrides_only else item.default
         if meta.get("positional"):
             parser.add_argument(item.name, help=meta["help"])
         elif base is bool:
-            parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, action="store_true", help=meta["help"])
+            parser.add_argument(flag, dest=item.name, action="store_true", default=default, help=meta["help"])
         else:
-            default_text = "" if item.default is None else f" (default {item.default})"
-            parser.add_argument(
-                f"--{item.name.replace('_', '-')}", dest=item.name, type=base, default=item.default,
-                choices=meta.get("choices"), help=meta["help"] + default_text,
-            )
+            required = item.default is dataclasses.MISSING
+            default_text = "" if item.default is None or required else f" (default {item.default})".replace("%", "%%")
+            parser.add_argument(flag, dest=item.name, type=base, default=None if required else default,
+                                required=required, choices=meta.get("choices"), help=meta["help"] + default_text)
 
 
-def from_namespace(cls: type, namespace: argparse.Namespace):
-    return cls(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(cls)})
+def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None = None):
+    """Build ``cls`` from dataclass defaults, then ``base`` (a config file), then the namespace."""
+    values = dict(base or {})
+    values.update({f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+    return cls(**values)
+
+
+def read_config_file(cls: type, path: Path) -> dict:
+    """A YAML/JSON mapping of ``cls`` fields, checked key by key; errors give the file and line."""
+    if not path.is_file():
+        raise FreezetuneError(f"config file {path} does not exist")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FreezetuneError(f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise FreezetuneError(f"config file {path} line {root.start_mark.line + 1}: expected a mapping of options")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key_node, value_node in root.value:
+        key = str(key_node.value).replace("-", "_")
+        where = f"config file {path} line {key_node.start_mark.line + 1}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise FreezetuneError(f"{where}: unknown option '{key_node.value}'{hint}")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        values[key] = _coerce(value, hints[key], fields[key], where)
+    return values
+
+
+def _coerce(value, kind, item, where: str):
+    allowed = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    if value is None and type(None) in typing.get_args(kind):
+        return None
+    target = allowed[0]
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise FreezetuneError(f"{where}: '{item.name}' must be {target.__name__}, got {value!r}")
+    choices = item.metadata.get("choices")
+    if choices and value not in choices:
+        raise FreezetuneError(f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,172 @@
+"""The run directory: a manifest, only the trained tensors, metrics, and resumable checkpoints.
+
+    RUN/manifest.json              base model (name, path, sha256), plan, trainable names, config, versions
+    RUN/trainable.safetensors      the trained tensors only (peft-style: small and tied to the base by hash)
+    RUN/metrics.jsonl              one line per logged step
+    RUN/eval.json                  final evaluation
+    RUN/checkpoints/step-000120/   trainable.safetensors, optimizer.pt, state.json
+
+Every write that matters goes to a staging name first and is renamed into place, so an
+interrupted save leaves the previous good file or checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from freezetune.errors import FreezetuneError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+KEEP_CHECKPOINTS = 2
+
+
+def model_hash(path: Path) -> str:
+    """sha256 over the weight files of an HF folder (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        raise FreezetuneError(f"{path} holds no weight files to hash")
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data) -> None:
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(staging, path)
+
+
+@contextmanager
+def staged_dir(target: Path):
+    """Yield an empty folder beside ``target``; it becomes ``target`` only if the block finishes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    from freezetune import __version__
+
+    return {"freezetune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def trainable_state(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().to("cpu").contiguous().clone() for name in names}
+
+
+def save_trainable(model: torch.nn.Module, names: list[str], path: Path) -> None:
+    staging = path.with_name(f".{path.name}.partial")
+    save_file(trainable_state(model, names), str(staging), metadata={"format": "pt"})
+    os.replace(staging, path)
+
+
+def load_trainable(model: torch.nn.Module, path: Path) -> list[str]:
+    """Copy saved tensors into the model's parameters; returns their names."""
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise FreezetuneError(f"{path}: tensor {unknown[0]} is not a parameter of {type(model).__name__}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return sorted(tensors)
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise FreezetuneError(f"{run_dir} is not a freezetune run: no manifest.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FreezetuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def check_base(manifest: dict, base_sha256: str, run_dir: Path) -> None:
+    expected = manifest["base_model"]["sha256"]
+    if expected != base_sha256:
+        raise FreezetuneError(
+            f"{run_dir} was trained on base model {manifest['base_model']['name']} with sha256 {expected[:12]}…, "
+            f"but the model loaded has sha256 {base_sha256[:12]}…; refusing to mix them"
+        )
+
+
+# --- resumable checkpoints ------------------------------------------------------------------
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (staging folders start with '.' and are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, names: list[str], optimizer, scheduler, state: dict) -> Path:
+    target = Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    with staged_dir(target) as staging:
+        save_file(trainable_state(model, names), str(staging / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> dict:
+    load_trainable(model, checkpoint / "trainable.safetensors")
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

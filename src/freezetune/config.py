@@ -1,0 +1,59 @@
+"""TrainConfig: every training option, typed, documented once (this is also `train --help`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from freezetune.errors import FreezetuneError
+from freezetune.options import opt
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CACHE_MODES = ("off", "memory", "disk", "auto")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a model under a freeze plan (full fine-tuning is the plan 'train all')."""
+
+    model: str = opt("smollm2-135m", help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache")
+    plan: str = opt("freeze bottom 75%", help="freeze plan text, or a .yaml/.json/.txt plan file")
+    objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed", choices=("sft", "cpt"))
+    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: the built-in order task (sft) or stdlib docstrings (cpt)")
+    eval_data: str | None = opt(None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data")
+    seq_len: int = opt(256, help="maximum tokens per example (SFT truncates, CPT packs to this length)")
+    batch_size: int = opt(8, help="examples per micro-batch")
+    grad_accum: int = opt(1, help="micro-batches per optimizer step")
+    max_steps: int = opt(0, help="optimizer steps to run; 0 = run --epochs")
+    epochs: float = opt(2.0, help="passes over the training data when --max-steps is 0")
+    lr: float = opt(2e-4, help="peak learning rate (AdamW)")
+    warmup: int = opt(10, help="linear warmup steps before the cosine decay")
+    weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
+    max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
+    seed: int = opt(0, help="seed for data order, initialisation and sampling")
+    precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
+    eval_every: int = opt(0, help="evaluate every N steps; 0 = only before and after training")
+    save_every: int = opt(50, help="write a resumable checkpoint every N steps; 0 = only at the end")
+    gradient_checkpointing: bool = opt(False, help="recompute activations of the trained blocks only (never the frozen prefix)")
+    prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto (by size)", choices=CACHE_MODES)
+    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
+    out: str | None = opt(None, help="run folder to write (default runs/<model>-<time>)")
+    log_with: str | None = opt(None, help="also log to an accelerate tracker", choices=("tensorboard", "wandb"))
+    eval_generate: int = opt(40, help="held-out SFT examples to answer by greedy generation for exact match; 0 = none")
+    show_generations: int = opt(3, help="generations to print before and after training")
+    max_new_tokens: int = opt(48, help="token limit for generations")
+    cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
+
+    def validate(self) -> None:
+        for name in ("seq_len", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup", "eval_every", "save_every", "eval_generate", "show_generations"):
+            if getattr(self, name) < 0:
+                raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise FreezetuneError("give --max-steps or a positive --epochs")
+        if self.lr <= 0:
+            raise FreezetuneError(f"--lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

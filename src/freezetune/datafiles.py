@@ -1,0 +1,87 @@
+"""Reading training data files into records that remember where they came from.
+
+Formats: .jsonl, .json, .csv, .parquet, .txt, or a folder saved by HF ``datasets``
+(``save_to_disk``); ``datasets`` does the reading. Each record keeps its file and line (or
+row) so that a bad record is reported precisely.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from freezetune.errors import FreezetuneError
+
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass(frozen=True)
+class Record:
+    fields: dict
+    where: str  # "data.jsonl line 7", "data.csv line 3", "data.parquet row 12"
+
+
+def _jsonl_line_numbers(path: Path) -> list[int]:
+    """1-based numbers of the non-blank lines: datasets skips blank lines, so rows shift."""
+    with open(path, encoding="utf-8") as handle:
+        return [i for i, line in enumerate(handle, start=1) if line.strip()]
+
+
+def _locate_jsonl_error(path: Path) -> str:
+    """Find the first line that breaks the file, for an error datasets reports vaguely."""
+    types: dict[str, tuple[type, int]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"{path} line {number}: not valid JSON ({exc.msg})"
+            if not isinstance(record, dict):
+                return f"{path} line {number}: expected a JSON object, got {type(record).__name__}"
+            for key, value in record.items():
+                if value is None:
+                    continue
+                first = types.setdefault(key, (type(value), number))
+                if first[0] is not type(value):
+                    return (f"{path} line {number}: field '{key}' is {type(value).__name__}, "
+                            f"but line {first[1]} has {first[0].__name__}")
+    return ""
+
+
+def read_records(path_text: str) -> list[Record]:
+    """All records of one data file or saved dataset folder; errors name the file (and line)."""
+    import datasets
+
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise FreezetuneError(f"data file {path_text} does not exist")
+    if path.is_dir():
+        try:
+            table = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise FreezetuneError(f"{path_text} is not a dataset folder saved by `datasets` ({exc})") from None
+        if isinstance(table, datasets.DatasetDict):
+            table = table["train"] if "train" in table else next(iter(table.values()))
+        return [Record(dict(row), f"{path} row {i}") for i, row in enumerate(table)]
+    suffix = path.suffix.lower()
+    if suffix not in LOADERS:
+        raise FreezetuneError(f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder")
+    if suffix == ".txt":  # one document per file: a .txt is raw text for continued pre-training
+        text = path.read_text(encoding="utf-8", errors="strict")
+        return [Record({"text": text}, f"{path}")] if text.strip() else []
+    if suffix != ".parquet" and not path.read_text(encoding="utf-8").strip():
+        return []  # the caller says "no usable example", naming the data
+    try:
+        table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
+    except Exception as exc:  # pyarrow and datasets raise many types for a malformed file
+        detail = _locate_jsonl_error(path) if suffix in (".jsonl", ".json") else ""
+        raise FreezetuneError(detail or f"data file {path_text}: cannot be read: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    if suffix == ".jsonl":
+        lines = _jsonl_line_numbers(path)
+        return [Record(dict(row), f"{path} line {lines[i]}") for i, row in enumerate(table)]
+    # a CSV header is line 1; a JSON array and parquet only have rows
+    label = (lambda i: f"line {i + 2}") if suffix == ".csv" else (lambda i: f"record {i + 1}")
+    return [Record(dict(row), f"{path} {label(i)}") for i, row in enumerate(table)]

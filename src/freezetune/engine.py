@@ -1,0 +1,227 @@
+"""The one training loop. Every strategy is a set of trainable tensors; this loop only sees that.
+
+AdamW over trainable parameters only (frozen ones get no gradient and no optimizer state),
+linear warmup then cosine decay, gradient accumulation and clipping, under ``accelerate``.
+Data order is a seeded permutation per epoch, so the position in the data is a pure function
+of the step and a resumed run sees exactly the batches the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from freezetune.checkpoint import (
+    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json,
+)
+from freezetune.dataset import collate
+from freezetune.errors import FreezetuneError
+from freezetune.evaluation import eval_loss, exact_match, generate
+from freezetune.guards import FirstStepGuard
+from freezetune.prefix import PrefixRunner
+from freezetune.session import Session
+
+
+def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir))
+
+
+def build_optimizer(model, config):
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:  # frozen tensors never enter the optimizer: no state, no decay
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def build_scheduler(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # never 0, so the first step already moves the weights
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
+        self.s = session
+        self.config = session.config
+        self.log = log
+        self.progress = progress
+        self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir)
+        self.device = self.accelerator.device
+        seed_everything(self.config.seed)
+        self.model = session.loaded.model.to(self.device)
+        self.tokenizer = session.loaded.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
+        self.runner.probe(self.device)
+        self.names = session.resolved.trainable_names()
+        examples = len(session.train.examples)
+        self.batches_per_epoch = math.ceil(examples / self.config.batch_size)
+        self.total_steps = self.config.max_steps or max(
+            1, math.ceil(self.config.epochs * self.batches_per_epoch / self.config.grad_accum))
+        optimizer = build_optimizer(self.model, self.config)
+        scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        self.metrics_path = session.run_dir / "metrics.jsonl"
+
+    # --- data position is a function of the micro-batch index ----------------------------
+    def micro_batch(self, index: int) -> tuple[list[int], dict]:
+        epoch, position = divmod(index, self.batches_per_epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.s.train.examples), generator=generator).tolist()
+        ids = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
+        return ids, collate([self.s.train.examples[i] for i in ids], self.pad_id)
+
+    def evaluate(self, label: str) -> dict:
+        result = {"label": label}
+        result.update({f"eval_{k}": v for k, v in eval_loss(
+            self.model, self.runner, self.s.eval.examples, self.config.batch_size, self.pad_id, self.device).items()})
+        checkable = [e for e in self.s.eval.examples if e.reference is not None]
+        if self.config.objective == "sft" and checkable and self.config.eval_generate:
+            chosen = checkable[: self.config.eval_generate]
+            answers = generate(self.model, self.tokenizer, [e.prompt_ids for e in chosen], self.config.max_new_tokens, self.device)
+            result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
+            result["exact_match_examples"] = len(chosen)
+            result["generations"] = [
+                {"prompt": e.prompt_text, "reference": e.reference, "output": a}
+                for e, a in list(zip(chosen, answers))[: self.config.show_generations]
+            ]
+        return result
+
+    def _resume(self) -> int:
+        last = checkpoint_dirs(self.s.run_dir)[-1]
+        state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        step = state["step"]
+        if self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
+            kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            staging = self.metrics_path.with_suffix(".partial")
+            staging.write_text("".join(line + "\n" for line in kept))
+            staging.replace(self.metrics_path)
+        self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
+        return step
+
+    def _checkpoint(self, step: int) -> None:
+        save_checkpoint(self.s.run_dir, step, self.accelerator.unwrap_model(self.model), self.names,
+                        self.optimizer, self.scheduler, {"total_steps": self.total_steps})
+        if self.s.cache is not None:
+            self.s.cache.save()
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> dict:
+        config, run_dir = self.config, self.s.run_dir
+        for note in self.s.notes:
+            self.log(note)
+        start = self._resume() if config.resume else 0
+        before = read_manifest(run_dir).get("eval_before") if config.resume else None
+        if before is None:
+            before = self.evaluate("before")
+            self._update_manifest(eval_before=before)
+            self._show(before)
+        if config.log_with:
+            self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
+        guard = FirstStepGuard(self.accelerator.unwrap_model(self.model), set(self.names)) if start == 0 else None
+        self.runner.train_mode()
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
+        step = start
+        with open(self.metrics_path, "a") as metrics:
+            while step < self.total_steps:
+                if should_stop():
+                    self._checkpoint(step)
+                    bar.close()
+                    self.log(f"stopped at step {step}; continue with --resume {run_dir}")
+                    return {"status": "interrupted", "step": step, "run_dir": str(run_dir)}
+                record = self._step(step, guard)
+                guard = None
+                step += 1
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if config.log_with:
+                    self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if config.eval_every and step % config.eval_every == 0 and step < self.total_steps:
+                    result = self.evaluate(f"step {step}")
+                    metrics.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}) + "\n")
+                    self.runner.train_mode()
+                if config.save_every and step % config.save_every == 0 and step < self.total_steps:
+                    self._checkpoint(step)
+        bar.close()
+        self._checkpoint(step)
+        save_trainable(self.accelerator.unwrap_model(self.model), self.names, run_dir / "trainable.safetensors")
+        after = self.evaluate("after")
+        self._show(after)
+        write_json(run_dir / "eval.json", {"before": before, "after": after})
+        self._update_manifest(status="finished", steps=step)
+        if config.log_with:
+            self.accelerator.end_training()
+        return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
+
+    def _step(self, step: int, guard) -> dict:
+        config, started, losses, tokens = self.config, time.perf_counter(), [], 0
+        for micro in range(config.grad_accum):
+            ids, batch = self.micro_batch(step * config.grad_accum + micro)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            keys, lengths = [f"train:{i}" for i in ids], [len(self.s.train.examples[i].input_ids) for i in ids]
+            with self.runner.batch(keys, lengths), self.accelerator.autocast():
+                loss = self.model(**batch, use_cache=False).loss
+            if not torch.isfinite(loss):
+                done = checkpoint_dirs(self.s.run_dir)
+                kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
+                raise FreezetuneError(f"step {step + 1}: the loss is {loss.item()}; stopped ({kept})")
+            self.accelerator.backward(loss / config.grad_accum)
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+        if guard is not None:
+            guard.check_gradients()
+        if config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)  # None, not zeros: momentum must not move frozen weights
+        if guard is not None:
+            guard.check_update()
+        elapsed = time.perf_counter() - started
+        return {"step": step + 1, "loss": sum(losses) / len(losses), "lr": lr, "tokens": tokens,
+                "tokens_per_s": tokens / elapsed, "step_time_s": elapsed, "peak_memory_bytes": peak_memory_bytes(self.device)}
+
+    def _show(self, result: dict) -> None:
+        line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"
+        if "exact_match" in result:
+            line += f", exact match {100 * result['exact_match']:.1f}% of {result['exact_match_examples']}"
+        self.log(line)
+        for g in result.get("generations", []):
+            self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {g['output']}")
+
+    def _update_manifest(self, **fields) -> None:
+        manifest = read_manifest(self.s.run_dir)
+        manifest.update(fields)
+        write_json(self.s.run_dir / "manifest.json", manifest)

@@ -1,0 +1,49 @@
+"""Checks after the first optimizer step: the plan that was resolved is the plan that ran.
+
+Frozen tensors must be bit-identical (no stray optimizer state, weight decay or momentum),
+and every trainable tensor must have received a gradient and changed (catches tensors
+left out of the optimizer, and checkpointing that silently cut the gradient off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from freezetune.errors import FreezetuneError
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    raw = tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
+    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
+
+
+def _some(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+class FirstStepGuard:
+    def __init__(self, model: torch.nn.Module, trainable: set[str]):
+        self.params = dict(model.named_parameters())
+        self.trainable = trainable
+        self.before = {name: _digest(p) for name, p in self.params.items()}
+
+    def check_gradients(self) -> None:
+        missing = [n for n in self.params if n in self.trainable and self.params[n].grad is None]
+        if missing:
+            raise FreezetuneError(
+                f"first step: trainable tensor {_some(missing)} received no gradient; "
+                "the forward pass does not reach it, so training it would do nothing"
+            )
+        leaked = [n for n, p in self.params.items() if n not in self.trainable and p.grad is not None]
+        if leaked:
+            raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
+
+    def check_update(self) -> None:
+        moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(p) != self.before[n]]
+        if moved:
+            raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
+        still = [n for n, p in self.params.items() if n in self.trainable and _digest(p) == self.before[n]]
+        if still:
+            raise FreezetuneError(f"first step: trainable tensor {_some(still)} did not change after the optimizer step")

@@ -1,0 +1,155 @@
+"""Everything a training run needs before its first step: model, plan, data, run folder, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from freezetune.anatomy import find_anatomy
+from freezetune.checkpoint import checkpoint_dirs, model_hash, read_manifest, versions, write_json
+from freezetune.config import TrainConfig
+from freezetune.dataset import TokenizedData, cpt_examples, sft_examples, split_holdout
+from freezetune.datafiles import read_records
+from freezetune.errors import FreezetuneError
+from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
+from freezetune.plan import FreezePlan
+from freezetune.prefix import PrefixCache, prefix_depth
+from freezetune.resolve import ResolvedPlan, apply_plan, resolve
+from freezetune.tasks import order_task, stdlib_docstrings
+
+AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir"}
+
+
+@dataclass
+class Session:
+    config: TrainConfig
+    loaded: LoadedModel
+    base_sha256: str
+    resolved: ResolvedPlan
+    train: TokenizedData
+    eval: TokenizedData
+    run_dir: Path
+    cache: PrefixCache | None
+    notes: list[str]
+
+
+def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
+    """Train and eval examples; the built-in task or corpus when no data file is given."""
+    tokenize = sft_examples if config.objective == "sft" else cpt_examples
+    notes = []
+    if config.data is None:
+        if config.objective == "sft":
+            train_records, eval_records = order_task()
+            notes.append(f"data: built-in order-extraction task, {len(train_records)} train / {len(eval_records)} held-out")
+        else:
+            docs = stdlib_docstrings()
+            train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
+            notes.append(f"data: standard-library docstrings, {len(train_records)} train / {len(eval_records)} held-out documents")
+        train, held = tokenize(train_records, tokenizer, config.seq_len), tokenize(eval_records, tokenizer, config.seq_len)
+    else:
+        train = tokenize(read_records(config.data), tokenizer, config.seq_len)
+        if config.eval_data:
+            held = tokenize(read_records(config.eval_data), tokenizer, config.seq_len)
+        else:
+            train, held = split_holdout(train, 0.05, config.seed)
+            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data")
+    notes += train.notes + held.notes
+    if not held.examples:
+        raise FreezetuneError("no evaluation example: give --eval-data or more --data")
+    return train, held, notes
+
+
+def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([base_sha256, prefix_depth(resolved), resolved.plan.render(), config.seq_len, str(dtype)]).encode())
+    for example in train.examples + held.examples:
+        digest.update(json.dumps(example.input_ids).encode())
+    return digest.hexdigest()[:24]
+
+
+def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype) -> tuple[PrefixCache | None, str]:
+    depth = prefix_depth(resolved)
+    if config.prefix_cache == "off":
+        return None, "prefix cache: off"
+    if depth == 0:
+        return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
+    hidden = resolved.anatomy.dims.hidden_size
+    size = (train.num_tokens + held.num_tokens) * hidden * torch.tensor([], dtype=dtype).element_size()
+    mode = config.prefix_cache
+    if mode == "auto":
+        mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
+    path = None
+    if mode == "disk":
+        root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+        path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}.safetensors"
+    cache = PrefixCache(path)
+    where = f"on disk at {path}" if path else "in memory"
+    state = " (reused from an earlier run)" if cache.loaded_from_disk else ""
+    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for "
+                   f"{len(train.examples) + len(held.examples)} examples, {size / 2**20:.1f} MiB {where}{state}")
+
+
+def _run_dir(config: TrainConfig) -> Path:
+    if config.resume:
+        return Path(config.resume)
+    if config.out:
+        path = Path(config.out)
+        if (path / "manifest.json").exists():
+            raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
+        return path
+    slug = Path(config.model).name.replace(".gguf", "")
+    return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """The config of the run being resumed; a flag that would change its results is refused."""
+    manifest = read_manifest(Path(config.resume))
+    if not checkpoint_dirs(Path(config.resume)):
+        raise FreezetuneError(f"--resume {config.resume}: the run holds no checkpoint to continue from")
+    saved = dict(manifest["config"])
+    for key in given - RESUME_MAY_CHANGE:
+        if getattr(config, key) != saved.get(key):
+            raise FreezetuneError(
+                f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
+                "a resumed run keeps its config"
+            )
+    saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE})
+    return TrainConfig(**saved)
+
+
+def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Session:
+    config.validate()
+    plan = FreezePlan.from_argument(config.plan)  # a typo in the plan fails before the model loads
+    run_dir = _run_dir(config)
+    loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    base_sha256 = model_hash(loaded.path)
+    if config.resume:
+        manifest = read_manifest(run_dir)
+        if manifest["base_model"]["sha256"] != base_sha256:
+            raise FreezetuneError(f"--resume {run_dir}: the model {config.model} is not the base model this run started from")
+    resolved = resolve(plan, find_anatomy(loaded.model))
+    apply_plan(loaded.model, resolved)
+    train, held, notes = load_data(config, loaded.tokenizer)
+    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype)
+    notes.append(cache_note)
+    notes += [f"notice: {n}" for n in resolved.notices]
+    if not config.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "manifest.json", {
+            "status": "running",
+            "base_model": {"name": config.model, "path": str(loaded.path), "sha256": base_sha256,
+                           "class": type(loaded.model).__name__},
+            "plan": resolved.plan.to_list(),
+            "trainable_names": resolved.trainable_names(),
+            "trainable_params": resolved.trainable_params,
+            "total_params": resolved.total_params,
+            "config": config.to_dict(),
+            "versions": versions(),
+        })
+    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes)

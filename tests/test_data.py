@@ -1,0 +1,133 @@
+"""Data: every file format, each SFT record shape, loss masks, packing, and bad records."""
+
+import json
+
+import pytest
+
+from conftest import build_tokenizer
+from freezetune.datafiles import read_records
+from freezetune.dataset import IGNORE, cpt_examples, sft_examples, split_holdout
+from freezetune.errors import FreezetuneError
+
+TOKENIZER = build_tokenizer()
+PLAIN = build_tokenizer(chat_template=False)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def response_text(tokenizer, example):
+    return tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE])
+
+
+def test_every_file_format(tmp_path):
+    import datasets
+
+    rows = [{"prompt": "send two mugs", "completion": "qty=2"}, {"prompt": "send one lamp", "completion": "qty=1"}]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    (tmp_path / "b.json").write_text(json.dumps(rows))
+    (tmp_path / "c.csv").write_text("prompt,completion\nsend two mugs,qty=2\nsend one lamp,qty=1\n")
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for name in ("a.jsonl", "b.json", "c.csv", "d.parquet", "saved"):
+        records = read_records(str(tmp_path / name))
+        assert [r.fields["completion"] for r in records] == ["qty=2", "qty=1"], name
+    (tmp_path / "e.txt").write_text("Raw text for continued pre-training.\n")
+    assert read_records(str(tmp_path / "e.txt"))[0].fields == {"text": "Raw text for continued pre-training.\n"}
+    assert read_records(str(tmp_path / "a.jsonl"))[1].where.endswith("a.jsonl line 2")
+    assert read_records(str(tmp_path / "c.csv"))[1].where.endswith("c.csv line 3")
+
+
+def test_sft_shapes_put_loss_on_responses_only(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"prompt": "send two mugs", "completion": "qty=2"},
+        {"instruction": "extract", "input": "one lamp", "output": "qty=1"},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}, {"role": "user", "content": "qty?"},
+                      {"role": "assistant", "content": "qty=3"}]},
+    ])
+    data = sft_examples(read_records(str(path)), TOKENIZER, seq_len=256)
+    first, alpaca, chat = data.examples
+    assert response_text(TOKENIZER, first) == "qty=2<|im_end|>\n"
+    assert "extract\n\none lamp" in TOKENIZER.decode(alpaca.input_ids)
+    assert response_text(TOKENIZER, chat) == "hello<|im_end|>\nqty=3<|im_end|>\n"
+    assert TOKENIZER.decode(chat.prompt_ids).endswith("qty?<|im_end|>\n<|im_start|>assistant\n")
+    assert chat.reference == "qty=3" and chat.prompt_text == "qty?"
+
+
+def test_plain_tokenizer_without_template(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "send two mugs ", "completion": "qty=2"}])
+    (example,) = sft_examples(read_records(str(path)), PLAIN, seq_len=64).examples
+    assert response_text(PLAIN, example) == "qty=2<|im_end|>"
+    with pytest.raises(FreezetuneError, match="'messages' records need a tokenizer with a chat template"):
+        chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}])
+        sft_examples(read_records(str(chat)), PLAIN, seq_len=64)
+
+
+def test_truncation_is_counted_and_empty_responses_dropped(tmp_path):
+    path = write_jsonl(tmp_path / "long.jsonl", [
+        {"prompt": "short", "completion": "ok"},
+        {"prompt": "the quick brown fox " * 30, "completion": "lost"},
+        {"prompt": "a bit longer prompt here", "completion": "the quick brown fox jumps " * 10},
+    ])
+    data = sft_examples(read_records(str(path)), TOKENIZER, seq_len=48)
+    assert data.truncated == 2 and data.dropped == 1 and len(data.examples) == 2
+    assert all(len(e.input_ids) <= 48 for e in data.examples)
+    assert data.notes == ["2 example(s) longer than --seq-len 48 were truncated; 1 lost their whole response and were skipped"]
+
+
+def test_cpt_packs_text_into_blocks(tmp_path):
+    (tmp_path / "corpus.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    data = cpt_examples(read_records(str(tmp_path / "corpus.txt")), TOKENIZER, seq_len=32)
+    assert all(len(e.input_ids) == 32 for e in data.examples[:-1])
+    assert all(e.labels == e.input_ids for e in data.examples)
+    total = len(TOKENIZER("The quick brown fox jumps over the lazy dog. " * 40, add_special_tokens=False)["input_ids"]) + 1
+    assert data.num_tokens == total
+
+
+def test_holdout_split_is_seeded_and_disjoint(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(40)])
+    data = sft_examples(read_records(str(path)), TOKENIZER, 64)
+    train, held = split_holdout(data, 0.05, seed=3)
+    again, _ = split_holdout(data, 0.05, seed=3)
+    assert len(held.examples) == 2 and len(train.examples) == 38
+    assert {e.where for e in train.examples}.isdisjoint({e.where for e in held.examples})
+    assert [e.where for e in again.examples] == [e.where for e in train.examples]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "bad.jsonl line 2: field 'completion' is missing"),
+        ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "", "completion": "b"}\n', "bad.jsonl line 3: field 'prompt' is empty"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 3}\n', "bad.jsonl line 2: field 'completion' must be a string, got int"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n', "bad.jsonl line 2: not valid JSON"),
+        ('{"question": "a"}\n', "bad.jsonl line 1: no SFT fields; expected 'prompt'+'completion'"),
+        ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
+        ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
+        ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed record(s): "),
+    ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path, content, message):
+    (tmp_path / "bad.jsonl").write_text(content)
+    with pytest.raises(FreezetuneError) as error:
+        sft_examples(read_records(str(tmp_path / "bad.jsonl")), TOKENIZER, 64)
+    assert message in str(error.value)
+
+
+def test_missing_unsupported_and_empty_data(tmp_path):
+    with pytest.raises(FreezetuneError, match="data file .*nothing.jsonl does not exist"):
+        read_records(str(tmp_path / "nothing.jsonl"))
+    (tmp_path / "data.xml").write_text("<a/>")
+    with pytest.raises(FreezetuneError, match="unsupported type '.xml'"):
+        read_records(str(tmp_path / "data.xml"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(FreezetuneError, match="no usable CPT example"):
+        cpt_examples(read_records(str(tmp_path / "empty.txt")), TOKENIZER, 32)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(FreezetuneError, match="no usable SFT example"):
+        sft_examples(read_records(str(tmp_path / "empty.jsonl")), TOKENIZER, 32)
