@@ -1,0 +1,156 @@
+"""The training loop on a tiny chat model: run folder, cache equivalence, guards, resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from freezetune.config import TrainConfig
+from freezetune.engine import Trainer
+from freezetune.errors import FreezetuneError
+from freezetune.session import open_session
+
+
+@pytest.fixture
+def order_data(tmp_path):
+    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(24)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    held = tmp_path / "eval.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    return train, held
+
+
+def config_for(model_dir, data, out, **overrides):
+    train, held = data
+    values = dict(model=str(model_dir), data=str(train), eval_data=str(held), out=str(out), batch_size=4,
+                  max_steps=6, lr=1e-2, warmup=1, seq_len=64, eval_generate=2, show_generations=1,
+                  max_new_tokens=8, save_every=2)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def train(config, **run_kwargs):
+    return Trainer(open_session(config), log=lambda m: None, progress=False).run(**run_kwargs)
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_holds_only_the_trained_tensors(tiny_chat_model_dir, order_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(config_for(tiny_chat_model_dir, order_data, out, plan="freeze bottom 50%"))
+    assert result["status"] == "finished" and result["step"] == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["base_model"]["sha256"]) == 64
+    assert manifest["plan"] == ["freeze bottom 50%"] and manifest["config"]["lr"] == 1e-2
+    assert {"torch", "transformers", "accelerate", "freezetune"} <= set(manifest["versions"])
+    saved = load_file(str(out / "trainable.safetensors"))
+    assert sorted(saved) == sorted(manifest["trainable_names"])
+    assert all(name.startswith(("model.layers.2.", "model.layers.3.", "model.norm", "lm_head")) for name in saved)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "tokens_per_s", "peak_memory_bytes"} <= set(records[0])
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
+    assert 0.0 <= evaluation["after"]["exact_match"] <= 1.0 and evaluation["after"]["exact_match_examples"] == 2
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000004", "step-000006"]
+
+
+def test_cpt_objective_on_text(tiny_chat_model_dir, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 60)
+    config = TrainConfig(model=str(tiny_chat_model_dir), objective="cpt", data=str(corpus), out=str(tmp_path / "cpt"),
+                         seq_len=32, batch_size=2, max_steps=3, plan="train top 2")
+    result = train(config)
+    assert result["status"] == "finished" and "exact_match" not in result["after"]
+
+
+def test_prefix_cache_matches_the_uncached_run(tiny_chat_model_dir, order_data, tmp_path):
+    # 3 epochs of 5 batches: epochs 2-3 and the final eval replay the cache
+    common = dict(plan="freeze bottom 75%", max_steps=15, save_every=0, eval_generate=0)
+    train(config_for(tiny_chat_model_dir, order_data, tmp_path / "off", prefix_cache="off", **common))
+    session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "mem", prefix_cache="memory", **common))
+    trainer = Trainer(session, log=lambda m: None, progress=False)
+    replays = []
+    original = trainer.runner.batch
+
+    def counting(keys=None, lengths=None):
+        context = original(keys, lengths)
+        replays.append(trainer.runner.cache is not None and keys is not None and trainer.runner.cache.has_all(keys))
+        return context
+
+    trainer.runner.batch = counting
+    trainer.run()
+    assert sum(replays) >= 10  # the cache was really used
+    assert losses(tmp_path / "mem") == pytest.approx(losses(tmp_path / "off"), rel=1e-5, abs=1e-6)
+    off = json.loads((tmp_path / "off" / "eval.json").read_text())["after"]["eval_loss"]
+    mem = json.loads((tmp_path / "mem" / "eval.json").read_text())["after"]["eval_loss"]
+    assert mem == pytest.approx(off, rel=1e-5)
+
+
+def test_disk_cache_is_keyed_and_reused(tiny_chat_model_dir, order_data, tmp_path):
+    common = dict(plan="freeze bottom 75%", max_steps=5, save_every=0, eval_generate=0, prefix_cache="disk",
+                  cache_dir=str(tmp_path / "cache"))
+    first = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "a", **common))
+    assert "prefix cache: disk" in " ".join(first.notes) and "reused" not in " ".join(first.notes)
+    Trainer(first, log=lambda m: None, progress=False).run()
+    files = list((tmp_path / "cache" / "prefix").glob("*.safetensors"))
+    assert len(files) == 1
+    second = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "b", **common))
+    assert "reused from an earlier run" in " ".join(second.notes)
+    Trainer(second, log=lambda m: None, progress=False).run()
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
+    # another plan (another prefix) gets another key
+    third = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "c", **dict(common, plan="freeze bottom 50%")))
+    assert "reused" not in " ".join(third.notes)
+
+
+def test_guard_catches_a_broken_plan(tiny_chat_model_dir, order_data, tmp_path):
+    plan = "freeze bottom 50%; freeze mlp@layers 3"
+    session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "broken", plan=plan))
+    # break it: a tensor the plan froze is trainable again behind the plan's back
+    session.loaded.model.model.layers[3].mlp.up_proj.weight.requires_grad_(True)
+    with pytest.raises(FreezetuneError, match="first step: frozen tensor model.layers.3.mlp.up_proj.weight received a gradient"):
+        Trainer(session, log=lambda m: None, progress=False).run()
+
+
+def test_guard_catches_unchanged_and_gradientless_tensors():
+    from freezetune.guards import FirstStepGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    guard = FirstStepGuard(model, {"0.weight", "1.weight"})
+    model(torch.ones(1, 2))[0, 0].backward()
+    model[0].weight.grad = None  # as if checkpointing cut the gradient off
+    with pytest.raises(FreezetuneError, match="trainable tensor 0.weight received no gradient"):
+        guard.check_gradients()
+    with pytest.raises(FreezetuneError, match="trainable tensor 0.weight .*did not change"):
+        guard.check_update()
+
+
+def test_interrupted_run_resumes_to_the_same_losses(tiny_chat_model_dir, order_data, tmp_path):
+    reference = tmp_path / "straight"
+    train(config_for(tiny_chat_model_dir, order_data, reference, prefix_cache="off"))
+    broken = tmp_path / "broken"
+    calls = iter(range(100))
+    result = train(config_for(tiny_chat_model_dir, order_data, broken, prefix_cache="off"),
+                   should_stop=lambda: next(calls) == 3)
+    assert result == {"status": "interrupted", "step": 3, "run_dir": str(broken)}
+    assert not (broken / "trainable.safetensors").exists()
+    resumed = train(config_for(tiny_chat_model_dir, order_data, broken, prefix_cache="off", resume=str(broken)))
+    assert resumed["status"] == "finished"
+    assert losses(broken) == losses(reference)
+    assert load_file(str(broken / "trainable.safetensors")).keys() == load_file(str(reference / "trainable.safetensors")).keys()
+    for name, tensor in load_file(str(reference / "trainable.safetensors")).items():
+        assert torch.equal(tensor, load_file(str(broken / "trainable.safetensors"))[name])
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_chat_model_dir, order_data, tmp_path):
+    out = tmp_path / "nan"
+    config = config_for(tiny_chat_model_dir, order_data, out, plan="train all", lr=1e6, max_grad_norm=0.0,
+                        save_every=1, max_steps=30, prefix_cache="off")
+    with pytest.raises(FreezetuneError, match=r"step \d+: the loss is (nan|inf); stopped \(the last good checkpoint is .*step-0000\d\d\)"):
+        train(config)
+    assert (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())

@@ -1,0 +1,169 @@
+"""`freezetune train / export / generate` as a user runs them, including kills and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from freezetune.cli import main
+
+
+@pytest.fixture
+def data(tmp_path):
+    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(24)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    held = tmp_path / "eval.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    return train, held
+
+
+def train_args(model_dir, data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
+            "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1", "--eval-generate", "2",
+            "--max-new-tokens", "8", "--prefix-cache", "off", *extra]
+
+
+def cli(*argv):
+    return subprocess.Popen([sys.executable, "-m", "freezetune", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_training_then_resume_gives_the_same_losses(tiny_chat_model_dir, data, tmp_path):
+    steps = ["--max-steps", "300", "--save-every", "10"]
+    assert main(train_args(tiny_chat_model_dir, data, tmp_path / "straight", *steps)) == 0
+    victim = tmp_path / "killed"
+    process = cli(*train_args(tiny_chat_model_dir, data, victim, *steps))
+    wait_for(victim / "checkpoints" / "step-000020" / "state.json", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (victim / "trainable.safetensors").exists()
+    resumed = cli("train", "--resume", str(victim))
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert "resuming" in err and "finished 300 steps" in out
+    assert losses(victim) == losses(tmp_path / "straight")
+    final, reference = load_file(str(victim / "trainable.safetensors")), load_file(str(tmp_path / "straight" / "trainable.safetensors"))
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_chat_model_dir, data, tmp_path):
+    out_dir = tmp_path / "term"
+    process = cli(*train_args(tiny_chat_model_dir, data, out_dir, "--max-steps", "100000", "--save-every", "0"))
+    wait_for(out_dir / "metrics.jsonl", process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "SIGTERM received" in err and "interrupted at step" in out
+    step = int(out.split("interrupted at step ")[1].split(":")[0])
+    assert (out_dir / "checkpoints" / f"step-{step:06d}" / "state.json").is_file()
+
+
+def test_yaml_config_with_flag_overrides(tiny_chat_model_dir, data, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_chat_model_dir}\ndata: {data[0]}\neval-data: {data[1]}\nmax_steps: 2\n"
+                      f"batch_size: 4\nseq_len: 64\nlr: 0.01\nplan: train top 1\nout: {tmp_path / 'from-yaml'}\n")
+    assert main(["train", "--config", str(config), "--max-steps", "3", "--eval-generate", "0"]) == 0
+    manifest = json.loads((tmp_path / "from-yaml" / "manifest.json").read_text())
+    assert manifest["config"]["max_steps"] == 3 and manifest["config"]["plan"] == "train top 1"
+    assert manifest["config"]["lr"] == 0.01
+
+
+def test_export_round_trip_and_generate(tiny_chat_model_dir, data, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "3", "--plan", "freeze bottom 50%")) == 0
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "exported")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    trained = load_file(str(run_dir / "trainable.safetensors"))
+    params = dict(exported.named_parameters())
+    assert all(torch.equal(params[name], tensor) for name, tensor in trained.items())
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).named_parameters())
+    assert torch.equal(params["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(params["model.layers.3.mlp.up_proj.weight"], base["model.layers.3.mlp.up_proj.weight"])
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", "send 3 red mugs to Alice", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    assert main(["generate", str(tmp_path / "exported"), "--prompt", "send 3 red mugs", "--max-new-tokens", "5"]) == 0
+
+
+def test_a_run_refuses_another_base_model(tiny_chat_model_dir, data, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_chat_model_dir, other)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    model.save_pretrained(other)
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "x"), "--base", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on base model" in err and "refusing to mix them" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, data, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("max_steps: 2\nlearning_rate: 3\n")
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("batch_size: many\n")
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    cases = [
+        (["train", "--model", str(tiny_chat_model_dir), "--data", str(tmp_path / "none.jsonl")], "data file"),
+        (["train", "--model", str(tiny_chat_model_dir), "--data", str(empty), "--out", str(tmp_path / "e")], "no usable SFT example"),
+        (["train", "--resume", str(plain_dir)], "is not a freezetune run: no manifest.json"),
+        (["train", "--config", str(bad_yaml)], "bad.yaml line 2: unknown option 'learning_rate'"),
+        (["train", "--config", str(typed)], "typed.yaml line 1: 'batch_size' must be int, got 'many'"),
+        (["train", "--config", str(tmp_path / "missing.yaml")], "config file"),
+        (["train", "--model", str(tiny_chat_model_dir), "--plan", "freeze sideways"], "plan rule 1 'freeze sideways'"),
+        (["train", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["export", str(plain_dir), "--out", str(tmp_path / "o")], "is not a freezetune run"),
+    ]
+    for argv, message in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and message in lines[0], (argv, err)
+
+
+def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, data, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--lr", "0.5"]) == 2
+    assert "--lr 0.5 differs from the resumed run's 0.01" in capsys.readouterr().err
+    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "holds no checkpoint to continue from" in capsys.readouterr().err
