@@ -1,4 +1,6 @@
 # The two commands a fresh machine needs: `make demo` (the main job) and `make test`.
+# The demo fine-tunes the embedded SmolLM2-135M on the built-in order task (about 4 minutes
+# on 2 CPU cores) and shows eval loss, exact match and generations before and after.
 # Both create .venv and install everything on first use; nothing is downloaded at run time.
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(VENV)/bin/freezetune plan smollm2-135m "freeze bottom 75%"
+	$(VENV)/bin/freezetune train --model smollm2-135m --plan "freeze bottom 75%" --max-steps 60
 
 test: setup
 	$(PY) -m pytest -q

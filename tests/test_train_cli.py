@@ -167,3 +167,22 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, dat
     shutil.rmtree(run_dir / "checkpoints")
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "holds no checkpoint to continue from" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_train_on_the_embedded_model_with_the_built_in_task(tmp_path, capsys):
+    """The main job's path on the real model: chat template, tied head, prefix cache, generation."""
+    out = tmp_path / "smol"
+    code = main(["train", "--max-steps", "2", "--batch-size", "2", "--eval-generate", "2", "--max-new-tokens", "8",
+                 "--show-generations", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "built-in order-extraction task, 400 train / 60 held-out" in captured.err
+    assert "prefix cache: memory, output of the 22 frozen blocks" in captured.err
+    assert "lm_head.weight is frozen too" in captured.err
+    assert "finished 2 steps" in captured.out
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["before"]["exact_match_examples"] == 2
+    assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
+    saved = load_file(str(out / "trainable.safetensors"))
+    assert len(saved) == 8 * 9 + 1 and "model.embed_tokens.weight" not in saved
