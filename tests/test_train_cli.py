@@ -186,3 +186,13 @@ def test_train_on_the_embedded_model_with_the_built_in_task(tmp_path, capsys):
     assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
     saved = load_file(str(out / "trainable.safetensors"))
     assert len(saved) == 8 * 9 + 1 and "model.embed_tokens.weight" not in saved
+
+
+def test_a_missing_tracker_is_an_error_not_a_silent_skip(tiny_chat_model_dir, data, tmp_path, capsys):
+    from accelerate.utils import is_tensorboard_available
+
+    if is_tensorboard_available():
+        pytest.skip("tensorboard is installed here")
+    assert main(train_args(tiny_chat_model_dir, data, tmp_path / "tb", "--max-steps", "1", "--log-with", "tensorboard")) == 2
+    assert "--log-with tensorboard needs the tensorboard package" in capsys.readouterr().err
+    assert not (tmp_path / "tb").exists()  # refused before the run folder was made

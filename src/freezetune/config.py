@@ -54,6 +54,12 @@ class TrainConfig:
             raise FreezetuneError("give --max-steps or a positive --epochs")
         if self.lr <= 0:
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
+        if self.log_with:
+            from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+            available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[self.log_with]()
+            if not available:  # accelerate would drop the tracker with a log line; the user asked for it
+                raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: pip install {self.log_with}")
 
     def to_dict(self) -> dict:
         return asdict(self)

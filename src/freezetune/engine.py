@@ -219,7 +219,9 @@ class Trainer:
             line += f", exact match {100 * result['exact_match']:.1f}% of {result['exact_match_examples']}"
         self.log(line)
         for g in result.get("generations", []):
-            self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {g['output']}")
+            first, *more = g["output"].splitlines() or [""]
+            shown = first + (" …" if more else "")
+            self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}")
 
     def _update_manifest(self, **fields) -> None:
         manifest = read_manifest(self.s.run_dir)
