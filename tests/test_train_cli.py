@@ -167,6 +167,10 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, dat
     shutil.rmtree(run_dir / "checkpoints")
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "holds no checkpoint to continue from" in capsys.readouterr().err
+    # a folder whose run died before any checkpoint can be started over
+    (run_dir / "trainable.safetensors").unlink()
+    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.integration

@@ -101,7 +101,10 @@ def _run_dir(config: TrainConfig) -> Path:
     if config.out:
         path = Path(config.out)
         if (path / "manifest.json").exists():
-            raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
+            if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
+                raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
+            # a run that stopped before its first checkpoint left nothing worth keeping: start it over
+            (path / "metrics.jsonl").unlink(missing_ok=True)
         return path
     slug = Path(config.model).name.replace(".gguf", "")
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
