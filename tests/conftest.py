@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers as T
@@ -85,3 +87,14 @@ def tiny_chat_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def order_data(tmp_path):
+    """(train, eval) JSONL files of a small prompt/completion task."""
+    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(24)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    held = tmp_path / "eval.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    return train, held

@@ -12,16 +12,6 @@ from freezetune.errors import FreezetuneError
 from freezetune.session import open_session
 
 
-@pytest.fixture
-def order_data(tmp_path):
-    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(24)]
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
-    held = tmp_path / "eval.jsonl"
-    held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
-    return train, held
-
-
 def config_for(model_dir, data, out, **overrides):
     train, held = data
     values = dict(model=str(model_dir), data=str(train), eval_data=str(held), out=str(out), batch_size=4,

@@ -14,18 +14,8 @@ from safetensors.torch import load_file
 from freezetune.cli import main
 
 
-@pytest.fixture
-def data(tmp_path):
-    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(24)]
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
-    held = tmp_path / "eval.jsonl"
-    held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
-    return train, held
-
-
-def train_args(model_dir, data, out, *extra):
-    return ["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
+def train_args(model_dir, order_data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]), "--out", str(out),
             "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1", "--eval-generate", "2",
             "--max-new-tokens", "8", "--prefix-cache", "off", *extra]
 
@@ -46,11 +36,11 @@ def wait_for(path, process, timeout=120):
         time.sleep(0.02)
 
 
-def test_sigkill_mid_training_then_resume_gives_the_same_losses(tiny_chat_model_dir, data, tmp_path):
+def test_sigkill_mid_training_then_resume_gives_the_same_losses(tiny_chat_model_dir, order_data, tmp_path):
     steps = ["--max-steps", "300", "--save-every", "10"]
-    assert main(train_args(tiny_chat_model_dir, data, tmp_path / "straight", *steps)) == 0
+    assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "straight", *steps)) == 0
     victim = tmp_path / "killed"
-    process = cli(*train_args(tiny_chat_model_dir, data, victim, *steps))
+    process = cli(*train_args(tiny_chat_model_dir, order_data, victim, *steps))
     wait_for(victim / "checkpoints" / "step-000020" / "state.json", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -64,9 +54,9 @@ def test_sigkill_mid_training_then_resume_gives_the_same_losses(tiny_chat_model_
     assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_chat_model_dir, data, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_chat_model_dir, order_data, tmp_path):
     out_dir = tmp_path / "term"
-    process = cli(*train_args(tiny_chat_model_dir, data, out_dir, "--max-steps", "100000", "--save-every", "0"))
+    process = cli(*train_args(tiny_chat_model_dir, order_data, out_dir, "--max-steps", "100000", "--save-every", "0"))
     wait_for(out_dir / "metrics.jsonl", process)
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
@@ -77,9 +67,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_chat_model_dir, data,
     assert (out_dir / "checkpoints" / f"step-{step:06d}" / "state.json").is_file()
 
 
-def test_yaml_config_with_flag_overrides(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_yaml_config_with_flag_overrides(tiny_chat_model_dir, order_data, tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_chat_model_dir}\ndata: {data[0]}\neval-data: {data[1]}\nmax_steps: 2\n"
+    config.write_text(f"model: {tiny_chat_model_dir}\ndata: {order_data[0]}\neval-data: {order_data[1]}\nmax_steps: 2\n"
                       f"batch_size: 4\nseq_len: 64\nlr: 0.01\nplan: train top 1\nout: {tmp_path / 'from-yaml'}\n")
     assert main(["train", "--config", str(config), "--max-steps", "3", "--eval-generate", "0"]) == 0
     manifest = json.loads((tmp_path / "from-yaml" / "manifest.json").read_text())
@@ -87,11 +77,11 @@ def test_yaml_config_with_flag_overrides(tiny_chat_model_dir, data, tmp_path, ca
     assert manifest["config"]["lr"] == 0.01
 
 
-def test_export_round_trip_and_generate(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_export_round_trip_and_generate(tiny_chat_model_dir, order_data, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
-    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "3", "--plan", "freeze bottom 50%")) == 0
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "3", "--plan", "freeze bottom 50%")) == 0
     assert main(["export", str(run_dir), "--out", str(tmp_path / "exported")]) == 0
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     trained = load_file(str(run_dir / "trainable.safetensors"))
@@ -106,11 +96,11 @@ def test_export_round_trip_and_generate(tiny_chat_model_dir, data, tmp_path, cap
     assert main(["generate", str(tmp_path / "exported"), "--prompt", "send 3 red mugs", "--max-new-tokens", "5"]) == 0
 
 
-def test_a_run_refuses_another_base_model(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_a_run_refuses_another_base_model(tiny_chat_model_dir, order_data, tmp_path, capsys):
     import shutil
 
     run_dir = tmp_path / "run"
-    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 0
     other = tmp_path / "other-base"
     shutil.copytree(tiny_chat_model_dir, other)
     from transformers import AutoModelForCausalLM
@@ -126,7 +116,7 @@ def test_a_run_refuses_another_base_model(tiny_chat_model_dir, data, tmp_path, c
     assert not (tmp_path / "x").exists()
 
 
-def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, order_data, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     bad_yaml = tmp_path / "bad.yaml"
@@ -154,13 +144,13 @@ def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, data, tm
         assert len(lines) == 1 and message in lines[0], (argv, err)
 
 
-def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, order_data, tmp_path, capsys):
     run_dir = tmp_path / "r"
-    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 0
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.5"]) == 2
     assert "--lr 0.5 differs from the resumed run's 0.01" in capsys.readouterr().err
-    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 2
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     import shutil
 
@@ -169,7 +159,7 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, dat
     assert "holds no checkpoint to continue from" in capsys.readouterr().err
     # a folder whose run died before any checkpoint can be started over
     (run_dir / "trainable.safetensors").unlink()
-    assert main(train_args(tiny_chat_model_dir, data, run_dir, "--max-steps", "2")) == 0
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -192,11 +182,11 @@ def test_train_on_the_embedded_model_with_the_built_in_task(tmp_path, capsys):
     assert len(saved) == 8 * 9 + 1 and "model.embed_tokens.weight" not in saved
 
 
-def test_a_missing_tracker_is_an_error_not_a_silent_skip(tiny_chat_model_dir, data, tmp_path, capsys):
+def test_a_missing_tracker_is_an_error_not_a_silent_skip(tiny_chat_model_dir, order_data, tmp_path, capsys):
     from accelerate.utils import is_tensorboard_available
 
     if is_tensorboard_available():
         pytest.skip("tensorboard is installed here")
-    assert main(train_args(tiny_chat_model_dir, data, tmp_path / "tb", "--max-steps", "1", "--log-with", "tensorboard")) == 2
+    assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "tb", "--max-steps", "1", "--log-with", "tensorboard")) == 2
     assert "--log-with tensorboard needs the tensorboard package" in capsys.readouterr().err
     assert not (tmp_path / "tb").exists()  # refused before the run folder was made
