@@ -60,10 +60,6 @@ class PrefixCache:
         os.replace(staging, self.path)
         self.dirty = False
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
 
 def prefix_depth(resolved: ResolvedPlan) -> int:
     """How many bottom blocks need no autograd at all."""
@@ -99,26 +95,37 @@ class PrefixRunner:
 
     def remove(self) -> None:
         for index, original in self._originals.items():
-            self.blocks[index].forward = original
+            if original is None:
+                del self.blocks[index].forward  # back to the class's forward
+            else:
+                self.blocks[index].forward = original
         self._originals.clear()
 
     def _patch(self, index: int, forward) -> None:
-        self._originals[index] = self.blocks[index].forward
-        self.blocks[index].forward = forward
+        block = self.blocks[index]
+        self._originals[index] = block.__dict__.get("forward")  # None: the class's own forward
+        block.forward = forward
+
+    def _dropouts_below_blocks(self) -> list[nn.Module]:
+        """Dropout registered before the block list (GPT-2's `drop` after the embeddings)."""
+        found = []
+        for name, module in self.model.named_modules():
+            if name == self.resolved.anatomy.blocks_path:
+                break
+            if isinstance(module, nn.Dropout):
+                found.append(module)
+        return found
 
     def train_mode(self) -> None:
-        """model.train(), except fully frozen blocks and the frozen embeddings stay in eval mode."""
+        """model.train(), except what feeds the frozen prefix and the fully frozen blocks stay in eval
+        mode: no dropout there, so the prefix is deterministic (and cacheable)."""
         self.model.train()
         for index in self.frozen_blocks:
             self.blocks[index].eval()
-        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        if self.depth > 0 and embeddings is not None:
-            embeddings.eval()
         if self.depth > 0:
-            # dropout between the embeddings and block 0 (GPT-2's `drop`) would make the prefix random
-            for module in self.model.modules():
-                if isinstance(module, nn.Dropout) and not any(module is m for b in self.blocks for m in b.modules()):
-                    module.eval()
+            embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+            for module in ([embeddings] if embeddings is not None else []) + self._dropouts_below_blocks():
+                module.eval()
 
     # --- per batch ----------------------------------------------------------------------
     def probe(self, device: torch.device | str) -> None:

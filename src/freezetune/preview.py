@@ -40,12 +40,13 @@ def _memory(resolved: ResolvedPlan, seq_len: int, batch_size: int, dtype: str) -
     )
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def render_text(info: dict) -> str:

@@ -1,0 +1,102 @@
+"""The prefix runner on many architectures: same losses and gradients, no autograd in the prefix."""
+
+import pytest
+import torch
+
+from conftest import build_tiny
+from freezetune.anatomy import find_anatomy
+from freezetune.dataset import Example, collate
+from freezetune.plan import FreezePlan
+from freezetune.prefix import PrefixCache, PrefixRunner, prefix_depth
+from freezetune.resolve import apply_plan, resolve
+
+LENGTHS = [5, 9, 7]
+
+
+def setup(arch, plan="freeze bottom 50%"):
+    model = build_tiny(arch)
+    resolved = resolve(FreezePlan.parse(plan), find_anatomy(model))
+    apply_plan(model, resolved)
+    generator = torch.Generator().manual_seed(0)
+    examples = [Example(torch.randint(3, 100, (n,), generator=generator).tolist(),
+                        torch.randint(3, 100, (n,), generator=generator).tolist(), "x") for n in LENGTHS]
+    batch = collate(examples, pad_id=0)
+    if arch != "bert":
+        batch["use_cache"] = False
+    return model, resolved, batch
+
+
+def step(model, runner, batch, keys=None):
+    runner.train_mode()
+    torch.manual_seed(5)  # same dropout masks in the trained blocks for every variant
+    with runner.batch(keys, LENGTHS) as replayed:
+        loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grads, replayed
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert", "opt", "gpt_neox", "phi3", "mixtral", "qwen2_moe", "gemma"])
+def test_runner_cache_and_checkpointing_match_the_plain_model(arch):
+    model, resolved, batch = setup(arch)
+    plain = step(model, PrefixRunner(model, resolved), batch)  # not installed: the model as transformers runs it
+    runner = PrefixRunner(model, resolved, cache=PrefixCache()).install()
+    recorded = step(model, runner, batch, keys=["a", "b", "c"])
+    replayed = step(model, runner, batch, keys=["a", "b", "c"])
+    runner.remove()
+    checkpointed_runner = PrefixRunner(model, resolved, gradient_checkpointing=True).install()
+    checkpointed = step(model, checkpointed_runner, batch)
+    checkpointed_runner.remove()
+    assert not recorded[2] and replayed[2]
+    for variant in (recorded, replayed, checkpointed):
+        assert variant[0] == pytest.approx(plain[0], rel=1e-5)
+        assert set(variant[1]) == set(plain[1]) == set(resolved.trainable_names())
+        for name, grad in plain[1].items():
+            torch.testing.assert_close(variant[1][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def saved_in_prefix(model, blocks, depth, batch):
+    """How many tensors autograd saves while the frozen prefix blocks run."""
+    inside, saved = [False], [0]
+    for block in list(blocks)[:depth]:
+        block.register_forward_pre_hook(lambda *a: inside.__setitem__(0, True))
+        block.register_forward_hook(lambda *a: inside.__setitem__(0, False))
+
+    def pack(tensor):
+        saved[0] += inside[0]
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch).loss.backward()
+    return saved[0]
+
+
+def test_no_autograd_in_the_frozen_prefix_unlike_transformers_checkpointing():
+    model, resolved, batch = setup("llama", "freeze bottom 75%")
+    depth = prefix_depth(resolved)
+    assert depth == 3
+    runner = PrefixRunner(model, resolved, gradient_checkpointing=True).install()
+    runner.train_mode()
+    assert saved_in_prefix(model, model.model.layers, depth, batch) == 0
+    runner.remove()
+    # the hand-written route: transformers' checkpointing makes the embedding output require grad
+    leaky, _, batch = setup("llama", "freeze bottom 75%")
+    leaky.train()
+    getattr(leaky, "activation_checkpointing_enable", leaky.gradient_checkpointing_enable)()
+    assert saved_in_prefix(leaky, leaky.model.layers, depth, batch) > 0
+
+
+def test_no_prefix_when_the_embeddings_train():
+    model, resolved, _ = setup("gpt2", "freeze layers 0-2")  # embeddings (and the tied head) still train
+    assert prefix_depth(resolved) == 0
+    runner = PrefixRunner(model, resolved, cache=PrefixCache())
+    assert runner.cache is None
+
+
+def test_remove_restores_the_class_forward():
+    model, resolved, _ = setup("llama")
+    runner = PrefixRunner(model, resolved, gradient_checkpointing=True).install()
+    assert all("forward" in block.__dict__ for block in model.model.layers)
+    runner.remove()
+    assert all("forward" not in block.__dict__ for block in model.model.layers)
