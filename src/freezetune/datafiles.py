@@ -69,19 +69,20 @@ def read_records(path_text: str) -> list[Record]:
     suffix = path.suffix.lower()
     if suffix not in LOADERS:
         raise FreezetuneError(f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder")
-    if suffix == ".txt":  # one document per file: a .txt is raw text for continued pre-training
-        text = path.read_text(encoding="utf-8", errors="strict")
-        return [Record({"text": text}, f"{path}")] if text.strip() else []
     if suffix != ".parquet" and not path.read_text(encoding="utf-8").strip():
         return []  # the caller says "no usable example", naming the data
     try:
-        table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train")
+        # a .txt file is one document of raw text (continued pre-training), not one record per line
+        options = {"sample_by": "document"} if suffix == ".txt" else {}
+        table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train", **options)
     except Exception as exc:  # pyarrow and datasets raise many types for a malformed file
         detail = _locate_jsonl_error(path) if suffix in (".jsonl", ".json") else ""
         raise FreezetuneError(detail or f"data file {path_text}: cannot be read: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     if suffix == ".jsonl":
         lines = _jsonl_line_numbers(path)
         return [Record(dict(row), f"{path} line {lines[i]}") for i, row in enumerate(table)]
+    if suffix == ".txt":
+        return [Record(dict(row), str(path)) for row in table]
     # a CSV header is line 1; a JSON array and parquet only have rows
     label = (lambda i: f"line {i + 2}") if suffix == ".csv" else (lambda i: f"record {i + 1}")
     return [Record(dict(row), f"{path} {label(i)}") for i, row in enumerate(table)]
