@@ -110,14 +110,22 @@ def test_guard_catches_a_broken_plan(tiny_chat_model_dir, order_data, tmp_path):
 def test_guard_catches_unchanged_and_gradientless_tensors():
     from freezetune.guards import FirstStepGuard
 
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
     guard = FirstStepGuard(model, {"0.weight", "1.weight"})
     model(torch.ones(1, 2))[0, 0].backward()
+    saved = model[0].weight.grad
     model[0].weight.grad = None  # as if checkpointing cut the gradient off
     with pytest.raises(FreezetuneError, match="trainable tensor 0.weight received no gradient"):
         guard.check_gradients()
-    with pytest.raises(FreezetuneError, match="trainable tensor 0.weight .*did not change"):
+    model[0].weight.grad = saved
+    guard.check_gradients()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)  # only the second layer "stepped"
+    with pytest.raises(FreezetuneError, match="trainable tensor 0.weight did not change .*though its gradient was not zero"):
         guard.check_update()
+    model[0].weight.grad.zero_()  # a zero gradient (LoRA's A on step 1) may leave a tensor as it was
+    guard.check_gradients()
+    guard.check_update()
 
 
 def test_interrupted_run_resumes_to_the_same_losses(tiny_chat_model_dir, order_data, tmp_path):

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from freezetune.config import TrainConfig
 from freezetune.errors import FreezetuneError
-from freezetune.options import ExportOptions, GenerateOptions, PlanOptions, add_options, from_namespace, read_config_file
+from freezetune.compare import CompareOptions
+from freezetune.options import (
+    ExportOptions, GenerateOptions, PlanOptions, ReportOptions, add_options, from_namespace, read_config_file,
+)
 
 
 def _cache(options) -> Path | None:
@@ -93,12 +96,34 @@ def run_generate(options: GenerateOptions) -> str:
     return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu")[0]
 
 
+def run_compare(options: CompareOptions) -> str:
+    """`freezetune compare`: every strategy's run, then the report."""
+    from freezetune.comparison import run_comparison
+    from freezetune.report import write_report
+
+    settings = options.settings()
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    run_dirs = run_comparison(settings, log=log)
+    report = write_report(run_dirs, settings.out)
+    advice = json.loads((settings.out / "results.json").read_text())["recommendation"]
+    return "\n".join(advice) + f"\nreport: {report}"
+
+
+def run_report(options: ReportOptions) -> str:
+    from freezetune.report import write_report
+
+    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out))}"
+
+
 COMMANDS = {
     "plan": (PlanOptions, run_plan),
     "train": (TrainConfig, run_train),
     "export": (ExportOptions, run_export),
     "generate": (GenerateOptions, run_generate),
+    "compare": (CompareOptions, run_compare),
+    "report": (ReportOptions, run_report),
 }
+CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
-        if cls is TrainConfig:
+        if cls in CONFIG_FILE_COMMANDS:
             sub.add_argument("--config", help="YAML file of these options; flags given here override it")
-        add_options(sub, cls, overrides_only=cls is TrainConfig)
+        add_options(sub, cls, overrides_only=cls in CONFIG_FILE_COMMANDS)
     return parser
 
 
@@ -125,9 +150,18 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "compare"):
+        import datasets
+
+        datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
     cls, command = COMMANDS[args.command]
     try:
-        options = _train_config(args) if cls is TrainConfig else from_namespace(cls, args)
+        if cls is TrainConfig:
+            options = _train_config(args)
+        elif cls is CompareOptions:
+            options = from_namespace(cls, args, read_config_file(cls, Path(args.config)) if args.config else {})
+        else:
+            options = from_namespace(cls, args)
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         options.validate()

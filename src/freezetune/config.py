@@ -9,6 +9,8 @@ from freezetune.options import opt
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("off", "memory", "disk", "auto")
+DEFAULT_PLAN = "freeze bottom 75%"
+LORA_PLAN = r"train re:.*\.lora_[AB]\..*"  # peft's adapter matrices, nothing of the base model
 
 
 @dataclass
@@ -16,7 +18,10 @@ class TrainConfig:
     """Fine-tune a model under a freeze plan (full fine-tuning is the plan 'train all')."""
 
     model: str = opt("smollm2-135m", help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache")
-    plan: str = opt("freeze bottom 75%", help="freeze plan text, or a .yaml/.json/.txt plan file")
+    plan: str | None = opt(None, help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; with LoRA: train the adapters only)")
+    lora_r: int = opt(0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)")
+    lora_alpha: int = opt(16, help="LoRA alpha")
+    lora_targets: str = opt("all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names")
     objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed", choices=("sft", "cpt"))
     data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: the built-in order task (sft) or stdlib docstrings (cpt)")
     eval_data: str | None = opt(None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data")
@@ -52,6 +57,8 @@ class TrainConfig:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.max_steps == 0 and self.epochs <= 0:
             raise FreezetuneError("give --max-steps or a positive --epochs")
+        if self.lora_r < 0:
+            raise FreezetuneError(f"--lora-r must be 0 (no LoRA) or a rank, got {self.lora_r}")
         if self.lr <= 0:
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
         if self.log_with:
@@ -60,6 +67,10 @@ class TrainConfig:
             available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[self.log_with]()
             if not available:  # accelerate would drop the tracker with a log line; the user asked for it
                 raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: pip install {self.log_with}")
+
+    @property
+    def plan_text(self) -> str:
+        return self.plan or (LORA_PLAN if self.lora_r else DEFAULT_PLAN)
 
     def to_dict(self) -> dict:
         return asdict(self)

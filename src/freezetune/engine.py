@@ -26,7 +26,7 @@ from freezetune.checkpoint import (
 )
 from freezetune.dataset import collate
 from freezetune.errors import FreezetuneError
-from freezetune.evaluation import eval_loss, exact_match, generate
+from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
 from freezetune.prefix import PrefixRunner
 from freezetune.session import Session
@@ -102,20 +102,7 @@ class Trainer:
         return ids, collate([self.s.train.examples[i] for i in ids], self.pad_id)
 
     def evaluate(self, label: str) -> dict:
-        result = {"label": label}
-        result.update({f"eval_{k}": v for k, v in eval_loss(
-            self.model, self.runner, self.s.eval.examples, self.config.batch_size, self.pad_id, self.device).items()})
-        checkable = [e for e in self.s.eval.examples if e.reference is not None]
-        if self.config.objective == "sft" and checkable and self.config.eval_generate:
-            chosen = checkable[: self.config.eval_generate]
-            answers = generate(self.model, self.tokenizer, [e.prompt_ids for e in chosen], self.config.max_new_tokens, self.device)
-            result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
-            result["exact_match_examples"] = len(chosen)
-            result["generations"] = [
-                {"prompt": e.prompt_text, "reference": e.reference, "output": a}
-                for e, a in list(zip(chosen, answers))[: self.config.show_generations]
-            ]
-        return result
+        return evaluate_model(self.model, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
 
     def _resume(self) -> int:
         last = checkpoint_dirs(self.s.run_dir)[-1]
@@ -135,16 +122,19 @@ class Trainer:
         if self.s.cache is not None:
             self.s.cache.save()
 
-    def run(self, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
+        """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
+        caller already has it (a comparison evaluates the base once for all its runs)."""
         config, run_dir = self.config, self.s.run_dir
         for note in self.s.notes:
             self.log(note)
         start = self._resume() if config.resume else 0
-        before = read_manifest(run_dir).get("eval_before") if config.resume else None
+        if before is None and config.resume:
+            before = read_manifest(run_dir).get("eval_before")
         if before is None:
             before = self.evaluate("before")
-            self._update_manifest(eval_before=before)
             self._show(before)
+        self._update_manifest(eval_before=before)
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
         guard = FirstStepGuard(self.accelerator.unwrap_model(self.model), set(self.names)) if start == 0 else None

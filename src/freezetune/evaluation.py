@@ -63,3 +63,23 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
     return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(len(references), 1)
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], config, device, runner: PrefixRunner | None = None,
+                   label: str = "") -> dict:
+    """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
+    ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = {"label": label}
+    result.update({f"eval_{k}": v for k, v in eval_loss(model, runner, examples, config.batch_size, pad_id, device).items()})
+    checkable = [e for e in examples if e.reference is not None]
+    if config.objective == "sft" and checkable and config.eval_generate:
+        chosen = checkable[: config.eval_generate]
+        answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device)
+        result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
+        result["exact_match_examples"] = len(chosen)
+        result["generations"] = [
+            {"prompt": e.prompt_text, "reference": e.reference, "output": a}
+            for e, a in list(zip(chosen, answers))[: config.show_generations]
+        ]
+    return result

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from freezetune.checkpoint import check_base, load_trainable, model_hash, read_manifest, staged_dir
 from freezetune.errors import FreezetuneError
+from freezetune.lora import merge_lora, wrap_lora
 from freezetune.models import LoadedModel, load_model
 
 
@@ -17,7 +18,13 @@ def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = No
         raise FreezetuneError(f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)")
     loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
     check_base(manifest, model_hash(loaded.path), run_dir)
-    load_trainable(loaded.model, weights)
+    config = manifest["config"]
+    if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
+        loaded.model = wrap_lora(loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"])
+        load_trainable(loaded.model, weights)
+        loaded.model = merge_lora(loaded.model)
+    else:
+        load_trainable(loaded.model, weights)
     return loaded
 
 

@@ -1,8 +1,10 @@
 """Checks after the first optimizer step: the plan that was resolved is the plan that ran.
 
 Frozen tensors must be bit-identical (no stray optimizer state, weight decay or momentum),
-and every trainable tensor must have received a gradient and changed (catches tensors
-left out of the optimizer, and checkpointing that silently cut the gradient off).
+and every trainable tensor must have received a gradient and, where that gradient was not
+all zeros, changed (catches tensors left out of the optimizer, and checkpointing that
+silently cut the gradient off). A zero gradient is legitimate: LoRA's A matrices get one on
+the first step, because B starts at zero.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FirstStepGuard:
         self.params = dict(model.named_parameters())
         self.trainable = trainable
         self.before = {name: _digest(p) for name, p in self.params.items()}
+        self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
         missing = [n for n in self.params if n in self.trainable and self.params[n].grad is None]
@@ -36,6 +39,7 @@ class FirstStepGuard:
                 f"first step: trainable tensor {_some(missing)} received no gradient; "
                 "the forward pass does not reach it, so training it would do nothing"
             )
+        self.zero_gradient = {n for n in self.trainable if not bool(self.params[n].grad.any())}
         leaked = [n for n, p in self.params.items() if n not in self.trainable and p.grad is not None]
         if leaked:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
@@ -44,6 +48,10 @@ class FirstStepGuard:
         moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(p) != self.before[n]]
         if moved:
             raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
-        still = [n for n, p in self.params.items() if n in self.trainable and _digest(p) == self.before[n]]
+        still = [n for n, p in self.params.items()
+                 if n in self.trainable and n not in self.zero_gradient and _digest(p) == self.before[n]]
         if still:
-            raise FreezetuneError(f"first step: trainable tensor {_some(still)} did not change after the optimizer step")
+            raise FreezetuneError(
+                f"first step: trainable tensor {_some(still)} did not change after the optimizer step, "
+                "though its gradient was not zero"
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +71,38 @@ class GenerateOptions:
             raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 
 
+@dataclass
+class ReportOptions:
+    """Render the comparison report from existing run folders, without loading any model."""
+
+    runs: list[str] = opt(help="run folders (written by `train` or `compare`)", positional=True)
+    out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
+
+    def validate(self) -> None:
+        return None
+
+
+def _without_none(kind):
+    """`int | None` -> int; anything else unchanged (list[str] stays list[str])."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(t for t in typing.get_args(kind) if t is not type(None))
+    return kind
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool = False) -> None:
     """One flag per field. ``overrides_only``: unset flags stay out of the namespace, so that
     only what the user typed overrides a config file."""
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         meta, kind = item.metadata, hints[item.name]
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        base = _without_none(kind)
         flag = f"--{item.name.replace('_', '-')}"
         default = argparse.SUPPRESS if overrides_only else item.default
         if meta.get("positional"):
-            parser.add_argument(item.name, help=meta["help"])
+            many = typing.get_origin(base) is list
+            parser.add_argument(item.name, nargs="+" if many else None, help=meta["help"])
+        elif typing.get_origin(base) is list:  # given once per value: values may hold commas
+            parser.add_argument(flag, dest=item.name, action="append", default=default, help=meta["help"])
         elif base is bool:
             parser.add_argument(flag, dest=item.name, action="store_true", default=default, help=meta["help"])
         else:
@@ -125,10 +147,10 @@ def read_config_file(cls: type, path: Path) -> dict:
 
 
 def _coerce(value, kind, item, where: str):
-    allowed = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
     if value is None and type(None) in typing.get_args(kind):
         return None
-    target = allowed[0]
+    base = _without_none(kind)
+    target = typing.get_origin(base) or base  # list[str] -> list
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -40,7 +40,7 @@ def _memory(resolved: ResolvedPlan, seq_len: int, batch_size: int, dtype: str) -
     )
 
 
-def _size(n: float) -> str:
+def human_bytes(n: float) -> str:
     unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -84,6 +84,6 @@ def render_text(info: dict) -> str:
     )
     mine, full = info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
     for key in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
-        lines.append(f"  {key:<14}{_size(mine[key]):>51}  {_size(full[key]):>15}")
+        lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
     lines += [f"notice: {notice}" for notice in info["notices"]]
     return "\n".join(lines)

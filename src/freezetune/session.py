@@ -16,6 +16,7 @@ from freezetune.config import TrainConfig
 from freezetune.dataset import TokenizedData, cpt_examples, sft_examples, split_holdout
 from freezetune.datafiles import read_records
 from freezetune.errors import FreezetuneError
+from freezetune.lora import wrap_lora
 from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
@@ -128,7 +129,7 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
 
 def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Session:
     config.validate()
-    plan = FreezePlan.from_argument(config.plan)  # a typo in the plan fails before the model loads
+    plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
     loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)
     base_sha256 = model_hash(loaded.path)
@@ -136,6 +137,8 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Ses
         manifest = read_manifest(run_dir)
         if manifest["base_model"]["sha256"] != base_sha256:
             raise FreezetuneError(f"--resume {run_dir}: the model {config.model} is not the base model this run started from")
+    if config.lora_r:
+        loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
     train, held, notes = load_data(config, loaded.tokenizer)

@@ -1,0 +1,166 @@
+"""compare: full fine-tuning, LoRA and freeze plans on the same model, data, seed and budget.
+
+Each strategy is a normal run folder under OUT/runs/. The base model is evaluated once and
+shared as every run's "before"; after each run its forgetting (retain perplexity, KL from
+the base) and per-layer weight change are measured on the merged model. A finished run is
+never redone, an interrupted one resumes, a failed one is reported with its reason while
+the others go on. OUT/compare.json pins the model and data, so an output folder cannot mix
+two comparisons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from freezetune.anatomy import find_anatomy
+from freezetune.checkpoint import checkpoint_dirs, model_hash, write_json
+from freezetune.config import LORA_PLAN, TrainConfig
+from freezetune.errors import FreezetuneError
+from freezetune.models import load_model
+from freezetune.options import opt
+from freezetune.plan import FreezePlan
+from freezetune.resolve import resolve
+
+DEFAULT_STRATEGIES = ["full", "lora", "freeze bottom 75%", "freeze bottom 50%"]
+LORA_WORDS = {"r": "lora_r", "alpha": "lora_alpha", "targets": "lora_targets"}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str  # as the user wrote it: "full", "lora r=16", or a plan
+    kind: str  # "full" | "lora" | "plan"
+    plan: str
+    lora: dict = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:60] or "strategy"
+
+
+def parse_strategy(text: str) -> Strategy:
+    """'full', 'lora [r=N] [alpha=N] [targets=a,b]', or any plan (checked against the model later)."""
+    words = text.split()
+    if not words:
+        raise FreezetuneError("empty --strategy")
+    if text.strip() == "full":
+        return Strategy("full", "full", "train all")
+    if words[0] == "lora":
+        lora = {"lora_r": 8}
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            if key not in LORA_WORDS or not value:
+                raise FreezetuneError(f"--strategy '{text}': expected r=N, alpha=N or targets=a,b after 'lora', not '{word}'")
+            if key != "targets" and not value.isdigit():
+                raise FreezetuneError(f"--strategy '{text}': {key} must be a whole number, not '{value}'")
+            lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
+        return Strategy(text.strip(), "lora", LORA_PLAN, lora)
+    FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
+    return Strategy(text.strip(), "plan", text.strip())
+
+
+@dataclass
+class CompareOptions:
+    """Full fine-tuning, LoRA and freeze plans side by side on the same data, seed and step budget."""
+
+    model: str = opt("smollm2-135m", help="the model every strategy starts from")
+    strategy: list[str] | None = opt(None, help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
+                                     "give once per strategy (default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
+    data: str | None = opt(None, help="training data (default: the built-in order task / stdlib docstrings)")
+    eval_data: str | None = opt(None, help="held-out data (default: the built-in held-out split, or 5%% of --data)")
+    retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
+                             "model's answers to 52 built-in general prompts")
+    objective: str = opt("sft", help="sft or cpt", choices=("sft", "cpt"))
+    max_steps: int = opt(24, help="optimizer steps per strategy (the same budget for all)")
+    batch_size: int = opt(8, help="examples per step")
+    seq_len: int = opt(256, help="maximum tokens per example")
+    seed: int = opt(0, help="one seed for every run")
+    lr_full: float = opt(5e-5, help="learning rate of full fine-tuning")
+    lr_lora: float = opt(1e-3, help="learning rate of LoRA")
+    lr_plan: float = opt(2e-4, help="learning rate of freeze plans")
+    eval_generate: int = opt(20, help="held-out examples answered by greedy generation for exact match")
+    out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
+    cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live")
+
+    def validate(self) -> None:
+        return None
+
+    def settings(self) -> CompareSettings:
+        strategies = [parse_strategy(s) for s in (self.strategy or DEFAULT_STRATEGIES)]
+        base = TrainConfig(model=self.model, objective=self.objective, data=self.data, eval_data=self.eval_data,
+                           max_steps=self.max_steps, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed,
+                           eval_generate=self.eval_generate, save_every=0, cache_dir=self.cache_dir)
+        return CompareSettings(self.model, strategies, Path(self.out), base,
+                               {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}, self.retain)
+
+
+@dataclass
+class CompareSettings:
+    model: str
+    strategies: list[Strategy]
+    out: Path
+    base_config: TrainConfig  # data, budget, seed... shared by every run
+    lr: dict[str, float]  # per kind: full, lora, plan
+    retain: str | None = None
+
+
+def fingerprint(settings: CompareSettings, base_sha256: str) -> dict:
+    config = settings.base_config
+    data = {}
+    for key in ("data", "eval_data"):
+        path = getattr(config, key)
+        data[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else path
+    return {"model": settings.model, "model_sha256": base_sha256, "objective": config.objective, **data,
+            "seed": config.seed, "max_steps": config.max_steps, "seq_len": config.seq_len, "batch_size": config.batch_size}
+
+
+def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
+    state_path = settings.out / "compare.json"
+    if state_path.is_file():
+        earlier = json.loads(state_path.read_text())["fingerprint"]
+        changed = [k for k in pinned if earlier.get(k) != pinned[k]]
+        if changed:
+            raise FreezetuneError(
+                f"{settings.out} holds a comparison with another {', '.join(changed)}; choose another --out"
+            )
+
+
+def run_config(settings: CompareSettings, strategy: Strategy) -> TrainConfig:
+    run_dir = settings.out / "runs" / strategy.slug
+    resume = str(run_dir) if checkpoint_dirs(run_dir) else None
+    values = dict(model=settings.model, plan=strategy.plan, lr=settings.lr[strategy.kind], out=str(run_dir),
+                  resume=resume, show_generations=0, lora_r=0)
+    values.update(strategy.lora)
+    return replace(settings.base_config, **values)
+
+
+def validate(settings: CompareSettings) -> tuple[object, str]:
+    """Everything that can be wrong, found before the first run trains."""
+    if not settings.strategies:
+        raise FreezetuneError("give at least one --strategy")
+    slugs = [s.slug for s in settings.strategies]
+    if len(set(slugs)) != len(slugs):
+        raise FreezetuneError(f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'")
+    settings.base_config.validate()
+    loaded = load_model(settings.model, Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None)
+    anatomy = find_anatomy(loaded.model)
+    for strategy in settings.strategies:
+        if strategy.kind == "plan":
+            try:
+                resolve(FreezePlan.parse(strategy.plan), anatomy)
+            except FreezetuneError as exc:
+                raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
+    if settings.retain is not None:
+        if not Path(settings.retain).is_file():
+            raise FreezetuneError(f"--retain {settings.retain} does not exist")
+        from freezetune.datafiles import read_records
+
+        records = read_records(settings.retain)
+        if not any(isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records):
+            raise FreezetuneError(f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)")
+    base_sha256 = model_hash(loaded.path)
+    check_output_folder(settings, fingerprint(settings, base_sha256))
+    return loaded, base_sha256

@@ -1,0 +1,24 @@
+"""LoRA through peft: one more way of choosing trainable tensors, run by the same loop."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from freezetune.errors import FreezetuneError
+
+
+def wrap_lora(model: nn.Module, rank: int, alpha: int, targets: str) -> nn.Module:
+    """Add LoRA adapters (dropout 0, no bias), as peft names them: ...lora_A.default.weight."""
+    from peft import LoraConfig, get_peft_model
+
+    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        raise FreezetuneError(f"--lora-targets {targets}: {str(exc).splitlines()[0]}") from None
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights; returns the plain transformers model."""
+    return model.merge_and_unload()

@@ -1,0 +1,122 @@
+"""`freezetune compare` and `report` on a tiny chat model: runs, forgetting, report files, bad input."""
+
+import json
+
+import pytest
+
+from freezetune.cli import main
+from freezetune.compare import parse_strategy
+from freezetune.errors import FreezetuneError
+
+
+@pytest.fixture
+def retain_text(tmp_path):
+    path = tmp_path / "retain.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. Def function returns value. " * 20)
+    return path
+
+
+def compare_args(model_dir, order_data, out, *strategies, retain=None):
+    args = ["compare", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+            "--max-steps", "4", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "2", "--out", str(out)]
+    for strategy in strategies:
+        args += ["--strategy", strategy]
+    return args + (["--retain", str(retain)] if retain else [])
+
+
+def test_compare_runs_every_strategy_and_writes_the_report(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "lora r=4 alpha=8", "freeze bottom 50%")) == 0
+    stdout = capsys.readouterr().out
+    assert "On the frontier of quality against KL from the base" in stdout and f"report: {out / 'report.html'}" in stdout
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["strategy"]: r for r in results["runs"]}
+    assert list(runs) == ["full", "lora r=4 alpha=8", "freeze bottom 50%"]
+    for row in runs.values():
+        assert row["status"] == "finished"
+        for key in ("trainable_params", "peak_memory_bytes", "step_time_s", "tokens_per_s", "eval_loss",
+                    "exact_match", "retain_ppl_delta", "retain_kl", "run_dir", "checkpoint_bytes", "wall_time_s"):
+            assert row[key] is not None, key
+        assert row["retain_kl"] > 0  # every strategy moved away from the base
+    assert runs["full"]["trainable_params"] > runs["freeze bottom 50%"]["trainable_params"] > runs["lora r=4 alpha=8"]["trainable_params"]
+    assert runs["full"]["checkpoint_bytes"] > runs["freeze bottom 50%"]["checkpoint_bytes"]
+    # freezing the bottom half leaves the bottom blocks exactly where they were
+    drift = runs["freeze bottom 50%"]["layer_drift"]
+    assert drift["layer 0"] == drift["layer 1"] == drift["embeddings"] == 0.0 and drift["layer 3"] > 0
+    assert all(v > 0 for k, v in runs["lora r=4 alpha=8"]["layer_drift"].items() if k.startswith("layer"))
+    assert results["base"]["strategy"] == "base model" and results["base"]["retain_kl"] == 0.0
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("strategy,kind,status") and len(csv_lines) == 5
+    for name in ("loss_curves", "quality_vs_forgetting", "time_and_memory", "layer_drift"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert f"![{name}](plots/{name}.png)" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+
+    # a second invocation keeps finished runs instead of redoing them
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "lora r=4 alpha=8", "freeze bottom 50%")) == 0
+    assert capsys.readouterr().err.count("finished earlier, kept") == 3
+
+
+def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze bottom 50%")) == 0
+    runs = sorted((out / "runs").iterdir())
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    first = json.loads((out / "results.json").read_text())
+    assert {r["strategy"]: r["eval_loss"] for r in again["runs"]} == {r["strategy"]: r["eval_loss"] for r in first["runs"]}
+
+
+def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):
+    import freezetune.comparison as comparison
+
+    real = comparison._run_one
+
+    def flaky(settings, strategy, *args):
+        if strategy.kind == "lora":
+            raise RuntimeError("simulated out-of-memory")
+        return real(settings, strategy, *args)
+
+    monkeypatch.setattr(comparison, "_run_one", flaky)
+    out = tmp_path / "cmp"
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "lora", "freeze bottom 50%")) == 0
+    runs = {r["strategy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["lora"]["status"] == "failed" and runs["lora"]["reason"] == "RuntimeError: simulated out-of-memory"
+    assert runs["freeze bottom 50%"]["status"] == "finished"
+    assert "lora failed: RuntimeError: simulated out-of-memory" in (out / "report.md").read_text()
+
+
+def test_parse_strategy():
+    assert parse_strategy("full").plan == "train all"
+    lora = parse_strategy("lora r=16 alpha=32 targets=q_proj,v_proj")
+    assert lora.lora == {"lora_r": 16, "lora_alpha": 32, "lora_targets": "q_proj,v_proj"}
+    assert parse_strategy("freeze bottom 75%; train mlp@layers 20-29").kind == "plan"
+    assert parse_strategy("freeze bottom 75%").slug == "freeze-bottom-75"
+    with pytest.raises(FreezetuneError, match="expected r=N, alpha=N or targets=a,b after 'lora', not 'rank=4'"):
+        parse_strategy("lora rank=4")
+
+
+def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, tmp_path, capsys, retain_text):
+    empty_retain = tmp_path / "empty.jsonl"
+    empty_retain.write_text('{"prompt": "no text field", "completion": "x"}\n')
+    out = tmp_path / "cmp"
+    cases = [
+        (compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze sideways"), "plan rule 1 'freeze sideways'"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "freeze layers 40"), "--strategy 'freeze layers 40': plan rule 1"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "lora rank=4"), "expected r=N"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "full", "full"), "two strategies share the run folder name 'full'"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=empty_retain), "holds no text"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=tmp_path / "none.txt"), "--retain"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not (out / "runs").exists()  # nothing trained
+    # a folder that holds another comparison is refused
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", retain=retain_text)) == 0
+    other = order_data[0].parent / "other.jsonl"
+    other.write_text(order_data[0].read_text().replace("Alice", "Bob"))
+    capsys.readouterr()
+    assert main(compare_args(tiny_chat_model_dir, (other, order_data[1]), out, "freeze bottom 50%")) == 2
+    assert "holds a comparison with another data; choose another --out" in capsys.readouterr().err
