@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from freezetune import FreezePlan, apply_plan, find_anatomy, load_model, resolve
+from freezetune.engine import peak_memory_bytes
 from freezetune.prefix import PrefixCache, PrefixRunner
 
 PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_cached", "naive", "naive_gc"]
@@ -40,13 +40,8 @@ PLAN = "freeze bottom 75%"
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak RSS. VmHWM restarts at exec; ru_maxrss can carry the parent's peak over."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS (VmHWM restarts at exec; ru_maxrss can carry the parent's peak over)."""
+    return peak_memory_bytes(torch.device("cpu"))
 
 
 class Bench:

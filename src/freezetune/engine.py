@@ -57,9 +57,26 @@ def build_scheduler(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new high-water mark, so each run (a comparison runs several) reports its own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the process-wide peak is all there is; peak_memory_bytes says the same
+
+
 def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the allocator's peak. CPU: the process's peak RSS since reset_peak_memory (VmHWM)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -138,6 +155,7 @@ class Trainer:
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
         guard = FirstStepGuard(self.accelerator.unwrap_model(self.model), set(self.names)) if start == 0 else None
+        reset_peak_memory(self.device)
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
         step = start
