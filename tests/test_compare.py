@@ -120,3 +120,25 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
     capsys.readouterr()
     assert main(compare_args(tiny_chat_model_dir, (other, order_data[1]), out, "freeze bottom 50%")) == 2
     assert "holds a comparison with another data; choose another --out" in capsys.readouterr().err
+
+
+def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from freezetune.compare import CompareOptions
+    from freezetune.comparison import run_comparison
+
+    options = CompareOptions(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
+                             strategy=["full", "freeze bottom 50%"], max_steps=6, batch_size=4, seq_len=64,
+                             eval_generate=0, out=str(tmp_path / "cmp"))
+    polls = iter(range(1000))
+    stop_at = 6 + 3  # all 6 polls of the first run, then step 3 of the second
+    logged = []
+    reached = run_comparison(options.settings(), log=logged.append, progress=False, should_stop=lambda: next(polls) >= stop_at)
+    assert [p.name for p in reached] == ["full", "freeze-bottom-50"]
+    assert "freeze bottom 50%: stopped; run the same command again to continue" in logged
+    second = tmp_path / "cmp" / "runs" / "freeze-bottom-50"
+    assert (second / "checkpoints" / "step-000003").is_dir() and not (second / "trainable.safetensors").exists()
+    logged.clear()
+    run_comparison(options.settings(), log=logged.append, progress=False)
+    assert "[1/2] full: finished earlier, kept" in logged
+    assert any(line.startswith("resuming") and "step 3 of 6" in line for line in logged)
+    assert (second / "forgetting.json").is_file()

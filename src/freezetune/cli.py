@@ -51,6 +51,18 @@ class _StopFlag:
         self.requested = True
         print(f"\nfreezetune: {signal.Signals(signum).name} received, saving a checkpoint…", file=sys.stderr)
 
+    def __enter__(self) -> _StopFlag:
+        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
 
 def run_train(config: TrainConfig) -> str:
     """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
@@ -58,14 +70,9 @@ def run_train(config: TrainConfig) -> str:
     from freezetune.session import open_session
 
     session = open_session(config)
-    print(f"run folder: {session.run_dir}", file=sys.stderr)
-    stop = _StopFlag()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = Trainer(session, log=lambda m: print(m, file=sys.stderr)).run(should_stop=lambda: stop.requested)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    _log(f"run folder: {session.run_dir}")
+    with _StopFlag() as stop:
+        result = Trainer(session, log=_log).run(should_stop=lambda: stop.requested)
     if result["status"] != "finished":
         return f"interrupted at step {result['step']}: {result['run_dir']}"
     before, after = result["before"], result["after"]
@@ -102,9 +109,11 @@ def run_compare(options: CompareOptions) -> str:
     from freezetune.report import write_report
 
     settings = options.settings()
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    run_dirs = run_comparison(settings, log=log)
+    with _StopFlag() as stop:
+        run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested)
     report = write_report(run_dirs, settings.out)
+    if stop.requested:
+        return f"interrupted; run the same command again to continue\nreport so far: {report}"
     advice = json.loads((settings.out / "results.json").read_text())["recommendation"]
     return "\n".join(advice) + f"\nreport: {report}"
 

@@ -92,7 +92,7 @@ class CompareOptions:
         strategies = [parse_strategy(s) for s in (self.strategy or DEFAULT_STRATEGIES)]
         base = TrainConfig(model=self.model, objective=self.objective, data=self.data, eval_data=self.eval_data,
                            max_steps=self.max_steps, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed,
-                           eval_generate=self.eval_generate, save_every=0, cache_dir=self.cache_dir)
+                           eval_generate=self.eval_generate, cache_dir=self.cache_dir)
         return CompareSettings(self.model, strategies, Path(self.out), base,
                                {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}, self.retain)
 

@@ -48,22 +48,29 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, retain, reference, device, log, progress) -> None:
+def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, retain, reference, device, log,
+             progress, should_stop) -> bool:
+    """Train one strategy and measure it; False when a stop was requested mid-run (it checkpointed)."""
     config = run_config(settings, strategy)
     run_dir = Path(config.out)
     session = open_session(config)
-    Trainer(session, log=log, progress=progress).run(before=reference)
+    result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=reference)
     del session
+    if result["status"] != "finished":
+        return False
     tuned = load_run(run_dir, Path(config.cache_dir) if config.cache_dir else None).model.to(device)
     measured = forgetting(base, tuned, retain, config.batch_size, pad_id, device)
     write_json(run_dir / "forgetting.json", {"strategy": strategy.name, "kind": strategy.kind, **measured,
                                              "layer_drift": layer_drift(base, tuned)})
     log(f"{strategy.name}: retain perplexity {measured['retain_ppl_base']:.3f} -> {measured['retain_ppl']:.3f}, "
         f"KL from base {measured['retain_kl']:.4f}")
+    return True
 
 
-def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print, progress: bool = True) -> list[Path]:
-    """Run every strategy not yet finished; returns the run folders in strategy order."""
+def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print, progress: bool = True,
+                   should_stop: Callable[[], bool] = lambda: False) -> list[Path]:
+    """Run every strategy not yet finished; returns the run folders in strategy order (those
+    reached so far, when ``should_stop`` interrupts: the running one checkpoints first)."""
     loaded, base_sha256 = validate(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256),
@@ -84,7 +91,9 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
         failure = run_dir / "failed.json"
         failure.unlink(missing_ok=True)
         try:
-            _run_one(settings, strategy, base, pad_id, retain, reference, device, log, progress)
+            if not _run_one(settings, strategy, base, pad_id, retain, reference, device, log, progress, should_stop):
+                log(f"{strategy.name}: stopped; run the same command again to continue")
+                return run_dirs
         except Exception as exc:  # one failed strategy must not sink the others; its reason goes in the table
             reason = str(exc).splitlines()[0] if isinstance(exc, FreezetuneError) else f"{type(exc).__name__}: {exc}"
             run_dir.mkdir(parents=True, exist_ok=True)

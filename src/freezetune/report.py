@@ -150,8 +150,9 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-TABLE = ["strategy", "status", "trainable_params", "peak_memory_bytes", "step_time_s", "tokens_per_s", "wall_time_s",
-         "checkpoint_bytes", "eval_loss", "exact_match", "retain_ppl_delta", "retain_kl"]
+TABLE = {"strategy": "strategy", "status": "status", "trainable_params": "trainable", "peak_memory_bytes": "peak memory",
+         "step_time_s": "step s", "tokens_per_s": "tokens/s", "wall_time_s": "train s", "checkpoint_bytes": "checkpoint",
+         "eval_loss": "eval loss", "exact_match": "exact match", "retain_ppl_delta": "Δ retain ppl", "retain_kl": "KL from base"}
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison") -> Path:
@@ -166,7 +167,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
-    header = "| " + " | ".join(TABLE) + " |\n|" + "---|" * len(TABLE) + "\n"
+    header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
     body = "".join("| " + " | ".join(_cell(k, r.get(k)) for k in TABLE) + " |\n" for r in table_rows)
     markdown = f"# {title}\n\n{header}{body}\n## Recommendation\n\n" + "".join(f"- {line}\n" for line in advice)
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
@@ -178,9 +179,10 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;font-size:14px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%}}figure{{margin:2em 0}}</style></head>
+img{{max-width:100%}}figure{{margin:2em 0}}.scroll{{overflow-x:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<table><thead><tr>{"".join(f"<th>{html.escape(k)}</th>" for k in TABLE)}</tr></thead><tbody>{cells}</tbody></table>
+<div class="scroll"><table><thead><tr>{"".join(f"<th>{html.escape(v)}</th>" for v in TABLE.values())}</tr></thead>
+<tbody>{cells}</tbody></table></div>
 <h2>Recommendation</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in advice)}</ul>
 {images}
 </body></html>
