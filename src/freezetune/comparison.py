@@ -11,7 +11,7 @@ import torch
 
 from freezetune.checkpoint import read_manifest, write_json
 from freezetune.compare import CompareSettings, Strategy, fingerprint, run_config, validate
-from freezetune.dataset import Example
+from freezetune.dataset import Example, pad_token_id
 from freezetune.engine import Trainer
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
@@ -77,7 +77,7 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
                                                "strategies": [s.name for s in settings.strategies]})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     reference = _base_reference(settings, base, tokenizer, device, log)
     retain = _retain_examples(settings, base, tokenizer, device)
     run_dirs = []

@@ -185,6 +185,11 @@ def split_holdout(data: TokenizedData, fraction: float, seed: int) -> tuple[Toke
     return train, TokenizedData([data.examples[i] for i in sorted(held)])
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with; many causal LMs have no pad token and reuse EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: pads get no attention and no loss, so real positions are unaffected."""
     width = max(len(e.input_ids) for e in examples)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from freezetune.checkpoint import (
     checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json,
 )
-from freezetune.dataset import collate
+from freezetune.dataset import collate, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
@@ -97,7 +97,7 @@ class Trainer:
         seed_everything(self.config.seed)
         self.model = session.loaded.model.to(self.device)
         self.tokenizer = session.loaded.tokenizer
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
         self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from freezetune.dataset import IGNORE, Example, collate
+from freezetune.dataset import IGNORE, Example, collate, pad_token_id
 from freezetune.prefix import PrefixRunner
 
 
@@ -40,7 +40,7 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded in batches), decoded without specials."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
     texts = []
@@ -69,7 +69,7 @@ def evaluate_model(model, tokenizer, examples: list[Example], config, device, ru
                    label: str = "") -> dict:
     """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
     ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     result = {"label": label}
     result.update({f"eval_{k}": v for k, v in eval_loss(model, runner, examples, config.batch_size, pad_id, device).items()})
     checkable = [e for e in examples if e.reference is not None]
