@@ -142,3 +142,18 @@ def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir
     assert "[1/2] full: finished earlier, kept" in logged
     assert any(line.startswith("resuming") and "step 3 of 6" in line for line in logged)
     assert (second / "forgetting.json").is_file()
+
+
+def test_compare_reads_a_yaml_config_with_a_strategy_list(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        f"model: {tiny_chat_model_dir}\ndata: {order_data[0]}\neval_data: {order_data[1]}\nmax_steps: 2\n"
+        f"batch_size: 4\nseq_len: 64\neval_generate: 0\nout: {tmp_path / 'cmp'}\n"
+        "strategy:\n  - freeze bottom 50%; train mlp@layers 0-1\n  - lora r=2\n"
+    )
+    assert main(["compare", "--config", str(config), "--max-steps", "3"]) == 0
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [r["strategy"] for r in results["runs"]] == ["freeze bottom 50%; train mlp@layers 0-1", "lora r=2"]
+    assert all(r["exact_match"] is None for r in results["runs"])  # eval_generate 0: nothing checked
+    manifest = json.loads((tmp_path / "cmp" / "runs" / "lora-r-2" / "manifest.json").read_text())
+    assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 2
