@@ -45,7 +45,7 @@ def model_hash(path: Path) -> str:
 
 
 def write_json(path: Path, data) -> None:
-    staging = path.with_name(f".{path.name}.partial")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.partial")  # processes of one run never share it
     staging.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(staging, path)
 

@@ -64,15 +64,36 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def run_train(config: TrainConfig) -> str:
+def _relaunch(config: TrainConfig, argv: list[str]) -> str:
+    """--num-processes N outside a distributed launch: start N processes through torchrun (DDP)."""
+    import subprocess
+
+    args = [a for i, a in enumerate(argv) if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")]
+    args = [a for a in args if not a.startswith("--num-processes=")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.num_processes}",
+               "-m", "freezetune", *args]
+    code = subprocess.call(command)
+    if code:
+        raise FreezetuneError(f"the {config.num_processes}-process run failed (exit status {code}); see the messages above")
+    return f"finished with {config.num_processes} processes"
+
+
+def run_train(config: TrainConfig, argv: list[str]) -> str:
     """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
     from freezetune.engine import Trainer
+    from freezetune.processes import process_state
     from freezetune.session import open_session
 
+    if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(config, argv)
+
     session = open_session(config)
-    _log(f"run folder: {session.run_dir}")
+    if process_state().is_main_process:
+        _log(f"run folder: {session.run_dir}")
     with _StopFlag() as stop:
         result = Trainer(session, log=_log).run(should_stop=lambda: stop.requested)
+    if not process_state().is_main_process:
+        return ""  # the main process reports for all of them
     if result["status"] != "finished":
         return f"interrupted at step {result['step']}: {result['run_dir']}"
     before, after = result["before"], result["after"]
@@ -158,6 +179,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command in ("train", "compare"):
         import datasets
@@ -174,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         options.validate()
-        print(command(options))
+        output = command(options, argv) if cls is TrainConfig else command(options)
+        if output:
+            print(output)
     except FreezetuneError as exc:
         print(f"freezetune {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -47,14 +47,18 @@ class TrainConfig:
     show_generations: int = opt(3, help="generations to print before and after training")
     max_new_tokens: int = opt(48, help="token limit for generations")
     cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
+    num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "grad_accum"):
+        for name in ("seq_len", "batch_size", "grad_accum", "num_processes"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "warmup", "eval_every", "save_every", "eval_generate", "show_generations"):
             if getattr(self, name) < 0:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.batch_size % self.num_processes:
+            raise FreezetuneError(f"--batch-size {self.batch_size} does not divide among {self.num_processes} processes; "
+                                  "the global batch must split evenly")
         if self.max_steps == 0 and self.epochs <= 0:
             raise FreezetuneError("give --max-steps or a positive --epochs")
         if self.lora_r < 0:

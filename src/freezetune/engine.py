@@ -8,8 +8,10 @@ of the step and a resumed run sees exactly the batches the uninterrupted one wou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 import resource
 import time
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from freezetune.checkpoint import (
     checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json,
 )
-from freezetune.dataset import collate, pad_token_id
+from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
@@ -80,6 +82,19 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def check_same_plan(accelerator: Accelerator, names: list[str]) -> None:
+    """Every process must train the same tensors, or DDP averages gradients of different things."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    mine = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    everyone = gather_object([mine])
+    if len(set(everyone)) != 1:
+        raise FreezetuneError(f"the processes resolved different plans (trainable-set hashes {sorted(set(everyone))}); "
+                              "give every process the same model and plan")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -90,9 +105,11 @@ class Trainer:
     def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
         self.s = session
         self.config = session.config
-        self.log = log
-        self.progress = progress
         self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir)
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.log = log if self.main else (lambda message: None)  # one voice, not one per process
+        self.progress = progress and self.main
         self.device = self.accelerator.device
         seed_everything(self.config.seed)
         self.model = session.loaded.model.to(self.device)
@@ -102,12 +119,19 @@ class Trainer:
         self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()
         examples = len(session.train.examples)
-        self.batches_per_epoch = math.ceil(examples / self.config.batch_size)
+        # full batches only, so every process always gets its equal share of each global batch
+        self.batches_per_epoch = examples // self.config.batch_size
+        if self.batches_per_epoch == 0:
+            raise FreezetuneError(f"{examples} training examples are fewer than one batch (--batch-size {self.config.batch_size})")
+        check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.max_steps or max(
             1, math.ceil(self.config.epochs * self.batches_per_epoch / self.config.grad_accum))
         optimizer = build_optimizer(self.model, self.config)
         scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
+        # and so the schedule, does not depend on how many processes share it
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.scheduler = scheduler
         self.metrics_path = session.run_dir / "metrics.jsonl"
 
     # --- data position is a function of the micro-batch index ----------------------------
@@ -116,16 +140,19 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         order = torch.randperm(len(self.s.train.examples), generator=generator).tolist()
         ids = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
+        share = self.config.batch_size // self.world  # the global batch is the same whatever the process count
+        ids = ids[self.rank * share:(self.rank + 1) * share]
         return ids, collate([self.s.train.examples[i] for i in ids], self.pad_id)
 
     def evaluate(self, label: str) -> dict:
-        return evaluate_model(self.model, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
+        model = self.accelerator.unwrap_model(self.model)  # no collective inside: every process evaluates alike
+        return evaluate_model(model, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
 
     def _resume(self) -> int:
         last = checkpoint_dirs(self.s.run_dir)[-1]
         state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
         step = state["step"]
-        if self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
+        if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             staging = self.metrics_path.with_suffix(".partial")
             staging.write_text("".join(line + "\n" for line in kept))
@@ -134,10 +161,24 @@ class Trainer:
         return step
 
     def _checkpoint(self, step: int) -> None:
-        save_checkpoint(self.s.run_dir, step, self.accelerator.unwrap_model(self.model), self.names,
-                        self.optimizer, self.scheduler, {"total_steps": self.total_steps})
+        """Written once, by the main process; every process's optimizer state is the same under DDP."""
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            save_checkpoint(self.s.run_dir, step, self.accelerator.unwrap_model(self.model), self.names,
+                            self.optimizer, self.scheduler, {"total_steps": self.total_steps, "processes": self.world})
         if self.s.cache is not None:
-            self.s.cache.save()
+            self.s.cache.save()  # each process keeps the cache of the examples it has run
+        self.accelerator.wait_for_everyone()
+
+    def _stop_requested(self, should_stop: Callable[[], bool]) -> bool:
+        """A signal may reach one process first; all of them must stop at the same step."""
+        wanted = torch.tensor([float(should_stop())], device=self.device)
+        return bool(self.accelerator.reduce(wanted, "sum").item()) if self.world > 1 else bool(wanted.item())
+
+    def _sum(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        return float(self.accelerator.reduce(torch.tensor([float(value)], device=self.device), "sum").item())
 
     def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
         """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
@@ -151,7 +192,8 @@ class Trainer:
         if before is None:
             before = self.evaluate("before")
             self._show(before)
-        self._update_manifest(eval_before=before)
+        if self.main:
+            self._update_manifest(eval_before=before)
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
         guard = FirstStepGuard(self.accelerator.unwrap_model(self.model), set(self.names)) if start == 0 else None
@@ -159,9 +201,9 @@ class Trainer:
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
         step = start
-        with open(self.metrics_path, "a") as metrics:
+        with open(self.metrics_path if self.main else os.devnull, "a") as metrics:
             while step < self.total_steps:
-                if should_stop():
+                if self._stop_requested(should_stop):
                     self._checkpoint(step)
                     bar.close()
                     self.log(f"stopped at step {step}; continue with --resume {run_dir}")
@@ -183,11 +225,14 @@ class Trainer:
                     self._checkpoint(step)
         bar.close()
         self._checkpoint(step)
-        save_trainable(self.accelerator.unwrap_model(self.model), self.names, run_dir / "trainable.safetensors")
+        if self.main:
+            save_trainable(self.accelerator.unwrap_model(self.model), self.names, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
         self._show(after)
-        write_json(run_dir / "eval.json", {"before": before, "after": after})
-        self._update_manifest(status="finished", steps=step)
+        if self.main:
+            write_json(run_dir / "eval.json", {"before": before, "after": after})
+            self._update_manifest(status="finished", steps=step)
+        self.accelerator.wait_for_everyone()
         if config.log_with:
             self.accelerator.end_training()
         return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
@@ -200,13 +245,22 @@ class Trainer:
             keys, lengths = [f"train:{i}" for i in ids], [len(self.s.train.examples[i].input_ids) for i in ids]
             with self.runner.batch(keys, lengths), self.accelerator.autocast():
                 loss = self.model(**batch, use_cache=False).loss
-            if not torch.isfinite(loss):
+            if self.world > 1:
+                # each process's loss is a mean over its own target tokens; weigh it by its token share so that
+                # DDP's gradient average equals the mean over the whole global batch, as on one process
+                local = int((batch["labels"][:, 1:] != IGNORE).sum())
+                total = self._sum(local)
+                global_loss = self._sum(loss.item() * local) / total
+                loss = loss * (local * self.world / total)
+            else:
+                global_loss = loss.item()
+            if not math.isfinite(global_loss):
                 done = checkpoint_dirs(self.s.run_dir)
                 kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
-                raise FreezetuneError(f"step {step + 1}: the loss is {loss.item()}; stopped ({kept})")
+                raise FreezetuneError(f"step {step + 1}: the loss is {global_loss}; stopped ({kept})")
             self.accelerator.backward(loss / config.grad_accum)
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
+            losses.append(global_loss)
+            tokens += int(self._sum(int(batch["attention_mask"].sum())))
         if guard is not None:
             guard.check_gradients()
         if config.max_grad_norm:

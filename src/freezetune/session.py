@@ -20,11 +20,12 @@ from freezetune.lora import wrap_lora
 from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
+from freezetune.processes import process_state
 from freezetune.resolve import ResolvedPlan, apply_plan, resolve
 from freezetune.tasks import order_task, stdlib_docstrings
 
 AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
-RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir"}
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes"}
 
 
 @dataclass
@@ -87,8 +88,10 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
         mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
     path = None
     if mode == "disk":
+        state = process_state()  # each process caches the examples it runs: one file per process
+        shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
         root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
-        path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}.safetensors"
+        path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}{shard}.safetensors"
     cache = PrefixCache(path)
     where = f"on disk at {path}" if path else "in memory"
     state = " (reused from an earlier run)" if cache.loaded_from_disk else ""
@@ -129,6 +132,10 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
 
 def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Session:
     config.validate()
+    world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
+    if config.batch_size % world:
+        raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {world} processes; "
+                              "the global batch must split evenly")
     plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
     loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)

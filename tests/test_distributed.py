@@ -1,0 +1,70 @@
+"""Two processes on CPU (torchrun, gloo, DDP) against one, with the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from freezetune.cli import main
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def args(model_dir, order_data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+            "--out", str(out), "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1",
+            "--eval-generate", "0", "--plan", "freeze bottom 50%", "--prefix-cache", "off", *extra]
+
+
+def freezetune(*argv, **kwargs):
+    return subprocess.run([sys.executable, "-m", "freezetune", *argv], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_two_processes_match_one_and_write_one_checkpoint(tiny_chat_model_dir, order_data, tmp_path):
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(args(tiny_chat_model_dir, order_data, single, "--max-steps", "6", "--save-every", "3")) == 0
+    result = freezetune(*args(tiny_chat_model_dir, order_data, double, "--max-steps", "6", "--save-every", "3",
+                              "--num-processes", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # records of unequal length: the loss is weighed by each process's token share, as one process sees it
+    assert losses(double) == pytest.approx(losses(single), rel=1e-4)
+    trained, reference = load_file(str(double / "trainable.safetensors")), load_file(str(single / "trainable.safetensors"))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-3, atol=1e-5)
+    assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    assert len((double / "metrics.jsonl").read_text().splitlines()) == 6  # written once, not once per process
+    assert result.stdout.count("finished 6 steps") == 1
+
+
+def test_a_two_process_run_resumes_with_one_process(tiny_chat_model_dir, order_data, tmp_path):
+    reference, victim = tmp_path / "straight", tmp_path / "killed"
+    # a small learning rate keeps the float noise of 1 vs 2 processes (thread counts, all-reduce order) small
+    steps = ["--max-steps", "150", "--save-every", "5", "--lr", "1e-3"]
+    assert main(args(tiny_chat_model_dir, order_data, reference, *steps)) == 0
+    process = subprocess.Popen([sys.executable, "-m", "freezetune", *args(tiny_chat_model_dir, order_data, victim, *steps,
+                                                                          "--num-processes", "2")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while not (victim / "checkpoints" / "step-000010" / "state.json").exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = freezetune("train", "--resume", str(victim))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+    assert losses(victim) == pytest.approx(losses(reference), rel=1e-3)
+
+
+def test_a_global_batch_that_does_not_split_is_refused(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    assert main(args(tiny_chat_model_dir, order_data, tmp_path / "odd", "--batch-size", "5", "--num-processes", "2")) == 2
+    assert "--batch-size 5 does not divide among 2 processes" in capsys.readouterr().err
