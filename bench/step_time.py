@@ -44,13 +44,29 @@ def peak_rss_bytes() -> int:
     return peak_memory_bytes(torch.device("cpu"))
 
 
+RANDOM_SHAPES = {
+    # TinyLlama-1.1B's shape, random weights: a ~1B model without any download
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
+}
+
+
+def random_model(name: str) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = RANDOM_SHAPES.get(name.removeprefix("random:"))
+    if shape is None:
+        raise SystemExit(f"unknown random model {name}; one of: {', '.join('random:' + k for k in RANDOM_SHAPES)}")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**shape))
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
         self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        self.loaded = load_model(args.model)
-        self.model = self.loaded.model.to(self.device)
+        self.model = (random_model(args.model) if args.model.startswith("random:") else load_model(args.model).model).to(self.device)
         self.anatomy = find_anatomy(self.model)
         vocab = self.anatomy.dims.vocab_size
         generator = torch.Generator().manual_seed(0)
@@ -145,7 +161,7 @@ def measure_memory_cpu(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="a model name or path, or random:llama-1b")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path (after warm-up)")

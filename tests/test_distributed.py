@@ -68,3 +68,17 @@ def test_a_two_process_run_resumes_with_one_process(tiny_chat_model_dir, order_d
 def test_a_global_batch_that_does_not_split_is_refused(tiny_chat_model_dir, order_data, tmp_path, capsys):
     assert main(args(tiny_chat_model_dir, order_data, tmp_path / "odd", "--batch-size", "5", "--num-processes", "2")) == 2
     assert "--batch-size 5 does not divide among 2 processes" in capsys.readouterr().err
+
+
+def test_accelerate_launch_with_the_shipped_cpu_config(tiny_chat_model_dir, order_data, tmp_path):
+    from pathlib import Path
+
+    config = Path(__file__).parent.parent / "configs" / "ddp.yaml"
+    out = tmp_path / "launched"
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                               "-m", "freezetune", *args(tiny_chat_model_dir, order_data, out, "--max-steps", "3")],
+                              capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-000003" / "state.json").read_text())
+    assert state["processes"] == 2
+    assert len(losses(out)) == 3
