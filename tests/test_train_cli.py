@@ -190,3 +190,23 @@ def test_a_missing_tracker_is_an_error_not_a_silent_skip(tiny_chat_model_dir, or
     assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "tb", "--max-steps", "1", "--log-with", "tensorboard")) == 2
     assert "--log-with tensorboard needs the tensorboard package" in capsys.readouterr().err
     assert not (tmp_path / "tb").exists()  # refused before the run folder was made
+
+
+def test_lora_run_exports_merged_weights(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "lora"
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "3", "--lora-r", "4", "--lr", "0.05")) == 0
+    saved = load_file(str(run_dir / "trainable.safetensors"))
+    assert saved and all(".lora_A." in name or ".lora_B." in name for name in saved)
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "merged")]) == 0
+    merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).named_parameters())
+    assert not any("lora" in name for name in merged)
+    # W' = W + (alpha / r) * B @ A for an adapted projection
+    prefix = "base_model.model.model.layers.1.self_attn.q_proj"
+    delta = (16 / 4) * saved[f"{prefix}.lora_B.default.weight"] @ saved[f"{prefix}.lora_A.default.weight"]
+    expected = base["model.layers.1.self_attn.q_proj.weight"] + delta
+    torch.testing.assert_close(merged["model.layers.1.self_attn.q_proj.weight"], expected, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", "send 3 red mugs", "--max-new-tokens", "4"]) == 0
