@@ -210,3 +210,9 @@ def test_lora_run_exports_merged_weights(tiny_chat_model_dir, order_data, tmp_pa
     torch.testing.assert_close(merged["model.layers.1.self_attn.q_proj.weight"], expected, rtol=1e-5, atol=1e-6)
     capsys.readouterr()
     assert main(["generate", str(run_dir), "--prompt", "send 3 red mugs", "--max-new-tokens", "4"]) == 0
+
+
+def test_fewer_examples_than_one_batch_is_refused_before_the_run_folder(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "small", "--batch-size", "32")) == 2
+    assert "20 training examples are fewer than one batch (--batch-size 32)" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()

@@ -124,11 +124,9 @@ class Trainer:
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
         self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()
-        examples = len(session.train.examples)
         # full batches only, so every process always gets its equal share of each global batch
-        self.batches_per_epoch = examples // self.config.batch_size
-        if self.batches_per_epoch == 0:
-            raise FreezetuneError(f"{examples} training examples are fewer than one batch (--batch-size {self.config.batch_size})")
+        self.batches_per_epoch = len(session.train.examples) // self.config.batch_size
+        self._order: tuple[int, list[int]] = (-1, [])
         check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.max_steps or max(
             1, math.ceil(self.config.epochs * self.batches_per_epoch / self.config.grad_accum))
@@ -143,8 +141,10 @@ class Trainer:
     # --- data position is a function of the micro-batch index ----------------------------
     def micro_batch(self, index: int) -> tuple[list[int], dict]:
         epoch, position = divmod(index, self.batches_per_epoch)
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.s.train.examples), generator=generator).tolist()
+        if self._order[0] != epoch:  # one seeded permutation per epoch
+            generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.s.train.examples), generator=generator).tolist())
+        order = self._order[1]
         ids = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
         share = self.config.batch_size // self.world  # the global batch is the same whatever the process count
         ids = ids[self.rank * share:(self.rank + 1) * share]

@@ -149,6 +149,8 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Ses
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
     train, held, notes = load_data(config, loaded.tokenizer)
+    if len(train.examples) < config.batch_size:  # epochs use full batches only
+        raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype)
     notes.append(cache_note)
     notes += [f"notice: {n}" for n in resolved.notices]
