@@ -82,3 +82,11 @@ def test_accelerate_launch_with_the_shipped_cpu_config(tiny_chat_model_dir, orde
     state = json.loads((out / "checkpoints" / "step-000003" / "state.json").read_text())
     assert state["processes"] == 2
     assert len(losses(out)) == 3
+
+
+def test_fsdp_and_deepspeed_launches_are_refused_not_silently_run_as_ddp(tiny_chat_model_dir, order_data, tmp_path):
+    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        env = dict(os.environ, **{flag: "true"})
+        result = freezetune(*args(tiny_chat_model_dir, order_data, tmp_path / flag, "--max-steps", "1"), env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "launches are not supported yet; use plain multi-process DDP" in result.stderr.strip().splitlines()[-1]

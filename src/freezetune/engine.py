@@ -31,6 +31,7 @@ from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
 from freezetune.prefix import PrefixRunner
+from freezetune.processes import check_launch
 from freezetune.session import Session
 
 
@@ -38,11 +39,7 @@ def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Acc
     cuda = torch.cuda.is_available()
     mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir))
-    kind = accelerator.distributed_type.value
-    if kind in ("FSDP", "DEEPSPEED"):
-        # not silently "supported": saving only trained tensors and the prefix runner are untested under sharding
-        raise FreezetuneError(f"{kind} launches are not supported yet; use plain multi-process DDP "
-                              "(accelerate launch with configs/ddp.yaml, or --num-processes N)")
+    check_launch(accelerator.distributed_type.value)
     return accelerator
 
 

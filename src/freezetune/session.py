@@ -20,7 +20,7 @@ from freezetune.lora import wrap_lora
 from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
-from freezetune.processes import process_state
+from freezetune.processes import check_launch, process_state
 from freezetune.resolve import ResolvedPlan, apply_plan, resolve
 from freezetune.tasks import order_task, stdlib_docstrings
 
@@ -132,6 +132,7 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
 
 def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Session:
     config.validate()
+    check_launch()  # before the process state exists: accelerate itself fails on a DeepSpeed launch without DeepSpeed
     world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
     if config.batch_size % world:
         raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {world} processes; "
