@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs: `make demo` (the main job) and `make test`.
 # The demo compares full fine-tuning, LoRA and two freeze plans on the embedded SmolLM2-135M
-# and the built-in order task (about 9 minutes on 2 CPU cores), then prints where the report is.
+# and the built-in order task (about 8 minutes on 2 CPU cores), then prints where the report is.
 # Run again, it keeps the finished runs and only re-renders the report.
 # Both create .venv and install everything on first use; nothing is downloaded at run time.
 PYTHON ?= python3

@@ -74,7 +74,7 @@ class CompareOptions:
     retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
                              "model's answers to 52 built-in general prompts")
     objective: str = opt("sft", help="sft or cpt", choices=("sft", "cpt"))
-    max_steps: int = opt(24, help="optimizer steps per strategy (the same budget for all)")
+    max_steps: int = opt(20, help="optimizer steps per strategy (the same budget for all)")
     batch_size: int = opt(8, help="examples per step")
     seq_len: int = opt(256, help="maximum tokens per example")
     seed: int = opt(0, help="one seed for every run")
