@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from freezetune.errors import FreezetuneError
+from freezetune.models import hash_file_into
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 KEEP_CHECKPOINTS = 2
@@ -38,16 +39,19 @@ def model_hash(path: Path) -> str:
         raise FreezetuneError(f"{path} holds no weight files to hash")
     for file in files:
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
+        hash_file_into(digest, file)
     return digest.hexdigest()
 
 
-def write_json(path: Path, data) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: readers see the old file or the new one, never half of it."""
     staging = path.with_name(f".{path.name}.{os.getpid()}.partial")  # processes of one run never share it
-    staging.write_text(json.dumps(data, indent=2) + "\n")
+    staging.write_text(text)
     os.replace(staging, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextmanager

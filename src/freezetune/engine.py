@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from freezetune.checkpoint import (
-    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json,
+    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json, write_text,
 )
 from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
@@ -157,9 +157,7 @@ class Trainer:
         step = state["step"]
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            staging = self.metrics_path.with_suffix(".partial")
-            staging.write_text("".join(line + "\n" for line in kept))
-            staging.replace(self.metrics_path)
+            write_text(self.metrics_path, "".join(line + "\n" for line in kept))
         self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
         return step
 
@@ -178,10 +176,12 @@ class Trainer:
         wanted = torch.tensor([float(should_stop())], device=self.device)
         return bool(self.accelerator.reduce(wanted, "sum").item()) if self.world > 1 else bool(wanted.item())
 
-    def _sum(self, value: float) -> float:
+    def _sum(self, *values: float) -> list[float]:
+        """Sums over all processes, in one all-reduce however many values."""
         if self.world == 1:
-            return value
-        return float(self.accelerator.reduce(torch.tensor([float(value)], device=self.device), "sum").item())
+            return [float(v) for v in values]
+        summed = self.accelerator.reduce(torch.tensor([float(v) for v in values], device=self.device), "sum")
+        return summed.tolist()
 
     def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
         """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
@@ -248,12 +248,12 @@ class Trainer:
             keys, lengths = [f"train:{i}" for i in ids], [len(self.s.train.examples[i].input_ids) for i in ids]
             with self.runner.batch(keys, lengths), self.accelerator.autocast():
                 loss = self.model(**batch, use_cache=False).loss
+            local = int((batch["labels"][:, 1:] != IGNORE).sum())
+            total, weighted, attended = self._sum(local, loss.item() * local, int(batch["attention_mask"].sum()))
             if self.world > 1:
                 # each process's loss is a mean over its own target tokens; weigh it by its token share so that
                 # DDP's gradient average equals the mean over the whole global batch, as on one process
-                local = int((batch["labels"][:, 1:] != IGNORE).sum())
-                total = self._sum(local)
-                global_loss = self._sum(loss.item() * local) / total
+                global_loss = weighted / total
                 loss = loss * (local * self.world / total)
             else:
                 global_loss = loss.item()
@@ -263,7 +263,7 @@ class Trainer:
                 raise FreezetuneError(f"step {step + 1}: the loss is {global_loss}; stopped ({kept})")
             self.accelerator.backward(loss / config.grad_accum)
             losses.append(global_loss)
-            tokens += int(self._sum(int(batch["attention_mask"].sum())))
+            tokens += int(attended)
         if guard is not None:
             guard.check_gradients()
         if config.max_grad_norm:

@@ -53,11 +53,16 @@ class LoadedModel:
         return self._tokenizer
 
 
+def hash_file_into(digest, path: Path) -> None:
+    """Feed a file's bytes to ``digest`` in chunks (weight files do not fit a single read)."""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    hash_file_into(digest, path)
     return digest.hexdigest()
 
 
