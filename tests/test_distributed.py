@@ -84,9 +84,21 @@ def test_accelerate_launch_with_the_shipped_cpu_config(tiny_chat_model_dir, orde
     assert len(losses(out)) == 3
 
 
-def test_fsdp_and_deepspeed_launches_are_refused_not_silently_run_as_ddp(tiny_chat_model_dir, order_data, tmp_path):
-    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
-        env = dict(os.environ, **{flag: "true"})
-        result = freezetune(*args(tiny_chat_model_dir, order_data, tmp_path / flag, "--max-steps", "1"), env=env)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "launches are not supported yet; use plain multi-process DDP" in result.stderr.strip().splitlines()[-1]
+
+def test_each_process_caches_only_its_own_shard(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.order import BatchOrder
+
+    cache_dir, out = tmp_path / "cache", tmp_path / "cached"
+    run = args(tiny_chat_model_dir, order_data, out, "--epochs", "3", "--num-processes", "2")
+    run[run.index("--prefix-cache") + 1] = "disk"
+    result = freezetune(*run, "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "for about 14 examples per process" in result.stderr  # 20 train / 2 + 4 held-out
+    files = sorted((cache_dir / "prefix").glob("*.safetensors"))
+    assert [f.name.split("-")[-1] for f in files] == ["rank0of2.safetensors", "rank1of2.safetensors"]
+    order = BatchOrder(20, 4, seed=0)
+    cached = [{int(k.split(":")[1]) for k in load_file(str(f)) if k.startswith("train:")} for f in files]
+    assert not cached[0] & cached[1]
+    for rank in (0, 1):
+        # 3 epochs of 5 batches: each process ran (and cached) nothing but its shard, and all of it
+        assert cached[rank] == set(order.shard(rank, 2))

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from freezetune.errors import FreezetuneError
 from freezetune.models import hash_file_into
+from freezetune.sharding import full, like
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 KEEP_CHECKPOINTS = 2
@@ -79,13 +80,14 @@ def versions() -> dict[str, str]:
 
 
 def trainable_state(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Whole tensors on the CPU. Under FSDP a collective: every process calls it, the main one writes."""
     params = dict(model.named_parameters())
-    return {name: params[name].detach().to("cpu").contiguous().clone() for name in names}
+    return {name: full(params[name].detach()).to("cpu").contiguous().clone() for name in names}
 
 
-def save_trainable(model: torch.nn.Module, names: list[str], path: Path) -> None:
+def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
     staging = path.with_name(f".{path.name}.partial")
-    save_file(trainable_state(model, names), str(staging), metadata={"format": "pt"})
+    save_file(tensors, str(staging), metadata={"format": "pt"})
     os.replace(staging, path)
 
 
@@ -100,7 +102,7 @@ def load_trainable(model: torch.nn.Module, path: Path) -> list[str]:
         for name, tensor in tensors.items():
             if params[name].shape != tensor.shape:
                 raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}")
-            params[name].copy_(tensor)
+            params[name].copy_(like(tensor, params[name]))
     return sorted(tensors)
 
 
@@ -134,11 +136,47 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, names: list[str], optimizer, scheduler, state: dict) -> Path:
+def optimizer_state(optimizer, model: torch.nn.Module) -> dict:
+    """The optimizer's state keyed by parameter name, with whole tensors: a checkpoint then resumes
+    under any process count, sharded or not. Under FSDP a collective, like trainable_state."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved = optimizer.state_dict()
+    index = {}
+    for group, live in zip(saved["param_groups"], optimizer.param_groups):
+        index.update(zip(group["params"], (names[id(p)] for p in live["params"])))
+    return {
+        "state": {index[i]: {k: full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                  for i, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [index[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+
+
+def load_optimizer_state(optimizer, model: torch.nn.Module, saved: dict, where: Path) -> None:
+    """Inverse of optimizer_state: each whole tensor is cut to the layout of the parameter it belongs to."""
+    params = dict(model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    current = optimizer.state_dict()
+    live = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    if [g["params"] for g in saved["param_groups"]] != live:
+        raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains "
+                              "(a checkpoint of another plan, or of an older freezetune)")
+    state = {}
+    for group, old in zip(current["param_groups"], saved["param_groups"]):
+        for index, name in zip(group["params"], old["params"]):
+            if name in saved["state"]:  # 0-dim values (AdamW's step) stay as they are
+                state[index] = {k: like(v, params[name]) if torch.is_tensor(v) and v.dim() else v
+                                for k, v in saved["state"][name].items()}
+    groups = [{**old, "params": group["params"]} for group, old in zip(current["param_groups"], saved["param_groups"])]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict, scheduler,
+                    state: dict) -> Path:
+    """``tensors`` and ``optimizer``: from trainable_state and optimizer_state."""
     target = Path(run_dir) / "checkpoints" / f"step-{step:06d}"
     with staged_dir(target) as staging:
-        save_file(trainable_state(model, names), str(staging / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        save_file(tensors, str(staging / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
@@ -149,7 +187,7 @@ def save_checkpoint(run_dir: Path, step: int, model, names: list[str], optimizer
 def load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> dict:
     load_trainable(model, checkpoint / "trainable.safetensors")
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer_state(optimizer, model, saved["optimizer"], checkpoint)
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
     return json.loads((checkpoint / "state.json").read_text())

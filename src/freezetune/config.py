@@ -48,6 +48,7 @@ class TrainConfig:
     max_new_tokens: int = opt(48, help="token limit for generations")
     cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
     num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
+    fsdp: bool = opt(False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)")
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "num_processes"):

@@ -2,8 +2,8 @@
 
 AdamW over trainable parameters only (frozen ones get no gradient and no optimizer state),
 linear warmup then cosine decay, gradient accumulation and clipping, under ``accelerate``.
-Data order is a seeded permutation per epoch, so the position in the data is a pure function
-of the step and a resumed run sees exactly the batches the uninterrupted one would.
+The data order (order.py) is a pure function of the step, so a resumed run sees exactly the
+batches the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -24,22 +24,26 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from freezetune.checkpoint import (
-    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, write_json, write_text,
+    checkpoint_dirs, load_checkpoint, optimizer_state, read_manifest, save_checkpoint, save_trainable, trainable_state,
+    write_json, write_text,
 )
 from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
+from freezetune.order import BatchOrder
 from freezetune.prefix import PrefixRunner
-from freezetune.processes import check_launch
 from freezetune.session import Session
+from freezetune.sharding import shard_model
 
 
 def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Accelerator:
     cuda = torch.cuda.is_available()
     mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir))
-    check_launch(accelerator.distributed_type.value)
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # the CLI's launch_sharding takes these over
+        raise FreezetuneError(f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
+                              "itself: pass FsdpSettings to open_session (processes.launch_sharding reads a launch)")
     return accelerator
 
 
@@ -121,39 +125,33 @@ class Trainer:
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
         self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()
-        # full batches only, so every process always gets its equal share of each global batch
-        self.batches_per_epoch = len(session.train.examples) // self.config.batch_size
-        self._order: tuple[int, list[int]] = (-1, [])
+        self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
         check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.max_steps or max(
-            1, math.ceil(self.config.epochs * self.batches_per_epoch / self.config.grad_accum))
-        optimizer = build_optimizer(self.model, self.config)
-        scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
+            1, math.ceil(self.config.epochs * self.order.batches_per_epoch / self.config.grad_accum))
+        self.sharded = session.fsdp is not None
+        if self.sharded:  # freezetune wraps FSDP itself (sharding.py); accelerate must not wrap it again
+            shard_model(self.model, session.resolved, session.fsdp, self.device, self.accelerator.mixed_precision == "bf16")
+            self.optimizer = build_optimizer(self.model, self.config)  # over the trainable shards
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, build_optimizer(self.model, self.config))
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
-        self.scheduler = scheduler
+        self.scheduler = build_scheduler(self.optimizer, self.config.warmup, self.total_steps)
         self.metrics_path = session.run_dir / "metrics.jsonl"
 
-    # --- data position is a function of the micro-batch index ----------------------------
     def micro_batch(self, index: int) -> tuple[list[int], dict]:
-        epoch, position = divmod(index, self.batches_per_epoch)
-        if self._order[0] != epoch:  # one seeded permutation per epoch
-            generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.s.train.examples), generator=generator).tolist())
-        order = self._order[1]
-        ids = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
-        share = self.config.batch_size // self.world  # the global batch is the same whatever the process count
-        ids = ids[self.rank * share:(self.rank + 1) * share]
+        ids = self.order.share(index, self.rank, self.world)
         return ids, collate([self.s.train.examples[i] for i in ids], self.pad_id)
 
     def evaluate(self, label: str) -> dict:
-        model = self.accelerator.unwrap_model(self.model)  # no collective inside: every process evaluates alike
+        # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
+        model = self.accelerator.unwrap_model(self.model)
         return evaluate_model(model, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
 
     def _resume(self) -> int:
         last = checkpoint_dirs(self.s.run_dir)[-1]
-        state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(last, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
         step = state["step"]
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -161,15 +159,22 @@ class Trainer:
         self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
         return step
 
-    def _checkpoint(self, step: int) -> None:
-        """Written once, by the main process; every process's optimizer state is the same under DDP."""
+    def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
+        """Written once, by the main process, with whole tensors. Under DDP every process holds the same
+        state, so only the main one reads it; under FSDP all of them gather their shards.
+        Returns the trained tensors (on the main process)."""
         self.accelerator.wait_for_everyone()
+        tensors = {}
+        if self.main or self.sharded:
+            model = self.accelerator.unwrap_model(self.model)
+            tensors, optimizer = trainable_state(model, self.names), optimizer_state(self.optimizer, model)
         if self.main:
-            save_checkpoint(self.s.run_dir, step, self.accelerator.unwrap_model(self.model), self.names,
-                            self.optimizer, self.scheduler, {"total_steps": self.total_steps, "processes": self.world})
+            save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
+                            {"total_steps": self.total_steps, "processes": self.world, "fsdp": self.sharded})
         if self.s.cache is not None:
-            self.s.cache.save()  # each process keeps the cache of the examples it has run
+            self.s.cache.save()  # each process keeps the cache of its own shard of the data
         self.accelerator.wait_for_everyone()
+        return tensors
 
     def _stop_requested(self, should_stop: Callable[[], bool]) -> bool:
         """A signal may reach one process first; all of them must stop at the same step."""
@@ -227,9 +232,9 @@ class Trainer:
                 if config.save_every and step % config.save_every == 0 and step < self.total_steps:
                     self._checkpoint(step)
         bar.close()
-        self._checkpoint(step)
+        tensors = self._checkpoint(step)
         if self.main:
-            save_trainable(self.accelerator.unwrap_model(self.model), self.names, run_dir / "trainable.safetensors")
+            save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
         self._show(after)
         if self.main:
@@ -267,7 +272,9 @@ class Trainer:
         if guard is not None:
             guard.check_gradients()
         if config.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            # FSDP: torch's clipping reduces the norm over the shards; accelerate's would look for its own wrapper
+            clip = torch.nn.utils.clip_grad_norm_ if self.sharded else self.accelerator.clip_grad_norm_
+            clip(self.model.parameters(), config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

@@ -14,10 +14,12 @@ import hashlib
 import torch
 
 from freezetune.errors import FreezetuneError
+from freezetune.sharding import local
 
 
 def _digest(tensor: torch.Tensor) -> str:
-    raw = tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
+    """Of this process's part only: under FSDP each process checks its own shards."""
+    raw = local(tensor.detach()).to("cpu").contiguous().view(torch.uint8).numpy()
     return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
@@ -39,7 +41,7 @@ class FirstStepGuard:
                 f"first step: trainable tensor {_some(missing)} received no gradient; "
                 "the forward pass does not reach it, so training it would do nothing"
             )
-        self.zero_gradient = {n for n in self.trainable if not bool(self.params[n].grad.any())}
+        self.zero_gradient = {n for n in self.trainable if not bool(local(self.params[n].grad).any())}
         leaked = [n for n, p in self.params.items() if n not in self.trainable and p.grad is not None]
         if leaked:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")

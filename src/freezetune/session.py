@@ -20,12 +20,13 @@ from freezetune.lora import wrap_lora
 from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
-from freezetune.processes import check_launch, process_state
+from freezetune.processes import process_state
 from freezetune.resolve import ResolvedPlan, apply_plan, resolve
+from freezetune.sharding import FsdpSettings, check_fsdp
 from freezetune.tasks import order_task, stdlib_docstrings
 
 AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
-RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes"}
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp"}
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Session:
     run_dir: Path
     cache: PrefixCache | None
     notes: list[str]
+    fsdp: FsdpSettings | None = None
 
 
 def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
@@ -81,22 +83,25 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
         return None, "prefix cache: off"
     if depth == 0:
         return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
-    hidden = resolved.anatomy.dims.hidden_size
-    size = (train.num_tokens + held.num_tokens) * hidden * torch.tensor([], dtype=dtype).element_size()
+    state = process_state()
+    # each process caches its own shard of the training data (order.py) and the whole held-out set
+    examples = len(train.examples) // state.num_processes + len(held.examples)
+    tokens = train.num_tokens // state.num_processes + held.num_tokens
+    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size()
     mode = config.prefix_cache
     if mode == "auto":
         mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
     path = None
     if mode == "disk":
-        state = process_state()  # each process caches the examples it runs: one file per process
         shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
         root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
         path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}{shard}.safetensors"
     cache = PrefixCache(path)
     where = f"on disk at {path}" if path else "in memory"
-    state = " (reused from an earlier run)" if cache.loaded_from_disk else ""
-    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for "
-                   f"{len(train.examples) + len(held.examples)} examples, {size / 2**20:.1f} MiB {where}{state}")
+    reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
+    per = " per process" if state.num_processes > 1 else ""
+    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for about {examples} examples{per}, "
+                   f"{size / 2**20:.1f} MiB {where}{reused}")
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -130,9 +135,9 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     return TrainConfig(**saved)
 
 
-def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Session:
+def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: FsdpSettings | None = None) -> Session:
+    """``fsdp``: shard the model (processes.launch_sharding reads it from a launch)."""
     config.validate()
-    check_launch()  # before the process state exists: accelerate itself fails on a DeepSpeed launch without DeepSpeed
     world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
     if config.batch_size % world:
         raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {world} processes; "
@@ -149,6 +154,8 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Ses
         loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
+    if fsdp is not None:
+        check_fsdp(fsdp, loaded.model, resolved, config.precision)
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
@@ -168,4 +175,6 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32) -> Ses
             "config": config.to_dict(),
             "versions": versions(),
         })
-    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes)
+    if fsdp is not None:
+        notes.append(f"sharding: FSDP2 over {world} processes, one unit per block of {resolved.anatomy.num_layers}")
+    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, fsdp)
