@@ -152,3 +152,14 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_chat_model_dir, order
     with pytest.raises(FreezetuneError, match=r"step \d+: the loss is (nan|inf); stopped \(the last good checkpoint is .*step-0000\d\d\)"):
         train(config)
     assert (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+
+
+def test_lora_adapters_are_drawn_from_the_seed_alone(tiny_chat_model_dir, order_data, tmp_path):
+    def adapters(out, seed):
+        torch.randn(1000)  # earlier work in the process (other runs of a comparison) moves the global RNG
+        model = open_session(config_for(tiny_chat_model_dir, order_data, out, lora_r=4, seed=seed)).loaded.model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_A." in n}
+
+    first, again, other = adapters(tmp_path / "a", 0), adapters(tmp_path / "b", 0), adapters(tmp_path / "c", 1)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)

@@ -151,6 +151,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: 
         if manifest["base_model"]["sha256"] != base_sha256:
             raise FreezetuneError(f"--resume {run_dir}: the model {config.model} is not the base model this run started from")
     if config.lora_r:
+        torch.manual_seed(config.seed)  # peft draws the A matrices at random: the seed must decide them, not earlier work
         loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
