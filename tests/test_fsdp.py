@@ -16,9 +16,10 @@ from test_distributed import args, freezetune, losses
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, order_data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--gradient-checkpointing",), ("--lora-r", "4")], ids=["plan", "checkpointing", "lora"])
+def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, order_data, tmp_path, extra):
     single, sharded = tmp_path / "one", tmp_path / "fsdp"
-    steps = ["--max-steps", "6", "--save-every", "3"]
+    steps = ["--max-steps", "6", "--save-every", "3", *extra]
     assert main(args(tiny_chat_model_dir, order_data, single, *steps)) == 0
     result = freezetune(*args(tiny_chat_model_dir, order_data, sharded, *steps, "--num-processes", "2", "--fsdp"))
     assert result.returncode == 0, result.stderr[-3000:]
