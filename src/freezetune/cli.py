@@ -75,7 +75,7 @@ def _relaunch(config: TrainConfig, argv: list[str]) -> str:
     code = subprocess.call(command)
     if code:
         raise FreezetuneError(f"the {config.num_processes}-process run failed (exit status {code}); see the messages above")
-    return f"finished with {config.num_processes} processes"
+    return f"finished with {config.num_processes} process{'es' if config.num_processes > 1 else ''}"
 
 
 def run_train(config: TrainConfig, argv: list[str]) -> str:

@@ -177,5 +177,6 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: 
             "versions": versions(),
         })
     if fsdp is not None:
-        notes.append(f"sharding: FSDP2 over {world} processes, one unit per block of {resolved.anatomy.num_layers}")
+        over = f"{world} processes" if world > 1 else "1 process"
+        notes.append(f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}")
     return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, fsdp)
