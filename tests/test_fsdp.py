@@ -124,3 +124,18 @@ def test_the_launch_flag_is_taken_over_so_accelerate_runs_its_plain_path():
     assert settings.reshard_after_forward is False and settings.wrap_classes == ("LlamaDecoderLayer",)
     assert "ACCELERATE_USE_FSDP" not in env
     assert launch_sharding({}) is None and launch_sharding({}, fsdp_flag=True).reshard_after_forward is True
+
+
+def test_frozen_tensors_hold_no_gradient_and_no_optimizer_state_under_fsdp():
+    probe = Path(__file__).parent / "fsdp_probe.py"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(probe)],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    for report in reports:
+        assert report["frozen_with_grad"] == []
+        # each process holds half of the trained gradients, two AdamW moments for them, and half of every weight
+        assert report["local_grad_numel"] == report["trainable_numel"] // 2
+        assert report["optimizer_state_numel"] == 2 * report["local_grad_numel"]
+        assert report["local_param_numel"] == report["total_numel"] // 2
