@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from freezetune import FreezePlan, apply_plan, find_anatomy, load_model, resolve
-from freezetune.engine import peak_memory_bytes
+from freezetune.memory import peak_memory_bytes
 from freezetune.prefix import PrefixCache, PrefixRunner
 
 PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_cached", "naive", "naive_gc"]

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
+from freezetune.memory import peak_memory_bytes, reset_peak_memory
 from freezetune.order import BatchOrder
 from freezetune.prefix import PrefixRunner
 from freezetune.session import Session
@@ -64,29 +64,6 @@ def build_scheduler(optimizer, warmup: int, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new high-water mark, so each run (a comparison runs several) reports its own peak."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
-    except OSError:
-        pass  # elsewhere the process-wide peak is all there is; peak_memory_bytes says the same
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the allocator's peak. CPU: the process's peak RSS since reset_peak_memory (VmHWM)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def check_same_plan(accelerator: Accelerator, names: list[str]) -> None:
