@@ -1,6 +1,7 @@
 """Run under torchrun by test_fsdp.py: one FSDP step of a tiny Llama, reporting what each process holds."""
 
 import json
+import sys
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ optimizer.step()
 params = dict(model.named_parameters())
 trainable = {n for n, p in params.items() if p.requires_grad}
 state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-print(json.dumps({
+report = json.dumps({
     "rank": dist.get_rank(),
     "frozen_with_grad": sorted(n for n, p in params.items() if n not in trainable and p.grad is not None),
     "trainable_numel": sum(params[n].numel() for n in trainable),
@@ -32,5 +33,7 @@ print(json.dumps({
     "optimizer_state_numel": sum(local(v).numel() for v in state),
     "local_param_numel": sum(local(p).numel() for p in params.values()),
     "total_numel": sum(p.numel() for p in params.values()),
-}))
+})
+sys.stdout.write(report + "\n")  # one write: the two processes share the pipe
+sys.stdout.flush()
 dist.destroy_process_group()

@@ -102,3 +102,19 @@ def test_each_process_caches_only_its_own_shard(tiny_chat_model_dir, order_data,
     for rank in (0, 1):
         # 3 epochs of 5 batches: each process ran (and cached) nothing but its shard, and all of it
         assert cached[rank] == set(order.shard(rank, 2))
+
+
+@pytest.mark.parametrize("plans", ["same", "differ"])
+def test_every_process_checks_that_all_resolved_the_same_plan(plans):
+    from pathlib import Path
+
+    probe = Path(__file__).parent / "plan_probe.py"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(probe), plans], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    if plans == "same":
+        assert lines == ["rank 0: same", "rank 1: same"]
+    else:  # both stop, before any step: neither waits for a gradient all-reduce the other never joins
+        assert [line[:14] for line in lines] == ["rank 0: error:", "rank 1: error:"]
+        assert all("the processes resolved different plans" in line for line in lines)
