@@ -58,8 +58,9 @@ def test_a_sharded_run_replays_the_prefix_cache_like_one_process(tiny_chat_model
 
 
 @pytest.mark.parametrize("first, then", [(("--num-processes", "2", "--fsdp"), ()),
-                                         (("--num-processes", "2"), ("--num-processes", "2", "--fsdp"))],
-                         ids=["fsdp2-to-plain1", "ddp2-to-fsdp2"])
+                                         (("--num-processes", "2"), ("--num-processes", "2", "--fsdp")),
+                                         (("--num-processes", "2"), ("--num-processes", "2"))],
+                         ids=["fsdp2-to-plain1", "ddp2-to-fsdp2", "ddp2-to-ddp2"])
 def test_checkpoints_resume_across_layouts(tiny_chat_model_dir, order_data, tmp_path, first, then):
     reference, run = tmp_path / "straight", tmp_path / "switched"
     steps = ["--max-steps", "6", "--save-every", "3"]
