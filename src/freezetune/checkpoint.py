@@ -79,10 +79,11 @@ def versions() -> dict[str, str]:
             "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def trainable_state(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Whole tensors on the CPU. Under FSDP a collective: every process calls it, the main one writes."""
+def trainable_state(model: torch.nn.Module, names: list[str], read=lambda p: full(p.detach())) -> dict[str, torch.Tensor]:
+    """Whole tensors on the CPU; ``read`` gives a parameter's whole value (backends.Replicated.value).
+    Under sharding a collective: every process calls it, the main one writes."""
     params = dict(model.named_parameters())
-    return {name: full(params[name].detach()).to("cpu").contiguous().clone() for name in names}
+    return {name: read(params[name]).to("cpu").contiguous().clone() for name in names}
 
 
 def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -91,8 +92,8 @@ def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(staging, path)
 
 
-def load_trainable(model: torch.nn.Module, path: Path) -> list[str]:
-    """Copy saved tensors into the model's parameters; returns their names."""
+def load_trainable(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Copy saved tensors into the model's parameters; returns them by name."""
     tensors = load_file(str(path))
     params = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(params))
@@ -103,7 +104,7 @@ def load_trainable(model: torch.nn.Module, path: Path) -> list[str]:
             if params[name].shape != tensor.shape:
                 raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}")
             params[name].copy_(like(tensor, params[name]))
-    return sorted(tensors)
+    return tensors
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -184,13 +185,14 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     return target
 
 
-def load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> dict:
-    load_trainable(model, checkpoint / "trainable.safetensors")
+def load_checkpoint(checkpoint: Path, model, scheduler) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Trained tensors into ``model``, the schedule and the RNG back. Returns the state, the tensors and
+    the saved optimizer state, which the backend restores (it knows where its optimizer state lives)."""
+    tensors = load_trainable(model, checkpoint / "trainable.safetensors")
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
-    load_optimizer_state(optimizer, model, saved["optimizer"], checkpoint)
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
-    return json.loads((checkpoint / "state.json").read_text())
+    return json.loads((checkpoint / "state.json").read_text()), tensors, saved["optimizer"]
 
 
 def rng_state() -> dict:

@@ -65,7 +65,7 @@ def _log(message: str) -> None:
 
 
 def _relaunch(config: TrainConfig, argv: list[str]) -> str:
-    """--num-processes N (or --fsdp) outside a distributed launch: start N processes through torchrun."""
+    """--num-processes N (or sharding) outside a distributed launch: start N processes through torchrun."""
     import subprocess
 
     args = [a for i, a in enumerate(argv) if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")]
@@ -83,13 +83,15 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
     from freezetune.engine import Trainer
     from freezetune.processes import launch_sharding, process_state
     from freezetune.session import open_session
+    from freezetune.sharding import FsdpSettings
 
-    fsdp = launch_sharding(os.environ, config.fsdp)  # before accelerate's process state reads the launch
-    config.fsdp = fsdp is not None  # recorded in the manifest, whichever way it was asked for
-    if (config.num_processes > 1 or config.fsdp) and "WORLD_SIZE" not in os.environ:
+    sharding = launch_sharding(os.environ, config.fsdp, config.zero_stage)  # before accelerate reads the launch
+    # recorded in the manifest, whichever way it was asked for
+    config.fsdp, config.zero_stage = isinstance(sharding, FsdpSettings), getattr(sharding, "stage", 0)
+    if (config.num_processes > 1 or sharding is not None) and "WORLD_SIZE" not in os.environ:
         return _relaunch(config, argv)
 
-    session = open_session(config, fsdp=fsdp)
+    session = open_session(config, sharding=sharding)
     if process_state().is_main_process:
         _log(f"run folder: {session.run_dir}")
     with _StopFlag() as stop:

@@ -49,6 +49,7 @@ class TrainConfig:
     cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
     num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
     fsdp: bool = opt(False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)")
+    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients; 0 = off", choices=(0, 1, 2))
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "num_processes"):
@@ -60,6 +61,8 @@ class TrainConfig:
         if self.batch_size % self.num_processes:
             raise FreezetuneError(f"--batch-size {self.batch_size} does not divide among {self.num_processes} processes; "
                                   "the global batch must split evenly")
+        if self.fsdp and self.zero_stage:
+            raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
         if self.max_steps == 0 and self.epochs <= 0:
             raise FreezetuneError("give --max-steps or a positive --epochs")
         if self.lora_r < 0:

@@ -2,6 +2,8 @@
 
 AdamW over trainable parameters only (frozen ones get no gradient and no optimizer state),
 linear warmup then cosine decay, gradient accumulation and clipping, under ``accelerate``.
+Whether the processes hold replicas, FSDP shards or ZeRO partitions is the backend's
+business (backends.py); the loop reads the same way for all of them.
 The data order (order.py) is a pure function of the step, so a resumed run sees exactly the
 batches the uninterrupted one would.
 """
@@ -22,9 +24,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from freezetune.backends import make_backend
 from freezetune.checkpoint import (
-    checkpoint_dirs, load_checkpoint, optimizer_state, read_manifest, save_checkpoint, save_trainable, trainable_state,
-    write_json, write_text,
+    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, trainable_state, write_json, write_text,
 )
 from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
@@ -34,7 +36,6 @@ from freezetune.memory import peak_memory_bytes, reset_peak_memory
 from freezetune.order import BatchOrder
 from freezetune.prefix import PrefixRunner
 from freezetune.session import Session
-from freezetune.sharding import shard_model
 
 
 def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Accelerator:
@@ -106,15 +107,12 @@ class Trainer:
         check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.max_steps or max(
             1, math.ceil(self.config.epochs * self.order.batches_per_epoch / self.config.grad_accum))
-        self.sharded = session.fsdp is not None
-        if self.sharded:  # freezetune wraps FSDP itself (sharding.py); accelerate must not wrap it again
-            shard_model(self.model, session.resolved, session.fsdp, self.device, self.accelerator.mixed_precision == "bf16")
-            self.optimizer = build_optimizer(self.model, self.config)  # over the trainable shards
-        else:
-            self.model, self.optimizer = self.accelerator.prepare(self.model, build_optimizer(self.model, self.config))
+        self.backend = make_backend(self.accelerator, session, self.world)
+        self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
+        self.model, optimizer = self.backend.wrap(self.model, lambda model: build_optimizer(model, self.config))
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
-        self.scheduler = build_scheduler(self.optimizer, self.config.warmup, self.total_steps)
+        self.scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
         self.metrics_path = session.run_dir / "metrics.jsonl"
 
     def micro_batch(self, index: int) -> tuple[list[int], dict]:
@@ -123,12 +121,12 @@ class Trainer:
 
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
-        model = self.accelerator.unwrap_model(self.model)
-        return evaluate_model(model, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
+        return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
 
     def _resume(self) -> int:
         last = checkpoint_dirs(self.s.run_dir)[-1]
-        state = load_checkpoint(last, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+        state, tensors, optimizer = load_checkpoint(last, self.module, self.scheduler)
+        self.backend.restore(self.module, tensors, optimizer, last)
         step = state["step"]
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -138,16 +136,16 @@ class Trainer:
 
     def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
         """Written once, by the main process, with whole tensors. Under DDP every process holds the same
-        state, so only the main one reads it; under FSDP all of them gather their shards.
+        state, so only the main one reads it; under FSDP and ZeRO all of them gather their pieces.
         Returns the trained tensors (on the main process)."""
         self.accelerator.wait_for_everyone()
         tensors = {}
-        if self.main or self.sharded:
-            model = self.accelerator.unwrap_model(self.model)
-            tensors, optimizer = trainable_state(model, self.names), optimizer_state(self.optimizer, model)
+        if self.main or self.backend.gathers_everywhere:
+            tensors = trainable_state(self.module, self.names, self.backend.value)
+            optimizer = self.backend.optimizer_state(self.module)
         if self.main:
             save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
-                            {"total_steps": self.total_steps, "processes": self.world, "fsdp": self.sharded})
+                            {"total_steps": self.total_steps, "processes": self.world, "backend": type(self.backend).__name__})
         if self.s.cache is not None:
             self.s.cache.save()  # each process keeps the cache of its own shard of the data
         self.accelerator.wait_for_everyone()
@@ -181,7 +179,7 @@ class Trainer:
             self._update_manifest(eval_before=before)
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
-        guard = FirstStepGuard(self.accelerator.unwrap_model(self.model), set(self.names)) if start == 0 else None
+        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad) if start == 0 else None
         reset_peak_memory(self.device)
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -243,19 +241,14 @@ class Trainer:
                 done = checkpoint_dirs(self.s.run_dir)
                 kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
                 raise FreezetuneError(f"step {step + 1}: the loss is {global_loss}; stopped ({kept})")
-            self.accelerator.backward(loss / config.grad_accum)
+            self.backend.backward(loss, config.grad_accum, last=micro == config.grad_accum - 1)
             losses.append(global_loss)
             tokens += int(attended)
         if guard is not None:
             guard.check_gradients()
-        if config.max_grad_norm:
-            # FSDP: torch's clipping reduces the norm over the shards; accelerate's would look for its own wrapper
-            clip = torch.nn.utils.clip_grad_norm_ if self.sharded else self.accelerator.clip_grad_norm_
-            clip(self.model.parameters(), config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        self.backend.step(config.max_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)  # None, not zeros: momentum must not move frozen weights
         if guard is not None:
             guard.check_update()
         elapsed = time.perf_counter() - started

@@ -28,21 +28,24 @@ def _some(names: list[str]) -> str:
 
 
 class FirstStepGuard:
-    def __init__(self, model: torch.nn.Module, trainable: set[str]):
+    def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad):
+        """``grad``: a parameter's gradient where the backend keeps it (DeepSpeed ZeRO holds it outside .grad)."""
         self.params = dict(model.named_parameters())
         self.trainable = trainable
+        self.grad = grad
         self.before = {name: _digest(p) for name, p in self.params.items()}
         self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
-        missing = [n for n in self.params if n in self.trainable and self.params[n].grad is None]
+        grads = {n: self.grad(p) for n, p in self.params.items()}  # once each: under ZeRO every read is a collective
+        missing = [n for n in self.params if n in self.trainable and grads[n] is None]
         if missing:
             raise FreezetuneError(
                 f"first step: trainable tensor {_some(missing)} received no gradient; "
                 "the forward pass does not reach it, so training it would do nothing"
             )
-        self.zero_gradient = {n for n in self.trainable if not bool(local(self.params[n].grad).any())}
-        leaked = [n for n, p in self.params.items() if n not in self.trainable and p.grad is not None]
+        self.zero_gradient = {n for n in self.trainable if not bool(local(grads[n]).any())}
+        leaked = [n for n in self.params if n not in self.trainable and grads[n] is not None]
         if leaked:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
 

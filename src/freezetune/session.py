@@ -22,11 +22,11 @@ from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
 from freezetune.processes import process_state
 from freezetune.resolve import ResolvedPlan, apply_plan, resolve
-from freezetune.sharding import FsdpSettings, check_fsdp
+from freezetune.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.tasks import order_task, stdlib_docstrings
 
 AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
-RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp"}
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage"}
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Session:
     run_dir: Path
     cache: PrefixCache | None
     notes: list[str]
-    fsdp: FsdpSettings | None = None
+    sharding: FsdpSettings | ZeroSettings | None = None
 
 
 def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
@@ -135,8 +135,9 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     return TrainConfig(**saved)
 
 
-def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: FsdpSettings | None = None) -> Session:
-    """``fsdp``: shard the model (processes.launch_sharding reads it from a launch)."""
+def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
+                 sharding: FsdpSettings | ZeroSettings | None = None) -> Session:
+    """``sharding``: FSDP or ZeRO instead of replicas (processes.launch_sharding reads it from a launch)."""
     config.validate()
     world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
     if config.batch_size % world:
@@ -155,8 +156,8 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: 
         loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
-    if fsdp is not None:
-        check_fsdp(fsdp, loaded.model, resolved, config.precision)
+    if sharding is not None:
+        check_sharding(sharding, loaded.model, resolved, config.precision)
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
@@ -176,7 +177,10 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32, fsdp: 
             "config": config.to_dict(),
             "versions": versions(),
         })
-    if fsdp is not None:
-        over = f"{world} processes" if world > 1 else "1 process"
+    over = f"{world} processes" if world > 1 else "1 process"
+    if isinstance(sharding, FsdpSettings):
         notes.append(f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}")
-    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, fsdp)
+    elif isinstance(sharding, ZeroSettings):
+        shared = "optimizer state and gradients" if sharding.stage == 2 else "optimizer state"
+        notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning the trained tensors' {shared}")
+    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding)

@@ -34,8 +34,25 @@ class FsdpSettings:
     wrap_classes: tuple[str, ...] = ()  # the launch config's transformer_layer_cls_to_wrap; must name the blocks
 
 
-def check_fsdp(settings: FsdpSettings, model: nn.Module, resolved: ResolvedPlan, precision: str) -> None:
-    """Refuse what FSDP cannot do with this model and plan, before the run folder exists."""
+@dataclass(frozen=True)
+class ZeroSettings:
+    """DeepSpeed ZeRO (backends.Zero). Stage 1 partitions the optimizer state, stage 2 also the gradients."""
+
+    stage: int = 2
+
+
+def check_sharding(settings: FsdpSettings | ZeroSettings, model: nn.Module, resolved: ResolvedPlan, precision: str) -> None:
+    """Refuse what the sharding cannot do with this model and plan, before the run folder exists."""
+    if precision == "fp16":
+        kind = "FSDP" if isinstance(settings, FsdpSettings) else "DeepSpeed"
+        raise FreezetuneError(f"{kind} with fp16 would need a loss scaler across the shards, which freezetune does "
+                              "not run; use --precision bf16 (or fp32)")
+    if isinstance(settings, ZeroSettings):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise FreezetuneError("ZeRO needs the deepspeed package: pip install deepspeed")
+        return
     if not resolved.anatomy.blocks_path:
         raise FreezetuneError("FSDP: the model has no block list to make one unit per block from")
     block = type(model.get_submodule(resolved.anatomy.blocks_path)[0]).__name__
@@ -43,9 +60,6 @@ def check_fsdp(settings: FsdpSettings, model: nn.Module, resolved: ResolvedPlan,
         raise FreezetuneError(
             f"FSDP config: fsdp_transformer_layer_cls_to_wrap {','.join(settings.wrap_classes)} does not name this "
             f"model's block class {block}; freezetune makes one unit per {block} (leave the field out, or name {block})")
-    if precision == "fp16":
-        raise FreezetuneError("FSDP with fp16 needs a sharded gradient scaler, which freezetune does not use; "
-                              "use --precision bf16 (or fp32)")
 
 
 def shard_model(model: nn.Module, resolved: ResolvedPlan, settings: FsdpSettings, device: torch.device,

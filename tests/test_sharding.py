@@ -1,4 +1,5 @@
-"""FSDP2 on CPU (torchrun, gloo): sharded runs against unsharded ones, checkpoints across layouts, bad configs."""
+"""FSDP2 and DeepSpeed ZeRO on CPU (torchrun, gloo): sharded runs against unsharded ones, checkpoints
+across layouts, bad configs."""
 
 import json
 import shutil
@@ -16,14 +17,27 @@ from test_distributed import args, freezetune, losses
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.mark.parametrize("extra", [(), ("--gradient-checkpointing",), ("--lora-r", "4")], ids=["plan", "checkpointing", "lora"])
-def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, order_data, tmp_path, extra):
-    single, sharded = tmp_path / "one", tmp_path / "fsdp"
+SHARDINGS = {
+    "fsdp": (("--fsdp",), "sharding: FSDP2 over 2 processes, one unit per block of 4", "Fsdp"),
+    "zero1": (("--zero-stage", "1"), "sharding: DeepSpeed ZeRO-1 over 2 processes, partitioning the trained tensors' "
+                                     "optimizer state", "Zero"),
+    "zero2": (("--zero-stage", "2"), "sharding: DeepSpeed ZeRO-2 over 2 processes, partitioning the trained tensors' "
+                                     "optimizer state and gradients", "Zero"),
+}
+
+
+@pytest.mark.parametrize("sharding, extra", [
+    ("fsdp", ()), ("fsdp", ("--gradient-checkpointing",)), ("fsdp", ("--lora-r", "4")),
+    ("zero1", ()), ("zero2", ()), ("zero2", ("--gradient-checkpointing",)), ("zero2", ("--lora-r", "4")),
+], ids=["fsdp-plan", "fsdp-checkpointing", "fsdp-lora", "zero1-plan", "zero2-plan", "zero2-checkpointing", "zero2-lora"])
+def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, order_data, tmp_path, sharding, extra):
+    flags, note, backend = SHARDINGS[sharding]
+    single, sharded = tmp_path / "one", tmp_path / "sharded"
     steps = ["--max-steps", "6", "--save-every", "3", *extra]
     assert main(args(tiny_chat_model_dir, order_data, single, *steps)) == 0
-    result = freezetune(*args(tiny_chat_model_dir, order_data, sharded, *steps, "--num-processes", "2", "--fsdp"))
+    result = freezetune(*args(tiny_chat_model_dir, order_data, sharded, *steps, "--num-processes", "2", *flags))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sharding: FSDP2 over 2 processes, one unit per block of 4" in result.stderr
+    assert note in result.stderr
     assert losses(sharded) == pytest.approx(losses(single), rel=1e-4)
     trained, reference = load_file(str(sharded / "trainable.safetensors")), load_file(str(single / "trainable.safetensors"))
     assert sorted(trained) == sorted(reference)  # whole tensors, only the trained ones
@@ -31,8 +45,9 @@ def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, orde
         assert trained[name].shape == tensor.shape
         torch.testing.assert_close(trained[name], tensor, rtol=1e-3, atol=1e-5)
     assert sorted(p.name for p in (sharded / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
-    assert json.loads((sharded / "checkpoints" / "step-000006" / "state.json").read_text())["fsdp"] is True
-    assert json.loads((sharded / "manifest.json").read_text())["config"]["fsdp"] is True
+    assert json.loads((sharded / "checkpoints" / "step-000006" / "state.json").read_text())["backend"] == backend
+    config = json.loads((sharded / "manifest.json").read_text())["config"]
+    assert (config["fsdp"], config["zero_stage"]) == {"fsdp": (True, 0), "zero1": (False, 1), "zero2": (False, 2)}[sharding]
     assert len((sharded / "metrics.jsonl").read_text().splitlines()) == 6
 
 
@@ -59,8 +74,12 @@ def test_a_sharded_run_replays_the_prefix_cache_like_one_process(tiny_chat_model
 
 @pytest.mark.parametrize("first, then", [(("--num-processes", "2", "--fsdp"), ()),
                                          (("--num-processes", "2"), ("--num-processes", "2", "--fsdp")),
-                                         (("--num-processes", "2"), ("--num-processes", "2"))],
-                         ids=["fsdp2-to-plain1", "ddp2-to-fsdp2", "ddp2-to-ddp2"])
+                                         (("--num-processes", "2"), ("--num-processes", "2")),
+                                         (("--num-processes", "2", "--zero-stage", "2"), ()),
+                                         (("--num-processes", "2"), ("--num-processes", "2", "--zero-stage", "2")),
+                                         (("--num-processes", "2", "--zero-stage", "2"), ("--num-processes", "2", "--fsdp"))],
+                         ids=["fsdp2-to-plain1", "ddp2-to-fsdp2", "ddp2-to-ddp2", "zero2-to-plain1", "ddp2-to-zero2",
+                              "zero2-to-fsdp2"])
 def test_checkpoints_resume_across_layouts(tiny_chat_model_dir, order_data, tmp_path, first, then):
     reference, run = tmp_path / "straight", tmp_path / "switched"
     steps = ["--max-steps", "6", "--save-every", "3"]
@@ -77,13 +96,15 @@ def test_checkpoints_resume_across_layouts(tiny_chat_model_dir, order_data, tmp_
         torch.testing.assert_close(load_file(str(run / "trainable.safetensors"))[name], tensor, rtol=1e-3, atol=1e-5)
 
 
-def test_accelerate_launch_with_the_shipped_fsdp_config(tiny_chat_model_dir, order_data, tmp_path):
+@pytest.mark.parametrize("config, note", [("fsdp.yaml", "sharding: FSDP2 over 2 processes"),
+                                          ("deepspeed.yaml", "sharding: DeepSpeed ZeRO-2 over 2 processes")])
+def test_accelerate_launch_with_the_shipped_sharding_configs(tiny_chat_model_dir, order_data, tmp_path, config, note):
     out = tmp_path / "launched"
-    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                                "-m", "freezetune", *args(tiny_chat_model_dir, order_data, out, "--max-steps", "3")],
                               capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "sharding: FSDP2 over 2 processes" in launched.stderr  # taken over, not quietly run as DDP
+    assert note in launched.stderr  # taken over, not quietly run as DDP
     assert len(losses(out)) == 3
 
 
@@ -97,8 +118,7 @@ FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
     ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, "use --gradient-checkpointing, which recomputes the trained blocks only"),
     ({"FSDP_TRANSFORMER_CLS_TO_WRAP": "GPT2Block"},
      "fsdp_transformer_layer_cls_to_wrap GPT2Block does not name this model's block class LlamaDecoderLayer"),
-    ({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed launches are not supported"),
-], ids=["fsdp1", "offload", "size-wrap", "activation-checkpointing", "wrong-block-class", "deepspeed"])
+], ids=["fsdp1", "offload", "size-wrap", "activation-checkpointing", "wrong-block-class"])
 def test_fsdp_configs_that_conflict_are_refused_before_training(tiny_chat_model_dir, order_data, tmp_path, monkeypatch,
                                                                 capsys, extra, message):
     for name, value in {**FSDP_ENV, **extra}.items():
@@ -111,10 +131,39 @@ def test_fsdp_configs_that_conflict_are_refused_before_training(tiny_chat_model_
     assert not out.exists()
 
 
-def test_fp16_with_fsdp_is_refused(tiny_chat_model_dir, order_data, tmp_path, monkeypatch, capsys):
+DEEPSPEED_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                 "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+                 "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1", "ACCELERATE_GRADIENT_CLIPPING": "none",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE": "None"}
+
+
+@pytest.mark.parametrize("extra, flags, message", [
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, (), "DeepSpeed config: zero_stage 3 would partition the frozen weights"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"}, (), "stage 0 is plain DDP: configs/ddp.yaml"),
+    ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, (), "give zero_stage in the accelerate config instead of a deepspeed_config_file"),
+    ({"ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, (), "offload_optimizer_device cpu is not supported"),
+    ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}, (), "set gradient accumulation with --grad-accum"),
+    ({"ACCELERATE_GRADIENT_CLIPPING": "1.0"}, (), "set gradient clipping with --max-grad-norm"),
+    ({}, ("--fsdp",), "--fsdp conflicts with the DeepSpeed launch"),
+    ({}, ("--zero-stage", "2", "--fsdp"), "--fsdp and --zero-stage are two ways of sharding"),
+], ids=["zero3", "zero0", "config-file", "offload", "grad-accum", "clipping", "fsdp-flag", "both-flags"])
+def test_deepspeed_configs_that_conflict_are_refused_before_training(tiny_chat_model_dir, order_data, tmp_path, monkeypatch,
+                                                                     capsys, extra, flags, message):
+    for name, value in {**DEEPSPEED_ENV, **extra}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert main(args(tiny_chat_model_dir, order_data, tmp_path / "fp16", "--fsdp", "--precision", "fp16")) == 2
-    assert "FSDP with fp16 needs a sharded gradient scaler" in capsys.readouterr().err
+    out = tmp_path / "refused"
+    assert main(args(tiny_chat_model_dir, order_data, out, "--max-steps", "1", *flags)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("freezetune train: error: ") and message in error, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, kind", [(("--fsdp",), "FSDP"), (("--zero-stage", "2"), "DeepSpeed")])
+def test_fp16_with_sharding_is_refused(tiny_chat_model_dir, order_data, tmp_path, monkeypatch, capsys, flags, kind):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(args(tiny_chat_model_dir, order_data, tmp_path / "fp16", *flags, "--precision", "fp16")) == 2
+    assert f"{kind} with fp16 would need a loss scaler across the shards" in capsys.readouterr().err
 
 
 def test_the_launch_flag_is_taken_over_so_accelerate_runs_its_plain_path():
