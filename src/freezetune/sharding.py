@@ -1,4 +1,5 @@
-"""FSDP with frozen layers: freezetune shards the model itself, with torch's FSDP2 (`fully_shard`).
+"""Sharding settings (FSDP, DeepSpeed ZeRO), and FSDP itself: freezetune shards the model with
+torch's FSDP2 (`fully_shard`). ZeRO runs in backends.Zero.
 
 Why FSDP2 and not FSDP1: FSDP1 flattens each unit into one FlatParameter, which must be all
 frozen or all trainable (or, with use_orig_params, still allocates gradient memory for the
