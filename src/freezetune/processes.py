@@ -64,8 +64,8 @@ def _deepspeed_launch(env: MutableMapping[str, str]) -> ZeroSettings:
                               "give zero_stage in the accelerate config instead of a deepspeed_config_file")
     stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     if stage == "3":
-        raise FreezetuneError("DeepSpeed config: zero_stage 3 would partition the frozen weights as well; "
-                              "shard weights with FSDP (configs/fsdp.yaml), or use zero_stage 1 or 2")
+        raise FreezetuneError("DeepSpeed config: zero_stage 3 is not supported (its partitioned weights are read and "
+                              "restored differently); to shard weights use FSDP (configs/fsdp.yaml), or use zero_stage 1 or 2")
     if stage not in ("1", "2"):
         raise FreezetuneError(f"DeepSpeed config: zero_stage {stage}; freezetune runs ZeRO stage 1 or 2 "
                               "(stage 0 is plain DDP: configs/ddp.yaml)")
