@@ -23,13 +23,17 @@ SHARDINGS = {
                                      "optimizer state", "Zero"),
     "zero2": (("--zero-stage", "2"), "sharding: DeepSpeed ZeRO-2 over 2 processes, partitioning the trained tensors' "
                                      "optimizer state and gradients", "Zero"),
+    "zero3": (("--zero-stage", "3"), "sharding: DeepSpeed ZeRO-3 over 2 processes, partitioning the trained tensors' "
+                                     "optimizer state and gradients, and all weights", "Zero"),
 }
 
 
 @pytest.mark.parametrize("sharding, extra", [
     ("fsdp", ()), ("fsdp", ("--gradient-checkpointing",)), ("fsdp", ("--lora-r", "4")),
     ("zero1", ()), ("zero2", ()), ("zero2", ("--gradient-checkpointing",)), ("zero2", ("--lora-r", "4")),
-], ids=["fsdp-plan", "fsdp-checkpointing", "fsdp-lora", "zero1-plan", "zero2-plan", "zero2-checkpointing", "zero2-lora"])
+    ("zero3", ()), ("zero3", ("--lora-r", "4")),
+], ids=["fsdp-plan", "fsdp-checkpointing", "fsdp-lora", "zero1-plan", "zero2-plan", "zero2-checkpointing", "zero2-lora",
+        "zero3-plan", "zero3-lora"])
 def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, order_data, tmp_path, sharding, extra):
     flags, note, backend = SHARDINGS[sharding]
     single, sharded = tmp_path / "one", tmp_path / "sharded"
@@ -47,7 +51,7 @@ def test_two_sharded_processes_match_one_plain_process(tiny_chat_model_dir, orde
     assert sorted(p.name for p in (sharded / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
     assert json.loads((sharded / "checkpoints" / "step-000006" / "state.json").read_text())["backend"] == backend
     config = json.loads((sharded / "manifest.json").read_text())["config"]
-    assert (config["fsdp"], config["zero_stage"]) == {"fsdp": (True, 0), "zero1": (False, 1), "zero2": (False, 2)}[sharding]
+    assert (config["fsdp"], config["zero_stage"]) == {"fsdp": (True, 0), "zero1": (False, 1), "zero2": (False, 2), "zero3": (False, 3)}[sharding]
     assert len((sharded / "metrics.jsonl").read_text().splitlines()) == 6
 
 
@@ -77,9 +81,11 @@ def test_a_sharded_run_replays_the_prefix_cache_like_one_process(tiny_chat_model
                                          (("--num-processes", "2"), ("--num-processes", "2")),
                                          (("--num-processes", "2", "--zero-stage", "2"), ()),
                                          (("--num-processes", "2"), ("--num-processes", "2", "--zero-stage", "2")),
-                                         (("--num-processes", "2", "--zero-stage", "2"), ("--num-processes", "2", "--fsdp"))],
+                                         (("--num-processes", "2", "--zero-stage", "2"), ("--num-processes", "2", "--fsdp")),
+                                         (("--num-processes", "2", "--zero-stage", "3"), ()),
+                                         (("--num-processes", "2"), ("--num-processes", "2", "--zero-stage", "3"))],
                          ids=["fsdp2-to-plain1", "ddp2-to-fsdp2", "ddp2-to-ddp2", "zero2-to-plain1", "ddp2-to-zero2",
-                              "zero2-to-fsdp2"])
+                              "zero2-to-fsdp2", "zero3-to-plain1", "ddp2-to-zero3"])
 def test_checkpoints_resume_across_layouts(tiny_chat_model_dir, order_data, tmp_path, first, then):
     reference, run = tmp_path / "straight", tmp_path / "switched"
     steps = ["--max-steps", "6", "--save-every", "3"]
@@ -138,7 +144,6 @@ DEEPSPEED_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_
 
 
 @pytest.mark.parametrize("extra, flags, message", [
-    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, (), "DeepSpeed config: zero_stage 3 is not supported"),
     ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"}, (), "stage 0 is plain DDP: configs/ddp.yaml"),
     ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, (), "give zero_stage in the accelerate config instead of a deepspeed_config_file"),
     ({"ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, (), "offload_optimizer_device cpu is not supported"),
@@ -146,7 +151,7 @@ DEEPSPEED_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_
     ({"ACCELERATE_GRADIENT_CLIPPING": "1.0"}, (), "set gradient clipping with --max-grad-norm"),
     ({}, ("--fsdp",), "--fsdp conflicts with the DeepSpeed launch"),
     ({}, ("--zero-stage", "2", "--fsdp"), "--fsdp and --zero-stage are two ways of sharding"),
-], ids=["zero3", "zero0", "config-file", "offload", "grad-accum", "clipping", "fsdp-flag", "both-flags"])
+], ids=["zero0", "config-file", "offload", "grad-accum", "clipping", "fsdp-flag", "both-flags"])
 def test_deepspeed_configs_that_conflict_are_refused_before_training(tiny_chat_model_dir, order_data, tmp_path, monkeypatch,
                                                                      capsys, extra, flags, message):
     for name, value in {**DEEPSPEED_ENV, **extra}.items():

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from freezetune.checkpoint import load_optimizer_state, optimizer_state
-from freezetune.sharding import FsdpSettings, ZeroSettings, full, shard_model
+from freezetune.checkpoint import apply_trainable, load_optimizer_state, optimizer_state
+from freezetune.sharding import FsdpSettings, ZeroSettings, full, local, shard_model
 
 
 class Replicated:
@@ -51,11 +51,16 @@ class Replicated:
         """The whole trained tensor, as a checkpoint stores it."""
         return full(param.detach())
 
+    def view(self, param: nn.Parameter) -> torch.Tensor:
+        """What this process holds of ``param``, for the first-step check (no communication)."""
+        return local(param.detach())
+
     def optimizer_state(self, model: nn.Module) -> dict:
         return optimizer_state(self.optimizer, model)
 
     def restore(self, model: nn.Module, tensors: dict[str, torch.Tensor], saved: dict, where: Path) -> None:
-        """After the trained tensors were copied into ``model``: bring the optimizer back."""
+        """Put a checkpoint's trained tensors into ``model`` and its optimizer state into the optimizer."""
+        apply_trainable(model, tensors, where)
         load_optimizer_state(self.optimizer, model, saved, where)
 
 
@@ -79,9 +84,9 @@ class Fsdp(Replicated):
 
 
 class Zero(Replicated):
-    """DeepSpeed ZeRO stage 1 or 2: weights stay whole on every process; the optimizer state (and at
-    stage 2 the gradients) of the trainable tensors are partitioned. DeepSpeed's engine reduces,
-    clips and steps; the loop's own schedule still sets the learning rate."""
+    """DeepSpeed ZeRO: the optimizer state of the trainable tensors is partitioned (stage 1), and their
+    gradients (stage 2), and all weights, frozen ones included (stage 3). DeepSpeed's engine
+    reduces, clips and steps; the loop's own schedule still sets the learning rate."""
 
     gathers_everywhere = True
 
@@ -121,9 +126,19 @@ class Zero(Replicated):
         self.model.step()  # the boundary: reduce, clip (gradient_clipping), optimizer step, zero the gradients
 
     def value(self, param):
+        """Trained tensors: ZeRO's fp32 master. Under stage 3 every read gathers: a collective."""
+        import deepspeed
         from deepspeed.utils import safe_get_full_fp32_param
 
-        return safe_get_full_fp32_param(param) if param.requires_grad else param.detach()
+        if param.requires_grad:
+            return safe_get_full_fp32_param(param)
+        if self.settings.stage < 3:
+            return param.detach()
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone()
+
+    def view(self, param):
+        return self.value(param) if self.settings.stage == 3 else param.detach()
 
     def _named_groups(self, model) -> list[list[tuple[str, nn.Parameter]]]:
         names = {id(p): n for n, p in model.named_parameters()}
@@ -131,9 +146,10 @@ class Zero(Replicated):
 
     def _link_state(self) -> None:
         """Point each parameter's view at the optimizer state of every group. DeepSpeed links them after
-        stepping the first group only, so the later groups' views stay empty."""
-        self.optimizer._hp_optimizer_states_linked = False
-        self.optimizer._lazy_init_hp_params_optimizer_state()
+        stepping the first group only, so the later groups' views stay empty. (Stage 3 has no views.)"""
+        if self.settings.stage < 3:
+            self.optimizer._hp_optimizer_states_linked = False
+            self.optimizer._lazy_init_hp_params_optimizer_state()
 
     def optimizer_state(self, model):
         from deepspeed.utils import safe_get_full_optimizer_state
@@ -158,13 +174,22 @@ class Zero(Replicated):
         named = self._named_groups(model)
         if [g["params"] for g in saved["param_groups"]] != [[n for n, _ in group] for group in named]:
             raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains")
+        if self.settings.stage == 3:
+            import deepspeed
+
+            params = dict(model.named_parameters())
+            with deepspeed.zero.GatheredParameters([params[n] for n in tensors], modifier_rank=0):
+                apply_trainable(model, tensors, where)  # the working copies, repartitioned on leaving
+        else:
+            apply_trainable(model, tensors, where)
         for group in named:
             for name, param in group:
                 safe_set_full_fp32_param(param, tensors[name].to(param.device, torch.float32))  # ZeRO's master copy
         if not saved["state"]:
             return
         step = next(iter(saved["state"].values()))["step"]
-        for flat in (p for group in self.client.param_groups for p in group["params"]):
+        stage3 = self.settings.stage == 3
+        for flat in self.optimizer.fp32_partitioned_groups_flat if stage3 else self.optimizer.single_partition_of_fp32_groups:
             # AdamW creates its state on the first step; a resumed run needs it before then
             self.client.state[flat] = {"step": step.clone(), "exp_avg": torch.zeros_like(flat),
                                        "exp_avg_sq": torch.zeros_like(flat)}

@@ -95,6 +95,12 @@ def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def load_trainable(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """Copy saved tensors into the model's parameters; returns them by name."""
     tensors = load_file(str(path))
+    apply_trainable(model, tensors, path)
+    return tensors
+
+
+def apply_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy ``tensors`` (read from ``path``) into the model's parameters, each laid out as its parameter is."""
     params = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(params))
     if unknown:
@@ -104,7 +110,6 @@ def load_trainable(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor
             if params[name].shape != tensor.shape:
                 raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}")
             params[name].copy_(like(tensor, params[name]))
-    return tensors
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -185,10 +190,10 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     return target
 
 
-def load_checkpoint(checkpoint: Path, model, scheduler) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Trained tensors into ``model``, the schedule and the RNG back. Returns the state, the tensors and
-    the saved optimizer state, which the backend restores (it knows where its optimizer state lives)."""
-    tensors = load_trainable(model, checkpoint / "trainable.safetensors")
+def load_checkpoint(checkpoint: Path, scheduler) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """The schedule and the RNG back. Returns the state, the trained tensors and the optimizer state,
+    which the backend puts in place (it knows where its weights and optimizer state live)."""
+    tensors = load_file(str(checkpoint / "trainable.safetensors"))
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])

@@ -49,7 +49,7 @@ class TrainConfig:
     cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
     num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
     fsdp: bool = opt(False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)")
-    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients; 0 = off", choices=(0, 1, 2))
+    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; 0 = off", choices=(0, 1, 2, 3))
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "num_processes"):

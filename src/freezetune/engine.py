@@ -125,7 +125,7 @@ class Trainer:
 
     def _resume(self) -> int:
         last = checkpoint_dirs(self.s.run_dir)[-1]
-        state, tensors, optimizer = load_checkpoint(last, self.module, self.scheduler)
+        state, tensors, optimizer = load_checkpoint(last, self.scheduler)
         self.backend.restore(self.module, tensors, optimizer, last)
         step = state["step"]
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
@@ -179,7 +179,7 @@ class Trainer:
             self._update_manifest(eval_before=before)
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
-        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad) if start == 0 else None
+        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view) if start == 0 else None
         reset_peak_memory(self.device)
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)

@@ -18,8 +18,7 @@ from freezetune.sharding import local
 
 
 def _digest(tensor: torch.Tensor) -> str:
-    """Of this process's part only: under FSDP each process checks its own shards."""
-    raw = local(tensor.detach()).to("cpu").contiguous().view(torch.uint8).numpy()
+    raw = tensor.to("cpu").contiguous().view(torch.uint8).numpy()
     return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
@@ -28,12 +27,14 @@ def _some(names: list[str]) -> str:
 
 
 class FirstStepGuard:
-    def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad):
-        """``grad``: a parameter's gradient where the backend keeps it (DeepSpeed ZeRO holds it outside .grad)."""
+    def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad,
+                 view=lambda param: local(param.detach())):
+        """``grad`` and ``view``: a parameter's gradient and value where the backend keeps them (ZeRO holds
+        gradients outside .grad; under FSDP each process checks its own shards)."""
         self.params = dict(model.named_parameters())
         self.trainable = trainable
-        self.grad = grad
-        self.before = {name: _digest(p) for name, p in self.params.items()}
+        self.grad, self.view = grad, view
+        self.before = {name: _digest(view(p)) for name, p in self.params.items()}
         self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
@@ -50,11 +51,11 @@ class FirstStepGuard:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
 
     def check_update(self) -> None:
-        moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(p) != self.before[n]]
+        moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(self.view(p)) != self.before[n]]
         if moved:
             raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
         still = [n for n, p in self.params.items()
-                 if n in self.trainable and n not in self.zero_gradient and _digest(p) == self.before[n]]
+                 if n in self.trainable and n not in self.zero_gradient and _digest(self.view(p)) == self.before[n]]
         if still:
             raise FreezetuneError(
                 f"first step: trainable tensor {_some(still)} did not change after the optimizer step, "

@@ -63,11 +63,8 @@ def _deepspeed_launch(env: MutableMapping[str, str]) -> ZeroSettings:
         raise FreezetuneError("DeepSpeed config: freezetune writes the DeepSpeed config from its own options; "
                               "give zero_stage in the accelerate config instead of a deepspeed_config_file")
     stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
-    if stage == "3":
-        raise FreezetuneError("DeepSpeed config: zero_stage 3 is not supported (its partitioned weights are read and "
-                              "restored differently); to shard weights use FSDP (configs/fsdp.yaml), or use zero_stage 1 or 2")
-    if stage not in ("1", "2"):
-        raise FreezetuneError(f"DeepSpeed config: zero_stage {stage}; freezetune runs ZeRO stage 1 or 2 "
+    if stage not in ("1", "2", "3"):
+        raise FreezetuneError(f"DeepSpeed config: zero_stage {stage}; freezetune runs ZeRO stage 1, 2 or 3 "
                               "(stage 0 is plain DDP: configs/ddp.yaml)")
     for what in ("OPTIMIZER", "PARAM"):
         device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{what}_DEVICE", "none")

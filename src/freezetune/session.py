@@ -181,6 +181,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     if isinstance(sharding, FsdpSettings):
         notes.append(f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}")
     elif isinstance(sharding, ZeroSettings):
-        shared = "optimizer state and gradients" if sharding.stage == 2 else "optimizer state"
-        notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning the trained tensors' {shared}")
+        shared = {1: "the trained tensors' optimizer state", 2: "the trained tensors' optimizer state and gradients",
+                  3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
+        notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
     return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding)
