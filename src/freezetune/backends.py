@@ -138,6 +138,7 @@ class Zero(Replicated):
             return param.detach().clone()
 
     def view(self, param):
+        """Stage 3 holds only a partition in ``param``: the check reads the gathered value (a collective)."""
         return self.value(param) if self.settings.stage == 3 else param.detach()
 
     def _named_groups(self, model) -> list[list[tuple[str, nn.Parameter]]]:
