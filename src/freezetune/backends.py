@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from freezetune.checkpoint import apply_trainable, load_optimizer_state, optimizer_state
+from freezetune.checkpoint import apply_trainable, check_same_groups, load_optimizer_state, optimizer_state
 from freezetune.sharding import FsdpSettings, ZeroSettings, full, local, shard_model
 
 
@@ -158,30 +158,25 @@ class Zero(Replicated):
         step = next((s["step"] for s in self.client.state.values() if "step" in s), None)
         if step is not None:
             self._link_state()
-        state = {}
-        for group in self._named_groups(model) if step is not None else []:  # no state before the first step
+        named, state = self._named_groups(model), {}
+        for group in named if step is not None else []:  # no state before the first step
             for name, param in group:  # a collective per tensor, in the same order on every process
                 state[name] = {"step": step.clone(),
                                **{k: safe_get_full_optimizer_state(param, k).cpu() for k in ("exp_avg", "exp_avg_sq")}}
-        groups = [{**{k: v for k, v in live.items() if k != "params"}, "params": [n for n, _ in named]}
-                  for live, named in zip(self.client.param_groups, self._named_groups(model))]
+        groups = [{**{k: v for k, v in live.items() if k != "params"}, "params": [n for n, _ in group]}
+                  for live, group in zip(self.client.param_groups, named)]
         return {"state": state, "param_groups": groups}
 
     def restore(self, model, tensors, saved, where):
+        import deepspeed
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
-        from freezetune.errors import FreezetuneError
-
         named = self._named_groups(model)
-        if [g["params"] for g in saved["param_groups"]] != [[n for n, _ in group] for group in named]:
-            raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains")
-        if self.settings.stage == 3:
-            import deepspeed
-
-            params = dict(model.named_parameters())
-            with deepspeed.zero.GatheredParameters([params[n] for n in tensors], modifier_rank=0):
-                apply_trainable(model, tensors, where)  # the working copies, repartitioned on leaving
-        else:
+        check_same_groups(saved, [[n for n, _ in group] for group in named], where)
+        params = dict(model.named_parameters())
+        # stage 3: gather the working copies whole, write them, repartition them on leaving
+        with deepspeed.zero.GatheredParameters([params[n] for n in tensors], modifier_rank=0,
+                                               enabled=self.settings.stage == 3):
             apply_trainable(model, tensors, where)
         for group in named:
             for name, param in group:

@@ -157,15 +157,19 @@ def optimizer_state(optimizer, model: torch.nn.Module) -> dict:
     }
 
 
+def check_same_groups(saved: dict, live: list[list[str]], where: Path) -> None:
+    """The saved optimizer state must cover the tensors this run trains, group by group."""
+    if [g["params"] for g in saved["param_groups"]] != live:
+        raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains "
+                              "(a checkpoint of another plan, or of an older freezetune)")
+
+
 def load_optimizer_state(optimizer, model: torch.nn.Module, saved: dict, where: Path) -> None:
     """Inverse of optimizer_state: each whole tensor is cut to the layout of the parameter it belongs to."""
     params = dict(model.named_parameters())
     names = {id(p): n for n, p in params.items()}
     current = optimizer.state_dict()
-    live = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
-    if [g["params"] for g in saved["param_groups"]] != live:
-        raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains "
-                              "(a checkpoint of another plan, or of an older freezetune)")
+    check_same_groups(saved, [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups], where)
     state = {}
     for group, old in zip(current["param_groups"], saved["param_groups"]):
         for index, name in zip(group["params"], old["params"]):

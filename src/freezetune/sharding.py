@@ -37,7 +37,8 @@ class FsdpSettings:
 
 @dataclass(frozen=True)
 class ZeroSettings:
-    """DeepSpeed ZeRO (backends.Zero). Stage 1 partitions the optimizer state, stage 2 also the gradients."""
+    """DeepSpeed ZeRO (backends.Zero). Stage 1 partitions the optimizer state, stage 2 also the gradients,
+    stage 3 also the weights."""
 
     stage: int = 2
 
