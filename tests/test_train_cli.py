@@ -1,7 +1,6 @@
 """`freezetune train / export / generate` as a user runs them, including kills and bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

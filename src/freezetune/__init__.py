@@ -4,11 +4,21 @@ The public API mirrors the CLI: load a model, parse a plan, resolve it on the mo
 anatomy, preview it, apply it.
 """
 
-from freezetune.anatomy import Anatomy, find_anatomy
-from freezetune.errors import FreezetuneError, PlanError
-from freezetune.models import LoadedModel, load_model
-from freezetune.plan import FreezePlan, Rule
-from freezetune.resolve import ResolvedPlan, apply_plan, resolve
+import importlib
+
+# names resolve on first use, so `import freezetune` (and the CLI's start) does not load torch
+_HOMES = {
+    "Anatomy": "anatomy", "find_anatomy": "anatomy", "FreezetuneError": "errors", "PlanError": "errors",
+    "LoadedModel": "models", "load_model": "models", "FreezePlan": "plan", "Rule": "plan",
+    "ResolvedPlan": "resolve", "apply_plan": "resolve", "resolve": "resolve",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"freezetune.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'freezetune' has no attribute {name!r}")
+
 
 __all__ = [
     "Anatomy",

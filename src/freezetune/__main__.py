@@ -1,5 +1,5 @@
 import sys
 
-from freezetune.cli import main
+from freezetune.console import main
 
 sys.exit(main())

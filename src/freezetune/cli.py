@@ -13,7 +13,7 @@ from freezetune.config import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.compare import CompareOptions
 from freezetune.options import (
-    ExportOptions, GenerateOptions, PlanOptions, ReportOptions, add_options, from_namespace, read_config_file,
+    ExportOptions, GenerateOptions, PlanOptions, ReportOptions, add_options, check_finite, from_namespace, read_config_file,
 )
 
 
@@ -25,7 +25,7 @@ def run_plan(options: PlanOptions) -> str:
     """`freezetune plan`: the preview as text, JSON, or another tool's format."""
     from freezetune.anatomy import find_anatomy
     from freezetune.formats import render
-    from freezetune.models import load_model
+    from freezetune.models import causal_lm_problem, load_model
     from freezetune.plan import FreezePlan
     from freezetune.preview import describe, render_text
     from freezetune.resolve import resolve
@@ -36,6 +36,9 @@ def run_plan(options: PlanOptions) -> str:
     if options.format:
         return render(resolved, options.format).rstrip("\n")
     info = describe(resolved, options.model, options.seq_len, options.batch_size, options.dtype)
+    problem = causal_lm_problem(loaded.model)
+    if problem:  # a preview is still useful, but the user should not find out at `train`
+        info["notices"].append(f"train, compare and export will not take this model: {problem}")
     return json.dumps(info, indent=2) if options.json else render_text(info)
 
 
@@ -110,7 +113,7 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
 def run_export(options: ExportOptions) -> str:
     from freezetune.export import export_run
 
-    return f"exported to {export_run(Path(options.run), Path(options.out), _cache(options), options.base)}"
+    return f"exported to {export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force)}"
 
 
 def run_generate(options: GenerateOptions) -> str:
@@ -139,7 +142,11 @@ def run_compare(options: CompareOptions) -> str:
     report = write_report(run_dirs, settings.out)
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
-    advice = json.loads((settings.out / "results.json").read_text())["recommendation"]
+    results = json.loads((settings.out / "results.json").read_text())
+    if results["runs"] and all(r["status"] == "failed" for r in results["runs"]):
+        raise FreezetuneError(f"every strategy failed ({results['runs'][0]['strategy']}: {results['runs'][0]['reason']}); "
+                              f"see {report}")
+    advice = results["recommendation"]
     return "\n".join(advice) + f"\nreport: {report}"
 
 
@@ -185,12 +192,12 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "compare"):
-        import datasets
-
-        datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
     cls, command = COMMANDS[args.command]
     try:
+        if args.command in ("train", "compare"):
+            import datasets
+
+            datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
         if cls is TrainConfig:
             options = _train_config(args)
         elif cls is CompareOptions:
@@ -199,11 +206,23 @@ def main(argv: list[str] | None = None) -> int:
             options = from_namespace(cls, args)
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
+        check_finite(options)
         options.validate()
         output = command(options, argv) if cls is TrainConfig else command(options)
         if output:
             print(output)
     except FreezetuneError as exc:
-        print(f"freezetune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args.command, f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: staged writes roll back
+        print(f"\nfreezetune {args.command}: interrupted; what was saved before is intact", file=sys.stderr)
+        return 130
     return 0
+
+
+def _fail(command: str, message: str) -> int:
+    sys.stdout.flush()
+    print(f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
+    return 2

@@ -11,13 +11,13 @@ two comparisons.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from freezetune.anatomy import find_anatomy
-from freezetune.checkpoint import checkpoint_dirs, model_hash, write_json
+from freezetune.checkpoint import checkpoint_dirs
+from freezetune.manifest import model_hash, read_json
 from freezetune.config import LORA_PLAN, TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.models import load_model
@@ -58,6 +58,10 @@ def parse_strategy(text: str) -> Strategy:
                 raise FreezetuneError(f"--strategy '{text}': {key} must be a whole number, not '{value}'")
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
         return Strategy(text.strip(), "lora", LORA_PLAN, lora)
+    if words[0] not in ("freeze", "train") and not text.lstrip().startswith(("-", "[", "{")) and "\n" not in text \
+            and not text.endswith((".yaml", ".yml", ".json", ".txt")):
+        raise FreezetuneError(f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
+                              "or a freeze plan (its rules start with freeze or train)")
     FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
     return Strategy(text.strip(), "plan", text.strip())
 
@@ -120,7 +124,10 @@ def fingerprint(settings: CompareSettings, base_sha256: str) -> dict:
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
     state_path = settings.out / "compare.json"
     if state_path.is_file():
-        earlier = json.loads(state_path.read_text())["fingerprint"]
+        earlier = read_json(state_path)
+        if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):
+            raise FreezetuneError(f"{state_path}: damaged; it does not say which comparison {settings.out} holds")
+        earlier = earlier["fingerprint"]
         changed = [k for k in pinned if earlier.get(k) != pinned[k]]
         if changed:
             raise FreezetuneError(

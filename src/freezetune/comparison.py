@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from freezetune.checkpoint import read_manifest, write_json
+from freezetune.durable import write_json
+from freezetune.manifest import read_json, read_manifest
 from freezetune.compare import CompareSettings, Strategy, fingerprint, run_config, validate
 from freezetune.dataset import Example, pad_token_id
 from freezetune.engine import Trainer
@@ -24,7 +24,7 @@ def _retain_examples(settings: CompareSettings, base, tokenizer, device) -> list
     """Built once per output folder (the base model's own answers take a while) and reused."""
     path = settings.out / "retain.json"
     if path.is_file():
-        return [Example(**row) for row in json.loads(path.read_text())]
+        return [Example(**row) for row in read_json(path)]
     examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain)
     write_json(path, [vars(e) for e in examples])
     return examples
@@ -33,7 +33,7 @@ def _retain_examples(settings: CompareSettings, base, tokenizer, device) -> list
 def _base_reference(settings: CompareSettings, base, tokenizer, device, log) -> dict:
     path = settings.out / "base.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     _, held, _ = load_data(settings.base_config, tokenizer)
     log("evaluating the base model once, as the reference row")
     reference = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="before")

@@ -52,7 +52,9 @@ class TrainConfig:
     zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; 0 = off", choices=(0, 1, 2, 3))
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "grad_accum", "num_processes"):
+        if self.seq_len < 2:  # before the data: a shorter limit would blame the records
+            raise FreezetuneError(f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {self.seq_len}")
+        for name in ("batch_size", "grad_accum", "num_processes"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "warmup", "eval_every", "save_every", "eval_generate", "show_generations"):

@@ -51,6 +51,18 @@ def _locate_jsonl_error(path: Path) -> str:
     return ""
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise FreezetuneError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                              "save the file as UTF-8") from None
+
+
 def read_records(path_text: str) -> list[Record]:
     """All records of one data file or saved dataset folder; errors name the file (and line)."""
     import datasets
@@ -69,7 +81,7 @@ def read_records(path_text: str) -> list[Record]:
     suffix = path.suffix.lower()
     if suffix not in LOADERS:
         raise FreezetuneError(f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder")
-    if suffix != ".parquet" and not path.read_text(encoding="utf-8").strip():
+    if suffix != ".parquet" and not _utf8_text(path).strip():
         return []  # the caller says "no usable example", naming the data
     try:
         # a .txt file is one document of raw text (continued pre-training), not one record per line

@@ -22,16 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from freezetune.backends import make_backend
 from freezetune.checkpoint import (
-    checkpoint_dirs, load_checkpoint, read_manifest, save_checkpoint, save_trainable, trainable_state, write_json, write_text,
+    checkpoint_dirs, intact_checkpoint, load_checkpoint, save_checkpoint, save_trainable, stage_rng, trainable_state,
 )
+from freezetune.durable import remove_leftovers, write_json, write_text
 from freezetune.dataset import IGNORE, collate, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.evaluation import evaluate_model
 from freezetune.guards import FirstStepGuard
+from freezetune.manifest import read_manifest, read_metrics, update_manifest
 from freezetune.memory import peak_memory_bytes, reset_peak_memory
 from freezetune.order import BatchOrder
 from freezetune.prefix import PrefixRunner
@@ -114,6 +117,7 @@ class Trainer:
         # and so the schedule, does not depend on how many processes share it
         self.scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
         self.metrics_path = session.run_dir / "metrics.jsonl"
+        self._metrics = None  # the open metrics file, while run() runs
 
     def micro_batch(self, index: int) -> tuple[list[int], dict]:
         ids = self.order.share(index, self.rank, self.world)
@@ -124,13 +128,16 @@ class Trainer:
         return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
 
     def _resume(self) -> int:
+        if self.main:  # one process checks the checksums and sets damaged checkpoints aside
+            intact_checkpoint(self.s.run_dir, self.log)
+        self.accelerator.wait_for_everyone()
         last = checkpoint_dirs(self.s.run_dir)[-1]
-        state, tensors, optimizer = load_checkpoint(last, self.scheduler)
+        state, tensors, optimizer = load_checkpoint(last, self.scheduler, self.rank)
         self.backend.restore(self.module, tensors, optimizer, last)
         step = state["step"]
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
-            kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+            kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
+            write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
         return step
 
@@ -138,14 +145,25 @@ class Trainer:
         """Written once, by the main process, with whole tensors. Under DDP every process holds the same
         state, so only the main one reads it; under FSDP and ZeRO all of them gather their pieces.
         Returns the trained tensors (on the main process)."""
+        stage_rng(self.s.run_dir, step, self.rank)  # every process's own random state
         self.accelerator.wait_for_everyone()
         tensors = {}
         if self.main or self.backend.gathers_everywhere:
             tensors = trainable_state(self.module, self.names, self.backend.value)
             optimizer = self.backend.optimizer_state(self.module)
         if self.main:
-            save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
-                            {"total_steps": self.total_steps, "processes": self.world, "backend": type(self.backend).__name__})
+            if self._metrics is not None:  # the metrics a checkpoint covers are on the disk before it is
+                self._metrics.flush()
+                os.fsync(self._metrics.fileno())
+            try:
+                save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
+                                {"total_steps": self.total_steps, "processes": self.world,
+                                 "backend": type(self.backend).__name__}, self.world)
+            except (OSError, SafetensorError) as exc:
+                done = checkpoint_dirs(self.s.run_dir)
+                kept = f"the previous checkpoint {done[-1]} is kept" if done else "no earlier checkpoint exists"
+                raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.s.run_dir / 'checkpoints'}: "
+                                      f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}") from None
         if self.s.cache is not None:
             self.s.cache.save()  # each process keeps the cache of its own shard of the data
         self.accelerator.wait_for_everyone()
@@ -167,6 +185,9 @@ class Trainer:
         """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
         caller already has it (a comparison evaluates the base once for all its runs)."""
         config, run_dir = self.config, self.s.run_dir
+        if self.main:  # what a killed writer of an earlier attempt left behind
+            remove_leftovers(run_dir)
+            remove_leftovers(run_dir / "checkpoints")
         for note in self.s.notes:
             self.log(note)
         start = self._resume() if config.resume else 0
@@ -184,7 +205,9 @@ class Trainer:
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
         step = start
-        with open(self.metrics_path if self.main else os.devnull, "a") as metrics:
+        # the bar is closed before any error is printed, so the message gets a line of its own
+        with bar, open(self.metrics_path if self.main else os.devnull, "a") as metrics:
+            self._metrics = metrics if self.main else None
             while step < self.total_steps:
                 if self._stop_requested(should_stop):
                     self._checkpoint(step)
@@ -206,8 +229,9 @@ class Trainer:
                     self.runner.train_mode()
                 if config.save_every and step % config.save_every == 0 and step < self.total_steps:
                     self._checkpoint(step)
-        bar.close()
-        tensors = self._checkpoint(step)
+            bar.close()
+            tensors = self._checkpoint(step)
+            self._metrics = None
         if self.main:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
@@ -266,6 +290,4 @@ class Trainer:
             self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}")
 
     def _update_manifest(self, **fields) -> None:
-        manifest = read_manifest(self.s.run_dir)
-        manifest.update(fields)
-        write_json(self.s.run_dir / "manifest.json", manifest)
+        update_manifest(self.s.run_dir, **fields)

@@ -139,11 +139,24 @@ def resolve_model_path(name: str, cache_dir: Path | None = None) -> Path:
         ) from None
 
 
+def check_weight_files(path: Path) -> None:
+    """Every safetensors file readable: a truncated or zero-byte one is named here, not deep in transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise FreezetuneError(f"{file}: damaged weight file ({str(exc).splitlines()[0]})") from None
+
+
 def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model from a local source, as the class its config declares (a causal LM by default)."""
     import transformers
 
     path = resolve_model_path(name, cache_dir)
+    check_weight_files(path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -161,3 +174,25 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None, dtype: 
         except OSError as exc:
             raise FreezetuneError(f"{name}: cannot load weights from {path}: {exc}") from None
     raise FreezetuneError(f"{name}: transformers cannot build this model: {errors[-1]}")
+
+
+def causal_lm_problem(model: torch.nn.Module) -> str | None:
+    """Why ``model`` is not a decoder-only causal LM (what `train` needs), or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+    name, config = type(inner).__name__, getattr(inner, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return f"{name} is an encoder-decoder model"
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    if name in causal:
+        return None
+    what = "a masked LM (encoder-only)" if "MaskedLM" in name else "not a causal language model"
+    return f"{name} is {what}"
+
+
+def require_causal_lm(loaded: LoadedModel, command: str) -> None:
+    problem = causal_lm_problem(loaded.model)
+    if problem:
+        raise FreezetuneError(f"model {loaded.name}: {problem}; {command} takes decoder-only causal LMs "
+                              "(AutoModelForCausalLM: Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-2, GPT-NeoX, OPT, Mixtral, ...)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,8 +50,9 @@ class ExportOptions:
     """Merge a run's trained tensors into its base model and write a standard HF model folder."""
 
     run: str = opt(help="run folder written by `freezetune train`", positional=True)
-    out: str = opt(help="folder to write (replaced atomically)")
+    out: str = opt(help="folder to write; it must be new or empty")
     base: str | None = opt(None, help="load the base model from here instead of the manifest's name (must hash the same)")
+    force: bool = opt(False, help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)")
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
@@ -153,6 +155,8 @@ def _coerce(value, kind, item, where: str):
     target = typing.get_origin(base) or base  # list[str] -> list
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if target is float and isinstance(value, float) and not math.isfinite(value):
+        raise FreezetuneError(f"{where}: '{item.name}' must be a finite number, got {value!r}")
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
@@ -161,3 +165,11 @@ def _coerce(value, kind, item, where: str):
     if choices and value not in choices:
         raise FreezetuneError(f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def check_finite(options) -> None:
+    """Every float option a finite number: nan or inf would train (or search) nonsense, not fail."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FreezetuneError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")

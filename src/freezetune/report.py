@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 from pathlib import Path
 
-from freezetune.checkpoint import write_json
+from freezetune.durable import write_json
+from freezetune.manifest import read_json, read_metrics
 from freezetune.errors import FreezetuneError
 from freezetune.preview import human_bytes
 from freezetune.report_plots import render_plots
@@ -24,7 +24,10 @@ FIELDS = ["strategy", "kind", "status", "reason", "trainable_params", "total_par
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
+        raise FreezetuneError(f"{path}: damaged, expected a JSON object")
+    return value
 
 
 def read_run(run_dir: Path) -> dict:
@@ -43,7 +46,7 @@ def read_run(run_dir: Path) -> dict:
     if failed is not None:
         row.update(status="failed", reason=failed["reason"])
         return row
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").is_file() else []
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     steps = [m for m in metrics if "loss" in m]
     timed = steps[1:] or steps  # the first step pays one-time costs (allocation, the first-step guard)
     evaluation = (_read_json(run_dir / "eval.json") or {}).get("after") or {}

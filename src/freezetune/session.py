@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 
 from freezetune.anatomy import find_anatomy
-from freezetune.checkpoint import checkpoint_dirs, model_hash, read_manifest, versions, write_json
+from freezetune.checkpoint import checkpoint_dirs
+from freezetune.durable import write_json
+from freezetune.manifest import meaning_hashes, model_hash, read_manifest, versions
 from freezetune.config import TrainConfig
 from freezetune.dataset import TokenizedData, cpt_examples, sft_examples, split_holdout
 from freezetune.datafiles import read_records
 from freezetune.errors import FreezetuneError
 from freezetune.lora import wrap_lora
-from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model
+from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model, require_causal_lm
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
 from freezetune.processes import process_state
@@ -109,6 +111,8 @@ def _run_dir(config: TrainConfig) -> Path:
         return Path(config.resume)
     if config.out:
         path = Path(config.out)
+        if path.exists() and not path.is_dir():
+            raise FreezetuneError(f"--out {path} is a file, not a folder")
         if (path / "manifest.json").exists():
             if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
                 raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
@@ -146,6 +150,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
     loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    require_causal_lm(loaded, "train")
     base_sha256 = model_hash(loaded.path)
     if config.resume:
         manifest = read_manifest(run_dir)
@@ -165,11 +170,14 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     notes.append(cache_note)
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FreezetuneError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
         write_json(run_dir / "manifest.json", {
             "status": "running",
             "base_model": {"name": config.model, "path": str(loaded.path), "sha256": base_sha256,
-                           "class": type(loaded.model).__name__},
+                           "files": meaning_hashes(loaded.path), "class": type(loaded.model).__name__},
             "plan": resolved.plan.to_list(),
             "trainable_names": resolved.trainable_names(),
             "trainable_params": resolved.trainable_params,
