@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -98,3 +99,26 @@ def order_data(tmp_path):
     held = tmp_path / "eval.jsonl"
     held.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
     return train, held
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_chat_model_dir):
+    """A user's folder: a model, data, and a finished 6-step run with checkpoints at steps 4 and 6."""
+    root = tmp_path_factory.mktemp("user")
+    shutil.copytree(tiny_chat_model_dir, root / "model")
+    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug" + " more" * (i % 5)} for i in range(24)]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    data = (root / "train.jsonl", root / "eval.jsonl")
+    from freezetune.cli import main
+    from test_train_cli import train_args
+
+    assert main(train_args(root / "model", data, root / "run", "--max-steps", "6", "--save-every", "2")) == 0
+    return root
+
+
+@pytest.fixture
+def world(trained, tmp_path):
+    """A fresh copy of the user's folder for one test to damage."""
+    shutil.copytree(trained, tmp_path / "user")
+    return tmp_path / "user"

@@ -10,7 +10,7 @@ from conftest import build_tiny
 from freezetune.anatomy import find_anatomy
 from freezetune.engine import build_optimizer
 from freezetune.plan import FreezePlan
-from freezetune.resolve import apply_plan, resolve
+from freezetune.resolution import apply_plan, resolve
 from freezetune.sharding import FsdpSettings, local, shard_model
 
 dist.init_process_group("gloo")

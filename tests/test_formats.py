@@ -6,7 +6,7 @@ from freezetune.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError
 from freezetune.formats import render
 from freezetune.plan import FreezePlan
-from freezetune.resolve import resolve
+from freezetune.resolution import resolve
 from test_anatomy import ToyMoE
 
 
@@ -30,6 +30,13 @@ def test_axolotl_lists_each_trainable_tensor_anchored():
         ("train mlp@bottom 1", {"freeze_trainable_layers": -1, "freeze_trainable_modules": "mlp"}),
         ("train top 1; train head", {"freeze_trainable_layers": 1, "freeze_trainable_modules": "all", "freeze_extra_modules": "lm_head"}),
         ("train attn@top 2", {"freeze_trainable_layers": 2, "freeze_trainable_modules": "self_attn"}),
+        # 0 layers: only freeze_extra_modules train
+        ("train head", {"freeze_trainable_layers": 0, "freeze_trainable_modules": "all", "freeze_extra_modules": "lm_head"}),
+        ("freeze all; train head", {"freeze_trainable_layers": 0, "freeze_trainable_modules": "all", "freeze_extra_modules": "lm_head"}),
+        # use_llama_pro with N layers trains every (L/N)-th layer ending at the top
+        ("train layers 1::2", {"freeze_trainable_layers": 2, "freeze_trainable_modules": "all", "use_llama_pro": True}),
+        ("train layers 1,3", {"freeze_trainable_layers": 2, "freeze_trainable_modules": "all", "use_llama_pro": True}),
+        ("train mlp@layers 1::2", {"freeze_trainable_layers": 2, "freeze_trainable_modules": "mlp", "use_llama_pro": True}),
     ],
 )
 def test_llama_factory_arguments(text, expected):
@@ -39,12 +46,13 @@ def test_llama_factory_arguments(text, expected):
 @pytest.mark.parametrize(
     "model, text, message",
     [
-        ("llama", "train layers 0,2", "trains only a contiguous run of top or bottom layers, and this plan trains layers 0,2"),
+        ("llama", "train layers 0,2", "or every k-th layer ending at the top, and this plan trains layers 0,2"),
         # its freeze_extra_modules "norm" is a substring of every block's layernorm names
         ("llama", "train top 1; train norm", "would also train 6 tensors the plan freezes (e.g. model.layers.0.input_layernorm.weight)"),
+        ("llama", "freeze all; train norm", "'norm' is a substring of 8 tensor names inside the blocks"),
+        ("llama", "freeze bottom 75%", "the nearest plan it can express is 'freeze bottom 75%; freeze norm' (freeze_trainable_layers: 1)"),
         ("llama", "train mlp@top 2; train attn@top 1", "trains mlp vs mlp+self_attn in different layers"),
         ("llama", "freeze all; train re:model.layers.3.mlp.up_proj.weight", "trains part of 'mlp' in layer 3"),
-        ("llama", "freeze all; train head", "its freeze mode trains at least one layer"),
     ],
 )
 def test_llama_factory_refuses_what_it_cannot_express(model, text, message):
@@ -60,3 +68,26 @@ def test_llama_factory_substring_bug_on_expert_lists_is_caught():
     # the same plan is exact in freezetune and in Axolotl's anchored names
     names = emit(ToyMoE(layers=3), "train top 1", "axolotl")["unfrozen_parameters"]
     assert all(n.startswith("^layers.2.") for n in names) and len(names) == 2 + 24 + 2
+
+
+def test_llama_pro_and_head_only_selections_match_the_plan_in_simulation():
+    """The emitted arguments, run through LLaMA-Factory's own selection rules, train exactly the plan."""
+    from freezetune.formats import _canonical_names, _llama_factory_select
+
+    for text in ("train layers 1::2", "train layers 3", "train head", "train mlp@layers 1::2; train head"):
+        resolved = resolve(FreezePlan.parse(text), find_anatomy(build_tiny("llama")))
+        out = yaml.safe_load(render(resolved, "llama-factory"))
+        extras = out.get("freeze_extra_modules", "").split(",") if out.get("freeze_extra_modules") else []
+        selected = _llama_factory_select(_canonical_names(resolved), 4, out["freeze_trainable_layers"],
+                                         out["freeze_trainable_modules"].split(","), extras, out.get("use_llama_pro", False))
+        assert selected == set(resolved.trainable_names()), text
+
+
+def test_plan_json_names_the_trainable_tied_aliases():
+    from freezetune.preview import describe
+    from conftest import build_tiny as tiny
+
+    model = tiny("gpt2")  # GPT-2 ties lm_head.weight to transformer.wte.weight
+    info = describe(resolve(FreezePlan.parse("train head"), find_anatomy(model)), "gpt2")
+    assert info["trainable_aliases"] == {"lm_head.weight": "transformer.wte.weight"}
+    assert "transformer.wte.weight" in info["trainable_names"]

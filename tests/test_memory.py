@@ -2,7 +2,7 @@ from conftest import build_tiny
 from freezetune.anatomy import find_anatomy
 from freezetune.plan import FreezePlan
 from freezetune.preview import describe
-from freezetune.resolve import resolve
+from freezetune.resolution import resolve
 
 
 def estimate(text, dtype="float32", arch="llama"):

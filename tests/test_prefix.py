@@ -8,7 +8,7 @@ from freezetune.anatomy import find_anatomy
 from freezetune.dataset import Example, collate
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, PrefixRunner, prefix_depth
-from freezetune.resolve import apply_plan, resolve
+from freezetune.resolution import apply_plan, resolve
 
 LENGTHS = [5, 9, 7]
 

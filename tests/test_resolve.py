@@ -5,7 +5,7 @@ from conftest import build_tiny
 from freezetune.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError, PlanError
 from freezetune.plan import FreezePlan
-from freezetune.resolve import apply_plan, resolve
+from freezetune.resolution import apply_plan, resolve
 from test_plan_grammar import plans
 
 LLAMA_BLOCK = [

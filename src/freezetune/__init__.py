@@ -10,7 +10,7 @@ import importlib
 _HOMES = {
     "Anatomy": "anatomy", "find_anatomy": "anatomy", "FreezetuneError": "errors", "PlanError": "errors",
     "LoadedModel": "models", "load_model": "models", "FreezePlan": "plan", "Rule": "plan",
-    "ResolvedPlan": "resolve", "apply_plan": "resolve", "resolve": "resolve",
+    "ResolvedPlan": "resolution", "apply_plan": "resolution", "resolve": "resolution",
 }
 
 

@@ -28,7 +28,7 @@ def run_plan(options: PlanOptions) -> str:
     from freezetune.models import causal_lm_problem, load_model
     from freezetune.plan import FreezePlan
     from freezetune.preview import describe, render_text
-    from freezetune.resolve import resolve
+    from freezetune.resolution import resolve
 
     plan = FreezePlan.from_argument(options.plan)  # before loading: a typo fails in milliseconds
     loaded = load_model(options.model, cache_dir=_cache(options))
@@ -216,9 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args.command, f"{where}{exc.strerror or exc}")
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: staged writes roll back
-        print(f"\nfreezetune {args.command}: interrupted; what was saved before is intact", file=sys.stderr)
-        return 130
     return 0
 
 

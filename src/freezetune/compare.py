@@ -20,10 +20,10 @@ from freezetune.checkpoint import checkpoint_dirs
 from freezetune.manifest import model_hash, read_json
 from freezetune.config import LORA_PLAN, TrainConfig
 from freezetune.errors import FreezetuneError
-from freezetune.models import load_model
+from freezetune.models import load_model, require_causal_lm
 from freezetune.options import opt
 from freezetune.plan import FreezePlan
-from freezetune.resolve import resolve
+from freezetune.resolution import resolve
 
 DEFAULT_STRATEGIES = ["full", "lora", "freeze bottom 75%", "freeze bottom 50%"]
 LORA_WORDS = {"r": "lora_r", "alpha": "lora_alpha", "targets": "lora_targets"}
@@ -153,6 +153,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         raise FreezetuneError(f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'")
     settings.base_config.validate()
     loaded = load_model(settings.model, Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None)
+    require_causal_lm(loaded, "compare")
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
         if strategy.kind == "plan":

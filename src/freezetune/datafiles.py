@@ -8,6 +8,7 @@ row) so that a bad record is reported precisely.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,13 +84,18 @@ def read_records(path_text: str) -> list[Record]:
         raise FreezetuneError(f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder")
     if suffix != ".parquet" and not _utf8_text(path).strip():
         return []  # the caller says "no usable example", naming the data
+    logger = logging.getLogger("datasets")
+    level = logger.level
     try:
         # a .txt file is one document of raw text (continued pre-training), not one record per line
         options = {"sample_by": "document"} if suffix == ".txt" else {}
+        logger.setLevel(logging.CRITICAL)  # it logs its own parse errors; ours below names the line
         table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train", **options)
     except Exception as exc:  # pyarrow and datasets raise many types for a malformed file
         detail = _locate_jsonl_error(path) if suffix in (".jsonl", ".json") else ""
         raise FreezetuneError(detail or f"data file {path_text}: cannot be read: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    finally:
+        logger.setLevel(level)
     if suffix == ".jsonl":
         lines = _jsonl_line_numbers(path)
         return [Record(dict(row), f"{path} line {lines[i]}") for i, row in enumerate(table)]

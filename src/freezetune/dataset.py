@@ -168,6 +168,9 @@ def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
 
 
 def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
+    if not data.examples and data.dropped:
+        raise FreezetuneError(f"no usable {kind} example: all {data.dropped} lost their whole response to --seq-len {seq_len}; "
+                              "raise --seq-len")
     if not data.examples:
         raise FreezetuneError(f"no usable {kind} example: the data holds no record with text to learn from")
     if data.truncated:

@@ -39,6 +39,9 @@ def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = No
 
 def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
     """Refuse any --out whose contents export would destroy (see the module doc)."""
+    blocked = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise FreezetuneError(f"--out {out_dir}: {blocked} is a file, not a folder")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

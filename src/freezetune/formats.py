@@ -7,7 +7,9 @@ emitted approximately.
 - Axolotl ``unfrozen_parameters``: regexes applied with ``re.match`` after Axolotl escapes
   every ``.``; we emit one anchored exact name per trainable tensor.
 - LLaMA-Factory ``finetuning_type: freeze``: a contiguous run of top (+N) or bottom (-N)
-  layers, module names inside them, and extra non-layer modules, all matched as substrings.
+  layers, no layer (0), or with ``use_llama_pro`` every (L/N)-th layer ending at the top;
+  module names inside them and extra non-layer modules, all matched as substrings. A refusal
+  says which substring over-matches and names the nearest plan the tool can express.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import yaml
 
 from freezetune.errors import FreezetuneError
-from freezetune.resolve import ResolvedPlan
+from freezetune.resolution import ResolvedPlan
 
 FORMATS = ("axolotl", "llama-factory")
 
@@ -35,9 +37,18 @@ def to_axolotl(resolved: ResolvedPlan) -> str:
     return yaml.safe_dump({"unfrozen_parameters": patterns}, sort_keys=False)
 
 
-def _llama_factory_select(names: list[str], num_layers: int, layers: int, modules: list[str], extras: list[str]):
+def _llama_factory_layer_ids(num_layers: int, layers: int, llama_pro: bool) -> range:
+    """The layer ids LLaMA-Factory trains for ``freeze_trainable_layers`` (and ``use_llama_pro``)."""
+    if llama_pro:
+        stride = num_layers // layers
+        return range(stride - 1, num_layers + stride - 1, stride)
+    return range(max(0, num_layers - layers), num_layers) if layers > 0 else range(min(-layers, num_layers))
+
+
+def _llama_factory_select(names: list[str], num_layers: int, layers: int, modules: list[str], extras: list[str],
+                          llama_pro: bool = False):
     """LLaMA-Factory's freeze selection, as its adapter code does it (substring matching)."""
-    ids = range(max(0, num_layers - layers), num_layers) if layers > 0 else range(min(-layers, num_layers))
+    ids = _llama_factory_layer_ids(num_layers, layers, llama_pro)
     hidden, non_hidden = set(), set()
     for name in names:
         if ".0." in name:
@@ -58,34 +69,84 @@ def _llama_factory_select(names: list[str], num_layers: int, layers: int, module
     return {n for n in names if any(s in n for s in substrings)}
 
 
-def to_llama_factory(resolved: ResolvedPlan) -> str:
-    anatomy = resolved.anatomy
-    layer_rows = resolved.layer_rows()
-    trained = [r["index"] for r in layer_rows if r["trainable_params"]]
-    count, top_run = len(trained), list(range(anatomy.num_layers - len(trained), anatomy.num_layers))
+def _llama_factory_layers(trained: list[int], num_layers: int) -> tuple[int, bool]:
+    """``freeze_trainable_layers`` and ``use_llama_pro`` for these trained layers, or an error."""
+    count = len(trained)
     if not trained:
-        raise FreezetuneError("cannot express this plan for LLaMA-Factory: its freeze mode trains at least one layer")
-    if trained != top_run and trained != list(range(count)):
-        raise FreezetuneError(
-            "cannot express this plan for LLaMA-Factory: it trains only a contiguous run "
-            f"of top or bottom layers, and this plan trains layers {_ranges(trained)}"
-        )
-    layers = count if trained == top_run else -count
-    modules = _llama_factory_modules(resolved, trained)
+        return 0, False  # 0 selects no layer: only freeze_extra_modules train
+    if trained == list(range(num_layers - count, num_layers)):
+        return count, False
+    if trained == list(range(count)):
+        return -count, False
+    if num_layers % count == 0 and trained == list(_llama_factory_layer_ids(num_layers, count, True)):
+        return count, True  # every (L/count)-th layer, ending at the top
+    raise FreezetuneError(
+        "cannot express this plan for LLaMA-Factory: it trains a contiguous run of top or bottom layers, "
+        f"or every k-th layer ending at the top, and this plan trains layers {_ranges(trained)}"
+    )
+
+
+def _llama_factory_config(resolved: ResolvedPlan) -> tuple[dict, set[str] | None, list[str]]:
+    anatomy = resolved.anatomy
+    trained = [r["index"] for r in resolved.layer_rows() if r["trainable_params"]]
+    layers, llama_pro = _llama_factory_layers(trained, anatomy.num_layers)
+    modules = _llama_factory_modules(resolved, trained) if trained else ["all"]
     extras = sorted({
         e.name.split(".")[-2] for e in anatomy.entries
         if e.part != "block" and e.name == e.tensor and resolved.is_trainable(e) and "." in e.name
     })
-    selected = _llama_factory_select(_canonical_names(resolved), anatomy.num_layers, layers, modules, extras)
-    _check("LLaMA-Factory", selected, resolved)
-    config = {
-        "finetuning_type": "freeze",
-        "freeze_trainable_layers": layers,
-        "freeze_trainable_modules": ",".join(modules),
-    }
+    selected = _llama_factory_select(_canonical_names(resolved), anatomy.num_layers, layers, modules, extras, llama_pro)
+    config = {"finetuning_type": "freeze", "freeze_trainable_layers": layers, "freeze_trainable_modules": ",".join(modules)}
+    if llama_pro:
+        config["use_llama_pro"] = True
     if extras:
         config["freeze_extra_modules"] = ",".join(extras)
-    return yaml.safe_dump(config, sort_keys=False)
+    return config, selected, extras
+
+
+def to_llama_factory(resolved: ResolvedPlan) -> str:
+    config, selected, extras = _llama_factory_config(resolved)
+    try:
+        _check("LLaMA-Factory", selected, resolved)
+    except FreezetuneError as exc:
+        raise FreezetuneError(f"{exc}{_substring_reason(resolved, extras, selected)}{_nearest(resolved, extras)}") from None
+    text = yaml.safe_dump(config, sort_keys=False)
+    if config.get("use_llama_pro"):
+        stride = resolved.anatomy.num_layers // config["freeze_trainable_layers"]
+        text = ("# use_llama_pro is named for LLaMA-Pro's block expansion; with freeze_trainable_layers it trains\n"
+                f"# every {stride}th layer ending at the top, which is exactly this plan\n") + text
+    return text
+
+
+def _substring_reason(resolved: ResolvedPlan, extras: list[str], selected: set[str] | None) -> str:
+    """Which extra module name is a substring of tensor names inside the blocks, and of how many."""
+    prefix, wanted = f"{resolved.anatomy.blocks_path}.", set(resolved.trainable_names())
+    for extra in extras:
+        inside = sorted(n for n in (selected or ()) if n.startswith(prefix) and extra in n and n not in wanted)
+        if inside:
+            return f" ('{extra}' is a substring of {len(inside)} tensor names inside the blocks, e.g. {inside[0]})"
+    return ""
+
+
+def _nearest(resolved: ResolvedPlan, extras: list[str]) -> str:
+    """The closest plan LLaMA-Factory can express: this one with the over-matching outside parts frozen."""
+    from freezetune.plan import FreezePlan
+    from freezetune.resolution import resolve
+
+    parts = {e.name.split(".")[-2]: e.part for e in resolved.anatomy.entries if e.part != "block" and "." in e.name}
+    wanted = set(resolved.trainable_names())
+    over = [x for x in extras if any(x in n and n not in wanted for n in _canonical_names(resolved))]
+    dropped = [parts[x] for x in over if parts.get(x) in ("norm", "head", "embeddings")]
+    if not dropped:
+        return ""
+    text = "; ".join([resolved.plan.render()] + [f"freeze {part}" for part in dropped])
+    try:
+        nearer = resolve(FreezePlan.parse(text), resolved.anatomy)
+        config, selected, _ = _llama_factory_config(nearer)
+        _check("LLaMA-Factory", selected, nearer)
+    except FreezetuneError:
+        return ""
+    return f"; the nearest plan it can express is '{text}' (freeze_trainable_layers: {config['freeze_trainable_layers']})"
 
 
 def _llama_factory_modules(resolved: ResolvedPlan, trained: list[int]) -> list[str]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from freezetune.resolve import ResolvedPlan
+from freezetune.resolution import ResolvedPlan
 
 
 class PrefixCache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from freezetune.memory import estimate_memory
-from freezetune.resolve import ResolvedPlan
+from freezetune.resolution import ResolvedPlan
 
 
 def describe(resolved: ResolvedPlan, model_name: str, seq_len: int = 512, batch_size: int = 4, dtype: str = "float32") -> dict:
@@ -27,6 +27,8 @@ def describe(resolved: ResolvedPlan, model_name: str, seq_len: int = 512, batch_
         "layers": resolved.layer_rows(),
         "parts": resolved.part_rows(),
         "trainable_names": resolved.trainable_names(),
+        # a tied tensor is trained under its canonical name; its other names (e.g. lm_head.weight) are aliases
+        "trainable_aliases": {e.name: e.tensor for e in anatomy.entries if e.name != e.tensor and resolved.is_trainable(e)},
         "notices": list(resolved.notices),
         "memory_settings": {"seq_len": seq_len, "batch_size": batch_size, "dtype": dtype, "optimizer": "AdamW"},
         "memory_estimate_bytes": _memory(resolved, seq_len, batch_size, dtype),

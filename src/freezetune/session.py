@@ -23,7 +23,7 @@ from freezetune.models import DEFAULT_CACHE_DIR, LoadedModel, load_model, requir
 from freezetune.plan import FreezePlan
 from freezetune.prefix import PrefixCache, prefix_depth
 from freezetune.processes import process_state
-from freezetune.resolve import ResolvedPlan, apply_plan, resolve
+from freezetune.resolution import ResolvedPlan, apply_plan, resolve
 from freezetune.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.tasks import order_task, stdlib_docstrings
 

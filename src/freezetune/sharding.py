@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from freezetune.errors import FreezetuneError
-from freezetune.resolve import ResolvedPlan
+from freezetune.resolution import ResolvedPlan
 
 
 @dataclass(frozen=True)
