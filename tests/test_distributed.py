@@ -40,6 +40,9 @@ def test_two_processes_match_one_and_write_one_checkpoint(tiny_chat_model_dir, o
     for name, tensor in reference.items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-3, atol=1e-5)
     assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    # every process keeps its own random state, listed with its checksum
+    files = json.loads((double / "checkpoints" / "step-000006" / "state.json").read_text())["files"]
+    assert {"rng-0.safetensors", "rng-1.safetensors"} <= set(files)
     assert len((double / "metrics.jsonl").read_text().splitlines()) == 6  # written once, not once per process
     assert result.stdout.count("finished 6 steps") == 1
 

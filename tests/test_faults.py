@@ -185,6 +185,8 @@ CASES = [
          every_checkpoint(lambda c: truncate("trainable.safetensors")(c)), ("run/checkpoints",)),
     Case("resume from pickled optimizer files", ["train", "--resume", "{w}/run"], "no intact checkpoint",
          every_checkpoint(pickled_optimizer), ("run/checkpoints",)),
+    Case("a learning rate that blows the loss up", train("--lr", "1e12", "--max-steps", "4", "--max-grad-norm", "0"),
+         "the loss is"),
     Case("disk full while saving a checkpoint", train("--save-every", "1"), "No space left on device", patch=disk_full,
          may_change=("new",)),
     # compare and report

@@ -49,7 +49,7 @@ def test_llama_factory_arguments(text, expected):
         ("llama", "train layers 0,2", "or every k-th layer ending at the top, and this plan trains layers 0,2"),
         # its freeze_extra_modules "norm" is a substring of every block's layernorm names
         ("llama", "train top 1; train norm", "would also train 6 tensors the plan freezes (e.g. model.layers.0.input_layernorm.weight)"),
-        ("llama", "freeze all; train norm", "'norm' is a substring of 8 tensor names inside the blocks"),
+        ("llama", "freeze all; train norm", "because 'norm' is also a substring of 8 tensor names inside the blocks"),
         ("llama", "freeze bottom 75%", "the nearest plan it can express is 'freeze bottom 75%; freeze norm' (freeze_trainable_layers: 1)"),
         ("llama", "train mlp@top 2; train attn@top 1", "trains mlp vs mlp+self_attn in different layers"),
         ("llama", "freeze all; train re:model.layers.3.mlp.up_proj.weight", "trains part of 'mlp' in layer 3"),

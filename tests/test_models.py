@@ -74,3 +74,10 @@ def test_embedded_default_model(capsys):
     assert loaded.tokenizer.chat_template and loaded.tokenizer.eos_token == "<|im_end|>"
     resolved = resolve(FreezePlan.parse("train mlp@layers 20-29"), find_anatomy(loaded.model))
     assert resolved.lowest_trainable_layer == 20 and len(resolved.trainable_names()) == 30
+    # LLaMA-Factory cannot train the final norm alone ('norm' is in every block norm's name): say what it can
+    from freezetune.errors import FreezetuneError
+    from freezetune.formats import render
+
+    with pytest.raises(FreezetuneError, match=r"nearest plan it can express is 'freeze bottom 75%; freeze norm' "
+                                              r"\(freeze_trainable_layers: 8\)"):
+        render(resolve(FreezePlan.parse("freeze bottom 75%"), find_anatomy(loaded.model)), "llama-factory")

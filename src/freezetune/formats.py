@@ -114,7 +114,7 @@ def to_llama_factory(resolved: ResolvedPlan) -> str:
     if config.get("use_llama_pro"):
         stride = resolved.anatomy.num_layers // config["freeze_trainable_layers"]
         text = ("# use_llama_pro is named for LLaMA-Pro's block expansion; with freeze_trainable_layers it trains\n"
-                f"# every {stride}th layer ending at the top, which is exactly this plan\n") + text
+                f"# one layer in every {stride}, ending at the top, which is exactly this plan\n") + text
     return text
 
 
@@ -124,7 +124,7 @@ def _substring_reason(resolved: ResolvedPlan, extras: list[str], selected: set[s
     for extra in extras:
         inside = sorted(n for n in (selected or ()) if n.startswith(prefix) and extra in n and n not in wanted)
         if inside:
-            return f" ('{extra}' is a substring of {len(inside)} tensor names inside the blocks, e.g. {inside[0]})"
+            return f", because '{extra}' is also a substring of {len(inside)} tensor names inside the blocks"
     return ""
 
 
