@@ -1,21 +1,27 @@
-"""Step time and peak memory of full fine-tuning vs `freeze bottom 75%`, measured side by side.
+"""Step time and peak memory of full fine-tuning vs `freeze bottom 75%`, through the step `train` runs.
 
-    .venv/bin/python bench/step_time.py            # embedded SmolLM2-135M, seq 256, batch 4, CPU
+    .venv/bin/python bench/step_time.py            # embedded SmolLM2-135M, batch 4, CPU
     .venv/bin/python bench/step_time.py --device cuda --precision bf16
 
-Paths (one optimizer step each: forward, backward, AdamW):
-  full                 train everything (freezetune's engine path, plan "train all")
-  freeze75             "freeze bottom 75%" through the prefix runner
-  freeze75_gc          the same with gradient checkpointing of the trained blocks only
-  freeze75_cached      the same with the prefix cache warm (frozen blocks skipped)
-  naive                plain transformers: requires_grad=False on the same tensors
-  naive_gc             that plus model.gradient_checkpointing_enable(), which also calls
-                       enable_input_require_grads() and so drags autograd through the frozen layers
+Every path times one optimizer step of freezetune's own `TrainStep` (training/step.py), the
+call `freezetune train` makes: real SFT batches of the built-in order task (chat template,
+loss on the answers only, right padding) from the run's batch order, the token-exact loss,
+backward, clipping at 1.0, AdamW over the trainable tensors, the LR schedule.
 
-Timing: all paths live in one process and take turns, one step each per round, so machine
-noise hits them alike; the median per path is reported. Memory: on CUDA the allocator's peak
-per path; on CPU each path runs alone in a child process and we report its peak RSS above
-the RSS it had before loading the model (weights, gradients, optimizer state, activations).
+  full              train everything (plan "train all")
+  freeze75          "freeze bottom 75%" through the prefix runner
+  freeze75_gc       the same with gradient checkpointing of the trained blocks only
+  freeze75_fill     the same with the prefix cache on, in epoch 1: every step fills it
+  freeze75_cached   the same in later epochs: every step replays it (frozen blocks skipped)
+  naive             what plain transformers does: requires_grad=False on the same tensors and
+                    nothing else (the same TrainStep with no prefix runner)
+  naive_gc          that plus model.gradient_checkpointing_enable(), which also calls
+                    enable_input_require_grads() and so drags autograd through the frozen layers
+
+Timing: all paths live in one process and take turns, one step each per round on the same
+batch, so machine noise hits them alike; the median per path is reported. Memory: on CUDA
+the allocator's peak per path; on CPU each path runs alone in a child process and we report
+its peak RSS above the RSS it had before loading the model.
 """
 
 from __future__ import annotations
@@ -25,18 +31,25 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 from freezetune import FreezePlan, apply_plan, find_anatomy, load_model, resolve
-from freezetune.memory import peak_memory_bytes
-from freezetune.prefix import PrefixCache, PrefixRunner
+from freezetune.data.examples import pad_token_id, sft_examples
+from freezetune.data.order import BatchOrder
+from freezetune.data.tasks import order_task
+from freezetune.distributed.backends import Replicated
+from freezetune.training.loop import make_accelerator
+from freezetune.training.optimizer import build_optimizer, build_scheduler
+from freezetune.training.peak_memory import peak_memory_bytes
+from freezetune.training.prefix import PrefixCache, PrefixRunner
+from freezetune.training.step import TrainStep, micro_batches
 
-PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_cached", "naive", "naive_gc"]
+PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_fill", "freeze75_cached", "naive", "naive_gc"]
 PLAN = "freeze bottom 75%"
+LR, MAX_GRAD_NORM = 1e-6, 1.0
 
 
 def peak_rss_bytes() -> int:
@@ -45,62 +58,67 @@ def peak_rss_bytes() -> int:
 
 
 RANDOM_SHAPES = {
-    # TinyLlama-1.1B's shape, random weights: a ~1B model without any download
+    # TinyLlama-1.1B's shape with SmolLM2's vocabulary, random weights: a ~1B model without any download
     "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
+                     num_key_value_heads=4, tie_word_embeddings=False),
 }
 
 
-def random_model(name: str) -> torch.nn.Module:
+def random_model(name: str, vocab_size: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     shape = RANDOM_SHAPES.get(name.removeprefix("random:"))
     if shape is None:
         raise SystemExit(f"unknown random model {name}; one of: {', '.join('random:' + k for k in RANDOM_SHAPES)}")
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**shape))
+    return LlamaForCausalLM(LlamaConfig(**shape, vocab_size=vocab_size))
 
 
 class Bench:
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
-        self.dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        self.model = (random_model(args.model) if args.model.startswith("random:") else load_model(args.model).model).to(self.device)
+        embedded = load_model("smollm2-135m" if args.model.startswith("random:") else args.model)
+        tokenizer = embedded.tokenizer
+        model = random_model(args.model, len(tokenizer)) if args.model.startswith("random:") else embedded.model
+        self.model = model.to(self.device)
         self.anatomy = find_anatomy(self.model)
-        vocab = self.anatomy.dims.vocab_size
-        generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=generator).to(self.device)
-        self.batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
-        self.keys = [f"b{i}" for i in range(args.batch_size)]
-        self.plans = {
-            "full": resolve(FreezePlan.parse("train all"), self.anatomy),
-            "freeze": resolve(FreezePlan.parse(PLAN), self.anatomy),
-        }
-        self.optimizers = {}
-        self.cache = PrefixCache()
-        self.runners = {}
+        train, _ = order_task()
+        self.examples = sft_examples(train, tokenizer, args.seq_len).examples
+        self.order = BatchOrder(len(self.examples), args.batch_size, seed=0)
+        self.pad_id = pad_token_id(tokenizer)
+        self.accelerator = make_accelerator("bf16" if args.precision == "bf16" else "fp32", None, Path("."))
+        self.plans = {"full": resolve(FreezePlan.parse("train all"), self.anatomy),
+                      "freeze": resolve(FreezePlan.parse(PLAN), self.anatomy)}
+        self.steps: dict[str, TrainStep] = {}
+        self.caches: dict[str, PrefixCache] = {}
 
-    def _optimizer(self, path: str, plan: str):
-        if path not in self.optimizers:
-            apply_plan(self.model, self.plans[plan])
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizers[path] = torch.optim.AdamW(params, lr=1e-6)
-        return self.optimizers[path]
+    def _plan(self, path: str):
+        return self.plans["full" if path == "full" else "freeze"]
 
-    def step(self, path: str) -> float:
-        """One optimizer step on ``path``; returns its wall time in seconds."""
-        plan = "full" if path == "full" else "freeze"
-        optimizer = self._optimizer(path, plan)
-        apply_plan(self.model, self.plans[plan])
-        runner, keys = None, None
-        if not path.startswith("naive"):
-            cache = self.cache if path == "freeze75_cached" else None
-            if path not in self.runners:  # one runner per path: it remembers the blocks' output form
-                self.runners[path] = PrefixRunner(self.model, self.plans[plan], path == "freeze75_gc", cache)
-            runner = self.runners[path].install()
-            runner.train_mode()
-            keys = self.keys if cache is not None else None
+    def _train_step(self, path: str) -> TrainStep:
+        """The TrainStep `train` would build for this path: its plan, optimizer, schedule and runner."""
+        if path not in self.steps:
+            apply_plan(self.model, self._plan(path))
+            runner = None
+            if not path.startswith("naive"):
+                cache = self.caches.setdefault(path, PrefixCache()) if path in ("freeze75_fill", "freeze75_cached") else None
+                runner = PrefixRunner(self.model, self._plan(path), path == "freeze75_gc", cache)
+            backend = Replicated(self.accelerator)
+            model, optimizer = backend.wrap(self.model, lambda m: build_optimizer(m, LR, 0.0))
+            scheduler = build_scheduler(optimizer, warmup=0, total=10_000)
+            self.steps[path] = TrainStep(model, backend, runner, scheduler, self.accelerator, self.device, world=1)
+        return self.steps[path]
+
+    def step(self, path: str, index: int) -> float:
+        """One optimizer step of ``path`` on batch ``index``; returns its wall time in seconds."""
+        train_step = self._train_step(path)
+        apply_plan(self.model, self._plan(path))
+        runner = train_step.runner
+        if path == "freeze75_fill":
+            self.caches[path].tensors.clear()  # epoch 1: nothing cached yet, the step fills it
+        if runner is not None:
+            runner.install().train_mode()
         else:
             self.model.train()
             if path == "naive_gc":
@@ -108,19 +126,14 @@ class Bench:
                     warnings.simplefilter("ignore", FutureWarning)
                     self.model.gradient_checkpointing_enable()
         try:
+            micro = micro_batches(self.examples, self.order, index, 1, 0, 1, self.pad_id)
+            if path == "freeze75_cached" and not self.caches[path].has_all(micro[0].keys):
+                with torch.no_grad(), runner.batch(micro[0].keys, micro[0].lengths):  # epoch 1 filled it
+                    self.model(**{k: v.to(self.device) for k, v in micro[0].batch.items()}, use_cache=False)
             self._sync()
-            started = time.perf_counter()
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                if runner is not None:
-                    with runner.batch(keys, [self.args.seq_len] * self.args.batch_size):
-                        loss = self.model(**self.batch).loss
-                else:
-                    loss = self.model(**self.batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            record = train_step(micro, MAX_GRAD_NORM)
             self._sync()
-            return time.perf_counter() - started
+            return record["step_time_s"]
         finally:
             if runner is not None:
                 runner.remove()
@@ -162,7 +175,7 @@ def measure_memory_cpu(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="a model name or path, or random:llama-1b")
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=256, help="the run's --seq-len (built-in task examples are shorter)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -175,21 +188,21 @@ def main() -> None:
     before_model = peak_rss_bytes()
     bench = Bench(args)
     if args.only:  # memory of one path alone (CPU): two steps, so optimizer state exists at the peak
-        for _ in range(2 + (args.only == "freeze75_cached")):
-            bench.step(args.only)
+        for index in range(2):
+            bench.step(args.only, index)
         print(json.dumps({"peak_memory_bytes": peak_rss_bytes() - before_model}))
         return
 
-    for _ in range(args.warmup):
+    for index in range(args.warmup):
         for path in PATHS:
-            bench.step(path)
+            bench.step(path, index)
     times = {path: [] for path in PATHS}
     peaks = {}
-    for _ in range(args.steps):
-        for path in PATHS:
+    for index in range(args.warmup, args.warmup + args.steps):
+        for path in PATHS:  # every path takes the same batch in a round
             if bench.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            times[path].append(bench.step(path))
+            times[path].append(bench.step(path, index))
             if bench.device.type == "cuda":
                 peaks[path] = max(peaks.get(path, 0), torch.cuda.max_memory_allocated())
     if bench.device.type == "cpu":
@@ -198,6 +211,7 @@ def main() -> None:
     ratios = {
         "full_over_freeze75": median["full"] / median["freeze75"],
         "full_over_freeze75_cached": median["full"] / median["freeze75_cached"],
+        "freeze75_fill_over_freeze75": median["freeze75_fill"] / median["freeze75"],
         "naive_over_freeze75": median["naive"] / median["freeze75"],
         "freeze75_gc_over_freeze75": median["freeze75_gc"] / median["freeze75"],
         "naive_gc_over_freeze75": median["naive_gc"] / median["freeze75"],
@@ -205,8 +219,9 @@ def main() -> None:
         "peak_mem_freeze75_gc_over_freeze75": peaks["freeze75_gc"] / peaks["freeze75"],
     }
     result = {
-        "model": args.model, "device": str(bench.device), "precision": args.precision, "seq_len": args.seq_len,
-        "batch_size": args.batch_size, "steps": args.steps, "threads": torch.get_num_threads(),
+        "measured": "train_step", "model": args.model, "device": str(bench.device), "precision": args.precision,
+        "data": "built-in order task (SFT)", "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "steps": args.steps, "threads": torch.get_num_threads(),
         "paths": {p: {"step_time_s": median[p], "step_times_s": times[p], "peak_memory_bytes": peaks[p]} for p in PATHS},
         "ratios": ratios,
         "ideal": flop_ideals(bench.anatomy, bench.plans["freeze"]),

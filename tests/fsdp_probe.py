@@ -7,18 +7,18 @@ import torch
 import torch.distributed as dist
 
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
-from freezetune.engine import build_optimizer
-from freezetune.plan import FreezePlan
-from freezetune.resolution import apply_plan, resolve
-from freezetune.sharding import FsdpSettings, local, shard_model
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.training.optimizer import build_optimizer
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import apply_plan, resolve
+from freezetune.distributed.sharding import FsdpSettings, local, shard_model
 
 dist.init_process_group("gloo")
 model = build_tiny("llama").train()
 resolved = resolve(FreezePlan.parse("freeze bottom 75%"), find_anatomy(model))
 apply_plan(model, resolved)
 shard_model(model, resolved, FsdpSettings(), torch.device("cpu"), bf16=False)
-optimizer = build_optimizer(model, type("Config", (), {"weight_decay": 0.0, "lr": 1e-3})())
+optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
 ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(dist.get_rank()))
 model(input_ids=ids, labels=ids).loss.backward()
 optimizer.step()

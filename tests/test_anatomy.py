@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
+from freezetune.plans.anatomy import find_anatomy
 
 # name -> (blocks path, a final-norm name, a head name or None, tied embeddings?)
 EXPECTED = {

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 
 
 def run(capsys, *argv):

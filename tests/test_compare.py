@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from freezetune.cli import main
-from freezetune.compare import parse_strategy
+from freezetune.cli.commands import main
+from freezetune.comparison.strategies import parse_strategy
 from freezetune.errors import FreezetuneError
 
 
@@ -68,7 +68,7 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
 
 
 def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):
-    import freezetune.comparison as comparison
+    import freezetune.comparison.runner as comparison
 
     real = comparison._run_one
 
@@ -123,8 +123,8 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
 
 
 def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir, order_data, tmp_path, capsys):
-    from freezetune.compare import CompareOptions
-    from freezetune.comparison import run_comparison
+    from freezetune.comparison.strategies import CompareOptions
+    from freezetune.comparison.runner import run_comparison
 
     options = CompareOptions(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
                              strategy=["full", "freeze bottom 50%"], max_steps=6, batch_size=4, seq_len=64,

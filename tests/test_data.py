@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import build_tokenizer
-from freezetune.datafiles import read_records
-from freezetune.dataset import IGNORE, cpt_examples, sft_examples, split_holdout
+from freezetune.data.files import read_records
+from freezetune.data.examples import IGNORE, cpt_examples, sft_examples, split_holdout
 from freezetune.errors import FreezetuneError
 
 TOKENIZER = build_tokenizer()

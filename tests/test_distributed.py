@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 
 
 def losses(run_dir):
@@ -89,7 +89,7 @@ def test_accelerate_launch_with_the_shipped_cpu_config(tiny_chat_model_dir, orde
 
 
 def test_each_process_caches_only_its_own_shard(tiny_chat_model_dir, order_data, tmp_path):
-    from freezetune.order import BatchOrder
+    from freezetune.data.order import BatchOrder
 
     cache_dir, out = tmp_path / "cache", tmp_path / "cached"
     run = args(tiny_chat_model_dir, order_data, out, "--epochs", "3", "--num-processes", "2")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from freezetune.config import TrainConfig
-from freezetune.engine import Trainer
+from freezetune.options.training import TrainConfig
+from freezetune.training.loop import Trainer
 from freezetune.errors import FreezetuneError
-from freezetune.session import open_session
+from freezetune.training.session import open_session
 
 
 def config_for(model_dir, data, out, **overrides):
@@ -108,7 +108,7 @@ def test_guard_catches_a_broken_plan(tiny_chat_model_dir, order_data, tmp_path):
 
 
 def test_guard_catches_unchanged_and_gradientless_tensors():
-    from freezetune.guards import FirstStepGuard
+    from freezetune.training.guards import FirstStepGuard
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
     guard = FirstStepGuard(model, {"0.weight", "1.weight"})

@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers as T
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 
 from conftest import build_tokenizer
 
@@ -95,7 +95,7 @@ def pickled_optimizer(checkpoint: Path):
 
 
 def disk_full(monkeypatch):
-    import freezetune.checkpoint as checkpoint
+    import freezetune.runs.checkpoint as checkpoint
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

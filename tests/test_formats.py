@@ -2,11 +2,11 @@ import pytest
 import yaml
 
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
+from freezetune.plans.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError
-from freezetune.formats import render
-from freezetune.plan import FreezePlan
-from freezetune.resolution import resolve
+from freezetune.plans.formats import render
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import resolve
 from test_anatomy import ToyMoE
 
 
@@ -72,7 +72,7 @@ def test_llama_factory_substring_bug_on_expert_lists_is_caught():
 
 def test_llama_pro_and_head_only_selections_match_the_plan_in_simulation():
     """The emitted arguments, run through LLaMA-Factory's own selection rules, train exactly the plan."""
-    from freezetune.formats import _canonical_names, _llama_factory_select
+    from freezetune.plans.formats import _canonical_names, _llama_factory_select
 
     for text in ("train layers 1::2", "train layers 3", "train head", "train mlp@layers 1::2; train head"):
         resolved = resolve(FreezePlan.parse(text), find_anatomy(build_tiny("llama")))
@@ -84,7 +84,7 @@ def test_llama_pro_and_head_only_selections_match_the_plan_in_simulation():
 
 
 def test_plan_json_names_the_trainable_tied_aliases():
-    from freezetune.preview import describe
+    from freezetune.plans.preview import describe
     from conftest import build_tiny as tiny
 
     model = tiny("gpt2")  # GPT-2 ties lm_head.weight to transformer.wte.weight

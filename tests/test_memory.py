@@ -1,8 +1,8 @@
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
-from freezetune.plan import FreezePlan
-from freezetune.preview import describe
-from freezetune.resolution import resolve
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.preview import describe
+from freezetune.plans.resolution import resolve
 
 
 def estimate(text, dtype="float32", arch="llama"):

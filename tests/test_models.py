@@ -10,9 +10,9 @@ import time
 import pytest
 
 from freezetune import FreezePlan, find_anatomy, load_model, resolve
-from freezetune.cli import main
+from freezetune.cli.commands import main
 from freezetune.errors import FreezetuneError
-from freezetune.models import DEFAULT_CACHE_DIR
+from freezetune.models.loading import DEFAULT_CACHE_DIR
 
 
 def test_load_local_folder(tiny_llama_dir):
@@ -76,7 +76,7 @@ def test_embedded_default_model(capsys):
     assert resolved.lowest_trainable_layer == 20 and len(resolved.trainable_names()) == 30
     # LLaMA-Factory cannot train the final norm alone ('norm' is in every block norm's name): say what it can
     from freezetune.errors import FreezetuneError
-    from freezetune.formats import render
+    from freezetune.plans.formats import render
 
     with pytest.raises(FreezetuneError, match=r"nearest plan it can express is 'freeze bottom 75%; freeze norm' "
                                               r"\(freeze_trainable_layers: 8\)"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from freezetune.order import BatchOrder
+from freezetune.data.order import BatchOrder
 
 
 @pytest.mark.parametrize("num_examples, batch_size", [(37, 4), (40, 8), (8, 8), (101, 6)])

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
-from freezetune.dataset import Example, collate
-from freezetune.plan import FreezePlan
-from freezetune.prefix import PrefixCache, PrefixRunner, prefix_depth
-from freezetune.resolution import apply_plan, resolve
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.data.examples import Example, collate
+from freezetune.plans.language import FreezePlan
+from freezetune.training.prefix import PrefixCache, PrefixRunner, prefix_depth
+from freezetune.plans.resolution import apply_plan, resolve
 
 LENGTHS = [5, 9, 7]
 

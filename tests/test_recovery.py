@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from freezetune.cli import main
-from freezetune.durable import remove_leftovers, staged_dir
-from freezetune.export import EXPORT_MARK
+from freezetune.cli.commands import main
+from freezetune.runs.durable import remove_leftovers, staged_dir
+from freezetune.training.export import EXPORT_MARK
 
 from test_train_cli import cli, losses, train_args, wait_for
 

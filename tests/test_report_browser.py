@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

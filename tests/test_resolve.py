@@ -2,10 +2,10 @@ import pytest
 from hypothesis import given, settings
 
 from conftest import build_tiny
-from freezetune.anatomy import find_anatomy
+from freezetune.plans.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError, PlanError
-from freezetune.plan import FreezePlan
-from freezetune.resolution import apply_plan, resolve
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import apply_plan, resolve
 from test_plan_grammar import plans
 
 LLAMA_BLOCK = [

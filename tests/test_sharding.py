@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 from test_distributed import args, freezetune, losses
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -172,7 +172,7 @@ def test_fp16_with_sharding_is_refused(tiny_chat_model_dir, order_data, tmp_path
 
 
 def test_the_launch_flag_is_taken_over_so_accelerate_runs_its_plain_path():
-    from freezetune.processes import launch_sharding
+    from freezetune.distributed.processes import launch_sharding
 
     env = {**FSDP_ENV, "FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer"}
     settings = launch_sharding(env)

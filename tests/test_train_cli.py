@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from freezetune.cli import main
+from freezetune.cli.commands import main
 
 
 def train_args(model_dir, order_data, out, *extra):

@@ -8,9 +8,9 @@ import importlib
 
 # names resolve on first use, so `import freezetune` (and the CLI's start) does not load torch
 _HOMES = {
-    "Anatomy": "anatomy", "find_anatomy": "anatomy", "FreezetuneError": "errors", "PlanError": "errors",
-    "LoadedModel": "models", "load_model": "models", "FreezePlan": "plan", "Rule": "plan",
-    "ResolvedPlan": "resolution", "apply_plan": "resolution", "resolve": "resolution",
+    "Anatomy": "plans.anatomy", "find_anatomy": "plans.anatomy", "FreezetuneError": "errors", "PlanError": "errors",
+    "LoadedModel": "models.loading", "load_model": "models.loading", "FreezePlan": "plans.language", "Rule": "plans.language",
+    "ResolvedPlan": "plans.resolution", "apply_plan": "plans.resolution", "resolve": "plans.resolution",
 }
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from freezetune.console import main
+from freezetune.cli.console import main
 
 sys.exit(main())

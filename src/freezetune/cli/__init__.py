@@ -1,0 +1,1 @@
+"""The command line: `freezetune` subcommands (commands.py) and the process entry point (console.py)."""

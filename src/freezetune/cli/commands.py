@@ -1,0 +1,234 @@
+"""The command line: strings in, library calls out. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from freezetune.comparison.strategies import CompareOptions
+from freezetune.errors import FreezetuneError
+from freezetune.options.commands import (
+    ExportOptions,
+    GenerateOptions,
+    PlanOptions,
+    ReportOptions,
+)
+from freezetune.options.schema import (
+    add_options,
+    check_finite,
+    from_namespace,
+    read_config_file,
+)
+from freezetune.options.training import TrainConfig
+
+
+def _cache(options) -> Path | None:
+    return Path(options.cache_dir) if options.cache_dir else None
+
+
+def run_plan(options: PlanOptions) -> str:
+    """`freezetune plan`: the preview as text, JSON, or another tool's format."""
+    from freezetune.models.loading import causal_lm_problem, load_model
+    from freezetune.plans.anatomy import find_anatomy
+    from freezetune.plans.formats import render
+    from freezetune.plans.language import FreezePlan
+    from freezetune.plans.preview import describe, render_text
+    from freezetune.plans.resolution import resolve
+
+    plan = FreezePlan.from_argument(options.plan)  # before loading: a typo fails in milliseconds
+    loaded = load_model(options.model, cache_dir=_cache(options))
+    resolved = resolve(plan, find_anatomy(loaded.model))
+    if options.format:
+        return render(resolved, options.format).rstrip("\n")
+    info = describe(resolved, options.model, options.seq_len, options.batch_size, options.dtype)
+    problem = causal_lm_problem(loaded.model)
+    if problem:  # a preview is still useful, but the user should not find out at `train`
+        info["notices"].append(f"train, compare and export will not take this model: {problem}")
+    return json.dumps(info, indent=2) if options.json else render_text(info)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint and return; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nfreezetune: {signal.Signals(signum).name} received, saving a checkpoint…", file=sys.stderr)
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _relaunch(config: TrainConfig, argv: list[str]) -> str:
+    """--num-processes N (or sharding) outside a distributed launch: start N processes through torchrun."""
+    import subprocess
+
+    args = [a for i, a in enumerate(argv) if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")]
+    args = [a for a in args if not a.startswith("--num-processes=")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.num_processes}",
+               "-m", "freezetune", *args]
+    code = subprocess.call(command)
+    if code:
+        raise FreezetuneError(f"the {config.num_processes}-process run failed (exit status {code}); see the messages above")
+    return f"finished with {config.num_processes} process{'es' if config.num_processes > 1 else ''}"
+
+
+def run_train(config: TrainConfig, argv: list[str]) -> str:
+    """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
+    from freezetune.distributed.processes import launch_sharding, process_state
+    from freezetune.distributed.sharding import FsdpSettings
+    from freezetune.training.loop import Trainer
+    from freezetune.training.session import open_session
+
+    sharding = launch_sharding(os.environ, config.fsdp, config.zero_stage)  # before accelerate reads the launch
+    # recorded in the manifest, whichever way it was asked for
+    config.fsdp, config.zero_stage = isinstance(sharding, FsdpSettings), getattr(sharding, "stage", 0)
+    if (config.num_processes > 1 or sharding is not None) and "WORLD_SIZE" not in os.environ:
+        return _relaunch(config, argv)
+
+    session = open_session(config, sharding=sharding)
+    if process_state().is_main_process:
+        _log(f"run folder: {session.run_dir}")
+    with _StopFlag() as stop:
+        result = Trainer(session, log=_log).run(should_stop=lambda: stop.requested)
+    if not process_state().is_main_process:
+        return ""  # the main process reports for all of them
+    if result["status"] != "finished":
+        return f"interrupted at step {result['step']}: {result['run_dir']}"
+    before, after = result["before"], result["after"]
+    summary = f"eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
+    if "exact_match" in after:
+        summary += f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"
+    return f"finished {result['step']} steps: {summary}\nrun: {result['run_dir']}"
+
+
+def run_export(options: ExportOptions) -> str:
+    from freezetune.training.export import export_run
+
+    return f"exported to {export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force)}"
+
+
+def run_generate(options: GenerateOptions) -> str:
+    from freezetune.models.loading import load_model
+    from freezetune.training.evaluation import generate
+    from freezetune.training.export import is_run, load_run
+
+    loaded = load_run(Path(options.source), _cache(options)) if is_run(options.source) else load_model(options.source, _cache(options))
+    tokenizer = loaded.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": options.prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(options.prompt)["input_ids"]
+    return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu")[0]
+
+
+def run_compare(options: CompareOptions) -> str:
+    """`freezetune compare`: every strategy's run, then the report."""
+    from freezetune.comparison.report import write_report
+    from freezetune.comparison.runner import run_comparison
+
+    settings = options.settings()
+    with _StopFlag() as stop:
+        run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested)
+    report = write_report(run_dirs, settings.out)
+    if stop.requested:
+        return f"interrupted; run the same command again to continue\nreport so far: {report}"
+    results = json.loads((settings.out / "results.json").read_text())
+    if results["runs"] and all(r["status"] == "failed" for r in results["runs"]):
+        raise FreezetuneError(f"every strategy failed ({results['runs'][0]['strategy']}: {results['runs'][0]['reason']}); "
+                              f"see {report}")
+    advice = results["recommendation"]
+    return "\n".join(advice) + f"\nreport: {report}"
+
+
+def run_report(options: ReportOptions) -> str:
+    from freezetune.comparison.report import write_report
+
+    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out))}"
+
+
+COMMANDS = {
+    "plan": (PlanOptions, run_plan),
+    "train": (TrainConfig, run_train),
+    "export": (ExportOptions, run_export),
+    "generate": (GenerateOptions, run_generate),
+    "compare": (CompareOptions, run_compare),
+    "report": (ReportOptions, run_report),
+}
+CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freezetune", description="Fine-tune language models with layer freezing.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, _) in COMMANDS.items():
+        sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        if cls in CONFIG_FILE_COMMANDS:
+            sub.add_argument("--config", help="YAML file of these options; flags given here override it")
+        add_options(sub, cls, overrides_only=cls in CONFIG_FILE_COMMANDS)
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from freezetune.training.session import resumed_config
+
+    base = read_config_file(TrainConfig, Path(args.config)) if args.config else {}
+    config = from_namespace(TrainConfig, args, base)
+    if config.resume:
+        given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
+        config = resumed_config(config, given)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    cls, command = COMMANDS[args.command]
+    try:
+        if args.command in ("train", "compare"):
+            import datasets
+
+            datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
+        if cls is TrainConfig:
+            options = _train_config(args)
+        elif cls is CompareOptions:
+            options = from_namespace(cls, args, read_config_file(cls, Path(args.config)) if args.config else {})
+        else:
+            options = from_namespace(cls, args)
+        if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
+            options.cache_dir = os.environ["FREEZETUNE_CACHE"]
+        check_finite(options)
+        options.validate()
+        output = command(options, argv) if cls is TrainConfig else command(options)
+        if output:
+            print(output)
+    except FreezetuneError as exc:
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args.command, f"{where}{exc.strerror or exc}")
+    return 0
+
+
+def _fail(command: str, message: str) -> int:
+    sys.stdout.flush()
+    print(f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
+    return 2

@@ -1,0 +1,23 @@
+"""The process entry point. Ctrl-C at any moment, even while torch is still importing, ends with
+one line and exit status 130, never a traceback; everything else is the CLI's (commands.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from freezetune.cli.commands import main as run
+
+        return run(argv)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not cut the exit short
+        print("\nfreezetune: interrupted; what was saved before is intact", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # an interrupt that crossed a C extension's import leaves CPython set to re-kill itself with
+        # SIGINT at exit, whatever we return; staged writes were already rolled back while unwinding
+        os._exit(130)

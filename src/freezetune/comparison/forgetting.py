@@ -1,0 +1,106 @@
+"""Forgetting: how far a tuned model drifted from its base on general text.
+
+The retain set is either the user's text (``--retain FILE``) or, by default, the base
+model's own greedy answers to a fixed list of general prompts written for this project:
+the base model is then perfectly at home on it, and any change is the tuning's doing.
+Measured: perplexity on the retain set (as a change from the base) and the mean KL
+divergence KL(base || tuned) of the next-token distributions over its target tokens, plus
+the relative weight change ||dW|| / ||W|| per block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from freezetune.data.examples import (
+    IGNORE,
+    Example,
+    collate,
+    cpt_examples,
+    sft_examples,
+)
+from freezetune.data.files import Record, read_records
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.training.evaluation import generate
+
+GENERAL_PROMPTS = [
+    "Why does the sky look blue during the day?", "Give three tips for sleeping better.",
+    "What is the difference between weather and climate?", "Write a haiku about autumn rain.",
+    "How do vaccines train the immune system?", "Explain what a prime number is.",
+    "What should I pack for a weekend hiking trip?", "Summarize the story of Cinderella in two sentences.",
+    "How does a bicycle stay upright when it moves?", "What are the main causes of inflation?",
+    "Suggest a name for a friendly robot.", "How do I make a cup of green tea?",
+    "Why do cats purr?", "What is photosynthesis?", "Translate 'good morning' into French and Spanish.",
+    "Describe the water cycle.", "What is a good way to start learning to play the guitar?",
+    "How far is the Moon from the Earth?", "Write a polite email declining a meeting invitation.",
+    "What is the Pythagorean theorem?", "Why is exercise good for mental health?",
+    "List four planets of the solar system.", "What does a librarian do?", "How do airplanes fly?",
+    "What is the capital of Canada?", "Give an example of a renewable energy source.",
+    "Explain recursion to a beginner programmer.", "What makes bread rise?",
+    "How can I reduce food waste at home?", "Write a short story opening about a lighthouse.",
+    "Why do leaves change color in the fall?", "What is the role of the heart in the body?",
+    "How do I sort a list of numbers in Python?", "What is a metaphor? Give an example.",
+    "Why do we have time zones?", "Name three famous painters and one work by each.",
+    "How does a refrigerator keep food cold?", "What is the difference between a virus and a bacterium?",
+    "Plan a simple vegetarian dinner.", "What are good habits for studying?",
+    "Explain what an API is in simple terms.", "How does recycling plastic work?",
+    "Why is the ocean salty?", "What is the tallest mountain in the world?",
+    "Write two lines of dialogue between a teacher and a student.", "How do bees make honey?",
+    "What is the purpose of a budget?", "Describe a sunset using three adjectives.",
+    "How does the internet send a message from one computer to another?", "What is gravity?",
+    "Give advice to someone starting their first job.", "What is the boiling point of water at sea level?",
+]
+
+
+def build_retain(base, tokenizer, seq_len: int, device, path: str | None = None, max_new_tokens: int = 48) -> list[Example]:
+    """Retain examples: the user's text, or the base model's own answers to GENERAL_PROMPTS."""
+    if path is not None:
+        records = read_records(path)
+        return cpt_examples(records, tokenizer, seq_len).examples
+    prompts = [Record({"prompt": p, "completion": "x"}, f"retain prompt {i}") for i, p in enumerate(GENERAL_PROMPTS)]
+    prompt_ids = [e.prompt_ids for e in sft_examples(prompts, tokenizer, seq_len).examples]
+    answers = generate(base, tokenizer, prompt_ids, max_new_tokens, device)
+    records = [Record({"prompt": p, "completion": a or "."}, f"retain {i}") for i, (p, a) in enumerate(zip(GENERAL_PROMPTS, answers))]
+    return sft_examples(records, tokenizer, seq_len).examples
+
+
+def forgetting(base, tuned, examples: list[Example], batch_size: int, pad_id: int, device) -> dict:
+    """Retain perplexity of both models and mean KL(base || tuned) per target token."""
+    totals = {"base_nll": 0.0, "tuned_nll": 0.0, "kl": 0.0}
+    count = 0
+    base.eval()
+    tuned.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+            targets = batch["labels"][:, 1:]
+            keep = targets != IGNORE
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+            base_logp = torch.log_softmax(base(**inputs).logits[:, :-1].float(), dim=-1)[keep]
+            tuned_logp = torch.log_softmax(tuned(**inputs).logits[:, :-1].float(), dim=-1)[keep]
+            picked = targets[keep].unsqueeze(-1)
+            totals["base_nll"] -= base_logp.gather(-1, picked).sum().item()
+            totals["tuned_nll"] -= tuned_logp.gather(-1, picked).sum().item()
+            totals["kl"] += (base_logp.exp() * (base_logp - tuned_logp)).sum().item()
+            count += int(keep.sum())
+    count = max(count, 1)
+    base_ppl, tuned_ppl = math.exp(totals["base_nll"] / count), math.exp(totals["tuned_nll"] / count)
+    return {"retain_ppl_base": base_ppl, "retain_ppl": tuned_ppl, "retain_ppl_delta": tuned_ppl - base_ppl,
+            "retain_kl": totals["kl"] / count, "retain_tokens": count}
+
+
+def layer_drift(base, tuned) -> dict:
+    """||W_tuned - W_base|| / ||W_base|| per block and per part outside the blocks."""
+    anatomy = find_anatomy(base)
+    base_params, tuned_params = dict(base.named_parameters()), dict(tuned.named_parameters())
+    sums: dict[str, list[float]] = {}
+    for entry in anatomy.entries:
+        if entry.name != entry.tensor:
+            continue
+        key = f"layer {entry.layer}" if entry.part == "block" else entry.part
+        before, after = base_params[entry.name].detach().float(), tuned_params[entry.name].detach().float()
+        delta, norm = sums.setdefault(key, [0.0, 0.0])
+        sums[key] = [delta + float((after - before).pow(2).sum()), norm + float(before.pow(2).sum())]
+    return {key: math.sqrt(d) / math.sqrt(n) if n else 0.0 for key, (d, n) in sums.items()}

@@ -1,0 +1,207 @@
+"""Records -> token examples: SFT with loss on responses only, CPT packed into blocks.
+
+SFT records are one of: ``prompt``/``completion``; ``instruction``/``input``/``output``
+(Alpaca); ``messages`` (a list of ``{role, content}``). All become chat messages. With a
+chat template the text is rendered by the tokenizer's template, turn by turn, so that the
+tokens of every assistant turn (and only those) carry the loss; without one, prompt and
+completion are concatenated with an end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from freezetune.data.files import Record
+from freezetune.errors import FreezetuneError
+
+IGNORE = -100
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss
+    where: str
+    prompt_ids: list[int] | None = None  # SFT: the tokens a generation starts from
+    reference: str | None = None  # SFT: the expected last response, for exact match
+    prompt_text: str | None = None  # SFT: the last user message, for showing generations
+
+
+@dataclass
+class TokenizedData:
+    examples: list[Example]
+    truncated: int = 0
+    dropped: int = 0  # examples whose response was cut off entirely by --seq-len
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+
+def _string_field(record: Record, name: str, errors: list[str], required: bool = True) -> str | None:
+    value = record.fields.get(name)
+    if value is None:
+        if required:
+            errors.append(f"{record.where}: field '{name}' is missing")
+        return None
+    if not isinstance(value, str):
+        errors.append(f"{record.where}: field '{name}' must be a string, got {type(value).__name__}")
+        return None
+    if required and not value.strip():
+        errors.append(f"{record.where}: field '{name}' is empty")
+        return None
+    return value
+
+
+def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
+    fields = record.fields
+    if fields.get("messages") is not None:
+        messages = fields["messages"]
+        if not isinstance(messages, list) or not messages:
+            errors.append(f"{record.where}: field 'messages' must be a non-empty list")
+            return None
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+                errors.append(f"{record.where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}")
+                return None
+        if messages[-1]["role"] != "assistant":
+            errors.append(f"{record.where}: field 'messages' must end with an assistant message")
+            return None
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    if fields.get("instruction") is not None or fields.get("output") is not None:
+        instruction = _string_field(record, "instruction", errors)
+        extra = _string_field(record, "input", errors, required=False)
+        output = _string_field(record, "output", errors)
+        if instruction is None or output is None:
+            return None
+        prompt = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    if fields.get("prompt") is not None or fields.get("completion") is not None:
+        prompt, completion = _string_field(record, "prompt", errors), _string_field(record, "completion", errors)
+        if prompt is None or completion is None:
+            return None
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    errors.append(
+        f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', or 'messages' "
+        f"(found {', '.join(sorted(fields)) or 'nothing'})"
+    )
+    return None
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _chat_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, labels, and the prompt of the last assistant turn, rendered by the template."""
+    ids, labels, rendered, prompt_ids = [], [], "", []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not before.startswith(rendered) or not through.startswith(before):
+            raise FreezetuneError("the tokenizer's chat template does not render conversations turn by turn")
+        context = _encode(tokenizer, before[len(rendered):])
+        response = _encode(tokenizer, through[len(before):])
+        ids += context
+        labels += [IGNORE] * len(context)
+        prompt_ids = list(ids)
+        ids += response
+        labels += response
+        rendered = through
+    return ids, labels, prompt_ids
+
+
+def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
+    if len(messages) != 2:
+        raise FreezetuneError("'messages' records need a tokenizer with a chat template")
+    prompt = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _encode(tokenizer, messages[0]["content"])
+    response = _encode(tokenizer, messages[1]["content"]) + [tokenizer.eos_token_id]
+    return prompt + response, [IGNORE] * len(prompt) + response, prompt
+
+
+def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
+    errors: list[str] = []
+    conversations = [(r, to_messages(r, errors)) for r in records]
+    if errors:
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        raise FreezetuneError(f"{len(errors)} malformed record(s): {shown}")
+    render = _chat_segments if getattr(tokenizer, "chat_template", None) else _plain_segments
+    data = TokenizedData([])
+    for record, messages in conversations:
+        ids, labels, prompt_ids = render(tokenizer, messages)
+        if len(ids) > seq_len:
+            data.truncated += 1
+            ids, labels = ids[:seq_len], labels[:seq_len]
+            if all(label == IGNORE for label in labels[1:]):
+                data.dropped += 1
+                continue
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        data.examples.append(Example(ids, labels, record.where, prompt_ids, messages[-1]["content"], last_user))
+    _finish(data, "SFT", seq_len)
+    return data
+
+
+def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
+    """Raw text (a 'text' field) tokenized, joined with EOS, packed into seq_len blocks."""
+    errors: list[str] = []
+    stream: list[int] = []
+    for record in records:
+        text = _string_field(record, "text", errors)
+        if text is not None:
+            stream += _encode(tokenizer, text) + [tokenizer.eos_token_id]
+    if errors:
+        raise FreezetuneError(f"{len(errors)} malformed record(s): " + "; ".join(errors[:5]))
+    data = TokenizedData([])
+    for start in range(0, len(stream) - 1, seq_len):
+        block = stream[start:start + seq_len]
+        if len(block) >= 2:  # a one-token block predicts nothing
+            data.examples.append(Example(block, list(block), f"block {len(data.examples)}"))
+    _finish(data, "CPT", seq_len)
+    return data
+
+
+def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
+    if not data.examples and data.dropped:
+        raise FreezetuneError(f"no usable {kind} example: all {data.dropped} lost their whole response to --seq-len {seq_len}; "
+                              "raise --seq-len")
+    if not data.examples:
+        raise FreezetuneError(f"no usable {kind} example: the data holds no record with text to learn from")
+    if data.truncated:
+        lost = f"; {data.dropped} lost their whole response and were skipped" if data.dropped else ""
+        data.notes.append(f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}")
+
+
+def split_holdout(data: TokenizedData, fraction: float, seed: int) -> tuple[TokenizedData, TokenizedData]:
+    """Hold out a seeded fraction of examples for evaluation when no eval data is given."""
+    order = list(range(len(data.examples)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(len(order) * fraction)) if len(order) > 1 else 0
+    held, kept = set(order[:cut]), order[cut:]
+    train = TokenizedData([data.examples[i] for i in sorted(kept)], data.truncated, data.dropped, data.notes)
+    return train, TokenizedData([data.examples[i] for i in sorted(held)])
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with; many causal LMs have no pad token and reuse EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: pads get no attention and no loss, so real positions are unaffected."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,68 @@
+"""The options of `plan`, `export`, `generate` and `report` (train's are TrainConfig, compare's CompareOptions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from freezetune.errors import FreezetuneError
+from freezetune.options.schema import opt
+from freezetune.plans.formats import FORMATS
+from freezetune.plans.memory import DTYPES
+
+
+@dataclass
+class PlanOptions:
+    """Preview which parameters a plan trains, per layer, with a training-memory estimate."""
+
+    model: str = opt(help="embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache", positional=True)
+    plan: str = opt(help="plan text such as 'freeze bottom 75%%', or a .yaml/.json/.txt plan file", positional=True)
+    seq_len: int = opt(512, help="sequence length for the memory estimate")
+    batch_size: int = opt(4, help="micro-batch size for the memory estimate")
+    dtype: str = opt("float32", help="training precision for the memory estimate", choices=DTYPES)
+    json: bool = opt(False, help="print one JSON object instead of the table")
+    format: str | None = opt(None, help="print the trainable set in another tool's config format", choices=FORMATS)
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
+
+    def validate(self) -> None:
+        for name in ("seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ExportOptions:
+    """Merge a run's trained tensors into its base model and write a standard HF model folder."""
+
+    run: str = opt(help="run folder written by `freezetune train`", positional=True)
+    out: str = opt(help="folder to write; it must be new or empty")
+    base: str | None = opt(None, help="load the base model from here instead of the manifest's name (must hash the same)")
+    force: bool = opt(False, help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass
+class GenerateOptions:
+    """Greedy generation from a run folder or a model, for a quick look."""
+
+    source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
+    prompt: str = opt(help="user message (rendered with the chat template when the tokenizer has one)")
+    max_new_tokens: int = opt(64, help="token limit")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class ReportOptions:
+    """Render the comparison report from existing run folders, without loading any model."""
+
+    runs: list[str] = opt(help="run folders (written by `train` or `compare`)", positional=True)
+    out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
+
+    def validate(self) -> None:
+        return None

@@ -1,0 +1,116 @@
+"""Typed options: a dataclass per command is both its schema and its --help text; this turns
+one into argparse flags and reads it from a YAML/JSON file, checked key by key.
+
+Field metadata: ``help`` (required), ``choices``, ``positional``. Only the CLI turns argv
+into these objects; library functions take the objects (or plain arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+
+import yaml
+
+from freezetune.errors import FreezetuneError
+
+
+def opt(default=dataclasses.MISSING, *, help: str, choices=None, positional: bool = False):
+    return field(default=default, metadata={"help": help, "choices": choices, "positional": positional})
+
+
+def _without_none(kind):
+    """`int | None` -> int; anything else unchanged (list[str] stays list[str])."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(t for t in typing.get_args(kind) if t is not type(None))
+    return kind
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool = False) -> None:
+    """One flag per field. ``overrides_only``: unset flags stay out of the namespace, so that
+    only what the user typed overrides a config file."""
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        meta, kind = item.metadata, hints[item.name]
+        base = _without_none(kind)
+        flag = f"--{item.name.replace('_', '-')}"
+        default = argparse.SUPPRESS if overrides_only else item.default
+        if meta.get("positional"):
+            many = typing.get_origin(base) is list
+            parser.add_argument(item.name, nargs="+" if many else None, help=meta["help"])
+        elif typing.get_origin(base) is list:  # given once per value: values may hold commas
+            parser.add_argument(flag, dest=item.name, action="append", default=default, help=meta["help"])
+        elif base is bool:
+            parser.add_argument(flag, dest=item.name, action="store_true", default=default, help=meta["help"])
+        else:
+            required = item.default is dataclasses.MISSING
+            default_text = "" if item.default is None or required else f" (default {item.default})".replace("%", "%%")
+            parser.add_argument(flag, dest=item.name, type=base, default=None if required else default,
+                                required=required, choices=meta.get("choices"), help=meta["help"] + default_text)
+
+
+def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None = None):
+    """Build ``cls`` from dataclass defaults, then ``base`` (a config file), then the namespace."""
+    values = dict(base or {})
+    values.update({f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+    return cls(**values)
+
+
+def read_config_file(cls: type, path: Path) -> dict:
+    """A YAML/JSON mapping of ``cls`` fields, checked key by key; errors give the file and line."""
+    if not path.is_file():
+        raise FreezetuneError(f"config file {path} does not exist")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FreezetuneError(f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise FreezetuneError(f"config file {path} line {root.start_mark.line + 1}: expected a mapping of options")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key_node, value_node in root.value:
+        key = str(key_node.value).replace("-", "_")
+        where = f"config file {path} line {key_node.start_mark.line + 1}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise FreezetuneError(f"{where}: unknown option '{key_node.value}'{hint}")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        values[key] = _coerce(value, hints[key], fields[key], where)
+    return values
+
+
+def _coerce(value, kind, item, where: str):
+    if value is None and type(None) in typing.get_args(kind):
+        return None
+    base = _without_none(kind)
+    target = typing.get_origin(base) or base  # list[str] -> list
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if target is float and isinstance(value, float) and not math.isfinite(value):
+        raise FreezetuneError(f"{where}: '{item.name}' must be a finite number, got {value!r}")
+    if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise FreezetuneError(f"{where}: '{item.name}' must be {target.__name__}, got {value!r}")
+    choices = item.metadata.get("choices")
+    if choices and value not in choices:
+        raise FreezetuneError(f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_finite(options) -> None:
+    """Every float option a finite number: nan or inf would train (or search) nonsense, not fail."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FreezetuneError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")

@@ -1,0 +1,91 @@
+"""What a plan does to a model, before anything runs: a JSON-ready description and its text table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from freezetune.plans.memory import estimate_memory
+from freezetune.plans.resolution import ResolvedPlan
+
+
+def describe(resolved: ResolvedPlan, model_name: str, seq_len: int = 512, batch_size: int = 4, dtype: str = "float32") -> dict:
+    """Everything `freezetune plan --json` prints, as one dict."""
+    anatomy = resolved.anatomy
+    full = replace(resolved, trainable=frozenset(anatomy.tensors))
+    return {
+        "model": model_name,
+        "model_class": anatomy.model_class,
+        "blocks_path": anatomy.blocks_path,
+        "num_layers": anatomy.num_layers,
+        "plan": resolved.plan.to_list(),
+        "total_params": resolved.total_params,
+        "trainable_params": resolved.trainable_params,
+        "trainable_fraction": resolved.trainable_params / resolved.total_params,
+        "lowest_trainable_layer": resolved.lowest_trainable_layer,
+        "embeddings_trainable": resolved.embeddings_trainable,
+        "backward_depth": resolved.backward_depth,
+        "layers": resolved.layer_rows(),
+        "parts": resolved.part_rows(),
+        "trainable_names": resolved.trainable_names(),
+        # a tied tensor is trained under its canonical name; its other names (e.g. lm_head.weight) are aliases
+        "trainable_aliases": {e.name: e.tensor for e in anatomy.entries if e.name != e.tensor and resolved.is_trainable(e)},
+        "notices": list(resolved.notices),
+        "memory_settings": {"seq_len": seq_len, "batch_size": batch_size, "dtype": dtype, "optimizer": "AdamW"},
+        "memory_estimate_bytes": _memory(resolved, seq_len, batch_size, dtype),
+        "full_finetune_memory_estimate_bytes": _memory(full, seq_len, batch_size, dtype),
+    }
+
+
+def _memory(resolved: ResolvedPlan, seq_len: int, batch_size: int, dtype: str) -> dict[str, int]:
+    return estimate_memory(
+        resolved.anatomy, resolved.trainable_params, resolved.backward_depth, seq_len, batch_size, dtype
+    )
+
+
+def human_bytes(n: float) -> str:
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def render_text(info: dict) -> str:
+    """The human-readable preview: per-layer table, other parts, totals, memory."""
+    lines = [
+        f"model {info['model']} ({info['model_class']}): {info['num_layers']} blocks at {info['blocks_path']}",
+        f"plan: {'; '.join(info['plan'])}",
+        "",
+        f"{'layer':>5}  {'params':>13}  {'trainable':>13}  state",
+    ]
+    for row in info["layers"]:
+        lines.append(f"{row['index']:>5}  {row['params']:>13,}  {row['trainable_params']:>13,}  {row['state']}")
+    lines += ["", f"{'part':<10}  {'params':>13}  {'trainable':>13}  state"]
+    for row in info["parts"]:
+        tied = f"  (tied to {', '.join(row['tied_to'])})" if row["tied_to"] else ""
+        lines.append(f"{row['part']:<10}  {row['params']:>13,}  {row['trainable_params']:>13,}  {row['state']}{tied}")
+    lowest = info["lowest_trainable_layer"]
+    if info["embeddings_trainable"]:
+        backward = "the embeddings train, so the backward pass runs through every block"
+    elif lowest is None:
+        backward = "no block trains, so the backward pass stops above the blocks"
+    else:
+        backward = f"the backward pass stops at block {lowest} ({info['backward_depth']} of {info['num_layers']} blocks)"
+    lines += [
+        "",
+        f"total {info['total_params']:,} parameters, {info['trainable_params']:,} trainable "
+        f"({100 * info['trainable_fraction']:.2f}%)",
+        f"lowest trainable block: {lowest if lowest is not None else 'none'}; {backward}",
+        "",
+    ]
+    settings = info["memory_settings"]
+    lines.append(
+        f"training memory estimate ({settings['dtype']}, AdamW, seq {settings['seq_len']}, "
+        f"batch {settings['batch_size']})     this plan   full fine-tune"
+    )
+    mine, full = info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
+    for key in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
+        lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
+    lines += [f"notice: {notice}" for notice in info["notices"]]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The run folder: durable writes, the manifest and base-model identity, checksummed pickle-free checkpoints."""

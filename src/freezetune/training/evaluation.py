@@ -1,0 +1,85 @@
+"""Evaluation: token-weighted loss and perplexity, greedy generation, exact match."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from freezetune.data.examples import IGNORE, Example, collate, pad_token_id
+from freezetune.training.prefix import PrefixRunner
+
+
+def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch_size: int, pad_id: int,
+              device, key_prefix: str = "eval") -> dict:
+    """Mean next-token loss over every target token of ``examples`` (not a mean of batch means)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            keys = [f"{key_prefix}:{start + i}" for i in range(len(chunk))]
+            lengths = [len(e.input_ids) for e in chunk]
+            with runner.batch(keys, lengths) if runner else contextlib.nullcontext():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            targets = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                ignore_index=IGNORE, reduction="sum",
+            )
+            total += losses.item()
+            count += int((targets != IGNORE).sum())
+    if was_training:
+        model.train()
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded in batches), decoded without specials."""
+    pad_id = pad_token_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    texts = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, prompt in enumerate(chunk):
+                ids[row, width - len(prompt):] = torch.tensor(prompt)
+                mask[row, width - len(prompt):] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    if was_training:
+        model.train()
+    return [t.strip() for t in texts]
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(len(references), 1)
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], config, device, runner: PrefixRunner | None = None,
+                   label: str = "") -> dict:
+    """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
+    ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
+    pad_id = pad_token_id(tokenizer)
+    result = {"label": label}
+    result.update({f"eval_{k}": v for k, v in eval_loss(model, runner, examples, config.batch_size, pad_id, device).items()})
+    checkable = [e for e in examples if e.reference is not None]
+    if config.objective == "sft" and checkable and config.eval_generate:
+        chosen = checkable[: config.eval_generate]
+        answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device)
+        result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
+        result["exact_match_examples"] = len(chosen)
+        result["generations"] = [
+            {"prompt": e.prompt_text, "reference": e.reference, "output": a}
+            for e, a in list(zip(chosen, answers))[: config.show_generations]
+        ]
+    return result

@@ -1,0 +1,84 @@
+"""Using a run: load its base model with the trained tensors applied, export a standard HF folder.
+
+Export never deletes what it did not write: an existing, non-empty ``--out`` is refused unless
+``force``, and even then only a folder that an earlier export wrote (it holds EXPORT_MARK) is
+replaced, never the run folder or the base model's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freezetune.distributed.state import apply_trainable
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
+from freezetune.runs.checkpoint import read_tensors
+from freezetune.runs.durable import staged_dir, write_json
+from freezetune.runs.manifest import check_base, model_hash, read_manifest
+from freezetune.training.lora import merge_lora, wrap_lora
+
+EXPORT_MARK = "freezetune-export.json"  # what the export came from; also what marks a folder as ours to replace
+
+
+def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = None) -> LoadedModel:
+    """The run's base model (or ``base``, which must hash the same) with its trained tensors."""
+    manifest = read_manifest(run_dir)
+    weights = Path(run_dir) / "trainable.safetensors"
+    if not weights.is_file():
+        raise FreezetuneError(f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)")
+    loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
+    check_base(manifest, model_hash(loaded.path), loaded.path, run_dir)
+    config = manifest.get("config") or {}
+    if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
+        loaded.model = wrap_lora(loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"])
+        apply_trainable(loaded.model, read_tensors(weights), weights)
+        loaded.model = merge_lora(loaded.model)
+    else:
+        apply_trainable(loaded.model, read_tensors(weights), weights)
+    return loaded
+
+
+def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
+    """Refuse any --out whose contents export would destroy (see the module doc)."""
+    blocked = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise FreezetuneError(f"--out {out_dir}: {blocked} is a file, not a folder")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FreezetuneError(f"--out {out_dir} is a file, not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    if out_dir.resolve() == Path(run_dir).resolve():
+        raise FreezetuneError(f"--out {out_dir} is the run folder itself; choose a new folder")
+    if (out_dir / "manifest.json").is_file():
+        raise FreezetuneError(f"--out {out_dir} is a run folder; choose a new folder")
+    if not force:
+        raise FreezetuneError(f"--out {out_dir} already holds files; choose a new folder, or pass --force "
+                              "to replace an earlier export")
+    if not (out_dir / EXPORT_MARK).is_file():
+        raise FreezetuneError(f"--out {out_dir} is not an earlier freezetune export (no {EXPORT_MARK}); "
+                              "--force replaces only those")
+
+
+def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base: str | None = None,
+               force: bool = False) -> Path:
+    """Merge the trained tensors into the base model and write a folder `from_pretrained` loads."""
+    out_dir = Path(out_dir)
+    check_export_target(out_dir, run_dir, force)  # before loading: a wrong --out fails at once
+    loaded = load_run(run_dir, cache_dir, base)
+    require_causal_lm(loaded, "export")
+    if out_dir.exists() and out_dir.resolve() == Path(loaded.path).resolve():
+        raise FreezetuneError(f"--out {out_dir} is the base model's folder; exporting there would replace the model "
+                              "every run of it is tied to")
+    manifest = read_manifest(run_dir)
+    with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
+        loaded.model.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)
+        write_json(staging / EXPORT_MARK, {"run": str(Path(run_dir).resolve()), "base_model": manifest["base_model"],
+                                           "plan": manifest.get("plan")})
+    return out_dir
+
+
+def is_run(path: str) -> bool:
+    return (Path(path) / "manifest.json").is_file()

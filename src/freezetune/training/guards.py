@@ -1,0 +1,63 @@
+"""Checks after the first optimizer step: the plan that was resolved is the plan that ran.
+
+Frozen tensors must be bit-identical (no stray optimizer state, weight decay or momentum),
+and every trainable tensor must have received a gradient and, where that gradient was not
+all zeros, changed (catches tensors left out of the optimizer, and checkpointing that
+silently cut the gradient off). A zero gradient is legitimate: LoRA's A matrices get one on
+the first step, because B starts at zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from freezetune.distributed.sharding import local
+from freezetune.errors import FreezetuneError
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    raw = tensor.to("cpu").contiguous().view(torch.uint8).numpy()
+    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
+
+
+def _some(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
+class FirstStepGuard:
+    def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad,
+                 view=lambda param: local(param.detach())):
+        """``grad`` and ``view``: a parameter's gradient and value where the backend keeps them (ZeRO holds
+        gradients outside .grad; under FSDP each process checks its own shards)."""
+        self.params = dict(model.named_parameters())
+        self.trainable = trainable
+        self.grad, self.view = grad, view
+        self.before = {name: _digest(view(p)) for name, p in self.params.items()}
+        self.zero_gradient: set[str] = set()
+
+    def check_gradients(self) -> None:
+        grads = {n: self.grad(p) for n, p in self.params.items()}  # once each: under ZeRO every read is a collective
+        missing = [n for n in self.params if n in self.trainable and grads[n] is None]
+        if missing:
+            raise FreezetuneError(
+                f"first step: trainable tensor {_some(missing)} received no gradient; "
+                "the forward pass does not reach it, so training it would do nothing"
+            )
+        self.zero_gradient = {n for n in self.trainable if not bool(local(grads[n]).any())}
+        leaked = [n for n in self.params if n not in self.trainable and grads[n] is not None]
+        if leaked:
+            raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
+
+    def check_update(self) -> None:
+        moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(self.view(p)) != self.before[n]]
+        if moved:
+            raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
+        still = [n for n, p in self.params.items()
+                 if n in self.trainable and n not in self.zero_gradient and _digest(self.view(p)) == self.before[n]]
+        if still:
+            raise FreezetuneError(
+                f"first step: trainable tensor {_some(still)} did not change after the optimizer step, "
+                "though its gradient was not zero"
+            )

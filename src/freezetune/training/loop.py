@@ -1,0 +1,268 @@
+"""The one training loop. Every strategy is a set of trainable tensors; this loop only sees that.
+
+AdamW over trainable parameters only (frozen ones get no gradient and no optimizer state),
+linear warmup then cosine decay, gradient accumulation and clipping, under ``accelerate``.
+Whether the processes hold replicas, FSDP shards or ZeRO partitions is the backend's
+business (distributed/backends.py); the loop reads the same way for all of them.
+The data order (data/order.py) is a pure function of the step, so a resumed run sees exactly the
+batches the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors import SafetensorError
+from tqdm.auto import tqdm
+
+from freezetune.data.examples import pad_token_id
+from freezetune.data.order import BatchOrder
+from freezetune.distributed.backends import make_backend
+from freezetune.distributed.state import trainable_state
+from freezetune.errors import FreezetuneError
+from freezetune.plans.resolution import ResolvedPlan
+from freezetune.runs.checkpoint import (
+    checkpoint_dirs,
+    intact_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_trainable,
+    stage_rng,
+)
+from freezetune.runs.durable import remove_leftovers, write_json, write_text
+from freezetune.runs.manifest import read_manifest, read_metrics, update_manifest
+from freezetune.training.evaluation import evaluate_model
+from freezetune.training.guards import FirstStepGuard
+from freezetune.training.optimizer import (
+    build_optimizer,
+    build_scheduler,
+    retarget_optimizer,
+)
+from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
+from freezetune.training.prefix import PrefixRunner
+from freezetune.training.session import Session
+from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
+
+
+def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir))
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # the CLI's launch_sharding takes these over
+        raise FreezetuneError(f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
+                              "itself: pass FsdpSettings to open_session (distributed.processes.launch_sharding reads a launch)")
+    return accelerator
+
+
+def check_same_plan(accelerator: Accelerator, names: list[str]) -> None:
+    """Every process must train the same tensors, or DDP averages gradients of different things."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    mine = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    everyone = gather_object([mine])
+    if len(set(everyone)) != 1:
+        raise FreezetuneError(f"the processes resolved different plans (trainable-set hashes {sorted(set(everyone))}); "
+                              "give every process the same model and plan")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
+        self.s = session
+        self.config = session.config
+        self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir)
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.log = log if self.main else (lambda message: None)  # one voice, not one per process
+        self.progress = progress and self.main
+        self.device = self.accelerator.device
+        seed_everything(self.config.seed)
+        self.model = session.loaded.model.to(self.device)
+        self.tokenizer = session.loaded.tokenizer
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
+        self.runner.probe(self.device)
+        self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
+        self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
+        check_same_plan(self.accelerator, self.names)
+        self.total_steps = self.config.max_steps or max(
+            1, math.ceil(self.config.epochs * self.order.batches_per_epoch / self.config.grad_accum))
+        self.backend = make_backend(self.accelerator, session, self.world)
+        self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
+        self.model, optimizer = self.backend.wrap(
+            self.model, lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay))
+        # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
+        # and so the schedule, does not depend on how many processes share it
+        self.scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
+        self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
+                                    self.device, self.world)
+        self.retarget(session.resolved)  # the seam schedules change the trainable set through
+        self.metrics_path = session.run_dir / "metrics.jsonl"
+        self._metrics = None  # the open metrics file, while run() runs
+
+    def evaluate(self, label: str) -> dict:
+        # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
+        return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
+
+    def _resume(self) -> int:
+        if self.main:  # one process checks the checksums and sets damaged checkpoints aside
+            intact_checkpoint(self.s.run_dir, self.log)
+        self.accelerator.wait_for_everyone()
+        last = checkpoint_dirs(self.s.run_dir)[-1]
+        state, tensors, optimizer = load_checkpoint(last, self.scheduler, self.rank)
+        self.backend.restore(self.module, tensors, optimizer, last)
+        step = state["step"]
+        if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
+            kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
+            write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
+        return step
+
+    def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
+        """Written once, by the main process, with whole tensors. Under DDP every process holds the same
+        state, so only the main one reads it; under FSDP and ZeRO all of them gather their pieces.
+        Returns the trained tensors (on the main process)."""
+        stage_rng(self.s.run_dir, step, self.rank)  # every process's own random state
+        self.accelerator.wait_for_everyone()
+        tensors = {}
+        if self.main or self.backend.gathers_everywhere:
+            tensors = trainable_state(self.module, self.names, self.backend.value)
+            optimizer = self.backend.optimizer_state(self.module)
+        if self.main:
+            if self._metrics is not None:  # the metrics a checkpoint covers are on the disk before it is
+                self._metrics.flush()
+                os.fsync(self._metrics.fileno())
+            try:
+                save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
+                                {"total_steps": self.total_steps, "processes": self.world,
+                                 "backend": type(self.backend).__name__}, self.world)
+            except (OSError, SafetensorError) as exc:
+                done = checkpoint_dirs(self.s.run_dir)
+                kept = f"the previous checkpoint {done[-1]} is kept" if done else "no earlier checkpoint exists"
+                raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.s.run_dir / 'checkpoints'}: "
+                                      f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}") from None
+        if self.s.cache is not None:
+            self.s.cache.save()  # each process keeps the cache of its own shard of the data
+        self.accelerator.wait_for_everyone()
+        return tensors
+
+    def _stop_requested(self, should_stop: Callable[[], bool]) -> bool:
+        """A signal may reach one process first; all of them must stop at the same step."""
+        wanted = torch.tensor([float(should_stop())], device=self.device)
+        return bool(self.accelerator.reduce(wanted, "sum").item()) if self.world > 1 else bool(wanted.item())
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
+        """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
+        caller already has it (a comparison evaluates the base once for all its runs)."""
+        config, run_dir = self.config, self.s.run_dir
+        if self.main:  # what a killed writer of an earlier attempt left behind
+            remove_leftovers(run_dir)
+            remove_leftovers(run_dir / "checkpoints")
+        for note in self.s.notes:
+            self.log(note)
+        start = self._resume() if config.resume else 0
+        if before is None and config.resume:
+            before = read_manifest(run_dir).get("eval_before")
+        if before is None:
+            before = self.evaluate("before")
+            self._show(before)
+        if self.main:
+            self._update_manifest(eval_before=before)
+        if config.log_with:
+            self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
+        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view) if start == 0 else None
+        reset_peak_memory(self.device)
+        self.runner.train_mode()
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
+        step = start
+        # the bar is closed before any error is printed, so the message gets a line of its own
+        with bar, open(self.metrics_path if self.main else os.devnull, "a") as metrics:
+            self._metrics = metrics if self.main else None
+            while step < self.total_steps:
+                if self._stop_requested(should_stop):
+                    self._checkpoint(step)
+                    bar.close()
+                    self.log(f"stopped at step {step}; continue with --resume {run_dir}")
+                    return {"status": "interrupted", "step": step, "run_dir": str(run_dir)}
+                record = self._step(step, guard)
+                guard = None
+                step += 1
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if config.log_with:
+                    self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if config.eval_every and step % config.eval_every == 0 and step < self.total_steps:
+                    result = self.evaluate(f"step {step}")
+                    metrics.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}) + "\n")
+                    self.runner.train_mode()
+                if config.save_every and step % config.save_every == 0 and step < self.total_steps:
+                    self._checkpoint(step)
+            bar.close()
+            tensors = self._checkpoint(step)
+            self._metrics = None
+        if self.main:
+            save_trainable(tensors, run_dir / "trainable.safetensors")
+        after = self.evaluate("after")
+        self._show(after)
+        if self.main:
+            write_json(run_dir / "eval.json", {"before": before, "after": after})
+            self._update_manifest(status="finished", steps=step)
+        self.accelerator.wait_for_everyone()
+        if config.log_with:
+            self.accelerator.end_training()
+        return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
+
+    def retarget(self, resolved: ResolvedPlan) -> None:
+        """Change what trains, at a step boundary: requires_grad, the optimizer's groups, the prefix
+        runner's depth. A static plan passes through once and changes nothing."""
+        names = resolved.trainable_names()
+        if names == self.names:
+            return
+        optimizer = self.backend.retarget(self.module, resolved)
+        retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay)
+        self.runner.retarget(resolved)
+        self.runner.train_mode()
+        self.names, self.s.resolved = names, resolved
+
+    def micro_batches(self, step: int) -> list[MicroBatch]:
+        return micro_batches(self.s.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world, self.pad_id)
+
+    def _step(self, step: int, guard) -> dict:
+        try:
+            record = self.train_step(self.micro_batches(step), self.config.max_grad_norm, guard)
+        except NonFiniteLoss as exc:
+            done = checkpoint_dirs(self.s.run_dir)
+            kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
+            raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None
+        return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device)}
+
+    def _show(self, result: dict) -> None:
+        line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"
+        if "exact_match" in result:
+            line += f", exact match {100 * result['exact_match']:.1f}% of {result['exact_match_examples']}"
+        self.log(line)
+        for g in result.get("generations", []):
+            first, *more = g["output"].splitlines() or [""]
+            shown = first + (" …" if more else "")
+            self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}")
+
+    def _update_manifest(self, **fields) -> None:
+        update_manifest(self.s.run_dir, **fields)

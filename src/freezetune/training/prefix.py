@@ -1,0 +1,196 @@
+"""The prefix runner: where freezing turns into speed.
+
+Let k be the lowest block the backward pass must reach (the lowest trainable block, or 0
+when the embeddings train). Then:
+
+- blocks below k run under ``no_grad`` in eval mode, so autograd records nothing there and
+  the backward pass ends at block k by construction;
+- with gradient checkpointing, only blocks k.. are checkpointed (non-reentrant, so no input
+  is ever forced to require grad; that trick is what drags autograd through frozen layers);
+- the prefix cache keeps block k-1's output per example. When every example of a batch is
+  cached, blocks below k are skipped (each returns its input, the last returns the cached
+  output), so a step costs only the trained part.
+
+All of this patches the ``forward`` of the block instances (parameter names are untouched)
+and reimplements no model: whatever the model computes around its blocks still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from freezetune.plans.resolution import ResolvedPlan
+
+
+class PrefixCache:
+    """Block k-1 outputs per example key, in memory; optionally persisted to one safetensors file."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path  # None: memory only
+        self.tensors: dict[str, torch.Tensor] = {}
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            self.tensors = load_file(str(path))  # memory-mapped by safetensors until touched
+        self.loaded_from_disk = bool(self.tensors)
+        self.dirty = False
+
+    def has_all(self, keys: list[str]) -> bool:
+        return all(key in self.tensors for key in keys)
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self.tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write atomically, so an interrupted save never leaves a half cache behind."""
+        if self.path is None or not self.dirty:
+            return
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_suffix(".partial")
+        save_file(self.tensors, str(staging))
+        os.replace(staging, self.path)
+        self.dirty = False
+
+
+def prefix_depth(resolved: ResolvedPlan) -> int:
+    """How many bottom blocks need no autograd at all."""
+    return resolved.anatomy.num_layers - resolved.backward_depth
+
+
+class PrefixRunner:
+    def __init__(self, model: nn.Module, resolved: ResolvedPlan, gradient_checkpointing: bool = False,
+                 cache: PrefixCache | None = None):
+        self.model = model
+        self.resolved = resolved
+        self.blocks: nn.ModuleList = model.get_submodule(resolved.anatomy.blocks_path) if resolved.anatomy.blocks_path else nn.ModuleList()
+        self.depth = prefix_depth(resolved)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.cache = cache if self.depth > 0 else None
+        self._originals: dict[int, object] = {}
+        self._keys: list[str] | None = None
+        self._lengths: list[int] | None = None
+        self._replay = False
+        self._output_is_tuple: bool | None = None
+        self.frozen_blocks = [
+            i for i, block in enumerate(self.blocks) if not any(p.requires_grad for p in block.parameters())
+        ]
+
+    # --- installation -------------------------------------------------------------------
+    def install(self) -> PrefixRunner:
+        for index, block in enumerate(self.blocks):
+            if index < self.depth:
+                self._patch(index, self._prefix_forward(index, block.forward))
+            elif self.gradient_checkpointing:
+                self._patch(index, self._checkpointed_forward(block.forward))
+        return self
+
+    def retarget(self, resolved: ResolvedPlan) -> None:
+        """Another trainable set from the next step on: reinstall at its depth. The cache holds the
+        output of block k-1 for the old k, so a new depth stops using it (a new run builds its own)."""
+        self.remove()
+        depth = prefix_depth(resolved)
+        if depth != self.depth:
+            self.cache = None
+        self.resolved, self.depth = resolved, depth
+        self.frozen_blocks = [i for i, b in enumerate(self.blocks) if not any(p.requires_grad for p in b.parameters())]
+        self.install()
+
+    def remove(self) -> None:
+        for index, original in self._originals.items():
+            if original is None:
+                del self.blocks[index].forward  # back to the class's forward
+            else:
+                self.blocks[index].forward = original
+        self._originals.clear()
+
+    def _patch(self, index: int, forward) -> None:
+        block = self.blocks[index]
+        self._originals[index] = block.__dict__.get("forward")  # None: the class's own forward
+        block.forward = forward
+
+    def _dropouts_below_blocks(self) -> list[nn.Module]:
+        """Dropout registered before the block list (GPT-2's `drop` after the embeddings)."""
+        found = []
+        for name, module in self.model.named_modules():
+            if name == self.resolved.anatomy.blocks_path:
+                break
+            if isinstance(module, nn.Dropout):
+                found.append(module)
+        return found
+
+    def train_mode(self) -> None:
+        """model.train(), except what feeds the frozen prefix and the fully frozen blocks stay in eval
+        mode: no dropout there, so the prefix is deterministic (and cacheable)."""
+        self.model.train()
+        for index in self.frozen_blocks:
+            self.blocks[index].eval()
+        if self.depth > 0:
+            embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+            for module in ([embeddings] if embeddings is not None else []) + self._dropouts_below_blocks():
+                module.eval()
+
+    # --- per batch ----------------------------------------------------------------------
+    def probe(self, device: torch.device | str) -> None:
+        """Learn the blocks' output form (tensor or tuple) with a 2-token forward, before replaying a
+        cache that was loaded from disk and so never saw a real forward in this process."""
+        if self.cache is not None and self._output_is_tuple is None:
+            with torch.no_grad():
+                self.model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
+
+    @contextlib.contextmanager
+    def batch(self, keys: list[str] | None = None, lengths: list[int] | None = None):
+        """One forward over the examples named by ``keys`` with real lengths ``lengths``.
+
+        Yields True when the batch is replayed from the cache (blocks below k skipped)."""
+        caching = self.cache is not None and keys is not None
+        self._keys, self._lengths = (keys, lengths) if caching else (None, None)
+        self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
+        try:
+            yield self._replay
+        finally:
+            self._keys, self._lengths, self._replay = None, None, False
+
+    def _prefix_forward(self, index: int, original):
+        last = index == self.depth - 1
+
+        def forward(*args, **kwargs):
+            if self._replay:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if last:
+                    hidden = self._cached_batch(hidden)
+                return (hidden,) if self._output_is_tuple else hidden
+            with torch.no_grad():
+                output = original(*args, **kwargs)
+            self._output_is_tuple = isinstance(output, tuple)
+            if last and self._keys is not None:
+                hidden = output[0] if self._output_is_tuple else output
+                # right padding: the real tokens of row r are its first lengths[r] positions
+                for row, key in enumerate(self._keys):
+                    self.cache.put(key, hidden[row, : self._lengths[row]])
+            return output
+
+        return forward
+
+    def _cached_batch(self, like: torch.Tensor) -> torch.Tensor:
+        rows = [self.cache.tensors[key] for key in self._keys]
+        out = torch.zeros(like.shape[0], like.shape[1], rows[0].shape[-1], dtype=rows[0].dtype)
+        for row, cached in enumerate(rows):
+            out[row, : cached.shape[0]] = cached
+        return out.to(device=like.device, dtype=like.dtype)
+
+    def _checkpointed_forward(self, original):
+        def forward(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(original, *args, use_reentrant=False, **kwargs)
+            return original(*args, **kwargs)
+
+        return forward

@@ -1,0 +1,205 @@
+"""Everything a training run needs before its first step: model, plan, data, run folder, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from freezetune.data.examples import (
+    TokenizedData,
+    cpt_examples,
+    sft_examples,
+    split_holdout,
+)
+from freezetune.data.files import read_records
+from freezetune.data.tasks import order_task, stdlib_docstrings
+from freezetune.distributed.processes import process_state
+from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import (
+    DEFAULT_CACHE_DIR,
+    LoadedModel,
+    load_model,
+    require_causal_lm,
+)
+from freezetune.options.training import TrainConfig
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
+from freezetune.runs.checkpoint import checkpoint_dirs
+from freezetune.runs.durable import write_json
+from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
+from freezetune.training.lora import wrap_lora
+from freezetune.training.prefix import PrefixCache, prefix_depth
+
+AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage"}
+
+
+@dataclass
+class Session:
+    config: TrainConfig
+    loaded: LoadedModel
+    base_sha256: str
+    resolved: ResolvedPlan
+    train: TokenizedData
+    eval: TokenizedData
+    run_dir: Path
+    cache: PrefixCache | None
+    notes: list[str]
+    sharding: FsdpSettings | ZeroSettings | None = None
+
+
+def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
+    """Train and eval examples; the built-in task or corpus when no data file is given."""
+    tokenize = sft_examples if config.objective == "sft" else cpt_examples
+    notes = []
+    if config.data is None:
+        if config.objective == "sft":
+            train_records, eval_records = order_task()
+            notes.append(f"data: built-in order-extraction task, {len(train_records)} train / {len(eval_records)} held-out")
+        else:
+            docs = stdlib_docstrings()
+            train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
+            notes.append(f"data: standard-library docstrings, {len(train_records)} train / {len(eval_records)} held-out documents")
+        train, held = tokenize(train_records, tokenizer, config.seq_len), tokenize(eval_records, tokenizer, config.seq_len)
+    else:
+        train = tokenize(read_records(config.data), tokenizer, config.seq_len)
+        if config.eval_data:
+            held = tokenize(read_records(config.eval_data), tokenizer, config.seq_len)
+        else:
+            train, held = split_holdout(train, 0.05, config.seed)
+            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data")
+    notes += train.notes + held.notes
+    if not held.examples:
+        raise FreezetuneError("no evaluation example: give --eval-data or more --data")
+    return train, held, notes
+
+
+def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([base_sha256, prefix_depth(resolved), resolved.plan.render(), config.seq_len, str(dtype)]).encode())
+    for example in train.examples + held.examples:
+        digest.update(json.dumps(example.input_ids).encode())
+    return digest.hexdigest()[:24]
+
+
+def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype) -> tuple[PrefixCache | None, str]:
+    depth = prefix_depth(resolved)
+    if config.prefix_cache == "off":
+        return None, "prefix cache: off"
+    if depth == 0:
+        return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
+    state = process_state()
+    # each process caches its own shard of the training data (data/order.py) and the whole held-out set
+    examples = len(train.examples) // state.num_processes + len(held.examples)
+    tokens = train.num_tokens // state.num_processes + held.num_tokens
+    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size()
+    mode = config.prefix_cache
+    if mode == "auto":
+        mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
+    path = None
+    if mode == "disk":
+        shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
+        root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+        path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}{shard}.safetensors"
+    cache = PrefixCache(path)
+    where = f"on disk at {path}" if path else "in memory"
+    reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
+    per = " per process" if state.num_processes > 1 else ""
+    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for about {examples} examples{per}, "
+                   f"{size / 2**20:.1f} MiB {where}{reused}")
+
+
+def _run_dir(config: TrainConfig) -> Path:
+    if config.resume:
+        return Path(config.resume)
+    if config.out:
+        path = Path(config.out)
+        if path.exists() and not path.is_dir():
+            raise FreezetuneError(f"--out {path} is a file, not a folder")
+        if (path / "manifest.json").exists():
+            if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
+                raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
+            # a run that stopped before its first checkpoint left nothing worth keeping: start it over
+            (path / "metrics.jsonl").unlink(missing_ok=True)
+        return path
+    slug = Path(config.model).name.replace(".gguf", "")
+    return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """The config of the run being resumed; a flag that would change its results is refused."""
+    manifest = read_manifest(Path(config.resume))
+    if not checkpoint_dirs(Path(config.resume)):
+        raise FreezetuneError(f"--resume {config.resume}: the run holds no checkpoint to continue from")
+    saved = dict(manifest["config"])
+    for key in given - RESUME_MAY_CHANGE:
+        if getattr(config, key) != saved.get(key):
+            raise FreezetuneError(
+                f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
+                "a resumed run keeps its config"
+            )
+    saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE})
+    return TrainConfig(**saved)
+
+
+def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
+                 sharding: FsdpSettings | ZeroSettings | None = None) -> Session:
+    """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
+    config.validate()
+    world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
+    if config.batch_size % world:
+        raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {world} processes; "
+                              "the global batch must split evenly")
+    plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
+    run_dir = _run_dir(config)
+    loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    require_causal_lm(loaded, "train")
+    base_sha256 = model_hash(loaded.path)
+    if config.resume:
+        manifest = read_manifest(run_dir)
+        if manifest["base_model"]["sha256"] != base_sha256:
+            raise FreezetuneError(f"--resume {run_dir}: the model {config.model} is not the base model this run started from")
+    if config.lora_r:
+        torch.manual_seed(config.seed)  # peft draws the A matrices at random: the seed must decide them, not earlier work
+        loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
+    resolved = resolve(plan, find_anatomy(loaded.model))
+    apply_plan(loaded.model, resolved)
+    if sharding is not None:
+        check_sharding(sharding, loaded.model, resolved, config.precision)
+    train, held, notes = load_data(config, loaded.tokenizer)
+    if len(train.examples) < config.batch_size:  # epochs use full batches only
+        raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
+    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype)
+    notes.append(cache_note)
+    notes += [f"notice: {n}" for n in resolved.notices]
+    if not config.resume:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FreezetuneError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+        write_json(run_dir / "manifest.json", {
+            "status": "running",
+            "base_model": {"name": config.model, "path": str(loaded.path), "sha256": base_sha256,
+                           "files": meaning_hashes(loaded.path), "class": type(loaded.model).__name__},
+            "plan": resolved.plan.to_list(),
+            "trainable_names": resolved.trainable_names(),
+            "trainable_params": resolved.trainable_params,
+            "total_params": resolved.total_params,
+            "config": config.to_dict(),
+            "versions": versions(),
+        })
+    over = f"{world} processes" if world > 1 else "1 process"
+    if isinstance(sharding, FsdpSettings):
+        notes.append(f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}")
+    elif isinstance(sharding, ZeroSettings):
+        shared = {1: "the trained tensors' optimizer state", 2: "the trained tensors' optimizer state and gradients",
+                  3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
+        notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
+    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding)

@@ -1,0 +1,106 @@
+"""One optimizer step, the same for every strategy and backend: `train`, the benchmark and
+gradient probes all call this.
+
+The loss of a step is the mean over *every* target token of its micro-batches on every
+process. The target tokens are counted first (one all-reduce), then each micro-batch
+backpropagates sum(its token losses) / N_step, so `--batch-size 8`, `--batch-size 4
+--grad-accum 2` and 2 processes x 4 train the same model. A mean per micro-batch, divided
+by the number of micro-batches, would weigh a one-word answer as much as a paragraph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from freezetune.data.examples import IGNORE, Example, collate
+from freezetune.data.order import BatchOrder
+from freezetune.errors import FreezetuneError
+
+
+class NonFiniteLoss(FreezetuneError):
+    """The step's loss is nan or inf; nothing was stepped."""
+
+
+@dataclass
+class MicroBatch:
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, labels (right-padded)
+    keys: list[str] | None  # one prefix-cache key per row, or None: not cached
+    lengths: list[int]  # real (unpadded) length of each row
+
+    @property
+    def targets(self) -> int:
+        """Tokens the loss is taken on: labels are shifted inside the model, so position 0 never is."""
+        return int((self.batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def micro_batches(examples: list[Example], order: BatchOrder, step: int, grad_accum: int, rank: int, world: int,
+                  pad_id: int, split: str = "train") -> list[MicroBatch]:
+    """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which)."""
+    out = []
+    for micro in range(grad_accum):
+        ids = order.share(step * grad_accum + micro, rank, world)
+        rows = [examples[i] for i in ids]
+        out.append(MicroBatch(collate(rows, pad_id), [f"{split}:{i}" for i in ids], [len(r.input_ids) for r in rows]))
+    return out
+
+
+class TrainStep:
+    """``model``: what the backend wrapped (DDP, FSDP2, DeepSpeed engine or the model itself);
+    ``runner``: the prefix runner, or None for a model left as transformers built it."""
+
+    def __init__(self, model, backend, runner, scheduler, accelerator, device: torch.device, world: int):
+        self.model, self.backend, self.runner, self.scheduler = model, backend, runner, scheduler
+        self.accelerator, self.device, self.world = accelerator, device, world
+
+    def _sum(self, *values: float) -> list[float]:
+        """Sums over all processes, in one all-reduce however many values."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        summed = self.accelerator.reduce(torch.tensor([float(v) for v in values], device=self.device), "sum")
+        return summed.tolist()
+
+    def forward_backward(self, micro: list[MicroBatch]) -> dict:
+        """Gradients of the step's token-mean loss, accumulated on the trainable tensors; no weight moves.
+        Returns the loss (global token mean), the target tokens and the attended tokens of all processes."""
+        (total,) = self._sum(sum(m.targets for m in micro))
+        if total == 0:
+            raise FreezetuneError("a training step holds no target token: every answer was cut off by --seq-len")
+        loss_sum, attended = 0.0, 0
+        for index, m in enumerate(micro):
+            batch = {k: v.to(self.device) for k, v in m.batch.items()}
+            around = self.runner.batch(m.keys, m.lengths) if self.runner is not None else contextlib.nullcontext()
+            with around, self.accelerator.autocast():
+                output = self.model(**batch, use_cache=False)
+            count = m.targets
+            # the model's loss is a mean over this micro-batch's targets: weigh it by their share of the step's,
+            # times the process count the backends average gradients over (exactly 1.0 for one batch, one process)
+            weight = count * self.world / total
+            # a micro-batch without targets still runs backward: under DDP every process must
+            scaled = output.loss * weight if count else output.logits.sum() * 0.0
+            self.backend.backward(scaled, last=index == len(micro) - 1)
+            loss_sum += output.loss.item() * count if count else 0.0
+            attended += int(batch["attention_mask"].sum())
+        loss_total, attended_total = self._sum(loss_sum, attended)
+        return {"loss": loss_total / total, "targets": int(total), "tokens": int(attended_total)}
+
+    def __call__(self, micro: list[MicroBatch], max_grad_norm: float, guard=None) -> dict:
+        """One optimizer step: forward-backward, the first-step checks, clipping, AdamW, the schedule."""
+        started = time.perf_counter()
+        measured = self.forward_backward(micro)
+        if not math.isfinite(measured["loss"]):
+            raise NonFiniteLoss(f"the loss is {measured['loss']}")
+        if guard is not None:
+            guard.check_gradients()
+        lr = self.scheduler.get_last_lr()[0]
+        self.backend.step(max_grad_norm)
+        self.scheduler.step()
+        if guard is not None:
+            guard.check_update()
+        elapsed = time.perf_counter() - started
+        return {"loss": measured["loss"], "lr": lr, "tokens": measured["tokens"],
+                "tokens_per_s": measured["tokens"] / elapsed, "step_time_s": elapsed}
