@@ -24,6 +24,6 @@ timeout 240 "$PY" bench/step_time.py --device cuda --precision bf16 --model rand
 echo "== 3. 20 FSDP training steps of freeze bottom 75% on the GPU, and their checkpoint"
 out=$(mktemp -d)
 timeout 150 "$PY" -m freezetune train --fsdp --max-steps 20 --save-every 10 --batch-size 8 --eval-generate 8 --out "$out/run"
-"$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['fsdp'] is True, s; print('checkpoint:', s)" \
+"$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['backend'] == 'Fsdp', s; print('checkpoint:', s)" \
     "$out/run/checkpoints/step-000020/state.json"
 echo "gpu check done"
