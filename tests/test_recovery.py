@@ -15,7 +15,7 @@ from freezetune.cli.commands import main
 from freezetune.runs.durable import remove_leftovers, staged_dir
 from freezetune.training.export import EXPORT_MARK
 
-from test_train_cli import cli, losses, train_args, wait_for
+from test_train_cli import assert_same_run, cli, losses, train_args, wait_for
 
 
 def _truncate(path):
@@ -115,9 +115,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_losses(tiny_chat_m
         process = cli("train", "--resume", str(victim))
     out, err = process.communicate()
     assert process.returncode == 0, err
-    assert losses(victim) == losses(tmp_path / "straight")
-    final, reference = load_file(str(victim / "trainable.safetensors")), load_file(str(tmp_path / "straight" / "trainable.safetensors"))
-    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    assert_same_run(victim, tmp_path / "straight")
 
 
 def test_ctrl_c_twice_exits_130_without_a_traceback_and_the_run_resumes(tiny_chat_model_dir, order_data, tmp_path):

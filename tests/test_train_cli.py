@@ -27,6 +27,13 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_same_run(run_dir, reference_dir):
+    """The same losses and bit-identical trained tensors as the uninterrupted run."""
+    assert losses(run_dir) == losses(reference_dir)
+    final, reference = load_file(str(run_dir / "trainable.safetensors")), load_file(str(reference_dir / "trainable.safetensors"))
+    assert sorted(final) == sorted(reference) and all(torch.equal(final[k], reference[k]) for k in reference)
+
+
 def wait_for(path, process, timeout=120):
     deadline = time.time() + timeout
     while not path.exists():
@@ -48,9 +55,7 @@ def test_sigkill_mid_training_then_resume_gives_the_same_losses(tiny_chat_model_
     out, err = resumed.communicate()
     assert resumed.returncode == 0, err
     assert "resuming" in err and "finished 300 steps" in out
-    assert losses(victim) == losses(tmp_path / "straight")
-    final, reference = load_file(str(victim / "trainable.safetensors")), load_file(str(tmp_path / "straight" / "trainable.safetensors"))
-    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    assert_same_run(victim, tmp_path / "straight")
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_chat_model_dir, order_data, tmp_path):
