@@ -118,8 +118,8 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
     other = order_data[0].parent / "other.jsonl"
     other.write_text(order_data[0].read_text().replace("Alice", "Bob"))
     capsys.readouterr()
-    assert main(compare_args(tiny_chat_model_dir, (other, order_data[1]), out, "freeze bottom 50%")) == 2
-    assert "holds a comparison with another data; choose another --out" in capsys.readouterr().err
+    assert main(compare_args(tiny_chat_model_dir, (other, order_data[1]), out, "freeze bottom 50%", retain=retain_text)) == 2
+    assert "holds a comparison with another data (--data); choose another --out" in capsys.readouterr().err
 
 
 def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir, order_data, tmp_path, capsys):
@@ -157,3 +157,42 @@ def test_compare_reads_a_yaml_config_with_a_strategy_list(tiny_chat_model_dir, o
     assert all(r["exact_match"] is None for r in results["runs"])  # eval_generate 0: nothing checked
     manifest = json.loads((tmp_path / "cmp" / "runs" / "lora-r-2" / "manifest.json").read_text())
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 2
+
+
+def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_dir, order_data, tmp_path, capsys,
+                                                               retain_text):
+    out = tmp_path / "cmp"
+    base = compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "lora r=2", retain=retain_text)
+    assert main(base) == 0
+    plan_run, lora_run = out / "runs" / "freeze-bottom-50", out / "runs" / "lora-r-2"
+    first = (plan_run / "trainable.safetensors").read_bytes()
+    capsys.readouterr()
+    # another plan learning rate: the plan is trained again, the LoRA run is kept, the old plan run set aside
+    assert main(base + ["--lr-plan", "1e-3"]) == 0
+    err = capsys.readouterr().err
+    assert "freeze bottom 50%: the run there used another lr; kept as freeze-bottom-50.stale-1, training again" in err
+    assert "lora r=2: finished earlier, kept" in err
+    assert json.loads((plan_run / "manifest.json").read_text())["config"]["lr"] == 1e-3
+    assert (out / "runs" / "freeze-bottom-50.stale-1" / "trainable.safetensors").read_bytes() == first
+    results = json.loads((out / "results.json").read_text())
+    assert [r["run_dir"] for r in results["runs"]] == [str(plan_run), str(lora_run)]
+    # what the base reference and every run depend on: another retain file, eval setting or data folder is refused
+    other_retain = tmp_path / "other-retain.txt"
+    other_retain.write_text(retain_text.read_text().upper())
+    folder = tmp_path / "data-folder"
+    import datasets
+
+    datasets.Dataset.from_json(str(order_data[0])).save_to_disk(str(folder))
+    for argv, setting in [
+        (compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "lora r=2", retain=other_retain), "retain"),
+        (base + ["--eval-generate", "3"], "eval_generate"),
+    ]:
+        assert main(argv) == 2
+        assert f"holds a comparison with another {setting}" in capsys.readouterr().err
+    folder_out = tmp_path / "cmp-folder"
+    folder_args = compare_args(tiny_chat_model_dir, (folder, order_data[1]), folder_out, "freeze bottom 50%", retain=retain_text)
+    assert main(folder_args) == 0
+    datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}] * 8).save_to_disk(str(folder))  # same path, new rows
+    capsys.readouterr()
+    assert main(folder_args) == 2
+    assert "holds a comparison with another data (--data)" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from freezetune.runs.manifest import read_json, read_manifest
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.export import load_run
 from freezetune.training.loop import Trainer
-from freezetune.training.session import load_data, open_session
+from freezetune.training.session import RESUME_MAY_CHANGE, load_data, open_session
 
 
 def _retain_examples(settings: CompareSettings, base, tokenizer, device) -> list[Example]:
@@ -52,6 +52,25 @@ def _finished(run_dir: Path) -> bool:
         return read_manifest(run_dir).get("status") == "finished" and (run_dir / "forgetting.json").is_file()
     except FreezetuneError:
         return False
+
+
+def _changed_setting(run_dir: Path, config) -> str | None:
+    """The first setting that would train this strategy differently from the run already in ``run_dir``."""
+    try:
+        saved = read_manifest(run_dir).get("config") or {}
+    except FreezetuneError:
+        return None  # no run there yet (or only a failure record): nothing to reuse
+    wanted = config.to_dict()
+    return next((key for key in wanted if key not in RESUME_MAY_CHANGE and saved.get(key) != wanted[key]), None)
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Keep a stale run under another name: it was the user's result, and is not deleted unasked."""
+    number = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{number}")).exists():
+        number += 1
+    run_dir.rename(aside)
+    return aside
 
 
 def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, retain, reference, device, log,
@@ -90,6 +109,11 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
     for number, strategy in enumerate(settings.strategies, start=1):
         run_dir = settings.out / "runs" / strategy.slug
         run_dirs.append(run_dir)
+        changed = _changed_setting(run_dir, run_config(settings, strategy))
+        if changed:  # trained (or started) with other settings: never reused, never resumed
+            aside = _set_aside(run_dir)
+            log(f"[{number}/{len(settings.strategies)}] {strategy.name}: the run there used another {changed}; "
+                f"kept as {aside.name}, training again")
         if _finished(run_dir):
             log(f"[{number}/{len(settings.strategies)}] {strategy.name}: finished earlier, kept")
             continue

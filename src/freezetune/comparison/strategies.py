@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from freezetune.errors import FreezetuneError
-from freezetune.models.loading import load_model, require_causal_lm
+from freezetune.models.loading import file_sha256, load_model, require_causal_lm
 from freezetune.options.schema import opt
 from freezetune.options.training import LORA_PLAN, RunOptions, TrainConfig
 from freezetune.plans.anatomy import find_anatomy
@@ -102,14 +102,29 @@ class CompareSettings:
     retain: str | None = None
 
 
+def content_hash(path: str | None) -> str | None:
+    """sha256 of a data file, or of every file in a dataset folder (names and bytes): a folder whose
+    content changed is other data, even at the same path."""
+    if not path or not Path(path).exists():
+        return path
+    root = Path(path)
+    if root.is_file():
+        return file_sha256(root)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
 def fingerprint(settings: CompareSettings, base_sha256: str) -> dict:
+    """What every run and the base reference depend on; a rerun with any of it changed is another comparison."""
     config = settings.base_config
-    data = {}
-    for key in ("data", "eval_data"):
-        path = getattr(config, key)
-        data[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else path
-    return {"model": settings.model, "model_sha256": base_sha256, "objective": config.objective, **data,
-            "seed": config.seed, "max_steps": config.max_steps, "seq_len": config.seq_len, "batch_size": config.batch_size}
+    return {"model": settings.model, "model_sha256": base_sha256, "objective": config.objective,
+            "data": content_hash(config.data), "eval_data": content_hash(config.eval_data),
+            "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
+            "seed": config.seed, "max_steps": config.max_steps, "seq_len": config.seq_len, "batch_size": config.batch_size,
+            "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
 
 
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
@@ -122,7 +137,8 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
         changed = [k for k in pinned if earlier.get(k) != pinned[k]]
         if changed:
             raise FreezetuneError(
-                f"{settings.out} holds a comparison with another {', '.join(changed)}; choose another --out"
+                f"{settings.out} holds a comparison with another {', '.join(changed)} (--{changed[0].replace('_', '-')}); "
+                "choose another --out"
             )
 
 
