@@ -1,6 +1,7 @@
 """`freezetune compare` and `report` on a tiny chat model: runs, forgetting, report files, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,15 @@ def test_compare_runs_every_strategy_and_writes_the_report(tiny_chat_model_dir, 
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"![{name}](plots/{name}.png)" in (out / "report.md").read_text()
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    # every exact match says how many answers it was scored on, and those answers are kept to audit it
+    assert all(row["exact_match_examples"] == 2 for row in runs.values())
+    assert "% of 2 |" in (out / "report.md").read_text()
+    for row in runs.values():
+        answers = [json.loads(line) for line in (Path(row["run_dir"]) / "generations.jsonl").read_text().splitlines()]
+        assert len(answers) == 2 and {"prompt", "reference", "output", "correct"} <= set(answers[0])
+        assert sum(a["correct"] for a in answers) / 2 == row["exact_match"]
+        # a reported run keeps its trained tensors, metrics and answers, not its optimizer checkpoints
+        assert not (Path(row["run_dir"]) / "checkpoints").exists()
 
     # a second invocation keeps finished runs instead of redoing them
     assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "lora r=4 alpha=8", "freeze bottom 50%")) == 0
@@ -163,6 +173,7 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
                                                                retain_text):
     out = tmp_path / "cmp"
     base = compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "lora r=2", retain=retain_text)
+    base.append("--keep-checkpoints")
     assert main(base) == 0
     plan_run, lora_run = out / "runs" / "freeze-bottom-50", out / "runs" / "lora-r-2"
     first = (plan_run / "trainable.safetensors").read_bytes()
@@ -174,6 +185,7 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     assert "lora r=2: finished earlier, kept" in err
     assert json.loads((plan_run / "manifest.json").read_text())["config"]["lr"] == 1e-3
     assert (out / "runs" / "freeze-bottom-50.stale-1" / "trainable.safetensors").read_bytes() == first
+    assert (lora_run / "checkpoints").is_dir()  # --keep-checkpoints
     results = json.loads((out / "results.json").read_text())
     assert [r["run_dir"] for r in results["runs"]] == [str(plan_run), str(lora_run)]
     # what the base reference and every run depend on: another retain file, eval setting or data folder is refused
@@ -196,3 +208,9 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     capsys.readouterr()
     assert main(folder_args) == 2
     assert "holds a comparison with another data (--data)" in capsys.readouterr().err
+
+
+def test_report_ratios_keep_two_significant_digits():
+    from freezetune.comparison.report import _ratio
+
+    assert [_ratio(0.034, 1), _ratio(3, 2), _ratio(12.3, 1), _ratio(None, 1)] == ["0.034×", "1.5×", "12×", "n/a"]

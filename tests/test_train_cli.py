@@ -98,6 +98,16 @@ def test_export_round_trip_and_generate(tiny_chat_model_dir, order_data, tmp_pat
     assert main(["generate", str(run_dir), "--prompt", "send 3 red mugs to Alice", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip() != ""
     assert main(["generate", str(tmp_path / "exported"), "--prompt", "send 3 red mugs", "--max-new-tokens", "5"]) == 0
+    # plain text (no chat template), and sampling that the seed alone decides
+    sampled = []
+    for seed in ("1", "1", "2"):
+        capsys.readouterr()
+        assert main(["generate", str(run_dir), "--prompt", "send 3", "--plain", "--temperature", "1.5", "--seed", seed,
+                     "--max-new-tokens", "12"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1] != sampled[2]
+    assert main(["generate", str(run_dir), "--prompt", "x", "--temperature", "-1"]) == 2
+    assert "--temperature must be 0 (greedy) or more" in capsys.readouterr().err
 
 
 def test_a_run_refuses_another_base_model(tiny_chat_model_dir, order_data, tmp_path, capsys):

@@ -126,18 +126,22 @@ def run_export(options: ExportOptions) -> str:
 
 
 def run_generate(options: GenerateOptions) -> str:
+    import torch
+
     from freezetune.models.loading import load_model
     from freezetune.training.evaluation import generate
     from freezetune.training.export import is_run, load_run
 
     loaded = load_run(Path(options.source), _cache(options)) if is_run(options.source) else load_model(options.source, _cache(options))
     tokenizer = loaded.tokenizer
-    if getattr(tokenizer, "chat_template", None):
+    if getattr(tokenizer, "chat_template", None) and not options.plain:
         text = tokenizer.apply_chat_template([{"role": "user", "content": options.prompt}], tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(options.prompt)["input_ids"]
-    return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu")[0]
+    torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
+    return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu",
+                    temperature=options.temperature, top_p=options.top_p)[0]
 
 
 def run_compare(options: CompareOptions) -> str:

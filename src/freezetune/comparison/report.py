@@ -20,7 +20,7 @@ from freezetune.runs.manifest import read_json, read_metrics
 
 FIELDS = ["strategy", "kind", "status", "reason", "trainable_params", "total_params", "peak_memory_bytes",
           "step_time_s", "tokens_per_s", "wall_time_s", "checkpoint_bytes", "eval_loss", "eval_perplexity",
-          "exact_match", "retain_ppl", "retain_ppl_delta", "retain_kl", "run_dir"]
+          "exact_match", "exact_match_examples", "retain_ppl", "retain_ppl_delta", "retain_kl", "run_dir"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -59,7 +59,8 @@ def read_run(run_dir: Path) -> dict:
         wall_time_s=sum(m["step_time_s"] for m in steps) if steps else None,
         checkpoint_bytes=weights.stat().st_size if weights.is_file() else None,
         eval_loss=evaluation.get("eval_loss"), eval_perplexity=evaluation.get("eval_perplexity"),
-        exact_match=evaluation.get("exact_match"), retain_ppl=measured.get("retain_ppl"),
+        exact_match=evaluation.get("exact_match"), exact_match_examples=evaluation.get("exact_match_examples"),
+        retain_ppl=measured.get("retain_ppl"),
         retain_ppl_delta=measured.get("retain_ppl_delta"), retain_kl=measured.get("retain_kl"),
         loss_curve=[[m["step"], m["loss"]] for m in steps],
         eval_curve=[[m["step"], m["eval_loss"]] for m in metrics if "eval_loss" in m],
@@ -77,7 +78,8 @@ def base_row(run_dirs: list[Path]) -> dict | None:
             row = dict.fromkeys(FIELDS)
             row.update(strategy="base model", kind="base", status="reference", trainable_params=0,
                        eval_loss=before.get("eval_loss"), eval_perplexity=before.get("eval_perplexity"),
-                       exact_match=before.get("exact_match"), retain_ppl=measured.get("retain_ppl_base"),
+                       exact_match=before.get("exact_match"), exact_match_examples=before.get("exact_match_examples"),
+                       retain_ppl=measured.get("retain_ppl_base"),
                        retain_ppl_delta=0.0 if measured else None, retain_kl=0.0 if measured else None)
             return row
     return None
@@ -108,7 +110,8 @@ def _q(row: dict, use_em: bool) -> str:
 
 
 def _ratio(a, b) -> str:
-    return f"{a / b:.1f}×" if a is not None and b else "n/a"
+    """Two significant digits: 0.034×, 1.5×, 12× (one decimal printed 0.034 as 0.0×)."""
+    return f"{a / b:.2g}×" if a is not None and b else "n/a"
 
 
 def recommend(rows: list[dict]) -> list[str]:
@@ -139,11 +142,12 @@ def recommend(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _cell(key: str, value) -> str:
+def _cell(key: str, row: dict) -> str:
+    value = row.get(key)
     if value is None:
         return "—"
-    if key == "exact_match":
-        return f"{100 * value:.1f}%"
+    if key == "exact_match":  # with the number of answers behind it: 95% of 20 moves in steps of 5
+        return f"{100 * value:.1f}% of {row['exact_match_examples']}" if row.get("exact_match_examples") else f"{100 * value:.1f}%"
     if key in ("peak_memory_bytes", "checkpoint_bytes"):
         return human_bytes(value)
     if key in ("trainable_params", "total_params"):
@@ -171,11 +175,11 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
         writer.writeheader()
         writer.writerows(table_rows)
     header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
-    body = "".join("| " + " | ".join(_cell(k, r.get(k)) for k in TABLE) + " |\n" for r in table_rows)
+    body = "".join("| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows)
     markdown = f"# {title}\n\n{header}{body}\n## Recommendation\n\n" + "".join(f"- {line}\n" for line in advice)
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r.get(k)))}</td>" for k in TABLE) + "</tr>" for r in table_rows)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>" for r in table_rows)
     images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name.replace("_", " ")}</figcaption></figure>'
                      for name, data in plots.items())
     page = f"""<!doctype html>

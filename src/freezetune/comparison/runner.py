@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,11 @@ def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, r
                                              "layer_drift": layer_drift(base, tuned)})
     log(f"{strategy.name}: retain perplexity {measured['retain_ppl_base']:.3f} -> {measured['retain_ppl']:.3f}, "
         f"KL from base {measured['retain_kl']:.4f}")
+    checkpoints = run_dir / "checkpoints"
+    if not settings.keep_checkpoints and checkpoints.is_dir():  # finished and measured: nothing left to resume
+        size = sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
+        shutil.rmtree(checkpoints)
+        log(f"{strategy.name}: dropped its resumable checkpoints ({size / 2**20:.1f} MiB; --keep-checkpoints keeps them)")
     return True
 
 

@@ -81,6 +81,8 @@ class CompareOptions(RunOptions):
     lr_lora: float = opt(1e-3, help="learning rate of LoRA")
     lr_plan: float = opt(2e-4, help="learning rate of freeze plans")
     out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
+    keep_checkpoints: bool = opt(False, help="keep each finished run's resumable checkpoints (optimizer state); "
+                                 "by default a reported run keeps its trained tensors, metrics and answers only")
 
     def validate(self) -> None:
         return None
@@ -89,7 +91,8 @@ class CompareOptions(RunOptions):
         strategies = [parse_strategy(s) for s in (self.strategy or DEFAULT_STRATEGIES)]
         base = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(RunOptions)})
         return CompareSettings(self.model, strategies, Path(self.out), base,
-                               {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}, self.retain)
+                               {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}, self.retain,
+                               self.keep_checkpoints)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class CompareSettings:
     base_config: TrainConfig  # data, budget, seed... shared by every run
     lr: dict[str, float]  # per kind: full, lora, plan
     retain: str | None = None
+    keep_checkpoints: bool = False
 
 
 def content_hash(path: str | None) -> str | None:

@@ -45,16 +45,24 @@ class ExportOptions:
 
 @dataclass
 class GenerateOptions:
-    """Greedy generation from a run folder or a model, for a quick look."""
+    """Generate from a run folder or a model, for a quick look (greedy unless --temperature is set)."""
 
     source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
-    prompt: str = opt(help="user message (rendered with the chat template when the tokenizer has one)")
+    prompt: str = opt(help="user message (rendered with the chat template when the tokenizer has one, unless --plain)")
+    plain: bool = opt(False, help="continue the prompt as plain text, without the chat template (e.g. after cpt)")
     max_new_tokens: int = opt(64, help="token limit")
+    temperature: float = opt(0.0, help="sampling temperature; 0 = greedy")
+    top_p: float = opt(1.0, help="nucleus sampling: keep the smallest set of tokens whose probability reaches this")
+    seed: int = opt(0, help="seed for sampling")
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise FreezetuneError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise FreezetuneError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

@@ -38,8 +38,11 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16) -> list[str]:
-    """Greedy continuations of token-id prompts (left-padded in batches), decoded without specials."""
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16,
+             temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """Continuations of token-id prompts (left-padded in batches), decoded without specials:
+    greedy, or sampled when ``temperature`` > 0 (from torch's global generator)."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     pad_id = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
@@ -53,7 +56,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
             for row, prompt in enumerate(chunk):
                 ids[row, width - len(prompt):] = torch.tensor(prompt)
                 mask[row, width - len(prompt):] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad_id)
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     if was_training:
@@ -78,8 +81,8 @@ def evaluate_model(model, tokenizer, examples: list[Example], config, device, ru
         answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device)
         result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
         result["exact_match_examples"] = len(chosen)
-        result["generations"] = [
-            {"prompt": e.prompt_text, "reference": e.reference, "output": a}
-            for e, a in list(zip(chosen, answers))[: config.show_generations]
-        ]
+        every = [{"prompt": e.prompt_text, "reference": e.reference, "output": a, "correct": a.strip() == e.reference.strip()}
+                 for e, a in zip(chosen, answers)]
+        result["generations"] = every[: config.show_generations]
+        result["answers"] = every  # all of them, so that a score can be audited (the loop writes them apart)
     return result

@@ -182,6 +182,7 @@ class Trainer:
         if before is None:
             before = self.evaluate("before")
             self._show(before)
+        before = {k: v for k, v in before.items() if k != "answers"}  # the run keeps its own answers only
         if self.main:
             self._update_manifest(eval_before=before)
         if config.log_with:
@@ -222,7 +223,10 @@ class Trainer:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
         self._show(after)
+        answers = after.pop("answers", [])
         if self.main:
+            if answers:  # every answer behind the exact match, one per line, so that the score can be checked
+                write_text(run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
             write_json(run_dir / "eval.json", {"before": before, "after": after})
             self._update_manifest(status="finished", steps=step)
         self.accelerator.wait_for_everyone()
