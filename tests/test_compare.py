@@ -140,7 +140,7 @@ def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir
                              strategy=["full", "freeze bottom 50%"], max_steps=6, batch_size=4, seq_len=64,
                              eval_generate=0, out=str(tmp_path / "cmp"))
     polls = iter(range(1000))
-    stop_at = 6 + 3  # all 6 polls of the first run, then step 3 of the second
+    stop_at = 1 + 6 + 1 + 3  # before the first run, its 6 steps, before the second, then its step 3
     logged = []
     reached = run_comparison(options.settings(), log=logged.append, progress=False, should_stop=lambda: next(polls) >= stop_at)
     assert [p.name for p in reached] == ["full", "freeze-bottom-50"]
@@ -214,3 +214,20 @@ def test_report_ratios_keep_two_significant_digits():
     from freezetune.comparison.report import _ratio
 
     assert [_ratio(0.034, 1), _ratio(3, 2), _ratio(12.3, 1), _ratio(None, 1)] == ["0.034×", "1.5×", "12×", "n/a"]
+
+
+def test_a_stop_between_runs_ends_the_comparison_before_the_next(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.comparison.runner import run_comparison
+    from freezetune.comparison.strategies import CompareOptions
+
+    options = CompareOptions(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
+                             strategy=["full", "freeze bottom 50%"], max_steps=2, batch_size=4, seq_len=64,
+                             eval_generate=0, out=str(tmp_path / "cmp"))
+    polls = iter(range(1000))
+    logged = []
+    # the signal arrives after the first run's 2 steps, while it is evaluated: it finishes, the second never starts
+    reached = run_comparison(options.settings(), log=logged.append, progress=False, should_stop=lambda: next(polls) >= 3)
+    assert [p.name for p in reached] == ["full"]
+    assert "stopped before freeze bottom 50%; run the same command again to continue" in logged
+    assert (tmp_path / "cmp" / "runs" / "full" / "forgetting.json").is_file()
+    assert not (tmp_path / "cmp" / "runs" / "freeze-bottom-50").exists()

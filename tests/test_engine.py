@@ -163,3 +163,20 @@ def test_lora_adapters_are_drawn_from_the_seed_alone(tiny_chat_model_dir, order_
     first, again, other = adapters(tmp_path / "a", 0), adapters(tmp_path / "b", 0), adapters(tmp_path / "c", 1)
     assert first and all(torch.equal(first[n], again[n]) for n in first)
     assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
+def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.options.training import TrainConfig
+    from freezetune.training.loop import Trainer
+    from freezetune.training.session import open_session
+
+    cached = {}
+    for steps in (2, 6):  # 20 rows in batches of 4: 5 steps an epoch
+        config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
+                             out=str(tmp_path / f"run{steps}"), batch_size=4, seq_len=64, max_steps=steps,
+                             eval_generate=0, prefix_cache="memory", plan="freeze bottom 50%")
+        session = open_session(config)
+        Trainer(session, log=lambda message: None, progress=False).run()
+        cached[steps] = {key.split(":")[0] for key in session.cache.tensors}
+        assert ("the held-out set only" in " ".join(session.notes)) == (steps == 2)
+    assert cached == {2: {"eval"}, 6: {"eval", "train"}}  # a row never seen twice is never stored

@@ -61,7 +61,8 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\nfreezetune: {signal.Signals(signum).name} received, saving a checkpoint…", file=sys.stderr)
+        print(f"\nfreezetune: {signal.Signals(signum).name} received; stopping at the next step boundary (training "
+              "saves a checkpoint first, an evaluation under way finishes); a second signal stops at once", file=sys.stderr)
 
     def __enter__(self) -> _StopFlag:
         self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}

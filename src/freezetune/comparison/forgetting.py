@@ -23,7 +23,7 @@ from freezetune.data.examples import (
 )
 from freezetune.data.files import Record, read_records
 from freezetune.plans.anatomy import find_anatomy
-from freezetune.training.evaluation import generate
+from freezetune.training.evaluation import batches, generate
 
 GENERAL_PROMPTS = [
     "Why does the sky look blue during the day?", "Give three tips for sleeping better.",
@@ -54,26 +54,27 @@ GENERAL_PROMPTS = [
 ]
 
 
-def build_retain(base, tokenizer, seq_len: int, device, path: str | None = None, max_new_tokens: int = 48) -> list[Example]:
+def build_retain(base, tokenizer, seq_len: int, device, path: str | None = None, max_new_tokens: int = 48,
+                 progress: bool = False) -> list[Example]:
     """Retain examples: the user's text, or the base model's own answers to GENERAL_PROMPTS."""
     if path is not None:
         records = read_records(path)
         return cpt_examples(records, tokenizer, seq_len).examples
     prompts = [Record({"prompt": p, "completion": "x"}, f"retain prompt {i}") for i, p in enumerate(GENERAL_PROMPTS)]
     prompt_ids = [e.prompt_ids for e in sft_examples(prompts, tokenizer, seq_len).examples]
-    answers = generate(base, tokenizer, prompt_ids, max_new_tokens, device)
+    answers = generate(base, tokenizer, prompt_ids, max_new_tokens, device, progress="retain set" if progress else None)
     records = [Record({"prompt": p, "completion": a or "."}, f"retain {i}") for i, (p, a) in enumerate(zip(GENERAL_PROMPTS, answers))]
     return sft_examples(records, tokenizer, seq_len).examples
 
 
-def forgetting(base, tuned, examples: list[Example], batch_size: int, pad_id: int, device) -> dict:
+def forgetting(base, tuned, examples: list[Example], batch_size: int, pad_id: int, device, progress: bool = False) -> dict:
     """Retain perplexity of both models and mean KL(base || tuned) per target token."""
     totals = {"base_nll": 0.0, "tuned_nll": 0.0, "kl": 0.0}
     count = 0
     base.eval()
     tuned.eval()
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
+        for start in batches(len(examples), batch_size, "retain pass" if progress else None):
             batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
             targets = batch["labels"][:, 1:]
             keep = targets != IGNORE

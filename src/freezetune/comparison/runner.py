@@ -27,23 +27,24 @@ from freezetune.training.loop import Trainer
 from freezetune.training.session import RESUME_MAY_CHANGE, load_data, open_session
 
 
-def _retain_examples(settings: CompareSettings, base, tokenizer, device) -> list[Example]:
+def _retain_examples(settings: CompareSettings, base, tokenizer, device, progress: bool) -> list[Example]:
     """Built once per output folder (the base model's own answers take a while) and reused."""
     path = settings.out / "retain.json"
     if path.is_file():
         return [Example(**row) for row in read_json(path)]
-    examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain)
+    examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain, progress=progress)
     write_json(path, [vars(e) for e in examples])
     return examples
 
 
-def _base_reference(settings: CompareSettings, base, tokenizer, device, log) -> dict:
+def _base_reference(settings: CompareSettings, base, tokenizer, device, log, progress: bool) -> dict:
     path = settings.out / "base.json"
     if path.is_file():
         return read_json(path)
     _, held, _ = load_data(settings.base_config, tokenizer)
     log("evaluating the base model once, as the reference row")
-    reference = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="before")
+    reference = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base", progress=progress)
+    reference["label"] = "before"
     write_json(path, reference)
     return reference
 
@@ -85,7 +86,7 @@ def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, r
     if result["status"] != "finished":
         return False
     tuned = load_run(run_dir, Path(config.cache_dir) if config.cache_dir else None).model.to(device)
-    measured = forgetting(base, tuned, retain, config.batch_size, pad_id, device)
+    measured = forgetting(base, tuned, retain, config.batch_size, pad_id, device, progress=progress)
     write_json(run_dir / "forgetting.json", {"strategy": strategy.name, "kind": strategy.kind, **measured,
                                              "layer_drift": layer_drift(base, tuned)})
     log(f"{strategy.name}: retain perplexity {measured['retain_ppl_base']:.3f} -> {measured['retain_ppl']:.3f}, "
@@ -109,10 +110,13 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
     pad_id = pad_token_id(tokenizer)
-    reference = _base_reference(settings, base, tokenizer, device, log)
-    retain = _retain_examples(settings, base, tokenizer, device)
+    reference = _base_reference(settings, base, tokenizer, device, log, progress)
+    retain = _retain_examples(settings, base, tokenizer, device, progress)
     run_dirs = []
     for number, strategy in enumerate(settings.strategies, start=1):
+        if should_stop():  # a signal during the last run's evaluation or forgetting pass: stop before the next
+            log(f"stopped before {strategy.name}; run the same command again to continue")
+            return run_dirs
         run_dir = settings.out / "runs" / strategy.slug
         run_dirs.append(run_dir)
         changed = _changed_setting(run_dir, run_config(settings, strategy))

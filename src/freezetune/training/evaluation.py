@@ -6,19 +6,25 @@ import contextlib
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from freezetune.data.examples import IGNORE, Example, collate, pad_token_id
 from freezetune.training.prefix import PrefixRunner
 
 
+def batches(count: int, size: int, progress: str | None):
+    """Start indices of ``count`` items in batches of ``size``, with a transient bar named ``progress``."""
+    return tqdm(range(0, count, size), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+
+
 def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch_size: int, pad_id: int,
-              device, key_prefix: str = "eval") -> dict:
+              device, key_prefix: str = "eval", progress: str | None = None) -> dict:
     """Mean next-token loss over every target token of ``examples`` (not a mean of batch means)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
+        for start in batches(len(examples), batch_size, progress):
             chunk = examples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             keys = [f"{key_prefix}:{start + i}" for i in range(len(chunk))]
@@ -39,7 +45,7 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16,
-             temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+             temperature: float = 0.0, top_p: float = 1.0, progress: str | None = None) -> list[str]:
     """Continuations of token-id prompts (left-padded in batches), decoded without specials:
     greedy, or sampled when ``temperature`` > 0 (from torch's global generator)."""
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
@@ -48,7 +54,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
     model.eval()
     texts = []
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
+        for start in batches(len(prompts), batch_size, progress):
             chunk = prompts[start:start + batch_size]
             width = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -69,16 +75,19 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], config, device, runner: PrefixRunner | None = None,
-                   label: str = "") -> dict:
+                   label: str = "", progress: bool = False) -> dict:
     """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
     ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
     pad_id = pad_token_id(tokenizer)
     result = {"label": label}
-    result.update({f"eval_{k}": v for k, v in eval_loss(model, runner, examples, config.batch_size, pad_id, device).items()})
+    name = (lambda what: f"{label} {what}".strip()) if progress else (lambda what: None)
+    measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"))
+    result.update({f"eval_{k}": v for k, v in measured.items()})
     checkable = [e for e in examples if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:
         chosen = checkable[: config.eval_generate]
-        answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device)
+        answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device,
+                           progress=name("answers"))
         result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
         result["exact_match_examples"] = len(chosen)
         every = [{"prompt": e.prompt_text, "reference": e.reference, "output": a, "correct": a.strip() == e.reference.strip()}

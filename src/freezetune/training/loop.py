@@ -118,7 +118,8 @@ class Trainer:
 
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
-        return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label)
+        return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label,
+                              progress=self.progress)
 
     def _resume(self) -> int:
         if self.main:  # one process checks the checksums and sets damaged checkpoints aside
@@ -247,7 +248,8 @@ class Trainer:
         self.names, self.s.resolved = names, resolved
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
-        return micro_batches(self.s.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world, self.pad_id)
+        return micro_batches(self.s.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,
+                             self.pad_id, cached=self.s.cache_train)
 
     def _step(self, step: int, guard) -> dict:
         try:

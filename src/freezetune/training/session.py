@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class Session:
     cache: PrefixCache | None
     notes: list[str]
     sharding: FsdpSettings | ZeroSettings | None = None
+    cache_train: bool = True  # False: the run ends within one epoch, so only the held-out rows are cached
 
 
 def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
@@ -96,9 +98,11 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     if depth == 0:
         return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
     state = process_state()
-    # each process caches its own shard of the training data (data/order.py) and the whole held-out set
-    examples = len(train.examples) // state.num_processes + len(held.examples)
-    tokens = train.num_tokens // state.num_processes + held.num_tokens
+    # each process caches its own shard of the training data (data/order.py) and the whole held-out set;
+    # a run that ends within one epoch never sees a training row twice, so it caches the held-out set only
+    share = 1 / state.num_processes if reaches_second_epoch(config, len(train.examples)) else 0
+    examples = int(len(train.examples) * share) + len(held.examples)
+    tokens = int(train.num_tokens * share) + held.num_tokens
     size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size()
     mode = config.prefix_cache
     if mode == "auto":
@@ -112,8 +116,16 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""
-    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for about {examples} examples{per}, "
+    only = "" if share else " (the held-out set only: the run ends within its first epoch)"
+    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for about {examples} examples{per}{only}, "
                    f"{size / 2**20:.1f} MiB {where}{reused}")
+
+
+def reaches_second_epoch(config: TrainConfig, num_train: int) -> bool:
+    """Whether any training row comes round again (only then is caching its prefix output worth it)."""
+    per_epoch = num_train // config.batch_size
+    planned = config.max_steps * config.grad_accum if config.max_steps else math.ceil(config.epochs * per_epoch)
+    return planned > per_epoch
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -202,4 +214,5 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
         shared = {1: "the trained tensors' optimizer state", 2: "the trained tensors' optimizer state and gradients",
                   3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
         notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
-    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding)
+    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding,
+                   reaches_second_epoch(config, len(train.examples)))

@@ -39,13 +39,15 @@ class MicroBatch:
 
 
 def micro_batches(examples: list[Example], order: BatchOrder, step: int, grad_accum: int, rank: int, world: int,
-                  pad_id: int, split: str = "train") -> list[MicroBatch]:
-    """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which)."""
+                  pad_id: int, cached: bool = True) -> list[MicroBatch]:
+    """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which).
+    ``cached``: give the rows their prefix-cache keys (False: they are never stored)."""
     out = []
     for micro in range(grad_accum):
         ids = order.share(step * grad_accum + micro, rank, world)
         rows = [examples[i] for i in ids]
-        out.append(MicroBatch(collate(rows, pad_id), [f"{split}:{i}" for i in ids], [len(r.input_ids) for r in rows]))
+        keys = [f"train:{i}" for i in ids] if cached else None
+        out.append(MicroBatch(collate(rows, pad_id), keys, [len(r.input_ids) for r in rows]))
     return out
 
 
