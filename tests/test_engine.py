@@ -180,3 +180,18 @@ def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_di
         cached[steps] = {key.split(":")[0] for key in session.cache.tensors}
         assert ("the held-out set only" in " ".join(session.notes)) == (steps == 2)
     assert cached == {2: {"eval"}, 6: {"eval", "train"}}  # a row never seen twice is never stored
+
+
+def test_warmup_is_a_fraction_of_the_run_unless_given_in_steps(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.cli.commands import main
+
+    def lrs(out, *extra):
+        assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                     str(order_data[1]), "--out", str(tmp_path / out), "--batch-size", "4", "--seq-len", "64",
+                     "--max-steps", "20", "--lr", "0.01", "--eval-generate", "0", "--prefix-cache", "off", *extra]) == 0
+        return [json.loads(line)["lr"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+
+    by_ratio = lrs("ratio")  # 10% of 20 steps: 2 warm-up steps, then the cosine from the peak
+    assert by_ratio[:3] == pytest.approx([0.005, 0.01, 0.01])
+    assert lrs("steps", "--warmup", "10")[:2] == pytest.approx([0.001, 0.002])
+    assert lrs("quarter", "--warmup-ratio", "0.25")[:6] == pytest.approx([0.002, 0.004, 0.006, 0.008, 0.01, 0.01])

@@ -4,6 +4,7 @@ RunOptions holds the options a comparison shares with training; CompareOptions e
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from freezetune.errors import FreezetuneError
@@ -26,6 +27,8 @@ class RunOptions:
     seq_len: int = opt(256, help="maximum tokens per example (SFT truncates, CPT packs to this length)")
     batch_size: int = opt(8, help="examples per micro-batch")
     max_steps: int = opt(0, help="optimizer steps to run; 0 = run --epochs")
+    warmup: int | None = opt(None, help="linear warmup steps before the cosine decay; default: --warmup-ratio of the steps")
+    warmup_ratio: float = opt(0.1, help="warmup as a fraction of the run's steps, when --warmup is not given")
     seed: int = opt(0, help="seed for data order, initialisation and sampling")
     eval_generate: int = opt(40, help="held-out SFT examples to answer by greedy generation for exact match; 0 = none")
     cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
@@ -42,7 +45,6 @@ class TrainConfig(RunOptions):
     grad_accum: int = opt(1, help="micro-batches per optimizer step")
     epochs: float = opt(2.0, help="passes over the training data when --max-steps is 0")
     lr: float = opt(2e-4, help="peak learning rate (AdamW)")
-    warmup: int = opt(10, help="linear warmup steps before the cosine decay")
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
     precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
@@ -65,7 +67,7 @@ class TrainConfig(RunOptions):
         for name in ("batch_size", "grad_accum", "num_processes"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup", "eval_every", "save_every", "eval_generate", "show_generations"):
+        for name in ("max_steps", "eval_every", "save_every", "eval_generate", "show_generations"):
             if getattr(self, name) < 0:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.batch_size % self.num_processes:
@@ -77,6 +79,10 @@ class TrainConfig(RunOptions):
             raise FreezetuneError("give --max-steps or a positive --epochs")
         if self.lora_r < 0:
             raise FreezetuneError(f"--lora-r must be 0 (no LoRA) or a rank, got {self.lora_r}")
+        if self.warmup is not None and self.warmup < 0:
+            raise FreezetuneError(f"--warmup must be 0 or more, got {self.warmup}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise FreezetuneError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
         if self.log_with:
@@ -85,6 +91,10 @@ class TrainConfig(RunOptions):
             available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[self.log_with]()
             if not available:  # accelerate would drop the tracker with a log line; the user asked for it
                 raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: pip install {self.log_with}")
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """--warmup when given, else --warmup-ratio of the run: 20 steps warm up for 2, not half the run."""
+        return self.warmup if self.warmup is not None else math.ceil(self.warmup_ratio * total_steps)
 
     @property
     def plan_text(self) -> str:

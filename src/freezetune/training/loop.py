@@ -109,7 +109,7 @@ class Trainer:
             self.model, lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay))
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
-        self.scheduler = build_scheduler(optimizer, self.config.warmup, self.total_steps)
+        self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
         self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
                                     self.device, self.world)
         self.retarget(session.resolved)  # the seam schedules change the trainable set through
