@@ -69,16 +69,16 @@ class TrainStep:
     def forward_backward(self, micro: list[MicroBatch]) -> dict:
         """Gradients of the step's token-mean loss, accumulated on the trainable tensors; no weight moves.
         Returns the loss (global token mean), the target tokens and the attended tokens of all processes."""
-        (total,) = self._sum(sum(m.targets for m in micro))
+        counts = [m.targets for m in micro]
+        (total,) = self._sum(sum(counts))
         if total == 0:
             raise FreezetuneError("a training step holds no target token: every answer was cut off by --seq-len")
         loss_sum, attended = 0.0, 0
-        for index, m in enumerate(micro):
+        for index, (m, count) in enumerate(zip(micro, counts)):
             batch = {k: v.to(self.device) for k, v in m.batch.items()}
             around = self.runner.batch(m.keys, m.lengths) if self.runner is not None else contextlib.nullcontext()
             with around, self.accelerator.autocast():
                 output = self.model(**batch, use_cache=False)
-            count = m.targets
             # the model's loss is a mean over this micro-batch's targets: weigh it by their share of the step's,
             # times the process count the backends average gradients over (exactly 1.0 for one batch, one process)
             weight = count * self.world / total
