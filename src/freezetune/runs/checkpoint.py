@@ -25,25 +25,16 @@ from safetensors.torch import load_file, save_file
 
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
-from freezetune.runs.durable import fsync_path, publish, remove_leftovers, staged_dir
+from freezetune.runs.durable import remove_leftovers, staged_dir, staged_file
 from freezetune.runs.rng import load_rng, rng_name, save_rng
 
 KEEP_CHECKPOINTS = 2
 SEP = "::"  # parameter name + SEP + state key, in optimizer.safetensors
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    fsync_path(path)
-
-
 def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        _save_tensors(tensors, staging)
-        publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with staged_file(path) as staging:
+        save_file(tensors, str(staging), metadata={"format": "pt"})
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -95,9 +86,10 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:06d}"
     moments, described = _split_optimizer(optimizer)
-    with staged_dir(target, replace=True) as staging:  # replace: a resumed run saving the step it resumed at
-        _save_tensors(tensors, staging / "trainable.safetensors")
-        _save_tensors(moments, staging / "optimizer.safetensors")
+    # staged_dir fsyncs every file before publishing; replace: a resumed run saving the step it resumed at
+    with staged_dir(target, replace=True) as staging:
+        save_file(tensors, str(staging / "trainable.safetensors"), metadata={"format": "pt"})
+        save_file(moments, str(staging / "optimizer.safetensors"), metadata={"format": "pt"})
         (staging / "optimizer.json").write_text(json.dumps({**described, "scheduler": scheduler.state_dict()}, indent=2))
         for rank in range(processes):
             os.replace(root / f".{rng_name(rank)}.step-{step}.partial", staging / rng_name(rank))

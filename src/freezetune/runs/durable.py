@@ -33,17 +33,23 @@ def publish(staging: Path, target: Path) -> None:
     fsync_path(target.parent)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically and durably."""
+@contextmanager
+def staged_file(path: Path):
+    """Yield a staging name beside ``path`` to write to; it is fsynced and becomes ``path`` only if the
+    block finishes, and is removed if it does not."""
     staging = path.with_name(f".{path.name}.{os.getpid()}{STAGING_MARK}")  # processes of one run never share it
     try:
-        with open(staging, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield staging
+        fsync_path(staging)
         publish(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically and durably."""
+    with staged_file(path) as staging:
+        staging.write_bytes(data)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from freezetune.runs.durable import fsync_path
-
 
 def rng_name(rank: int) -> str:
     return f"rng-{rank}.safetensors"
@@ -28,8 +26,7 @@ def save_rng(path: Path) -> None:
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     plain = {"python": [version, list(mt), gauss], "numpy": [kind, int(pos), int(has_gauss), float(cached)]}
-    save_file(tensors, str(path), metadata={"plain": json.dumps(plain)})
-    fsync_path(path)
+    save_file(tensors, str(path), metadata={"plain": json.dumps(plain)})  # fsynced with its checkpoint folder
 
 
 def load_rng(path: Path) -> None:
