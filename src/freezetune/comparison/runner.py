@@ -24,7 +24,7 @@ from freezetune.runs.manifest import read_json, read_manifest
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.export import load_run
 from freezetune.training.loop import Trainer
-from freezetune.training.session import RESUME_MAY_CHANGE, load_data, open_session
+from freezetune.training.session import changed_setting, load_data, open_session
 
 
 def _retain_examples(settings: CompareSettings, base, tokenizer, device, progress: bool) -> list[Example]:
@@ -62,8 +62,7 @@ def _changed_setting(run_dir: Path, config) -> str | None:
         saved = read_manifest(run_dir).get("config") or {}
     except FreezetuneError:
         return None  # no run there yet (or only a failure record): nothing to reuse
-    wanted = config.to_dict()
-    return next((key for key in wanted if key not in RESUME_MAY_CHANGE and saved.get(key) != wanted[key]), None)
+    return changed_setting(saved, config, config.to_dict())
 
 
 def _set_aside(run_dir: Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from freezetune.training.optimizer import (
 )
 from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
 from freezetune.training.prefix import PrefixRunner
-from freezetune.training.session import Session
+from freezetune.training.session import Session, total_steps
 from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
 
 
@@ -101,8 +100,7 @@ class Trainer:
         self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
         self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
         check_same_plan(self.accelerator, self.names)
-        self.total_steps = self.config.max_steps or max(
-            1, math.ceil(self.config.epochs * self.order.batches_per_epoch / self.config.grad_accum))
+        self.total_steps = total_steps(self.config, len(session.train.examples))
         self.backend = make_backend(self.accelerator, session, self.world)
         self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
         self.model, optimizer = self.backend.wrap(

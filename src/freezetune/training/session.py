@@ -121,11 +121,15 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
                    f"{size / 2**20:.1f} MiB {where}{reused}")
 
 
+def total_steps(config: TrainConfig, num_train: int) -> int:
+    """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
+    per_epoch = num_train // config.batch_size
+    return config.max_steps or max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+
+
 def reaches_second_epoch(config: TrainConfig, num_train: int) -> bool:
     """Whether any training row comes round again (only then is caching its prefix output worth it)."""
-    per_epoch = num_train // config.batch_size
-    planned = config.max_steps * config.grad_accum if config.max_steps else math.ceil(config.epochs * per_epoch)
-    return planned > per_epoch
+    return total_steps(config, num_train) * config.grad_accum > num_train // config.batch_size
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -145,18 +149,24 @@ def _run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def changed_setting(saved: dict, config: TrainConfig, keys) -> str | None:
+    """The first of ``keys`` that would change a run's results and on which ``config`` differs from the
+    run's saved config (a resume, or a comparison deciding whether a run can be reused)."""
+    return next((key for key in keys if key not in RESUME_MAY_CHANGE and getattr(config, key) != saved.get(key)), None)
+
+
 def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     """The config of the run being resumed; a flag that would change its results is refused."""
     manifest = read_manifest(Path(config.resume))
     if not checkpoint_dirs(Path(config.resume)):
         raise FreezetuneError(f"--resume {config.resume}: the run holds no checkpoint to continue from")
     saved = dict(manifest["config"])
-    for key in given - RESUME_MAY_CHANGE:
-        if getattr(config, key) != saved.get(key):
-            raise FreezetuneError(
-                f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
-                "a resumed run keeps its config"
-            )
+    key = changed_setting(saved, config, sorted(given))
+    if key is not None:
+        raise FreezetuneError(
+            f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
+            "a resumed run keeps its config"
+        )
     saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE})
     return TrainConfig(**saved)
 
