@@ -17,99 +17,121 @@ def retain_text(tmp_path):
     return path
 
 
-def compare_args(model_dir, order_data, out, *strategies, retain=None):
+RATES = ["--lr-full", "1e-4", "--lr-lora", "1e-3", "--lr-plan", "1e-3"]  # given rates: no search, one worker per strategy
+
+
+def compare_args(model_dir, order_data, out, *strategies, retain=None, search=False, seeds=1):
     args = ["compare", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
-            "--max-steps", "4", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "2", "--out", str(out)]
+            "--max-steps", "4", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "2", "--out", str(out),
+            "--seeds", str(seeds), "--validation", "4", "--search-steps", "2"]
     for strategy in strategies:
         args += ["--strategy", strategy]
-    return args + (["--retain", str(retain)] if retain else [])
+    return args + (["--retain", str(retain)] if retain else []) + ([] if search else RATES)
 
 
-def test_compare_runs_every_strategy_and_writes_the_report(tiny_chat_model_dir, order_data, tmp_path, capsys):
+def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "lora r=4 alpha=8", "freeze bottom 50%")) == 0
+    strategies = ("full", "lora r=4 alpha=8", "freeze bottom 50%")
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, *strategies, search=True, seeds=2)) == 0
     stdout = capsys.readouterr().out
-    assert "On the frontier of quality against KL from the base" in stdout and f"report: {out / 'report.html'}" in stdout
+    assert "On the frontier of" in stdout and f"report: {out / 'report.html'}" in stdout
     results = json.loads((out / "results.json").read_text())
     runs = {r["strategy"]: r for r in results["runs"]}
-    assert list(runs) == ["full", "lora r=4 alpha=8", "freeze bottom 50%"]
+    assert list(runs) == list(strategies)
     for row in runs.values():
-        assert row["status"] == "finished"
-        for key in ("trainable_params", "peak_memory_bytes", "step_time_s", "tokens_per_s", "eval_loss",
-                    "exact_match", "retain_ppl_delta", "retain_kl", "run_dir", "checkpoint_bytes", "wall_time_s"):
+        assert row["status"] == "finished" and row["seeds"] == [0, 1]
+        for key in ("trainable_params", "peak_memory_bytes", "step_time_s", "tokens_per_s", "eval_loss", "eval_loss_mean",
+                    "eval_loss_std", "retain_kl_mean", "retain_kl_std", "retain_ppl_delta_mean", "exact_match_mean",
+                    "run_dir", "checkpoint_bytes", "wall_time_s", "search_time_s"):
             assert row[key] is not None, key
-        assert row["retain_kl"] > 0  # every strategy moved away from the base
+        assert row["retain_kl"] > 0 and row["eval_loss"] == row["eval_loss_mean"]  # every strategy moved from the base
+        # the search: three rates around the kind's default, each scored by its validation loss; the best one trains
+        assert len(row["lr_search"]) == 3 and all(p["val_loss"] is not None for p in row["lr_search"])
+        assert row["lr"] == min(row["lr_search"], key=lambda p: p["val_loss"])["lr"]
+        group = Path(row["run_dir"]).parent
+        for point in row["lr_search"]:
+            search_run = json.loads((group / "search" / f"lr-{point['lr']:g}" / "manifest.json").read_text())["config"]
+            assert search_run["max_steps"] == 2 and search_run["validation"] == 4 and search_run["eval_generate"] == 0
+        for seed, run_dir in zip((0, 1), row["run_dirs"]):
+            config = json.loads((Path(run_dir) / "manifest.json").read_text())["config"]
+            assert config["seed"] == seed and config["lr"] == row["lr"] and config["validation"] == 0
+        lo, hi = row["exact_match_ci"]
+        assert lo <= row["exact_match"] <= hi and row["exact_match_examples"] == 4  # 2 answers x 2 seeds
+    assert {p["lr"] for p in runs["full"]["lr_search"]} == {1.25e-5, 5e-5, 2e-4}
+    assert {p["lr"] for p in runs["freeze bottom 50%"]["lr_search"]} == {5e-5, 2e-4, 8e-4}
     assert runs["full"]["trainable_params"] > runs["freeze bottom 50%"]["trainable_params"] > runs["lora r=4 alpha=8"]["trainable_params"]
     assert runs["full"]["checkpoint_bytes"] > runs["freeze bottom 50%"]["checkpoint_bytes"]
     # freezing the bottom half leaves the bottom blocks exactly where they were
     drift = runs["freeze bottom 50%"]["layer_drift"]
     assert drift["layer 0"] == drift["layer 1"] == drift["embeddings"] == 0.0 and drift["layer 3"] > 0
     assert all(v > 0 for k, v in runs["lora r=4 alpha=8"]["layer_drift"].items() if k.startswith("layer"))
+    verdict = results["verdict"]
+    assert set(verdict) >= {"frontier", "indistinguishable", "best", "gentlest", "sentence"}
+    assert verdict["best"] in runs and set(verdict["frontier"]) <= set(runs) and stdout.startswith(verdict["sentence"])
     assert results["base"]["strategy"] == "base model" and results["base"]["retain_kl"] == 0.0
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("strategy,kind,status") and len(csv_lines) == 5
-    for name in ("loss_curves", "quality_vs_forgetting", "time_and_memory", "layer_drift"):
+    report = (out / "report.md").read_text()
+    for name in ("loss_curves", "quality_vs_forgetting", "lr_search", "time_and_memory", "layer_drift"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
-        assert f"![{name}](plots/{name}.png)" in (out / "report.md").read_text()
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
-    # every exact match says how many answers it was scored on, and those answers are kept to audit it
-    assert all(row["exact_match_examples"] == 2 for row in runs.values())
-    assert "% of 2 |" in (out / "report.md").read_text()
+        assert f"![{name}](plots/{name}.png)" in report
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 5
+    # means carry their spread, exact match its interval and the number of answers behind it
+    assert " ± " in report and "% [" in report and " of 4 |" in report and "(searched)" in report
     for row in runs.values():
-        answers = [json.loads(line) for line in (Path(row["run_dir"]) / "generations.jsonl").read_text().splitlines()]
-        assert len(answers) == 2 and {"prompt", "reference", "output", "correct"} <= set(answers[0])
-        assert sum(a["correct"] for a in answers) / 2 == row["exact_match"]
-        # a reported run keeps its trained tensors, metrics and answers, not its optimizer checkpoints
-        assert not (Path(row["run_dir"]) / "checkpoints").exists()
+        for run_dir in row["run_dirs"]:
+            answers = [json.loads(line) for line in (Path(run_dir) / "generations.jsonl").read_text().splitlines()]
+            assert len(answers) == 2 and {"prompt", "reference", "output", "correct"} <= set(answers[0])
+            # a reported run keeps its trained tensors, metrics and answers, not its optimizer checkpoints
+            assert not (Path(run_dir) / "checkpoints").exists()
 
-    # a second invocation keeps finished runs instead of redoing them
-    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "lora r=4 alpha=8", "freeze bottom 50%")) == 0
+    # a second invocation keeps finished runs and searches instead of redoing them
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, *strategies, search=True, seeds=2)) == 0
     assert capsys.readouterr().err.count("finished earlier, kept") == 3
 
 
 def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze bottom 50%")) == 0
-    runs = sorted((out / "runs").iterdir())
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze bottom 50%", seeds=2)) == 0
+    runs = sorted((out / "runs").glob("*/seed-*"))
+    assert len(runs) == 4
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     first = json.loads((out / "results.json").read_text())
-    assert {r["strategy"]: r["eval_loss"] for r in again["runs"]} == {r["strategy"]: r["eval_loss"] for r in first["runs"]}
+    assert {r["strategy"]: (r["eval_loss"], r["seeds"]) for r in again["runs"]} == \
+        {r["strategy"]: (r["eval_loss"], r["seeds"]) for r in first["runs"]}
 
 
-def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):
-    import freezetune.comparison.runner as comparison
-
-    real = comparison._run_one
-
-    def flaky(settings, strategy, *args):
-        if strategy.kind == "lora":
-            raise RuntimeError("simulated out-of-memory")
-        return real(settings, strategy, *args)
-
-    monkeypatch.setattr(comparison, "_run_one", flaky)
+def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(compare_args(tiny_chat_model_dir, order_data, out, "lora", "freeze bottom 50%")) == 0
+    assert main(compare_args(tiny_chat_model_dir, order_data, out, "lora targets=no_such_proj", "freeze bottom 50%")) == 0
     runs = {r["strategy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert runs["lora"]["status"] == "failed" and runs["lora"]["reason"] == "RuntimeError: simulated out-of-memory"
+    failed = runs["lora targets=no_such_proj"]
+    assert failed["status"] == "failed" and "no_such_proj" in failed["reason"]
     assert runs["freeze bottom 50%"]["status"] == "finished"
-    assert "lora failed: RuntimeError: simulated out-of-memory" in (out / "report.md").read_text()
+    assert "Failed: lora targets=no_such_proj (" in (out / "report.md").read_text()
 
 
 def test_parse_strategy():
-    assert parse_strategy("full").plan == "train all"
+    assert parse_strategy("full").plan == "train all" and parse_strategy("full").lr is None
     lora = parse_strategy("lora r=16 alpha=32 targets=q_proj,v_proj")
     assert lora.lora == {"lora_r": 16, "lora_alpha": 32, "lora_targets": "q_proj,v_proj"}
     assert parse_strategy("freeze bottom 75%; train mlp@layers 20-29").kind == "plan"
     assert parse_strategy("freeze bottom 75%").slug == "freeze-bottom-75"
+    fixed = parse_strategy("freeze bottom 75% lr=3e-4")
+    assert (fixed.plan, fixed.lr, fixed.name) == ("freeze bottom 75%", 3e-4, "freeze bottom 75% lr=3e-4")
+    assert parse_strategy("lora r=4 lr=1e-3").lora == {"lora_r": 4} and parse_strategy("full lr=1e-5").lr == 1e-5
     with pytest.raises(FreezetuneError, match="expected r=N, alpha=N or targets=a,b after 'lora', not 'rank=4'"):
         parse_strategy("lora rank=4")
+    with pytest.raises(FreezetuneError, match="lr must be a positive number, not 'fast'"):
+        parse_strategy("full lr=fast")
 
 
 def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, tmp_path, capsys, retain_text):
     empty_retain = tmp_path / "empty.jsonl"
     empty_retain.write_text('{"prompt": "no text field", "completion": "x"}\n')
     out = tmp_path / "cmp"
+    args = compare_args(tiny_chat_model_dir, order_data, out, "full")
     cases = [
         (compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze sideways"), "plan rule 1 'freeze sideways'"),
         (compare_args(tiny_chat_model_dir, order_data, out, "freeze layers 40"), "--strategy 'freeze layers 40': plan rule 1"),
@@ -117,6 +139,12 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         (compare_args(tiny_chat_model_dir, order_data, out, "full", "full"), "two strategies share the run folder name 'full'"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=empty_retain), "holds no text"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=tmp_path / "none.txt"), "--retain"),
+        (args + ["--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (args + ["--lr-grid", "1,x"], "--lr-grid '1,x': expected comma-separated multiples"),
+        (args + ["--lr-grid", "1,1"], "the multiples must be positive and distinct"),
+        (args + ["--lr-plan", "-1"], "--lr-plan must be positive"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "full", search=True) + ["--validation", "20"],
+         "--validation 20 leaves no training example"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -132,40 +160,66 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
     assert "holds a comparison with another data (--data); choose another --out" in capsys.readouterr().err
 
 
-def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir, order_data, tmp_path, capsys):
+def _options(model_dir, order_data, out, **overrides):
     from freezetune.comparison.strategies import CompareOptions
+
+    values = dict(model=str(model_dir), data=str(order_data[0]), eval_data=str(order_data[1]), strategy=["full", "freeze bottom 50%"],
+                  max_steps=6, batch_size=4, seq_len=64, eval_generate=0, out=str(out), seeds=1, lr_full=1e-4, lr_plan=1e-3)
+    return CompareOptions(**{**values, **overrides})
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_an_interrupted_comparison_picks_up_where_it_stopped(tiny_chat_model_dir, order_data, tmp_path, capfd):
     from freezetune.comparison.runner import run_comparison
 
-    options = CompareOptions(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
-                             strategy=["full", "freeze bottom 50%"], max_steps=6, batch_size=4, seq_len=64,
-                             eval_generate=0, out=str(tmp_path / "cmp"))
-    polls = iter(range(1000))
-    stop_at = 1 + 6 + 1 + 3  # before the first run, its 6 steps, before the second, then its step 3
+    out = tmp_path / "cmp"
+    options = _options(tiny_chat_model_dir, order_data, out, max_steps=400)
+    second = out / "runs" / "freeze-bottom-50" / "seed-0"
     logged = []
-    reached = run_comparison(options.settings(), log=logged.append, progress=False, should_stop=lambda: next(polls) >= stop_at)
-    assert [p.name for p in reached] == ["full", "freeze-bottom-50"]
+    # the stop request reaches the second strategy's worker process mid-run: it checkpoints and exits
+    reached = run_comparison(options.settings(), log=logged.append, progress=False,
+                             should_stop=lambda: _lines(second / "metrics.jsonl") >= 3)
+    assert [p.parent.name for p in reached] == ["full", "freeze-bottom-50"]
     assert "freeze bottom 50%: stopped; run the same command again to continue" in logged
-    second = tmp_path / "cmp" / "runs" / "freeze-bottom-50"
-    assert (second / "checkpoints" / "step-000003").is_dir() and not (second / "trainable.safetensors").exists()
+    step = sorted((second / "checkpoints").iterdir())[-1].name
+    assert not (second / "trainable.safetensors").exists() and 3 <= int(step.split("-")[1]) < 400
     logged.clear()
+    capfd.readouterr()
     run_comparison(options.settings(), log=logged.append, progress=False)
     assert "[1/2] full: finished earlier, kept" in logged
-    assert any(line.startswith("resuming") and "step 3 of 6" in line for line in logged)
+    assert f"resuming {second} from {step}" in capfd.readouterr().err  # the worker's own log
     assert (second / "forgetting.json").is_file()
+
+
+def test_a_stop_between_runs_ends_the_comparison_before_the_next(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.comparison.runner import run_comparison
+
+    out = tmp_path / "cmp"
+    logged = []
+    # the signal arrives once the first strategy is measured: nothing of the second one starts
+    reached = run_comparison(_options(tiny_chat_model_dir, order_data, out).settings(), log=logged.append, progress=False,
+                             should_stop=lambda: (out / "runs" / "full" / "seed-0" / "forgetting.json").is_file())
+    assert [p.parent.name for p in reached] == ["full"]
+    assert "stopped before freeze bottom 50%; run the same command again to continue" in logged
+    assert not (out / "runs" / "freeze-bottom-50").exists()
 
 
 def test_compare_reads_a_yaml_config_with_a_strategy_list(tiny_chat_model_dir, order_data, tmp_path, capsys):
     config = tmp_path / "compare.yaml"
     config.write_text(
         f"model: {tiny_chat_model_dir}\ndata: {order_data[0]}\neval_data: {order_data[1]}\nmax_steps: 2\n"
-        f"batch_size: 4\nseq_len: 64\neval_generate: 0\nout: {tmp_path / 'cmp'}\n"
-        "strategy:\n  - freeze bottom 50%; train mlp@layers 0-1\n  - lora r=2\n"
+        f"batch_size: 4\nseq_len: 64\neval_generate: 0\nseeds: 1\nlr_plan: 0.001\nout: {tmp_path / 'cmp'}\n"
+        "strategy:\n  - freeze bottom 50%; train mlp@layers 0-1\n  - lora r=2 lr=1e-3\n"
     )
     assert main(["compare", "--config", str(config), "--max-steps", "3"]) == 0
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert [r["strategy"] for r in results["runs"]] == ["freeze bottom 50%; train mlp@layers 0-1", "lora r=2"]
+    assert [r["strategy"] for r in results["runs"]] == ["freeze bottom 50%; train mlp@layers 0-1", "lora r=2 lr=1e-3"]
     assert all(r["exact_match"] is None for r in results["runs"])  # eval_generate 0: nothing checked
-    manifest = json.loads((tmp_path / "cmp" / "runs" / "lora-r-2" / "manifest.json").read_text())
+    assert [r["lr"] for r in results["runs"]] == [1e-3, 1e-3] and not any(r["lr_searched"] for r in results["runs"])
+    manifest = json.loads((tmp_path / "cmp" / "runs" / "lora-r-2-lr-1e-3" / "seed-0" / "manifest.json").read_text())
     assert manifest["config"]["max_steps"] == 3 and manifest["config"]["lora_r"] == 2
 
 
@@ -175,19 +229,30 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     base = compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "lora r=2", retain=retain_text)
     base.append("--keep-checkpoints")
     assert main(base) == 0
-    plan_run, lora_run = out / "runs" / "freeze-bottom-50", out / "runs" / "lora-r-2"
+    plan_run, lora_run = out / "runs" / "freeze-bottom-50" / "seed-0", out / "runs" / "lora-r-2" / "seed-0"
     first = (plan_run / "trainable.safetensors").read_bytes()
     capsys.readouterr()
     # another plan learning rate: the plan is trained again, the LoRA run is kept, the old plan run set aside
-    assert main(base + ["--lr-plan", "1e-3"]) == 0
+    assert main(base + ["--lr-plan", "2e-3"]) == 0
     err = capsys.readouterr().err
-    assert "freeze bottom 50%: the run there used another lr; kept as freeze-bottom-50.stale-1, training again" in err
-    assert "lora r=2: finished earlier, kept" in err
-    assert json.loads((plan_run / "manifest.json").read_text())["config"]["lr"] == 1e-3
-    assert (out / "runs" / "freeze-bottom-50.stale-1" / "trainable.safetensors").read_bytes() == first
+    assert f"{plan_run}: the run there used another lr; kept as seed-0.stale-1, training again" in err
+    assert "[2/2] lora r=2: finished earlier, kept" in err
+    assert json.loads((plan_run / "manifest.json").read_text())["config"]["lr"] == 2e-3
+    assert (plan_run.parent / "seed-0.stale-1" / "trainable.safetensors").read_bytes() == first
     assert (lora_run / "checkpoints").is_dir()  # --keep-checkpoints
     results = json.loads((out / "results.json").read_text())
     assert [r["run_dir"] for r in results["runs"]] == [str(plan_run), str(lora_run)]
+    # another warmup changes every run: all are set aside and trained again
+    assert main(base + ["--lr-plan", "2e-3", "--warmup", "1"]) == 0
+    assert capsys.readouterr().err.count("the run there used another warmup") == 2
+    # more seeds train the new seeds only; seed 0 is reused as it is
+    assert main(base + ["--lr-plan", "2e-3", "--warmup", "1", "--seeds", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "used another" not in err and json.loads((out / "results.json").read_text())["runs"][0]["seeds"] == [0, 1, 2]
+    # a searched rate: its runs are new; once the search picks a rate, the seeds train at it
+    assert main(base[:-7] + ["--lr-lora", "1e-3", "--warmup", "1", "--seeds", "3", "--retain", str(retain_text)]) == 0
+    plan_row = json.loads((out / "results.json").read_text())["runs"][0]
+    assert plan_row["lr_searched"] and json.loads((plan_run / "manifest.json").read_text())["config"]["lr"] == plan_row["lr"]
     # what the base reference and every run depend on: another retain file, eval setting or data folder is refused
     other_retain = tmp_path / "other-retain.txt"
     other_retain.write_text(retain_text.read_text().upper())
@@ -198,6 +263,7 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     for argv, setting in [
         (compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "lora r=2", retain=other_retain), "retain"),
         (base + ["--eval-generate", "3"], "eval_generate"),
+        (base + ["--max-new-tokens", "5"], "max_new_tokens"),
     ]:
         assert main(argv) == 2
         assert f"holds a comparison with another {setting}" in capsys.readouterr().err
@@ -208,26 +274,3 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     capsys.readouterr()
     assert main(folder_args) == 2
     assert "holds a comparison with another data (--data)" in capsys.readouterr().err
-
-
-def test_report_ratios_keep_two_significant_digits():
-    from freezetune.comparison.report import _ratio
-
-    assert [_ratio(0.034, 1), _ratio(3, 2), _ratio(12.3, 1), _ratio(None, 1)] == ["0.034×", "1.5×", "12×", "n/a"]
-
-
-def test_a_stop_between_runs_ends_the_comparison_before_the_next(tiny_chat_model_dir, order_data, tmp_path):
-    from freezetune.comparison.runner import run_comparison
-    from freezetune.comparison.strategies import CompareOptions
-
-    options = CompareOptions(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
-                             strategy=["full", "freeze bottom 50%"], max_steps=2, batch_size=4, seq_len=64,
-                             eval_generate=0, out=str(tmp_path / "cmp"))
-    polls = iter(range(1000))
-    logged = []
-    # the signal arrives after the first run's 2 steps, while it is evaluated: it finishes, the second never starts
-    reached = run_comparison(options.settings(), log=logged.append, progress=False, should_stop=lambda: next(polls) >= 3)
-    assert [p.name for p in reached] == ["full"]
-    assert "stopped before freeze bottom 50%; run the same command again to continue" in logged
-    assert (tmp_path / "cmp" / "runs" / "full" / "forgetting.json").is_file()
-    assert not (tmp_path / "cmp" / "runs" / "freeze-bottom-50").exists()

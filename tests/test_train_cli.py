@@ -185,7 +185,7 @@ def test_train_on_the_embedded_model_with_the_built_in_task(tmp_path, capsys):
                  "--show-generations", "1", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "built-in order-extraction task, 400 train / 60 held-out" in captured.err
+    assert "built-in dispatch task, 600 train / 200 held-out" in captured.err
     assert "prefix cache: memory, output of the 22 frozen blocks" in captured.err
     assert "lm_head.weight is frozen too" in captured.err
     assert "finished 2 steps" in captured.out

@@ -5,7 +5,8 @@ model's own greedy answers to a fixed list of general prompts written for this p
 the base model is then perfectly at home on it, and any change is the tuning's doing.
 Measured: perplexity on the retain set (as a change from the base) and the mean KL
 divergence KL(base || tuned) of the next-token distributions over its target tokens, plus
-the relative weight change ||dW|| / ||W|| per block.
+the relative weight change ||dW|| / ||W|| per block. The base's distributions are computed
+once per comparison and kept on disk (top-k), so no run needs the base model beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from freezetune.data.examples import (
     sft_examples,
 )
 from freezetune.data.files import Record, read_records
+from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.training.evaluation import batches, generate
 
@@ -67,29 +69,59 @@ def build_retain(base, tokenizer, seq_len: int, device, path: str | None = None,
     return sft_examples(records, tokenizer, seq_len).examples
 
 
-def forgetting(base, tuned, examples: list[Example], batch_size: int, pad_id: int, device, progress: bool = False) -> dict:
-    """Retain perplexity of both models and mean KL(base || tuned) per target token."""
-    totals = {"base_nll": 0.0, "tuned_nll": 0.0, "kl": 0.0}
-    count = 0
-    base.eval()
-    tuned.eval()
+TOP_K = 128  # base probabilities kept per retain token; the rest is one bucket
+
+
+def _target_log_probs(model, examples: list[Example], batch_size: int, pad_id: int, device, progress: str | None):
+    """(log-probs over the vocabulary, target ids) at every target token, example by example in order."""
+    model.eval()
     with torch.no_grad():
-        for start in batches(len(examples), batch_size, "retain pass" if progress else None):
+        for start in batches(len(examples), batch_size, progress):
             batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
             targets = batch["labels"][:, 1:]
             keep = targets != IGNORE
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-            base_logp = torch.log_softmax(base(**inputs).logits[:, :-1].float(), dim=-1)[keep]
-            tuned_logp = torch.log_softmax(tuned(**inputs).logits[:, :-1].float(), dim=-1)[keep]
-            picked = targets[keep].unsqueeze(-1)
-            totals["base_nll"] -= base_logp.gather(-1, picked).sum().item()
-            totals["tuned_nll"] -= tuned_logp.gather(-1, picked).sum().item()
-            totals["kl"] += (base_logp.exp() * (base_logp - tuned_logp)).sum().item()
-            count += int(keep.sum())
-    count = max(count, 1)
-    base_ppl, tuned_ppl = math.exp(totals["base_nll"] / count), math.exp(totals["tuned_nll"] / count)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            yield torch.log_softmax(logits[:, :-1].float(), dim=-1)[keep], targets[keep]
+
+
+def base_distributions(base, examples: list[Example], batch_size: int, pad_id: int, device, top_k: int = TOP_K,
+                       progress: bool = False) -> dict[str, torch.Tensor]:
+    """The base model's next-token distributions on the retain set, small enough to keep on disk:
+    the top-k log-probs with their token ids, and the log-prob of each target token."""
+    ids, top, target = [], [], []
+    for log_probs, targets in _target_log_probs(base, examples, batch_size, pad_id, device, "base retain pass" if progress else None):
+        best = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
+        ids.append(best.indices.int().cpu())
+        top.append(best.values.cpu())
+        target.append(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu())
+    return {"top_ids": torch.cat(ids), "top_logp": torch.cat(top), "target_logp": torch.cat(target)}
+
+
+def forgetting(tuned, examples: list[Example], reference: dict[str, torch.Tensor], batch_size: int, pad_id: int, device,
+               progress: bool = False) -> dict:
+    """Retain perplexity of base and tuned model, and the mean KL(base || tuned) per target token.
+    The KL sums the base's top-k tokens exactly and its remaining mass as one bucket against the
+    tuned model's mass outside those tokens: a lower bound of the full KL, tight where the top-k
+    hold nearly all of the base's probability."""
+    tuned_nll, kl, offset = 0.0, 0.0, 0
+    for log_probs, targets in _target_log_probs(tuned, examples, batch_size, pad_id, device, "retain pass" if progress else None):
+        rows = slice(offset, offset + len(targets))
+        offset += len(targets)
+        base_top = reference["top_logp"][rows].to(device).double()
+        tuned_top = log_probs.gather(-1, reference["top_ids"][rows].to(device).long()).double()
+        base_rest = (1 - base_top.exp().sum(-1)).clamp_min(0)
+        tuned_rest = (1 - tuned_top.exp().sum(-1)).clamp_min(1e-30)
+        rest = torch.where(base_rest > 0, base_rest * (base_rest.clamp_min(1e-30).log() - tuned_rest.log()), 0.0)
+        kl += float((base_top.exp() * (base_top - tuned_top)).sum() + rest.sum())
+        tuned_nll -= float(log_probs.gather(-1, targets.unsqueeze(-1)).sum())
+    count = max(offset, 1)
+    if offset != len(reference["target_logp"]):
+        raise FreezetuneError(f"the stored base distributions cover {len(reference['target_logp'])} retain tokens, "
+                              f"this retain set has {offset}: the comparison folder is damaged")
+    base_ppl = math.exp(-float(reference["target_logp"].double().sum()) / count)
+    tuned_ppl = math.exp(tuned_nll / count)
     return {"retain_ppl_base": base_ppl, "retain_ppl": tuned_ppl, "retain_ppl_delta": tuned_ppl - base_ppl,
-            "retain_kl": totals["kl"] / count, "retain_tokens": count}
+            "retain_kl": kl / count, "retain_tokens": count, "retain_kl_top_k": reference["top_ids"].shape[-1]}
 
 
 def layer_drift(base, tuned) -> dict:

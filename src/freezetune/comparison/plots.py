@@ -25,7 +25,15 @@ def _layer_order(key: str) -> tuple[int, int]:
     return ({"embeddings": 0, "norm": 2, "head": 3}.get(key, 4), 0)
 
 
-def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict]) -> dict[str, str]:
+def _error(row: dict, key: str) -> list[list[float]]:
+    """Asymmetric error bar: exact match's Wilson interval, else ± the standard deviation over seeds."""
+    if key == "exact_match" and row.get("exact_match_lo") is not None:
+        return [[100 * (row["exact_match"] - row["exact_match_lo"])], [100 * (row["exact_match_hi"] - row["exact_match"])]]
+    spread = row.get(f"{key}_std") or 0.0
+    return [[spread], [spread]]
+
+
+def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict], verdict: dict) -> dict[str, str]:
     """Write PNGs into ``folder``; return name -> base64 PNG for embedding."""
     plt = _figure()
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,21 +48,24 @@ def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict]) -> dic
         if row.get("eval_curve"):
             steps, losses = zip(*row["eval_curve"])
             ax.plot(steps, losses, "o--", label=f"{row['strategy']} (eval)")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training and eval loss")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training and eval loss (first seed)")
     ax.legend(fontsize=8)
     figures["loss_curves"] = fig
 
     scored = [r for r in done if r["eval_loss"] is not None]
     if scored:
-        use_em = all(r["exact_match"] is not None for r in scored)
-        forgetting_known = all(r["retain_kl"] is not None for r in scored)
-        x_key = "retain_kl" if forgetting_known else "peak_memory_bytes"
+        use_em = verdict["quality_metric"] == "exact_match"
+        y_key = "exact_match" if use_em else "eval_loss"
+        x_key = verdict["cost_metric"] or "peak_memory_bytes"
+        forgetting_known = x_key == "retain_kl"
         fig, ax = plt.subplots(figsize=(8, 5))
         peak = max((r["peak_memory_bytes"] or 0) for r in scored) or 1
         for row in scored:
             y = 100 * row["exact_match"] if use_em else row["eval_loss"]
             size = 60 + 600 * (row["peak_memory_bytes"] or 0) / peak
-            ax.scatter(row[x_key], y, s=size, alpha=0.6)
+            points = ax.scatter(row[x_key], y, s=size, alpha=0.6)
+            ax.errorbar(row[x_key], y, xerr=_error(row, x_key), yerr=_error(row, y_key), fmt="none",
+                        ecolor=points.get_facecolor()[0], capsize=3)
             ax.annotate(row["strategy"], (row[x_key], y), textcoords="offset points", xytext=(6, 6), fontsize=8)
         line = sorted(on_frontier, key=lambda r: r[x_key])
         if line:
@@ -62,9 +73,21 @@ def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict]) -> dic
                     "k--", linewidth=1, label="Pareto frontier")
             ax.legend(fontsize=8)
         ax.set(xlabel="KL divergence from the base on retain text (forgetting)" if forgetting_known else "peak memory (bytes)",
-               ylabel="exact match (%)" if use_em else "eval loss (lower is better)",
-               title="Task quality against forgetting (marker size: peak memory)")
+               ylabel="exact match (%, 95% interval)" if use_em else "eval loss (lower is better, ± sd over seeds)",
+               title="Task quality against forgetting (marker size: peak memory; bars: intervals)")
         figures["quality_vs_forgetting"] = fig
+
+    searched = [r for r in rows if any(p.get("val_loss") is not None for p in r.get("lr_search") or [])]
+    if searched:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for row in searched:
+            points = sorted((p["lr"], p["val_loss"]) for p in row["lr_search"] if p.get("val_loss") is not None)
+            ax.plot(*zip(*points), "o-", label=row["strategy"])
+            ax.scatter([row["lr"]], [dict(points).get(row["lr"])], s=120, facecolors="none", edgecolors="k")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="validation loss (circled: chosen)",
+               title="Learning-rate search (validation split of the training data)")
+        ax.legend(fontsize=8)
+        figures["lr_search"] = fig
 
     if done:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

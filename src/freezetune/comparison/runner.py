@@ -1,15 +1,19 @@
-"""Running a comparison: the base reference once, then each strategy's run and its forgetting."""
+"""Running a comparison: the base reference once, then per strategy a learning-rate search and
+one run per seed, each strategy's runs in a worker process of their own (worker.py)."""
 
 from __future__ import annotations
 
-import shutil
-import traceback
+import ctypes
+import math
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from freezetune.comparison.forgetting import build_retain, forgetting, layer_drift
+from freezetune.comparison.forgetting import base_distributions, build_retain
 from freezetune.comparison.strategies import (
     CompareSettings,
     Strategy,
@@ -17,127 +21,195 @@ from freezetune.comparison.strategies import (
     run_config,
     validate,
 )
-from freezetune.data.examples import Example, pad_token_id
+from freezetune.comparison.worker import finished, release_memory
+from freezetune.data.examples import pad_token_id
 from freezetune.errors import FreezetuneError
+from freezetune.runs.checkpoint import save_trainable
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import read_json, read_manifest
+from freezetune.runs.manifest import read_json, read_manifest, read_metrics
 from freezetune.training.evaluation import evaluate_model
-from freezetune.training.export import load_run
-from freezetune.training.loop import Trainer
-from freezetune.training.session import changed_setting, load_data, open_session
+from freezetune.training.session import changed_setting, load_data
 
 
-def _retain_examples(settings: CompareSettings, base, tokenizer, device, progress: bool) -> list[Example]:
-    """Built once per output folder (the base model's own answers take a while) and reused."""
-    path = settings.out / "retain.json"
-    if path.is_file():
-        return [Example(**row) for row in read_json(path)]
-    examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain, progress=progress)
-    write_json(path, [vars(e) for e in examples])
-    return examples
-
-
-def _base_reference(settings: CompareSettings, base, tokenizer, device, log, progress: bool) -> dict:
+def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
+    """The base model's evaluation (every run's "before") and its retain distributions, computed once
+    per output folder and kept on disk: the runs never need the base model resident."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
     path = settings.out / "base.json"
-    if path.is_file():
-        return read_json(path)
-    _, held, _ = load_data(settings.base_config, tokenizer)
-    log("evaluating the base model once, as the reference row")
-    reference = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base", progress=progress)
-    reference["label"] = "before"
-    write_json(path, reference)
-    return reference
+    if not path.is_file():
+        _, held, _ = load_data(settings.base_config, tokenizer)
+        log("evaluating the base model once, as the reference row")
+        write_json(path, {**evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base",
+                                           progress=progress), "label": "before"})
+    if not (settings.out / "retain-base.safetensors").is_file():
+        examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain, progress=progress)
+        write_json(settings.out / "retain.json", [vars(e) for e in examples])
+        save_trainable(base_distributions(base, examples, settings.base_config.batch_size, pad_token_id(tokenizer), device,
+                                          progress=progress), settings.out / "retain-base.safetensors")
+    return {k: v for k, v in read_json(path).items() if k != "answers"}
 
 
-def _finished(run_dir: Path) -> bool:
+def _die_with_parent() -> None:
+    """In the worker, before exec: a SIGKILLed comparison takes its worker with it (Linux)."""
     try:
-        return read_manifest(run_dir).get("status") == "finished" and (run_dir / "forgetting.json").is_file()
-    except FreezetuneError:
-        return False
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
-def _changed_setting(run_dir: Path, config) -> str | None:
-    """The first setting that would train this strategy differently from the run already in ``run_dir``."""
+def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str:
+    """Run a worker on ``spec``; "done", "stopped", or why the process died. A stop request is
+    passed on as one SIGTERM (the worker checkpoints); an exception here kills the worker."""
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(spec_path, spec)
+    process = subprocess.Popen([sys.executable, "-m", "freezetune.cli.worker", str(spec_path)],
+                               start_new_session=True, preexec_fn=_die_with_parent)
+    forwarded = False
     try:
-        saved = read_manifest(run_dir).get("config") or {}
-    except FreezetuneError:
-        return None  # no run there yet (or only a failure record): nothing to reuse
-    return changed_setting(saved, config, config.to_dict())
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if should_stop() and not forwarded:
+                    process.send_signal(signal.SIGTERM)
+                    forwarded = True
+    except BaseException:  # a second Ctrl-C: the worker must not outlive the comparison
+        process.kill()
+        process.wait()
+        raise
+    if code == 0:
+        return "done"
+    if code in (3, 130) or forwarded:
+        return "stopped"
+    return f"its worker process ended with {f'signal {signal.Signals(-code).name}' if code < 0 else f'status {code}'}"
 
 
-def _set_aside(run_dir: Path) -> Path:
-    """Keep a stale run under another name: it was the user's result, and is not deleted unasked."""
-    number = 1
-    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{number}")).exists():
-        number += 1
-    run_dir.rename(aside)
-    return aside
+def _set_aside_stale(configs, log) -> None:
+    """A run trained (or started) with other settings is never reused nor resumed: it is kept under
+    another name (it was the user's result, and is not deleted unasked) and trained again."""
+    for config in configs:
+        run_dir = Path(config.out)
+        try:
+            saved = read_manifest(run_dir).get("config") or {}
+        except FreezetuneError:
+            continue  # no run there yet (or only a failure record): nothing to reuse
+        changed = changed_setting(saved, config, config.to_dict())
+        if changed:
+            number = 1
+            while (aside := run_dir.with_name(f"{run_dir.name}.stale-{number}")).exists():
+                number += 1
+            run_dir.rename(aside)
+            config.resume = None
+            log(f"{run_dir}: the run there used another {changed}; kept as {aside.name}, training again")
 
 
-def _run_one(settings: CompareSettings, strategy: Strategy, base, pad_id: int, retain, reference, device, log,
-             progress, should_stop) -> bool:
-    """Train one strategy and measure it; False when a stop was requested mid-run (it checkpointed)."""
-    config = run_config(settings, strategy)
-    run_dir = Path(config.out)
-    session = open_session(config)
-    result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=reference)
-    del session
-    if result["status"] != "finished":
-        return False
-    tuned = load_run(run_dir, Path(config.cache_dir) if config.cache_dir else None).model.to(device)
-    measured = forgetting(base, tuned, retain, config.batch_size, pad_id, device, progress=progress)
-    write_json(run_dir / "forgetting.json", {"strategy": strategy.name, "kind": strategy.kind, **measured,
-                                             "layer_drift": layer_drift(base, tuned)})
-    log(f"{strategy.name}: retain perplexity {measured['retain_ppl_base']:.3f} -> {measured['retain_ppl']:.3f}, "
-        f"KL from base {measured['retain_kl']:.4f}")
-    checkpoints = run_dir / "checkpoints"
-    if not settings.keep_checkpoints and checkpoints.is_dir():  # finished and measured: nothing left to resume
-        size = sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
-        shutil.rmtree(checkpoints)
-        log(f"{strategy.name}: dropped its resumable checkpoints ({size / 2**20:.1f} MiB; --keep-checkpoints keeps them)")
-    return True
+def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: str, reference: dict, log,
+               should_stop, announce: str | None = None) -> str:
+    """The runs of ``configs`` not yet finished, in one worker: "kept" (none was left to run),
+    "done", "stopped", or why the worker died."""
+    _set_aside_stale(configs, log)
+    pending = [c for c in configs if not finished(Path(c.out), measure)]
+    if not pending:
+        return "kept"
+    if announce:
+        log(announce)
+    spec = {"strategy": strategy.name, "kind": strategy.kind, "reference": reference,
+            "keep_checkpoints": settings.keep_checkpoints,
+            "retain": {"examples": str(settings.out / "retain.json"), "base": str(settings.out / "retain-base.safetensors")},
+            "runs": [{"config": c.to_dict(), "measure": measure} for c in pending]}
+    outcome = _launch(spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop)
+    if all(finished(Path(c.out), measure) for c in pending):  # a stop that came as the worker ended changes nothing
+        return "done"
+    if outcome not in ("done", "stopped"):  # killed (out of memory?): say so in each unfinished run
+        for config in pending:
+            if not finished(Path(config.out), measure):
+                Path(config.out).mkdir(parents=True, exist_ok=True)
+                write_json(Path(config.out) / "failed.json", {"strategy": strategy.name, "kind": strategy.kind,
+                                                              "reason": outcome})
+    return outcome
+
+
+def _val_loss(run_dir: Path) -> tuple[float | None, str | None]:
+    failed = read_json(run_dir / "failed.json")
+    if failed:
+        return None, failed.get("reason")
+    loss = ((read_json(run_dir / "eval.json") or {}).get("after") or {}).get("eval_loss")
+    return (loss, None) if loss is not None and math.isfinite(loss) else (None, "no finite validation loss")
+
+
+def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict, log, should_stop) -> float | str | None:
+    """The strategy's rate: given, or the search's best by validation loss. None: stopped;
+    a string: why the search failed."""
+    group = settings.out / "runs" / strategy.slug
+    given = settings.given_rate(strategy)
+    if given is not None:
+        group.mkdir(parents=True, exist_ok=True)
+        write_json(group / "search.json", {"strategy": strategy.name, "chosen": given, "results": []})
+        return given
+    grid = settings.search_grid(strategy)
+    configs = [run_config(settings, strategy, rate) for rate in grid]
+    announce = (f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
+                f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)")
+    outcome = _run_group(settings, strategy, configs, "search", reference, log, should_stop, announce)
+    if outcome == "stopped":
+        return None
+    results = []
+    for rate, config in zip(grid, configs):
+        loss, reason = _val_loss(Path(config.out))
+        steps = read_metrics(Path(config.out) / "metrics.jsonl") if (Path(config.out) / "metrics.jsonl").is_file() else []
+        results.append({"lr": rate, "val_loss": loss, "reason": reason, "train_s": sum(m.get("step_time_s", 0) for m in steps)})
+    scored = [r for r in results if r["val_loss"] is not None]
+    if not scored:
+        return f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
+    chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
+    train_s = sum(r["train_s"] for r in results)
+    write_json(group / "search.json", {"strategy": strategy.name, "grid": grid, "steps": settings.search_steps,
+                                       "validation": settings.validation, "results": results, "chosen": chosen,
+                                       "train_s": train_s})
+    log(f"{strategy.name}: lr {chosen:g} chosen (validation loss "
+        + ", ".join(f"{r['lr']:g}: {r['val_loss']:.4f}" if r["val_loss"] is not None else f"{r['lr']:g}: failed" for r in results)
+        + f"; the search trained for {train_s:.0f} s)")
+    return chosen
 
 
 def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print, progress: bool = True,
                    should_stop: Callable[[], bool] = lambda: False) -> list[Path]:
-    """Run every strategy not yet finished; returns the run folders in strategy order (those
-    reached so far, when ``should_stop`` interrupts: the running one checkpoints first)."""
+    """Run every strategy not yet finished; returns the seed run folders of the strategies reached
+    (when ``should_stop`` interrupts, the running worker checkpoints first)."""
     loaded, base_sha256 = validate(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256),
                                                "strategies": [s.name for s in settings.strategies]})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
-    pad_id = pad_token_id(tokenizer)
-    reference = _base_reference(settings, base, tokenizer, device, log, progress)
-    retain = _retain_examples(settings, base, tokenizer, device, progress)
-    run_dirs = []
+    reference = _reference(settings, loaded, log, progress)
+    del loaded
+    release_memory()
+    run_dirs: list[Path] = []
     for number, strategy in enumerate(settings.strategies, start=1):
-        if should_stop():  # a signal during the last run's evaluation or forgetting pass: stop before the next
+        if should_stop():
             log(f"stopped before {strategy.name}; run the same command again to continue")
             return run_dirs
-        run_dir = settings.out / "runs" / strategy.slug
-        run_dirs.append(run_dir)
-        changed = _changed_setting(run_dir, run_config(settings, strategy))
-        if changed:  # trained (or started) with other settings: never reused, never resumed
-            aside = _set_aside(run_dir)
-            log(f"[{number}/{len(settings.strategies)}] {strategy.name}: the run there used another {changed}; "
-                f"kept as {aside.name}, training again")
-        if _finished(run_dir):
-            log(f"[{number}/{len(settings.strategies)}] {strategy.name}: finished earlier, kept")
+        header = f"[{number}/{len(settings.strategies)}] {strategy.name}"
+        searched_before = (settings.out / "runs" / strategy.slug / "search.json").is_file()
+        log(header)
+        rate = _choose_rate(settings, strategy, reference, log, should_stop)
+        if rate is None:
+            log(f"{strategy.name}: stopped; run the same command again to continue")
+            return run_dirs
+        folders = [settings.out / "runs" / strategy.slug / f"seed-{seed}" for seed in settings.seeds]
+        run_dirs += folders
+        if isinstance(rate, str):  # no rate to train with: the strategy's row says why
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / "failed.json", {"strategy": strategy.name, "kind": strategy.kind, "reason": rate})
+            log(f"{strategy.name}: failed: {rate}")
             continue
-        log(f"[{number}/{len(settings.strategies)}] {strategy.name}")
-        failure = run_dir / "failed.json"
-        failure.unlink(missing_ok=True)
-        try:
-            if not _run_one(settings, strategy, base, pad_id, retain, reference, device, log, progress, should_stop):
-                log(f"{strategy.name}: stopped; run the same command again to continue")
-                return run_dirs
-        except Exception as exc:  # one failed strategy must not sink the others; its reason goes in the table
-            reason = str(exc).splitlines()[0] if isinstance(exc, FreezetuneError) else f"{type(exc).__name__}: {exc}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(failure, {"strategy": strategy.name, "kind": strategy.kind, "reason": reason})
-            if not isinstance(exc, FreezetuneError):
-                (run_dir / "error.log").write_text(traceback.format_exc())
-            log(f"{strategy.name}: failed: {reason}")
+        configs = [run_config(settings, strategy, rate, seed) for seed in settings.seeds]
+        outcome = _run_group(settings, strategy, configs, "reported", reference, log, should_stop)
+        if outcome == "stopped":
+            log(f"{strategy.name}: stopped; run the same command again to continue")
+            return run_dirs
+        if outcome == "kept" and searched_before:
+            log(f"{header}: finished earlier, kept")
     return run_dirs

@@ -1,11 +1,13 @@
-"""compare: full fine-tuning, LoRA and freeze plans on the same model, data, seed and budget.
+"""compare: full fine-tuning, LoRA and freeze plans on the same model, data, seeds and budget.
 
-Each strategy is a normal run folder under OUT/runs/. The base model is evaluated once and
-shared as every run's "before"; after each run its forgetting (retain perplexity, KL from
-the base) and per-layer weight change are measured on the merged model. A finished run is
-never redone, an interrupted one resumes, a failed one is reported with its reason while
-the others go on. OUT/compare.json pins the model and data, so an output folder cannot mix
-two comparisons.
+Each strategy gets a folder OUT/runs/<strategy>/: a learning-rate search (search/lr-*/, scored
+on a validation split of the training data) unless its rate is given, then one normal run
+folder per seed (seed-N/) at the chosen rate. The base model is evaluated once and shared as
+every run's "before"; after each run its forgetting (retain perplexity, KL from the base) and
+per-layer weight change are measured on the merged model. A finished run is never redone, an
+interrupted one resumes, a failed one is reported with its reason while the others go on.
+OUT/compare.json pins what all runs share (model, data, eval and retain sets), so an output
+folder cannot mix two comparisons; a run whose own settings changed is set aside and redone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.manifest import model_hash, read_json
 
 DEFAULT_STRATEGIES = ["full", "lora", "freeze bottom 75%", "freeze bottom 50%"]
+DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "plan": 2e-4}  # the centre of each kind's search
 LORA_WORDS = {"r": "lora_r", "alpha": "lora_alpha", "targets": "lora_targets"}
 
 
@@ -35,19 +38,37 @@ class Strategy:
     kind: str  # "full" | "lora" | "plan"
     plan: str
     lora: dict = field(default_factory=dict)
+    lr: float | None = None  # given as lr=X inside the strategy: no search
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:60] or "strategy"
 
 
+def _take_rate(text: str) -> tuple[str, float | None]:
+    """A trailing 'lr=X' fixes the strategy's learning rate (and skips its search)."""
+    match = re.search(r"\s+lr=(\S*)\s*$", text)
+    if not match:
+        return text, None
+    try:
+        rate = float(match.group(1))
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate < float("inf"):
+        raise FreezetuneError(f"--strategy '{text.strip()}': lr must be a positive number, not '{match.group(1)}'")
+    return text[:match.start()], rate
+
+
 def parse_strategy(text: str) -> Strategy:
-    """'full', 'lora [r=N] [alpha=N] [targets=a,b]', or any plan (checked against the model later)."""
+    """'full', 'lora [r=N] [alpha=N] [targets=a,b]', or any plan (checked against the model later);
+    any of them may end in 'lr=X'."""
+    name = text.strip()
+    text, rate = _take_rate(text)
     words = text.split()
     if not words:
         raise FreezetuneError("empty --strategy")
     if text.strip() == "full":
-        return Strategy("full", "full", "train all")
+        return Strategy(name, "full", "train all", lr=rate)
     if words[0] == "lora":
         lora = {"lora_r": 8}
         for word in words[1:]:
@@ -57,13 +78,13 @@ def parse_strategy(text: str) -> Strategy:
             if key != "targets" and not value.isdigit():
                 raise FreezetuneError(f"--strategy '{text}': {key} must be a whole number, not '{value}'")
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
-        return Strategy(text.strip(), "lora", LORA_PLAN, lora)
+        return Strategy(name, "lora", LORA_PLAN, lora, rate)
     if words[0] not in ("freeze", "train") and not text.lstrip().startswith(("-", "[", "{")) and "\n" not in text \
             and not text.endswith((".yaml", ".yml", ".json", ".txt")):
         raise FreezetuneError(f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
                               "or a freeze plan (its rules start with freeze or train)")
     FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
-    return Strategy(text.strip(), "plan", text.strip())
+    return Strategy(name, "plan", text.strip(), lr=rate)
 
 
 @dataclass
@@ -71,28 +92,54 @@ class CompareOptions(RunOptions):
     """Full fine-tuning, LoRA and freeze plans side by side on the same data, seed and step budget."""
 
     # a comparison gives every strategy the same short budget, where train runs epochs by default
-    max_steps: int = opt(20, help="optimizer steps per strategy (the same budget for all)")
-    eval_generate: int = opt(20, help="held-out examples answered by greedy generation for exact match")
+    max_steps: int = opt(20, help="optimizer steps per run (the same budget for every strategy and seed)")
+    batch_size: int = opt(4, help="examples per micro-batch")
+    eval_generate: int = opt(200, help="held-out examples answered by greedy generation for exact match")
+    max_new_tokens: int = opt(24, help="token limit for each generated answer")
+    seeds: int = opt(2, help="train every strategy with N seeds (data order, LoRA init): the report gives means, "
+                     "spreads and intervals")
     strategy: list[str] | None = opt(None, help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
                                      "give once per strategy (default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
     retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
                              "model's answers to 52 built-in general prompts")
-    lr_full: float = opt(5e-5, help="learning rate of full fine-tuning")
-    lr_lora: float = opt(1e-3, help="learning rate of LoRA")
-    lr_plan: float = opt(2e-4, help="learning rate of freeze plans")
+    lr_full: float | None = opt(None, help="learning rate of full fine-tuning; default: searched around 5e-5")
+    lr_lora: float | None = opt(None, help="learning rate of LoRA; default: searched around 1e-3")
+    lr_plan: float | None = opt(None, help="learning rate of freeze plans; default: searched around 2e-4")
+    lr_grid: str = opt("0.25,1,4", help="the search's rates, as multiples of the kind's default (log-spaced)")
+    search_steps: int = opt(0, help="optimizer steps of each search run; 0 = half of --max-steps")
+    validation: int = opt(64, help="training examples carved out (seeded) to score the search; never the eval split")
     out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
     keep_checkpoints: bool = opt(False, help="keep each finished run's resumable checkpoints (optimizer state); "
                                  "by default a reported run keeps its trained tensors, metrics and answers only")
 
     def validate(self) -> None:
-        return None
+        if self.seeds < 1:
+            raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.search_steps < 0 or self.validation < 0:
+            raise FreezetuneError("--search-steps and --validation must be 0 or more")
+        for kind in ("full", "lora", "plan"):
+            rate = getattr(self, f"lr_{kind}")
+            if rate is not None and rate <= 0:
+                raise FreezetuneError(f"--lr-{kind} must be positive, got {rate}")
+        self.grid()
+
+    def grid(self) -> list[float]:
+        try:
+            factors = [float(word) for word in self.lr_grid.split(",")]
+        except ValueError:
+            raise FreezetuneError(f"--lr-grid '{self.lr_grid}': expected comma-separated multiples like 0.25,1,4") from None
+        if not factors or any(not 0 < f < float("inf") for f in factors) or len(set(factors)) != len(factors):
+            raise FreezetuneError(f"--lr-grid '{self.lr_grid}': the multiples must be positive and distinct")
+        return sorted(factors)
 
     def settings(self) -> CompareSettings:
         strategies = [parse_strategy(s) for s in (self.strategy or DEFAULT_STRATEGIES)]
         base = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(RunOptions)})
-        return CompareSettings(self.model, strategies, Path(self.out), base,
-                               {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}, self.retain,
-                               self.keep_checkpoints)
+        base.max_new_tokens = self.max_new_tokens
+        given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
+        return CompareSettings(self.model, strategies, Path(self.out), base, given, self.retain, self.keep_checkpoints,
+                               [self.seed + i for i in range(self.seeds)], self.grid(),
+                               self.search_steps or max(1, self.max_steps // 2), self.validation)
 
 
 @dataclass
@@ -101,9 +148,20 @@ class CompareSettings:
     strategies: list[Strategy]
     out: Path
     base_config: TrainConfig  # data, budget, seed... shared by every run
-    lr: dict[str, float]  # per kind: full, lora, plan
+    lr: dict[str, float | None]  # per kind: full, lora, plan; None = searched
     retain: str | None = None
     keep_checkpoints: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])
+    lr_grid: list[float] = field(default_factory=lambda: [1.0])  # multiples of DEFAULT_LR[kind]
+    search_steps: int = 10
+    validation: int = 64
+
+    def given_rate(self, strategy: Strategy) -> float | None:
+        """The strategy's own lr=, else the kind's --lr-*; None means it is searched."""
+        return strategy.lr if strategy.lr is not None else self.lr[strategy.kind]
+
+    def search_grid(self, strategy: Strategy) -> list[float]:
+        return [float(f"{DEFAULT_LR[strategy.kind] * factor:.3g}") for factor in self.lr_grid]
 
 
 def content_hash(path: str | None) -> str | None:
@@ -122,13 +180,13 @@ def content_hash(path: str | None) -> str | None:
 
 
 def fingerprint(settings: CompareSettings, base_sha256: str) -> dict:
-    """What every run and the base reference depend on; a rerun with any of it changed is another comparison."""
+    """What the base reference and every run share; a rerun with any of it changed is another comparison.
+    Each run's own settings (rate, seed, steps, warmup...) are checked run by run (runner.py)."""
     config = settings.base_config
     return {"model": settings.model, "model_sha256": base_sha256, "objective": config.objective,
             "data": content_hash(config.data), "eval_data": content_hash(config.eval_data),
             "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
-            "seed": config.seed, "max_steps": config.max_steps, "seq_len": config.seq_len, "batch_size": config.batch_size,
-            "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
+            "seq_len": config.seq_len, "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
 
 
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
@@ -146,11 +204,16 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
             )
 
 
-def run_config(settings: CompareSettings, strategy: Strategy) -> TrainConfig:
-    run_dir = settings.out / "runs" / strategy.slug
-    resume = str(run_dir) if checkpoint_dirs(run_dir) else None
-    values = dict(model=settings.model, plan=strategy.plan, lr=settings.lr[strategy.kind], out=str(run_dir),
-                  resume=resume, show_generations=0, lora_r=0)
+def run_config(settings: CompareSettings, strategy: Strategy, rate: float, seed: int | None = None) -> TrainConfig:
+    """One seed's reported run at ``rate``; ``seed`` None: the search run of ``rate`` (shorter, on the validation split)."""
+    group = settings.out / "runs" / strategy.slug
+    run_dir = group / f"seed-{seed}" if seed is not None else group / "search" / f"lr-{rate:g}"
+    values = dict(model=settings.model, plan=strategy.plan, lr=rate, out=str(run_dir), seed=settings.seeds[0],
+                  resume=str(run_dir) if checkpoint_dirs(run_dir) else None, show_generations=0, lora_r=0)
+    if seed is None:  # scored on the validation split by its loss alone: no answers to generate
+        values.update(max_steps=settings.search_steps, validation=settings.validation, eval_generate=0)
+    else:
+        values.update(seed=seed)
     values.update(strategy.lora)
     return replace(settings.base_config, **values)
 
@@ -180,6 +243,10 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         records = read_records(settings.retain)
         if not any(isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records):
             raise FreezetuneError(f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)")
+    if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
+        from freezetune.training.session import load_data
+
+        load_data(replace(settings.base_config, validation=settings.validation), loaded.tokenizer)  # too few examples fail here
     base_sha256 = model_hash(loaded.path)
     check_output_folder(settings, fingerprint(settings, base_sha256))
     return loaded, base_sha256

@@ -178,11 +178,11 @@ def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
         data.notes.append(f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}")
 
 
-def split_holdout(data: TokenizedData, fraction: float, seed: int) -> tuple[TokenizedData, TokenizedData]:
-    """Hold out a seeded fraction of examples for evaluation when no eval data is given."""
+def split_holdout(data: TokenizedData, fraction: float, seed: int, count: int | None = None) -> tuple[TokenizedData, TokenizedData]:
+    """Hold out a seeded fraction (or ``count``) of examples for evaluation."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)
-    cut = max(1, int(len(order) * fraction)) if len(order) > 1 else 0
+    cut = count if count is not None else max(1, int(len(order) * fraction)) if len(order) > 1 else 0
     held, kept = set(order[:cut]), order[cut:]
     train = TokenizedData([data.examples[i] for i in sorted(kept)], data.truncated, data.dropped, data.notes)
     return train, TokenizedData([data.examples[i] for i in sorted(held)])

@@ -1,8 +1,10 @@
-"""Built-in data that needs no download: an order-extraction task and a stdlib-docstring corpus.
+"""Built-in data that needs no download: two order tasks and a stdlib-docstring corpus.
 
-The task turns free-form order sentences into one exact record line, so answers are
-checkable by exact match. Sentences are generated from a seeded RNG; the held-out split
-uses a different seed and never repeats a training sentence.
+Both tasks turn free-form order sentences into one exact line, so answers are checkable by
+exact match. Sentences are generated from a seeded RNG; the held-out split uses a different
+seed and never repeats a training sentence. The order task (the step-time benchmark's data)
+only copies fields; the dispatch task, the default for SFT, hides them behind arithmetic,
+relative days, corrections and a decoy city, so that a short run cannot saturate it.
 """
 
 from __future__ import annotations
@@ -55,22 +57,72 @@ def _order(rng: random.Random) -> tuple[str, str]:
     return sentence, answer
 
 
-def order_task(train_size: int = 400, eval_size: int = 60, seed: int = 1234) -> tuple[list[Record], list[Record]]:
-    """(train, held-out) prompt/completion records of the order-extraction task."""
-    def make(count: int, rng: random.Random, avoid: set[str], split: str) -> list[Record]:
-        records, seen = [], set(avoid)
+def _split(draw, instruction: str, name: str, train_size: int, eval_size: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """Train and held-out records from ``draw(rng)``; no held-out sentence appears in training."""
+    def make(count: int, rng: random.Random, seen: set[str], split: str) -> list[Record]:
+        records = []
         while len(records) < count:
-            sentence, answer = _order(rng)
+            sentence, answer = draw(rng)
             if sentence in seen:
                 continue
             seen.add(sentence)
-            prompt = f"{INSTRUCTION}\n\n{sentence}"
-            records.append(Record({"prompt": prompt, "completion": answer}, f"built-in order task {split} #{len(records)}"))
+            records.append(Record({"prompt": f"{instruction}\n\n{sentence}", "completion": answer},
+                                  f"built-in {name} {split} #{len(records)}"))
         return records
 
-    train = make(train_size, random.Random(seed), set(), "train")
-    avoid = {r.fields["prompt"].rsplit("\n\n", 1)[1] for r in train}
-    return train, make(eval_size, random.Random(seed + 1), avoid, "eval")
+    seen: set[str] = set()
+    train = make(train_size, random.Random(seed), seen, "train")
+    return train, make(eval_size, random.Random(seed + 1), seen, "eval")
+
+
+def order_task(train_size: int = 400, eval_size: int = 60, seed: int = 1234) -> tuple[list[Record], list[Record]]:
+    """(train, held-out) prompt/completion records of the order-extraction task."""
+    return _split(_order, INSTRUCTION, "order task", train_size, eval_size, seed)
+
+
+PACKS = ["boxes", "packs", "crates", "bags"]
+WEEKDAY_STEPS = {1: "the day after", 2: "two days after", -1: "the day before"}
+DISPATCH_INSTRUCTION = "Write the dispatch line as: QTY x COLOR ITEM to CITY on DAY"
+
+
+def _quantity(rng: random.Random) -> tuple[int, str]:
+    """A count as written in an order: plain, in words, or one that takes arithmetic to read."""
+    form = rng.random()
+    if form < 0.35:
+        qty = rng.randint(1, 20)
+        return qty, str(qty)
+    if form < 0.5:
+        qty = rng.randint(2, 10)
+        return qty, NUMBER_WORDS[qty - 1]
+    if form < 0.6:
+        return rng.choice([(12, "a dozen"), (6, "half a dozen"), (2, "a pair of")])
+    packs, each = rng.randint(2, 4), rng.randint(2, 6)
+    return packs * each, f"{NUMBER_WORDS[packs - 1]} {rng.choice(PACKS)} of {each}"
+
+
+def _dispatch(rng: random.Random) -> tuple[str, str]:
+    item = rng.choice(sorted(ITEMS))
+    qty, spoken = _quantity(rng)
+    color, city, day = rng.choice(COLORS), rng.choice(CITIES), rng.randrange(7)
+    said_color = color
+    if rng.random() < 0.3:  # the customer changes their mind: the last colour counts
+        said_color = f"{rng.choice([c for c in COLORS if c != color])}, no wait, {color}"
+    said_day = DAYS[day]
+    if rng.random() < 0.5:  # a relative day: the answer names the weekday itself
+        shift = rng.choice(sorted(WEEKDAY_STEPS))
+        said_day = f"{WEEKDAY_STEPS[shift]} {DAYS[(day - shift) % 7]}"
+    decoy = rng.choice([c for c in CITIES if c != city])
+    where = rng.choice([f"to {city}", f"to {city}", f"from our {decoy} shop to {city}"])
+    goods = f"{spoken} {said_color} {ITEMS[item] if qty > 1 else item}"
+    sentence = rng.choice([f"{rng.choice(FIRST)} needs {goods} sent {where}, arriving {said_day}.",
+                           f"Please ship {goods} {where} for {said_day}.",
+                           f"For {said_day}: {goods} {where}."])
+    return sentence, f"{qty} x {color} {item} to {city} on {DAYS[day]}"
+
+
+def dispatch_task(train_size: int = 600, eval_size: int = 200, seed: int = 4321) -> tuple[list[Record], list[Record]]:
+    """(train, held-out) records of the dispatch task: read the real quantity, colour, city and day."""
+    return _split(_dispatch, DISPATCH_INSTRUCTION, "dispatch task", train_size, eval_size, seed)
 
 
 STDLIB_MODULES = [

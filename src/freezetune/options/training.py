@@ -22,7 +22,7 @@ class RunOptions:
 
     model: str = opt("smollm2-135m", help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache")
     objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed", choices=("sft", "cpt"))
-    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: the built-in order task (sft) or stdlib docstrings (cpt)")
+    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: the built-in dispatch task (sft) or stdlib docstrings (cpt)")
     eval_data: str | None = opt(None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data")
     seq_len: int = opt(256, help="maximum tokens per example (SFT truncates, CPT packs to this length)")
     batch_size: int = opt(8, help="examples per micro-batch")
@@ -48,6 +48,7 @@ class TrainConfig(RunOptions):
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
     precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
+    validation: int = opt(0, help="evaluate on N training examples carved out (seeded), not on the held-out split; 0 = off")
     eval_every: int = opt(0, help="evaluate every N steps; 0 = only before and after training")
     save_every: int = opt(50, help="write a resumable checkpoint every N steps; 0 = only at the end")
     gradient_checkpointing: bool = opt(False, help="recompute activations of the trained blocks only (never the frozen prefix)")
@@ -67,7 +68,7 @@ class TrainConfig(RunOptions):
         for name in ("batch_size", "grad_accum", "num_processes"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "eval_generate", "show_generations"):
+        for name in ("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"):
             if getattr(self, name) < 0:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.batch_size % self.num_processes:

@@ -18,7 +18,7 @@ from freezetune.data.examples import (
     split_holdout,
 )
 from freezetune.data.files import read_records
-from freezetune.data.tasks import order_task, stdlib_docstrings
+from freezetune.data.tasks import dispatch_task, stdlib_docstrings
 from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
@@ -63,8 +63,8 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
     notes = []
     if config.data is None:
         if config.objective == "sft":
-            train_records, eval_records = order_task()
-            notes.append(f"data: built-in order-extraction task, {len(train_records)} train / {len(eval_records)} held-out")
+            train_records, eval_records = dispatch_task()
+            notes.append(f"data: built-in dispatch task, {len(train_records)} train / {len(eval_records)} held-out")
         else:
             docs = stdlib_docstrings()
             train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
@@ -78,6 +78,12 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
             train, held = split_holdout(train, 0.05, config.seed)
             notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data")
     notes += train.notes + held.notes
+    if config.validation:  # score on a seeded slice of the training data; the held-out split stays unseen
+        if config.validation >= len(train.examples):
+            raise FreezetuneError(f"--validation {config.validation} leaves no training example "
+                                  f"(the training data has {len(train.examples)})")
+        train, held = split_holdout(train, 0.0, config.seed, count=config.validation)
+        notes.append(f"eval: {len(held.examples)} training examples carved out as the validation split")
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
     return train, held, notes

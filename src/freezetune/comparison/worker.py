@@ -1,0 +1,111 @@
+"""One strategy's runs, in a process of their own (started by runner.py through cli/worker.py).
+
+A fresh process per strategy is what makes its peak memory its own: a CPU process's high-water
+mark never sinks below what earlier runs left mapped, and the base model the comparison
+measures forgetting against is not resident beside it (its retain distributions are read from
+disk instead). The spec is a JSON file: the runs' configs, what to measure after each, the
+base's reference evaluation and where the retain set lives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import shutil
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from freezetune.comparison.forgetting import forgetting, layer_drift
+from freezetune.data.examples import Example, pad_token_id
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import load_model
+from freezetune.options.training import TrainConfig
+from freezetune.runs.checkpoint import read_tensors
+from freezetune.runs.durable import write_json
+from freezetune.runs.manifest import read_json, read_manifest
+from freezetune.training.export import load_run
+from freezetune.training.loop import Trainer
+from freezetune.training.session import open_session
+
+SEARCH_BEFORE = {"label": "before", "note": "not measured: a learning-rate search run is scored on its validation loss"}
+
+
+def finished(run_dir: Path, measure: str) -> bool:
+    """Trained, evaluated and (for a reported run) measured for forgetting."""
+    try:
+        done = read_manifest(run_dir).get("status") == "finished"
+    except FreezetuneError:
+        return False
+    return done and (measure == "search" or (run_dir / "forgetting.json").is_file())
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS, so the next run's high-water mark starts low."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the next run's peak may include this one's leftovers
+
+
+def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool) -> None:
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tuned = load_run(run_dir, cache).model.to(device)
+    examples = [Example(**row) for row in read_json(Path(spec["retain"]["examples"]))]
+    reference = read_tensors(Path(spec["retain"]["base"]))
+    loaded = load_model(config.model, cache)
+    pad_id = pad_token_id(loaded.tokenizer)
+    measured = forgetting(tuned, examples, reference, config.batch_size, pad_id, device, progress=progress)
+    write_json(run_dir / "forgetting.json", {"strategy": spec["strategy"], "kind": spec["kind"], **measured,
+                                             "layer_drift": layer_drift(loaded.model.to(device), tuned)})
+    log(f"{spec['strategy']} (seed {config.seed}): retain perplexity {measured['retain_ppl_base']:.3f} -> "
+        f"{measured['retain_ppl']:.3f}, KL from base {measured['retain_kl']:.4f}")
+
+
+def _drop_checkpoints(run_dir: Path, name: str, log) -> None:
+    """A finished, measured run has nothing left to resume: its optimizer state is dead weight."""
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        size = sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
+        shutil.rmtree(checkpoints)
+        log(f"{name}: dropped the resumable checkpoints of {run_dir.name} ({size / 2**20:.1f} MiB; "
+            "--keep-checkpoints keeps them)")
+
+
+def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = True,
+               should_stop: Callable[[], bool] = lambda: False) -> str:
+    """Train and measure each run of the spec not yet finished: "done", or "stopped" when asked to
+    (the running one checkpointed). A failed run leaves failed.json and the next one goes on."""
+    for item in spec["runs"]:
+        config, measure = TrainConfig(**item["config"]), item["measure"]
+        run_dir = Path(config.out)
+        if finished(run_dir, measure):
+            continue
+        if should_stop():
+            return "stopped"
+        failure = run_dir / "failed.json"
+        failure.unlink(missing_ok=True)
+        try:
+            session = open_session(config)
+            before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
+            result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
+            del session
+            if result["status"] != "finished":
+                return "stopped"
+            if measure == "reported":
+                _measure_forgetting(spec, config, run_dir, log, progress)
+            if not spec.get("keep_checkpoints"):
+                _drop_checkpoints(run_dir, spec["strategy"], log)
+        except Exception as exc:  # one failed run must not sink the others; its reason goes in the table
+            reason = str(exc).splitlines()[0] if isinstance(exc, FreezetuneError) else f"{type(exc).__name__}: {exc}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(failure, {"strategy": spec["strategy"], "kind": spec["kind"], "reason": reason})
+            if not isinstance(exc, FreezetuneError):
+                (run_dir / "error.log").write_text(traceback.format_exc())
+            log(f"{spec['strategy']}: {run_dir.name} failed: {reason}")
+        release_memory()
+    return "done"
