@@ -1,6 +1,7 @@
 # The two commands a fresh machine needs: `make demo` (the main job) and `make test`.
-# The demo compares full fine-tuning, LoRA and two freeze plans on the embedded SmolLM2-135M
-# and the built-in order task (about 8 minutes on 2 CPU cores), then prints where the report is.
+# The demo compares full fine-tuning, LoRA and `freeze bottom 75%` on the embedded SmolLM2-135M
+# and the built-in dispatch task: each strategy's learning rate searched over 3 rates, then
+# 2 seeds at the chosen rate, sized to fit about 15 minutes on 2 CPU cores (see the README).
 # Run again, it keeps the finished runs and only re-renders the report.
 # Both create .venv and install everything on first use; nothing is downloaded at run time.
 PYTHON ?= python3
@@ -25,7 +26,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(VENV)/bin/freezetune plan smollm2-135m "freeze bottom 75%"
-	$(VENV)/bin/freezetune compare --model smollm2-135m --out runs/demo
+	$(VENV)/bin/freezetune compare --model smollm2-135m --out runs/demo \
+		--strategy full --strategy lora --strategy "freeze bottom 75%" \
+		--max-steps 16 --search-steps 8 --validation 32 --eval-generate 100 --seeds 2
 
 test: setup
 	$(PY) -m pytest -q

@@ -274,3 +274,24 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
     capsys.readouterr()
     assert main(folder_args) == 2
     assert "holds a comparison with another data (--data)" in capsys.readouterr().err
+
+
+def test_each_strategy_reports_the_peak_memory_of_its_own_process(tmp_path, order_data):
+    """Full fine-tuning first, a freeze plan second: measured in one process the plan's peak could
+    not drop below what the full run left mapped; each in its own worker, it shows its own."""
+    from conftest import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from freezetune.comparison.runner import run_comparison
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    model_dir = tmp_path / "mid-llama"
+    LlamaForCausalLM(config).save_pretrained(model_dir)  # 21M parameters: AdamW's state alone is 170 MB
+    tokenizer.save_pretrained(model_dir)
+    options = _options(model_dir, order_data, tmp_path / "cmp", strategy=["full", "freeze bottom 75%"], max_steps=2)
+    reached = run_comparison(options.settings(), log=lambda message: None, progress=False)
+    peaks = [max(json.loads(line)["peak_memory_bytes"] for line in (run / "metrics.jsonl").read_text().splitlines())
+             for run in reached]
+    assert peaks[1] < peaks[0] - 150 * 2**20, [p / 2**20 for p in peaks]

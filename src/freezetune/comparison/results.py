@@ -51,7 +51,10 @@ def read_run(run_dir: Path) -> dict:
     return {
         **row, "status": manifest.get("status"), "trainable_params": manifest.get("trainable_params"),
         "total_params": manifest.get("total_params"),
-        "peak_memory_bytes": max((m["peak_memory_bytes"] for m in steps), default=None),
+        # on a CPU a comparison's worker records the RSS it had before loading the model: count the peak above it
+        "peak_memory_bytes": max((m["peak_memory_bytes"] for m in steps), default=0) - (measured.get("runtime_rss_bytes") or 0)
+        if steps else None,
+        "peak_rss_bytes": max((m["peak_memory_bytes"] for m in steps), default=None),
         "step_time_s": sum(m["step_time_s"] for m in timed) / len(timed) if timed else None,
         "tokens_per_s": sum(m["tokens"] for m in timed) / sum(m["step_time_s"] for m in timed) if timed else None,
         "wall_time_s": sum(m["step_time_s"] for m in steps) if steps else None,

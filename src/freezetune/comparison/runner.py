@@ -1,5 +1,5 @@
-"""Running a comparison: the base reference once, then per strategy a learning-rate search and
-one run per seed, each strategy's runs in a worker process of their own (worker.py)."""
+"""Running a comparison: the base reference once, then per strategy a learning-rate search (one
+worker process) and one run per seed (a worker process each, so each peak memory is its own)."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def _set_aside_stale(configs, log) -> None:
 
 def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: str, reference: dict, log,
                should_stop, announce: str | None = None) -> str:
-    """The runs of ``configs`` not yet finished, in one worker: "kept" (none was left to run),
-    "done", "stopped", or why the worker died."""
+    """The runs of ``configs`` not yet finished, in worker processes: "kept" (none was left to run),
+    "done", "stopped", or why a worker died."""
     _set_aside_stale(configs, log)
     pending = [c for c in configs if not finished(Path(c.out), measure)]
     if not pending:
@@ -117,9 +117,17 @@ def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: 
         log(announce)
     spec = {"strategy": strategy.name, "kind": strategy.kind, "reference": reference,
             "keep_checkpoints": settings.keep_checkpoints,
-            "retain": {"examples": str(settings.out / "retain.json"), "base": str(settings.out / "retain-base.safetensors")},
-            "runs": [{"config": c.to_dict(), "measure": measure} for c in pending]}
-    outcome = _launch(spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop)
+            "retain": {"examples": str(settings.out / "retain.json"), "base": str(settings.out / "retain-base.safetensors")}}
+    # a reported run's peak memory is measured, so each gets a fresh process; search runs share one
+    batches = [[c] for c in pending] if measure == "reported" else [pending]
+    for batch in batches:
+        if should_stop():
+            outcome = "stopped"
+            break
+        spec["runs"] = [{"config": c.to_dict(), "measure": measure} for c in batch]
+        outcome = _launch(spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop)
+        if outcome != "done" and not all(finished(Path(c.out), measure) for c in batch):
+            break
     if all(finished(Path(c.out), measure) for c in pending):  # a stop that came as the worker ended changes nothing
         return "done"
     if outcome not in ("done", "stopped"):  # killed (out of memory?): say so in each unfinished run
@@ -165,12 +173,15 @@ def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict,
         return f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
     chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
     train_s = sum(r["train_s"] for r in results)
+    edge = chosen in (grid[0], grid[-1]) and len(grid) > 1  # the best may lie beyond the grid
     write_json(group / "search.json", {"strategy": strategy.name, "grid": grid, "steps": settings.search_steps,
                                        "validation": settings.validation, "results": results, "chosen": chosen,
-                                       "train_s": train_s})
+                                       "train_s": train_s, "at_grid_edge": edge})
     log(f"{strategy.name}: lr {chosen:g} chosen (validation loss "
         + ", ".join(f"{r['lr']:g}: {r['val_loss']:.4f}" if r["val_loss"] is not None else f"{r['lr']:g}: failed" for r in results)
-        + f"; the search trained for {train_s:.0f} s)")
+        + f"; the search trained for {train_s:.0f} s)"
+        + (f"; it is the grid's {'highest' if chosen == grid[-1] else 'lowest'} rate, so a wider --lr-grid may find a better one"
+           if edge else ""))
     return chosen
 
 

@@ -28,6 +28,7 @@ from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json, read_manifest
 from freezetune.training.export import load_run
 from freezetune.training.loop import Trainer
+from freezetune.training.peak_memory import current_rss_bytes
 from freezetune.training.session import open_session
 
 SEARCH_BEFORE = {"label": "before", "note": "not measured: a learning-rate search run is scored on its validation loss"}
@@ -51,7 +52,7 @@ def release_memory() -> None:
         pass  # not glibc: the next run's peak may include this one's leftovers
 
 
-def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool) -> None:
+def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool, runtime: int | None) -> None:
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tuned = load_run(run_dir, cache).model.to(device)
@@ -61,7 +62,8 @@ def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, pro
     pad_id = pad_token_id(loaded.tokenizer)
     measured = forgetting(tuned, examples, reference, config.batch_size, pad_id, device, progress=progress)
     write_json(run_dir / "forgetting.json", {"strategy": spec["strategy"], "kind": spec["kind"], **measured,
-                                             "layer_drift": layer_drift(loaded.model.to(device), tuned)})
+                                             "layer_drift": layer_drift(loaded.model.to(device), tuned),
+                                             "runtime_rss_bytes": runtime})
     log(f"{spec['strategy']} (seed {config.seed}): retain perplexity {measured['retain_ppl_base']:.3f} -> "
         f"{measured['retain_ppl']:.3f}, KL from base {measured['retain_kl']:.4f}")
 
@@ -80,6 +82,9 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
                should_stop: Callable[[], bool] = lambda: False) -> str:
     """Train and measure each run of the spec not yet finished: "done", or "stopped" when asked to
     (the running one checkpointed). A failed run leaves failed.json and the next one goes on."""
+    # what the interpreter and libraries hold before any model loads: on a CPU the report counts peak RSS
+    # above it, as the step-time benchmark does (a CUDA peak is the allocator's, which never included it)
+    runtime = None if torch.cuda.is_available() else current_rss_bytes()
     for item in spec["runs"]:
         config, measure = TrainConfig(**item["config"]), item["measure"]
         run_dir = Path(config.out)
@@ -97,7 +102,7 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
             if result["status"] != "finished":
                 return "stopped"
             if measure == "reported":
-                _measure_forgetting(spec, config, run_dir, log, progress)
+                _measure_forgetting(spec, config, run_dir, log, progress, runtime)
             if not spec.get("keep_checkpoints"):
                 _drop_checkpoints(run_dir, spec["strategy"], log)
         except Exception as exc:  # one failed run must not sink the others; its reason goes in the table

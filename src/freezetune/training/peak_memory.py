@@ -19,6 +19,16 @@ def reset_peak_memory(device: torch.device) -> None:
         pass  # elsewhere the process-wide peak is all there is; peak_memory_bytes says the same
 
 
+def current_rss_bytes() -> int | None:
+    """This process's resident memory now (Linux), e.g. the interpreter and libraries before a model loads."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the allocator's peak. CPU: the process's peak RSS since reset_peak_memory (VmHWM)."""
     if device.type == "cuda":
