@@ -45,6 +45,8 @@ class TrainConfig(RunOptions):
     grad_accum: int = opt(1, help="micro-batches per optimizer step")
     epochs: float = opt(2.0, help="passes over the training data when --max-steps is 0")
     lr: float = opt(2e-4, help="peak learning rate (AdamW)")
+    layer_lr_decay: float = opt(1.0, help="layer-wise rate decay G: block i trains at lr*G^(top-i), the embeddings as "
+                                "block 0, the final norm and head as the top block; 1 = one rate for all")
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
     precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
@@ -86,6 +88,8 @@ class TrainConfig(RunOptions):
             raise FreezetuneError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
         if self.log_with:
             from accelerate.utils import is_tensorboard_available, is_wandb_available
 

@@ -104,7 +104,7 @@ class Trainer:
         self.backend = make_backend(self.accelerator, session, self.world)
         self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
         self.model, optimizer = self.backend.wrap(
-            self.model, lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay))
+            self.model, lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay))
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
         self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
@@ -240,7 +240,7 @@ class Trainer:
         if names == self.names:
             return
         optimizer = self.backend.retarget(self.module, resolved)
-        retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay)
+        retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
         self.runner.retarget(resolved)
         self.runner.train_mode()
         self.names, self.s.resolved = names, resolved

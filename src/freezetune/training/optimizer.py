@@ -4,7 +4,8 @@ Frozen tensors never enter the optimizer: no moments, no weight decay, and with
 ``zero_grad(set_to_none=True)`` no momentum can move them. Retargeting points the groups
 at a new trainable set at a step boundary: a tensor that stops training loses its moments
 (carrying them over is the leak LISA implementations are known for), one that starts
-training begins with fresh ones.
+training begins with fresh ones. With a layer-wise decay G, block i trains at
+``lr * G ** (top - i)``; the embeddings follow block 0 and the final norm and head the top block.
 """
 
 from __future__ import annotations
@@ -13,20 +14,45 @@ import math
 
 import torch
 
+from freezetune.plans.anatomy import find_anatomy
 
-def _groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+
+def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[int, float]:
+    """id(parameter) -> its learning-rate multiple under layer-wise decay (empty when there is none)."""
+    if layer_decay == 1.0:
+        return {}
+    anatomy = find_anatomy(model)
+    top = max(anatomy.num_layers - 1, 0)
+    params = dict(model.named_parameters())
+    neighbour = {"embeddings": 0, "norm": top, "head": top}
+    return {id(params[e.name]): layer_decay ** (top - (e.layer if e.part == "block" else neighbour[e.part]))
+            for e in anatomy.entries if e.name == e.tensor and e.name in params}
+
+
+def _groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Decayed (2-d and up) and not decayed tensors; under layer-wise decay one pair per rate multiple,
+    named so that a checkpoint's groups line up with a rebuilt optimizer's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return [{"name": "decay", "params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
-            {"name": "no_decay", "params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+    scales = layer_scales(model, layer_decay)
+    groups = []
+    for scale in sorted({scales.get(id(p), 1.0) for p in trainable}, reverse=True):
+        members = [p for p in trainable if scales.get(id(p), 1.0) == scale]
+        suffix = "" if not scales else f"@{scale:.6g}"
+        groups += [{"name": f"decay{suffix}", "params": [p for p in members if p.dim() >= 2], "weight_decay": weight_decay,
+                    "lr_scale": scale},
+                   {"name": f"no_decay{suffix}", "params": [p for p in members if p.dim() < 2], "weight_decay": 0.0,
+                    "lr_scale": scale}]
+    return groups
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0) -> torch.optim.AdamW:
     """Norms and biases (1-d tensors) are not decayed; an empty group is left out."""
-    return torch.optim.AdamW([g for g in _groups(model, weight_decay) if g["params"]], lr=lr)
+    groups = [{**g, "lr": lr * g["lr_scale"]} for g in _groups(model, weight_decay, layer_decay) if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def build_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine decay to 0 at ``total``."""
+    """Linear warmup, then cosine decay to 0 at ``total``; every group keeps its own peak rate."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup  # never 0, so the first step already moves the weights
@@ -36,19 +62,23 @@ def build_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch.nn.Module, weight_decay: float) -> None:
+def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch.nn.Module, weight_decay: float,
+                       layer_decay: float = 1.0) -> None:
     """Point the groups at the tensors whose requires_grad is set now, in the model's order."""
     wanted = {id(p) for p in model.parameters() if p.requires_grad}
     for group in optimizer.param_groups:
         for param in group["params"]:
             if id(param) not in wanted:
                 optimizer.state.pop(param, None)  # its moments leave with it
-    for fresh in _groups(model, weight_decay):
+    # the run's peak rate, recovered from any group: each group's base rate is it times the group's multiple
+    peak = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
+    for fresh in _groups(model, weight_decay, layer_decay):
         group = next((g for g in optimizer.param_groups if g.get("name") == fresh["name"]), None)
         if group is not None:
             group["params"] = fresh["params"]
         elif fresh["params"]:  # a kind of tensor that did not train before: a group, and the schedule's share of it
-            base = scheduler.base_lrs[0]
-            optimizer.add_param_group({**fresh, "lr": optimizer.param_groups[0]["lr"], "initial_lr": base})
+            base = peak * fresh["lr_scale"]
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            optimizer.add_param_group({**fresh, "lr": base * factor, "initial_lr": base})
             scheduler.base_lrs.append(base)
             scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -158,7 +158,9 @@ def _run_dir(config: TrainConfig) -> Path:
 def changed_setting(saved: dict, config: TrainConfig, keys) -> str | None:
     """The first of ``keys`` that would change a run's results and on which ``config`` differs from the
     run's saved config (a resume, or a comparison deciding whether a run can be reused)."""
-    return next((key for key in keys if key not in RESUME_MAY_CHANGE and getattr(config, key) != saved.get(key)), None)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a run saved before an option existed had its default
+    return next((key for key in keys if key not in RESUME_MAY_CHANGE
+                 and getattr(config, key) != saved.get(key, defaults.get(key))), None)
 
 
 def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
