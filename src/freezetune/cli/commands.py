@@ -12,6 +12,7 @@ from pathlib import Path
 from freezetune.comparison.strategies import CompareOptions
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import (
+    AdviseOptions,
     ExportOptions,
     GenerateOptions,
     PlanOptions,
@@ -49,6 +50,25 @@ def run_plan(options: PlanOptions) -> str:
     if problem:  # a preview is still useful, but the user should not find out at `train`
         info["notices"].append(f"train, compare and export will not take this model: {problem}")
     return json.dumps(info, indent=2) if options.json else render_text(info)
+
+
+def run_advise(options: AdviseOptions) -> str:
+    """`freezetune advise`: evidence per block, candidate plans, and the pick within the budget."""
+    from freezetune.models.loading import load_model, require_causal_lm
+    from freezetune.training import advisor
+
+    loaded = load_model(options.model, cache_dir=_cache(options))
+    examples = None
+    if options.data:
+        from freezetune.training.session import load_data
+
+        require_causal_lm(loaded, "advise --data")
+        probe = TrainConfig(model=options.model, data=options.data, objective=options.objective, seq_len=options.seq_len,
+                            batch_size=options.batch_size)
+        examples = load_data(probe, loaded.tokenizer)[0].examples
+    info = advisor.advise(loaded, examples, options.budget_bytes(), options.seq_len, options.batch_size, options.dtype)
+    info = {"model": options.model, "data": options.data, **info}
+    return json.dumps(info, indent=2) if options.json else advisor.render_text(info)
 
 
 class _StopFlag:
@@ -172,6 +192,7 @@ def run_report(options: ReportOptions) -> str:
 
 COMMANDS = {
     "plan": (PlanOptions, run_plan),
+    "advise": (AdviseOptions, run_advise),
     "train": (TrainConfig, run_train),
     "export": (ExportOptions, run_export),
     "generate": (GenerateOptions, run_generate),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256, load_model, require_causal_lm
+from freezetune.options.commands import parse_size
 from freezetune.options.schema import opt
 from freezetune.options.training import LORA_PLAN, RunOptions, TrainConfig
 from freezetune.plans.anatomy import find_anatomy
@@ -39,6 +40,8 @@ class Strategy:
     plan: str
     lora: dict = field(default_factory=dict)
     lr: float | None = None  # given as lr=X inside the strategy: no search
+    advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
+    budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
 
     @property
     def slug(self) -> str:
@@ -69,6 +72,14 @@ def parse_strategy(text: str) -> Strategy:
         raise FreezetuneError("empty --strategy")
     if text.strip() == "full":
         return Strategy(name, "full", "train all", lr=rate)
+    if words[0] == "advise":
+        budget = None
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            if key != "budget" or not value:
+                raise FreezetuneError(f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', not '{word}'")
+            budget = parse_size(value, f"--strategy '{name}': budget")
+        return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget)
     if words[0] == "lora":
         lora = {"lora_r": 8}
         for word in words[1:]:
@@ -82,7 +93,7 @@ def parse_strategy(text: str) -> Strategy:
     if words[0] not in ("freeze", "train") and not text.lstrip().startswith(("-", "[", "{")) and "\n" not in text \
             and not text.endswith((".yaml", ".yml", ".json", ".txt")):
         raise FreezetuneError(f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
-                              "or a freeze plan (its rules start with freeze or train)")
+                              "advise [budget=SIZE], or a freeze plan (its rules start with freeze or train)")
     FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
     return Strategy(name, "plan", text.strip(), lr=rate)
 
@@ -99,7 +110,8 @@ class CompareOptions(RunOptions):
     seeds: int = opt(2, help="train every strategy with N seeds (data order, LoRA init): the report gives means, "
                      "spreads and intervals")
     strategy: list[str] | None = opt(None, help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
-                                     "give once per strategy (default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
+                                     "'advise [budget=8GiB]' (the plan `freezetune advise` picks); give once per strategy "
+                                     "(default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
     retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
                              "model's answers to 52 built-in general prompts")
     lr_full: float | None = opt(None, help="learning rate of full fine-tuning; default: searched around 5e-5")
@@ -228,6 +240,15 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     settings.base_config.validate()
     loaded = load_model(settings.model, Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None)
     require_causal_lm(loaded, "compare")
+    for index, strategy in enumerate(settings.strategies):
+        if strategy.advise:  # the advisor's pick on this model and the comparison's training data becomes the plan
+            from freezetune.training.advisor import advise
+            from freezetune.training.session import load_data
+
+            examples = load_data(settings.base_config, loaded.tokenizer)[0].examples
+            config = settings.base_config
+            plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
+            settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan)
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
         if strategy.kind == "plan":

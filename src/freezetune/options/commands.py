@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from freezetune.errors import FreezetuneError
@@ -27,6 +28,45 @@ class PlanOptions:
         for name in ("seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, flag: str) -> int:
+    """'8GiB', '512 MiB', '2e9'... as bytes, or a one-line error naming the flag."""
+    match = SIZE.fullmatch(text)
+    if match is None:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise FreezetuneError(f"{flag} '{text}': expected a size such as 8GiB, 512MiB or 2e9 (bytes)") from None
+    return int(float(match.group(1)) * UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass
+class AdviseOptions:
+    """Propose which layers to train from evidence (weight spectra, gradients on your data) within a memory budget."""
+
+    model: str = opt(help="embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache", positional=True)
+    data: str | None = opt(None, help="your training data: adds a gradient probe (a few batches, no weight moves)")
+    objective: str = opt("sft", help="how --data is read: sft (prompt/response) or cpt (raw text)", choices=("sft", "cpt"))
+    memory_budget: str | None = opt(None, help="the largest training-memory estimate to accept, e.g. 8GiB (default: half "
+                                    "of full fine-tuning's estimate)")
+    seq_len: int = opt(512, help="sequence length for the memory estimates (and the probe's truncation)")
+    batch_size: int = opt(4, help="micro-batch size for the memory estimates and the probe")
+    dtype: str = opt("float32", help="training precision for the memory estimates", choices=DTYPES)
+    json: bool = opt(False, help="print one JSON object instead of the tables")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        PlanOptions.validate(self)  # the same sizes
+        if self.memory_budget is not None and self.budget_bytes() <= 0:
+            raise FreezetuneError(f"--memory-budget must be positive, got {self.memory_budget}")
+
+    def budget_bytes(self) -> int | None:
+        return parse_size(self.memory_budget, "--memory-budget") if self.memory_budget is not None else None
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""`freezetune advise`: evidence per block, candidates with memory and step estimates, a pick that
+respects the budget, and one-line errors where no advice can be given."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny
+
+from freezetune.cli.commands import main
+from freezetune.errors import FreezetuneError
+from freezetune.options.commands import parse_size
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import resolve
+from freezetune.training.advisor import (
+    Candidate,
+    gradient_scores,
+    pick,
+    predicted_step_ratio,
+)
+
+
+def test_advise_without_data_finds_the_block_whose_spectrum_holds_signal(tiny_chat_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    # random weights are noise (no singular value above the edge); a strong rank-2 component in block 2 is signal
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".layers.2." in name and param.dim() == 2:
+                u, v = torch.randn(param.shape[0], 2), torch.randn(2, param.shape[1])
+                param.add_(u @ v * param.std() * 3)
+    model.save_pretrained(tmp_path / "signal")
+    AutoTokenizer.from_pretrained(tiny_chat_model_dir).save_pretrained(tmp_path / "signal")
+    assert main(["advise", str(tmp_path / "signal"), "--json", "--seq-len", "64", "--memory-budget", "1GiB"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    scores = [e["snr_score"] for e in info["evidence"]]
+    assert [e["index"] for e in info["evidence"]] == [0, 1, 2, 3] and scores.index(max(scores)) == 2
+    assert scores[2] > 10 * max(scores[:2] + scores[3:]) and all(e["gradient_score"] is None for e in info["evidence"])
+    fitting = [c for c in info["candidates"] if c["memory_estimate_bytes"] <= info["memory_budget_bytes"]]
+    chosen = next(c for c in info["candidates"] if c["plan"] == info["plan"])
+    assert chosen in fitting and chosen["score"] == max(c["score"] for c in fitting) and chosen["score"] > 0.9
+    assert "layers 2" in chosen["plan"] or chosen["plan"] == "train top 2"
+    assert {"train top 1", "train mlp@top 1", "train attn@top 1", "train top 2"} <= {c["plan"] for c in info["candidates"]}
+    assert all(0 < c["predicted_step_ratio"] < 1 and 0 <= c["score"] <= 1 for c in info["candidates"])
+    assert "weight spectra (no data)" in info["reason"] and "the memory budget of 1.0 GiB" in info["reason"]
+
+
+def test_advise_with_data_probes_gradients_without_moving_a_weight(tiny_chat_model_dir, order_data, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from freezetune.training.loop import make_accelerator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    for name, param in model.named_parameters():
+        param.requires_grad_(".layers.3." in name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    from conftest import build_tokenizer
+
+    from freezetune.data.examples import sft_examples
+    from freezetune.data.files import read_records
+
+    examples = sft_examples(read_records(str(order_data[0])), build_tokenizer(), 64).examples
+    scores = gradient_scores(model, find_anatomy(model), examples, 4, 0, make_accelerator("fp32", None, order_data[0].parent))
+    assert len(scores) == 4 and all(s > 0 for s in scores)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) and param.grad is None
+        assert param.requires_grad == (".layers.3." in name)  # the plan the model had is restored
+    assert main(["advise", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--json", "--seq-len", "64"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert all(e["gradient_score"] > 0 for e in info["evidence"]) and "gradients on the data" in info["reason"]
+
+
+def test_the_step_ratio_model_orders_plans_by_their_backward_work():
+    anatomy = find_anatomy(build_tiny("llama"))
+    ratio = {text: predicted_step_ratio(resolve(FreezePlan.parse(text), anatomy))
+             for text in ("train all", "train top 1", "train top 2", "train mlp@top 1", "train layers 0")}
+    assert ratio["train all"] == pytest.approx(1.0)
+    assert ratio["train mlp@top 1"] < ratio["train top 1"] < ratio["train top 2"] < ratio["train layers 0"] < 1.0
+
+
+def test_the_pick_respects_the_budget_and_says_when_nothing_fits(tiny_chat_model_dir, capsys):
+    found = [Candidate("a", 1, 100, 0.4, 0.2), Candidate("b", 2, 300, 0.6, 0.7), Candidate("c", 3, 200, 0.5, 0.7)]
+    assert pick(found, 250).plan == "c" and pick(found, 1000).plan == "c" and pick(found, 150).plan == "a"
+    with pytest.raises(FreezetuneError, match="no candidate within the memory budget .* trains a block with evidence"):
+        pick([Candidate("d", 1, 100, 0.4, 0.0), Candidate("e", 1, 900, 0.9, 1.0)], 500)
+    assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "1KiB"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "Loading weights" not in line]
+    assert len(err) == 1 and "no candidate plan fits the memory budget of 1.0 KiB; the smallest" in err[0]
+    assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "lots"]) == 2
+    assert "--memory-budget 'lots': expected a size such as 8GiB" in capsys.readouterr().err
+
+
+def test_sizes_parse_with_binary_and_decimal_units():
+    assert parse_size("8GiB", "--x") == 8 * 2**30 and parse_size("512 MiB", "--x") == 512 * 2**20
+    assert parse_size("2e9", "--x") == 2_000_000_000 and parse_size("1.5GB", "--x") == 1_500_000_000
+
+
+def test_compare_runs_the_advised_plan_as_one_more_strategy(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from freezetune.comparison.strategies import parse_strategy
+
+    assert parse_strategy("advise budget=8GiB").budget == 8 * 2**30 and parse_strategy("advise").advise
+    with pytest.raises(FreezetuneError, match="expected budget=SIZE"):
+        parse_strategy("advise memory=8GiB")
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                 str(order_data[1]), "--max-steps", "2", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "0",
+                 "--seeds", "1", "--lr-plan", "1e-3", "--strategy", "advise budget=1GiB", "--strategy", "freeze bottom 50%",
+                 "--out", str(out)]) == 0
+    advised = json.loads((out / "results.json").read_text())["runs"][0]
+    name, _, plan = advised["strategy"].partition(" → ")
+    assert name == "advise budget=1GiB" and advised["status"] == "finished"
+    manifest = json.loads((Path(advised["run_dir"]) / "manifest.json").read_text())
+    assert manifest["config"]["plan"] == plan and plan.startswith("train ")
