@@ -66,7 +66,7 @@ def test_one_training_step_moves_each_block_by_its_rate(tiny_chat_model_dir, ord
     base = dict(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).named_parameters())
     trained = load_file(str(out / "trainable.safetensors"))
     # AdamW's first step moves each element by about the group's rate (m/sqrt(v) is +-1): the median shows it
-    moved = {i: float((trained[f"model.layers.{i}.mlp.down_proj.weight"] - base[f"model.layers.{i}.mlp.down_proj.weight"])
+    moved = {i: float((trained[f"model.layers.{i}.mlp.down_proj.weight"] - base[f"model.layers.{i}.mlp.down_proj.weight"].detach())
                       .abs().median()) for i in range(4)}
     for i in range(4):
         assert moved[i] == pytest.approx(1e-3 * 0.5 ** (3 - i), rel=0.05), moved

@@ -54,14 +54,13 @@ def _groups(rows: list[dict], apart) -> list[list[dict]]:
 
 def _hint(a: dict, b: dict, metric: str, seeds: int) -> str | None:
     """About how much more data would likely separate a from b on quality."""
-    if metric == "exact_match" or a.get("exact_match") is not None:
-        needed = items_needed(a["exact_match"], b["exact_match"]) if a.get("exact_match") is not None else None
-        if needed:
-            return f"about {needed} scored answers per strategy (now {a['exact_match_examples']}) would likely separate " \
-                   f"{a['strategy']} from {b['strategy']} on exact match"
-    needed = seeds_needed(a["eval_loss_values"], b["eval_loss_values"])
+    seeds_hint = seeds_needed(a["eval_loss_values"], b["eval_loss_values"]) if metric == "eval_loss" else None
+    if seeds_hint:  # the hint is about the metric that ranks; exact match only where it ranks or loss says nothing
+        return f"about {seeds_hint} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} on eval loss"
+    needed = items_needed(a["exact_match"], b["exact_match"]) if a.get("exact_match") is not None else None
     if needed:
-        return f"about {needed} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} on eval loss"
+        return f"about {needed} scored answers per strategy (now {a['exact_match_examples']}) would likely separate " \
+               f"{a['strategy']} from {b['strategy']} on exact match"
     return None
 
 
