@@ -48,13 +48,13 @@ def read_run(run_dir: Path) -> dict:
     timed = steps[1:] or steps  # the first step pays one-time costs (allocation, the first-step guard)
     evaluation = (read_object(run_dir / "eval.json") or {}).get("after") or {}
     weights = run_dir / "trainable.safetensors"
+    peak = max((m["peak_memory_bytes"] for m in steps), default=None)
     return {
         **row, "status": manifest.get("status"), "trainable_params": manifest.get("trainable_params"),
         "total_params": manifest.get("total_params"),
         # on a CPU a comparison's worker records the RSS it had before loading the model: count the peak above it
-        "peak_memory_bytes": max((m["peak_memory_bytes"] for m in steps), default=0) - (measured.get("runtime_rss_bytes") or 0)
-        if steps else None,
-        "peak_rss_bytes": max((m["peak_memory_bytes"] for m in steps), default=None),
+        "peak_memory_bytes": peak - (measured.get("runtime_rss_bytes") or 0) if peak is not None else None,
+        "peak_rss_bytes": peak,
         "step_time_s": sum(m["step_time_s"] for m in timed) / len(timed) if timed else None,
         "tokens_per_s": sum(m["tokens"] for m in timed) / sum(m["step_time_s"] for m in timed) if timed else None,
         "wall_time_s": sum(m["step_time_s"] for m in steps) if steps else None,

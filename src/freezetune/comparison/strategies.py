@@ -240,15 +240,17 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     settings.base_config.validate()
     loaded = load_model(settings.model, Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None)
     require_causal_lm(loaded, "compare")
-    for index, strategy in enumerate(settings.strategies):
-        if strategy.advise:  # the advisor's pick on this model and the comparison's training data becomes the plan
-            from freezetune.training.advisor import advise
-            from freezetune.training.session import load_data
+    if any(strategy.advise for strategy in settings.strategies):
+        # the advisor's pick on this model and the comparison's training data becomes the plan
+        from freezetune.training.advisor import advise
+        from freezetune.training.session import load_data
 
-            examples = load_data(settings.base_config, loaded.tokenizer)[0].examples
-            config = settings.base_config
-            plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
-            settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan)
+        config = settings.base_config
+        examples = load_data(config, loaded.tokenizer)[0].examples
+        for index, strategy in enumerate(settings.strategies):
+            if strategy.advise:
+                plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
+                settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan)
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
         if strategy.kind == "plan":

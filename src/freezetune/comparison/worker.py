@@ -1,9 +1,10 @@
-"""One strategy's runs, in a process of their own (started by runner.py through cli/worker.py).
+"""A strategy's runs, in a process of their own (started by runner.py through cli/worker.py): its
+search runs share one worker, each reported seed gets a fresh one.
 
-A fresh process per strategy is what makes its peak memory its own: a CPU process's high-water
-mark never sinks below what earlier runs left mapped, and the base model the comparison
-measures forgetting against is not resident beside it (its retain distributions are read from
-disk instead). The spec is a JSON file: the runs' configs, what to measure after each, the
+A fresh process is what makes a run's peak memory its own: a CPU process's high-water mark
+never sinks below what earlier runs left mapped, and the base model the comparison measures
+forgetting against is not resident beside it (its retain distributions are read from disk
+instead). The spec is a JSON file: the runs' configs, what to measure after each, the
 base's reference evaluation and where the retain set lives.
 """
 

@@ -76,13 +76,8 @@ def predicted_step_ratio(resolved: ResolvedPlan) -> float:
     costs are proportional to their parameters; the head always runs forward and input gradients,
     and weight gradients where it trains."""
     anatomy = resolved.anatomy
-    sizes = [0] * anatomy.num_layers
-    trained = [0] * anatomy.num_layers
-    names = set(resolved.trainable_names())
-    for entry in anatomy.entries:
-        if entry.part == "block" and entry.name == entry.tensor:
-            sizes[entry.layer] += entry.numel
-            trained[entry.layer] += entry.numel if entry.name in names else 0
+    names = frozenset(resolved.trainable_names())
+    sizes, trained = _block_sizes(anatomy, names)
     head = anatomy.dims.vocab_size * anatomy.dims.hidden_size
     head_trains = any(e.part == "head" and (e.tensor in names or e.name in names) for e in anatomy.entries)
     lowest = anatomy.num_layers - resolved.backward_depth
@@ -123,13 +118,19 @@ def candidates(anatomy: Anatomy, evidence: list[float], seq_len: int, batch_size
     return found
 
 
-def _trained_share(anatomy: Anatomy, names: frozenset[str]) -> list[float]:
-    """Per block, the fraction of its parameters the plan trains."""
+def _block_sizes(anatomy: Anatomy, names: frozenset[str] = frozenset()) -> tuple[list[int], list[int]]:
+    """Per block, its parameters and how many of them are among ``names``."""
     sizes, trained = [0] * anatomy.num_layers, [0] * anatomy.num_layers
     for entry in anatomy.entries:
         if entry.part == "block" and entry.name == entry.tensor:
             sizes[entry.layer] += entry.numel
             trained[entry.layer] += entry.numel if entry.name in names else 0
+    return sizes, trained
+
+
+def _trained_share(anatomy: Anatomy, names: frozenset[str]) -> list[float]:
+    """Per block, the fraction of its parameters the plan trains."""
+    sizes, trained = _block_sizes(anatomy, names)
     return [t / s if s else 0.0 for t, s in zip(trained, sizes)]
 
 
@@ -177,10 +178,7 @@ def advise(loaded, examples: list[Example] | None, budget: int | None, seq_len: 
     reason = (f"'{chosen.plan}' trains the blocks holding {100 * chosen.score:.0f}% of the evidence ({which}), the most "
               f"of any candidate within {within}; its estimate is {human_bytes(chosen.memory_estimate_bytes)} and its "
               f"step about {chosen.predicted_step_ratio:.2f}x full's.")
-    params = [0] * anatomy.num_layers
-    for entry in anatomy.entries:
-        if entry.part == "block" and entry.name == entry.tensor:
-            params[entry.layer] += entry.numel
+    params = _block_sizes(anatomy)[0]
     return {"memory_budget_bytes": budget or full_bytes // 2,
             "evidence": [{"index": i, "gradient_score": gradient[i] if gradient else None, "snr_score": snr[i],
                           "params": params[i]} for i in range(anatomy.num_layers)],
