@@ -29,7 +29,12 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
 
     # block 2 (with its norms) trains from the next step on, block 3 stops
     trainer.retarget(resolve(FreezePlan.parse("freeze all; train layers 2"), find_anatomy(model)))
-    assert trainer.runner.depth == 2 and trainer.runner.cache is None  # the cached outputs were of block 2
+    # the cache keeps block 2's outputs (depth 3) apart from block 1's (depth 2): none is replayed at the new depth
+    first = trainer.micro_batches(0)[0]
+    assert trainer.runner.depth == 2 and trainer.runner.cache.tensors
+    assert all(key.endswith("@3") for key in trainer.runner.cache.tensors)
+    with trainer.runner.batch(first.keys, first.lengths) as replayed:
+        assert not replayed
     assert not params[TOP].requires_grad and params[BELOW].requires_grad and params[NORM].requires_grad
     assert params[TOP] not in optimizer.state  # its moments left with it
     assert [g["name"] for g in optimizer.param_groups] == ["decay", "no_decay"]

@@ -75,8 +75,11 @@ class Replicated:
     def retarget(self, model: nn.Module, resolved) -> torch.optim.Optimizer:
         """Train another set of tensors from the next step on; returns the torch optimizer whose groups
         must follow (training/optimizer.py moves them)."""
-        if self.accelerator.num_processes > 1:  # DDP's reducer is fixed when it wraps the model
-            raise FreezetuneError("changing the trainable set during a run needs one process for now")
+        handler = self.accelerator.ddp_handler
+        if self.accelerator.num_processes > 1 and not (handler and handler.find_unused_parameters):
+            # DDP's reducer waits for the gradients of the set it wrapped; only a search for unused ones follows a change
+            raise FreezetuneError("changing the trainable set under DDP needs the model wrapped with "
+                                  "find_unused_parameters (make_accelerator(changing_set=True))")
         apply_plan(model, resolved)
         return getattr(self.optimizer, "optimizer", self.optimizer)
 

@@ -47,6 +47,8 @@ class TrainConfig(RunOptions):
     lr: float = opt(2e-4, help="peak learning rate (AdamW)")
     layer_lr_decay: float = opt(1.0, help="layer-wise rate decay G: block i trains at lr*G^(top-i), the embeddings as "
                                 "block 0, the final norm and head as the top block; 1 = one rate for all")
+    schedule: str | None = opt(None, help="change what trains during the run, inside the plan: 'gradual every=N [start=K] "
+                               "[step=S]' (unfreeze downward) or 'lisa layers=K every=T' (K blocks drawn per period)")
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
     precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
@@ -90,6 +92,14 @@ class TrainConfig(RunOptions):
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.layer_lr_decay <= 1:
             raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.schedule is not None:
+            from freezetune.plans.schedule import Schedule
+
+            Schedule.parse(self.schedule)  # the syntax, before anything loads
+            if self.fsdp or self.zero_stage:
+                raise FreezetuneError(f"--schedule with --{'fsdp' if self.fsdp else 'zero-stage'}: the shards and "
+                                      "partitions are laid out once for a fixed trainable set; train a schedule with "
+                                      "replicas (DDP) or one process")
         if self.log_with:
             from accelerate.utils import is_tensorboard_available, is_wandb_available
 

@@ -28,13 +28,17 @@ def _some(names: list[str]) -> str:
 
 class FirstStepGuard:
     def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad,
-                 view=lambda param: local(param.detach())):
+                 view=lambda param: local(param.detach()), light: bool = False):
         """``grad`` and ``view``: a parameter's gradient and value where the backend keeps them (ZeRO holds
-        gradients outside .grad; under FSDP each process checks its own shards)."""
+        gradients outside .grad; under FSDP each process checks its own shards). ``light`` (a schedule's
+        new set, checked again): frozen tensors by their version counter, which every in-place write,
+        an optimizer's included, advances; only the trained ones are hashed."""
         self.params = dict(model.named_parameters())
         self.trainable = trainable
         self.grad, self.view = grad, view
-        self.before = {name: _digest(view(p)) for name, p in self.params.items()}
+        self.before = {name: _digest(view(p)) if name in trainable or not light else p._version
+                       for name, p in self.params.items()}
+        self.light = light
         self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
@@ -51,7 +55,8 @@ class FirstStepGuard:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
 
     def check_update(self) -> None:
-        moved = [n for n, p in self.params.items() if n not in self.trainable and _digest(self.view(p)) != self.before[n]]
+        moved = [n for n, p in self.params.items()
+                 if n not in self.trainable and (p._version if self.light else _digest(self.view(p))) != self.before[n]]
         if moved:
             raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
         still = [n for n, p in self.params.items()

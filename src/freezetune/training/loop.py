@@ -29,6 +29,7 @@ from freezetune.distributed.backends import make_backend
 from freezetune.distributed.state import trainable_state
 from freezetune.errors import FreezetuneError
 from freezetune.plans.resolution import ResolvedPlan
+from freezetune.plans.schedule import Schedule, trainable_blocks
 from freezetune.runs.checkpoint import (
     checkpoint_dirs,
     intact_checkpoint,
@@ -50,12 +51,19 @@ from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.session import Session, total_steps
 from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
+from freezetune.training.trainable_set import TrainableSet
 
 
-def make_accelerator(precision: str, log_with: str | None, run_dir: Path) -> Accelerator:
+def make_accelerator(precision: str, log_with: str | None, run_dir: Path, changing_set: bool = False) -> Accelerator:
+    """``changing_set``: a schedule moves the trainable set, so DDP (wrapped once, over the whole plan) must
+    find the tensors each step leaves out rather than wait for their gradients."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
     cuda = torch.cuda.is_available()
     mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir))
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if changing_set else []
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir),
+                              kwargs_handlers=handlers)
     if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # the CLI's launch_sharding takes these over
         raise FreezetuneError(f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
                               "itself: pass FsdpSettings to open_session (distributed.processes.launch_sharding reads a launch)")
@@ -85,7 +93,8 @@ class Trainer:
     def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
         self.s = session
         self.config = session.config
-        self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir)
+        self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir,
+                                            changing_set=bool(self.config.schedule))
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.log = log if self.main else (lambda message: None)  # one voice, not one per process
@@ -98,6 +107,10 @@ class Trainer:
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
         self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
+        self.active_blocks = trainable_blocks(session.resolved)
+        schedule = Schedule.parse(self.config.schedule) if self.config.schedule else None
+        # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
+        self.trainable = TrainableSet(session.resolved, schedule, self.config.seed)
         self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
         check_same_plan(self.accelerator, self.names)
         self.total_steps = total_steps(self.config, len(session.train.examples))
@@ -110,7 +123,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
         self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
                                     self.device, self.world)
-        self.retarget(session.resolved)  # the seam schedules change the trainable set through
+        self.retarget(self.trainable.at(0) or session.resolved)  # the seam schedules change the trainable set through
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self._metrics = None  # the open metrics file, while run() runs
 
@@ -125,8 +138,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         last = checkpoint_dirs(self.s.run_dir)[-1]
         state, tensors, optimizer = load_checkpoint(last, self.scheduler, self.rank)
-        self.backend.restore(self.module, tensors, optimizer, last)
         step = state["step"]
+        # the optimizer state saved is that of the set the last step trained; the loop moves on from there
+        self.retarget(self.trainable.at(max(step - 1, 0)) or self.s.resolved)
+        self.trainable.add_trained(tensors)
+        self.backend.restore(self.module, tensors, optimizer, last)
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
             write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -138,10 +154,13 @@ class Trainer:
         state, so only the main one reads it; under FSDP and ZeRO all of them gather their pieces.
         Returns the trained tensors (on the main process)."""
         stage_rng(self.s.run_dir, step, self.rank)  # every process's own random state
+        if self.s.cache is not None:
+            # before the checkpoint is published: a run resumed from it finds every entry it had cached
+            self.s.cache.save()  # each process keeps the cache of its own shard of the data
         self.accelerator.wait_for_everyone()
         tensors = {}
         if self.main or self.backend.gathers_everywhere:
-            tensors = trainable_state(self.module, self.names, self.backend.value)
+            tensors = trainable_state(self.module, self.trainable.trained_names, self.backend.value)
             optimizer = self.backend.optimizer_state(self.module)
         if self.main:
             if self._metrics is not None:  # the metrics a checkpoint covers are on the disk before it is
@@ -150,14 +169,12 @@ class Trainer:
             try:
                 save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
                                 {"total_steps": self.total_steps, "processes": self.world,
-                                 "backend": type(self.backend).__name__}, self.world)
+                                 "backend": type(self.backend).__name__, **self.trainable.state()}, self.world)
             except (OSError, SafetensorError) as exc:
                 done = checkpoint_dirs(self.s.run_dir)
                 kept = f"the previous checkpoint {done[-1]} is kept" if done else "no earlier checkpoint exists"
                 raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.s.run_dir / 'checkpoints'}: "
                                       f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}") from None
-        if self.s.cache is not None:
-            self.s.cache.save()  # each process keeps the cache of its own shard of the data
         self.accelerator.wait_for_everyone()
         return tensors
 
@@ -200,6 +217,10 @@ class Trainer:
                     bar.close()
                     self.log(f"stopped at step {step}; continue with --resume {run_dir}")
                     return {"status": "interrupted", "step": step, "run_dir": str(run_dir)}
+                changed = self.retarget(self.trainable.at(step) or self.s.resolved)
+                if changed and guard is None:  # the check of the first step, again for the new set
+                    guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view,
+                                           light=True)
                 record = self._step(step, guard)
                 guard = None
                 step += 1
@@ -227,23 +248,25 @@ class Trainer:
             if answers:  # every answer behind the exact match, one per line, so that the score can be checked
                 write_text(run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
             write_json(run_dir / "eval.json", {"before": before, "after": after})
-            self._update_manifest(status="finished", steps=step)
+            self._update_manifest(status="finished", steps=step, trained_names=self.trainable.trained_names)
         self.accelerator.wait_for_everyone()
         if config.log_with:
             self.accelerator.end_training()
         return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
 
-    def retarget(self, resolved: ResolvedPlan) -> None:
+    def retarget(self, resolved: ResolvedPlan) -> bool:
         """Change what trains, at a step boundary: requires_grad, the optimizer's groups, the prefix
-        runner's depth. A static plan passes through once and changes nothing."""
+        runner's depth. A static plan passes through and changes nothing. Returns whether it changed."""
         names = resolved.trainable_names()
         if names == self.names:
-            return
+            return False
         optimizer = self.backend.retarget(self.module, resolved)
         retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
         self.runner.retarget(resolved)
         self.runner.train_mode()
         self.names, self.s.resolved = names, resolved
+        self.active_blocks = trainable_blocks(resolved)
+        return True
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
         return micro_batches(self.s.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,
@@ -256,7 +279,8 @@ class Trainer:
             done = checkpoint_dirs(self.s.run_dir)
             kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
             raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None
-        return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device)}
+        return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device),
+                "active_blocks": self.active_blocks}
 
     def _show(self, result: dict) -> None:
         line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"

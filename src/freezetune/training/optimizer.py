@@ -72,7 +72,12 @@ def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch
                 optimizer.state.pop(param, None)  # its moments leave with it
     # the run's peak rate, recovered from any group: each group's base rate is it times the group's multiple
     peak = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
-    for fresh in _groups(model, weight_decay, layer_decay):
+    fresh_groups = _groups(model, weight_decay, layer_decay)
+    named = {g["name"] for g in fresh_groups}
+    for group in optimizer.param_groups:
+        if group.get("name") not in named:
+            group["params"] = []  # a rate no tensor trains at now (a resting block's): kept, empty, for the next time
+    for fresh in fresh_groups:
         group = next((g for g in optimizer.param_groups if g.get("name") == fresh["name"]), None)
         if group is not None:
             group["params"] = fresh["params"]

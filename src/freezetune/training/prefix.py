@@ -7,9 +7,10 @@ when the embeddings train). Then:
   the backward pass ends at block k by construction;
 - with gradient checkpointing, only blocks k.. are checkpointed (non-reentrant, so no input
   is ever forced to require grad; that trick is what drags autograd through frozen layers);
-- the prefix cache keeps block k-1's output per example. When every example of a batch is
-  cached, blocks below k are skipped (each returns its input, the last returns the cached
-  output), so a step costs only the trained part.
+- the prefix cache keeps block k-1's output per example and depth k. When every example of a
+  batch is cached at the current depth, blocks below k are skipped (each returns its input,
+  the last returns the cached output), so a step costs only the trained part. A schedule that
+  moves k keeps each depth's entries apart: an output of block 9 never stands in for block 19's.
 
 All of this patches the ``forward`` of the block instances (parameter names are untouched)
 and reimplements no model: whatever the model computes around its blocks still runs.
@@ -45,6 +46,10 @@ class PrefixCache:
         return all(key in self.tensors for key in keys)
 
     def put(self, key: str, value: torch.Tensor) -> None:
+        """The first output stored for a key stays: a row's output computed again inside a batch of another
+        padded length differs in the last bits, and a resumed run must replay what the first run did."""
+        if key in self.tensors:
+            return
         self.tensors[key] = value.detach().to("cpu", copy=True).contiguous()
         self.dirty = True
 
@@ -74,6 +79,7 @@ class PrefixRunner:
         self.blocks: nn.ModuleList = model.get_submodule(resolved.anatomy.blocks_path) if resolved.anatomy.blocks_path else nn.ModuleList()
         self.depth = prefix_depth(resolved)
         self.gradient_checkpointing = gradient_checkpointing
+        self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
         self._originals: dict[int, object] = {}
         self._keys: list[str] | None = None
@@ -94,13 +100,10 @@ class PrefixRunner:
         return self
 
     def retarget(self, resolved: ResolvedPlan) -> None:
-        """Another trainable set from the next step on: reinstall at its depth. The cache holds the
-        output of block k-1 for the old k, so a new depth stops using it (a new run builds its own)."""
+        """Another trainable set from the next step on: reinstall at its depth (cache keys carry it)."""
         self.remove()
-        depth = prefix_depth(resolved)
-        if depth != self.depth:
-            self.cache = None
-        self.resolved, self.depth = resolved, depth
+        self.resolved, self.depth = resolved, prefix_depth(resolved)
+        self.cache = self.shared_cache if self.depth > 0 else None
         self.frozen_blocks = [i for i, b in enumerate(self.blocks) if not any(p.requires_grad for p in b.parameters())]
         self.install()
 
@@ -142,9 +145,16 @@ class PrefixRunner:
     def probe(self, device: torch.device | str) -> None:
         """Learn the blocks' output form (tensor or tuple) with a 2-token forward, before replaying a
         cache that was loaded from disk and so never saw a real forward in this process."""
-        if self.cache is not None and self._output_is_tuple is None:
-            with torch.no_grad():
-                self.model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
+        if self.shared_cache is not None and self._output_is_tuple is None and len(self.blocks):
+            def learn(module, inputs, output):
+                self._output_is_tuple = isinstance(output, tuple)
+
+            hook = self.blocks[0].register_forward_hook(learn)  # also at depth 0, which a schedule may leave
+            try:
+                with torch.no_grad():
+                    self.model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
+            finally:
+                hook.remove()
 
     @contextlib.contextmanager
     def batch(self, keys: list[str] | None = None, lengths: list[int] | None = None):
@@ -152,6 +162,7 @@ class PrefixRunner:
 
         Yields True when the batch is replayed from the cache (blocks below k skipped)."""
         caching = self.cache is not None and keys is not None
+        keys = [f"{key}@{self.depth}" for key in keys] if caching else None  # valid at this depth only
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
         try:

@@ -32,6 +32,7 @@ from freezetune.options.training import TrainConfig
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
+from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
@@ -97,8 +98,17 @@ def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, tr
     return digest.hexdigest()[:24]
 
 
+def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int) -> list[int]:
+    """The frozen-prefix depths the run trains at (one without a schedule); 0 means no prefix."""
+    if not config.schedule:
+        return [prefix_depth(resolved)]
+    phases = Schedule.parse(config.schedule).phases(resolved, total_steps(config, num_train), config.seed)
+    return sorted({prefix_depth(p["resolved"]) for p in phases})
+
+
 def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype) -> tuple[PrefixCache | None, str]:
-    depth = prefix_depth(resolved)
+    depths = [d for d in schedule_depths(config, resolved, len(train.examples)) if d > 0]
+    depth = max(depths, default=0)
     if config.prefix_cache == "off":
         return None, "prefix cache: off"
     if depth == 0:
@@ -109,7 +119,8 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     share = 1 / state.num_processes if reaches_second_epoch(config, len(train.examples)) else 0
     examples = int(len(train.examples) * share) + len(held.examples)
     tokens = int(train.num_tokens * share) + held.num_tokens
-    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size()
+    # each depth a schedule visits keeps its own entries
+    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size() * len(depths)
     mode = config.prefix_cache
     if mode == "auto":
         mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
@@ -123,7 +134,8 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""
     only = "" if share else " (the held-out set only: the run ends within its first epoch)"
-    return cache, (f"prefix cache: {mode}, output of the {depth} frozen blocks for about {examples} examples{per}{only}, "
+    blocks = f"the {depth} frozen blocks" if len(depths) == 1 else f"the frozen prefix at each of {len(depths)} depths"
+    return cache, (f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
                    f"{size / 2**20:.1f} MiB {where}{reused}")
 
 
@@ -202,7 +214,13 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
     if sharding is not None:
+        if config.schedule:
+            raise FreezetuneError(f"--schedule under {type(sharding).__name__.replace('Settings', '')}: shards and partitions "
+                                  "are laid out once for a fixed trainable set; train a schedule with replicas (DDP)")
         check_sharding(sharding, loaded.model, resolved, config.precision)
+    schedule = Schedule.parse(config.schedule) if config.schedule else None
+    if schedule is not None:
+        schedule.check(resolved)  # a schedule the plan cannot hold fails before the run folder exists
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
@@ -220,6 +238,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
                            "files": meaning_hashes(loaded.path), "class": type(loaded.model).__name__},
             "plan": resolved.plan.to_list(),
             "trainable_names": resolved.trainable_names(),
+            "schedule": schedule.render() if schedule else None,
             "trainable_params": resolved.trainable_params,
             "total_params": resolved.total_params,
             "config": config.to_dict(),

@@ -1,0 +1,147 @@
+"""Schedules: a trainable set that changes with the step, inside a plan.
+
+    gradual every=N [start=K] [step=S]   the top K of the plan's trainable blocks train first; every N
+                                         steps S more are unfrozen downward, until the whole plan trains
+                                         (ULMFiT's gradual unfreezing)
+    lisa layers=K every=T                every T steps K of the plan's trainable blocks are drawn (seeded)
+                                         to train; the parts outside the blocks train as the plan says (LISA)
+
+The plan is the universe: a phase only ever freezes more of it, never trains what the plan
+freezes. Each phase is the plan plus one freeze rule, so it resolves, previews and renders like
+any plan; gradual's rule is ``freeze bottom N``, which also keeps the embeddings (and a head tied
+to them) out until the unfreezing reaches the plan's lowest block, so the backward pass stays
+short. The phase of a step is a pure function of the step and the seed: a resumed run is in
+the phase the uninterrupted run would be in.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from freezetune.errors import FreezetuneError
+from freezetune.plans.language import Depth, FreezePlan, Layers, Rule
+from freezetune.plans.resolution import ResolvedPlan, resolve
+
+FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T'"
+KEYS = {"gradual": ({"every"}, {"every", "start", "step"}), "lisa": ({"layers", "every"}, {"layers", "every"})}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str  # "gradual" | "lisa"
+    every: int
+    start: int = 1  # gradual: blocks that train from step 0
+    step: int = 1  # gradual: blocks unfrozen at each change
+    layers: int = 0  # lisa: blocks drawn per period
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        """The text form, or a one-line error that says what is wrong and what is expected."""
+        words = text.split()
+        if not words or words[0].lower() not in KEYS:
+            raise FreezetuneError(f"--schedule '{text}': unknown schedule {words[0] if words else '(empty)'!r}; use {FORMS}")
+        kind = words[0].lower()
+        required, allowed = KEYS[kind]
+        values: dict[str, int] = {}
+        for word in words[1:]:
+            key, sep, value = word.partition("=")
+            if not sep or key not in allowed:
+                raise FreezetuneError(f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
+                                      f"({', '.join(f'{k}=N' for k in sorted(allowed))})")
+            if not value.isdigit() or int(value) < 1:
+                raise FreezetuneError(f"--schedule '{text}': {key} must be a whole number of at least 1, got {value!r}")
+            values[key] = int(value)
+        missing = sorted(required - set(values))
+        if missing:
+            raise FreezetuneError(f"--schedule '{text}': {kind} needs {', '.join(f'{k}=N' for k in missing)}")
+        return cls(kind, **values)
+
+    def render(self) -> str:
+        if self.kind == "lisa":
+            return f"lisa layers={self.layers} every={self.every}"
+        return f"gradual every={self.every} start={self.start} step={self.step}"
+
+    def phase(self, step: int) -> int:
+        """Which phase optimizer step ``step`` (0-based) trains in."""
+        return step // self.every
+
+    def check(self, universe: ResolvedPlan) -> list[int]:
+        """The plan's trainable blocks (what the schedule moves through), or a one-line error."""
+        blocks = trainable_blocks(universe)
+        if not blocks:
+            raise FreezetuneError(f"--schedule '{self.render()}': the plan '{universe.plan.render()}' trains no block, "
+                                  "so there is nothing to schedule")
+        count = self.layers if self.kind == "lisa" else self.start
+        name = "layers" if self.kind == "lisa" else "start"
+        if count > len(blocks):
+            raise FreezetuneError(f"--schedule '{self.render()}': {name}={count}, but the plan trains only "
+                                  f"{len(blocks)} blocks")
+        return blocks
+
+    def active(self, universe: ResolvedPlan, phase: int, seed: int) -> list[int]:
+        """The plan's blocks that train in ``phase``."""
+        blocks = self.check(universe)
+        if self.kind == "lisa":  # a generator of its own per period: the draw depends on nothing else
+            return sorted(random.Random(f"lisa:{seed}:{phase}").sample(blocks, self.layers))
+        return blocks[-min(len(blocks), self.start + phase * self.step):]
+
+    def complete(self, universe: ResolvedPlan, phase: int) -> bool:
+        """Gradual only: whether the unfreezing has reached the plan's lowest block by ``phase``."""
+        return self.kind == "gradual" and self.start + phase * self.step >= len(self.check(universe))
+
+    def plan_at(self, universe: ResolvedPlan, phase: int, seed: int) -> ResolvedPlan:
+        """The resolved plan of ``phase``: the universe plus the one rule that freezes what rests."""
+        blocks, active = self.check(universe), self.active(universe, phase, seed)
+        if self.kind == "gradual":
+            if self.complete(universe, phase):
+                return universe
+            rule = Rule("freeze", Depth("bottom", active[0]))
+        else:
+            resting = [b for b in blocks if b not in active]
+            if not resting:
+                return universe
+            rule = Rule("freeze", Layers(items=tuple(resting)))
+        plan = FreezePlan(universe.plan.rules + (Rule(rule.action, rule.selector, len(universe.plan.rules) + 1),))
+        return resolve(plan, universe.anatomy)
+
+    def phases(self, universe: ResolvedPlan, total_steps: int, seed: int) -> list[dict]:
+        """Consecutive steps with the same blocks, as ``{"steps": [first, last], "blocks": [...], "resolved": ...}``;
+        ``total_steps`` 0 lists gradual until it is complete and four LISA periods."""
+        count = total_steps or (self.every * (4 if self.kind == "lisa" else self._phases_to_complete(universe)))
+        out: list[dict] = []
+        for phase in range(-(-count // self.every)):
+            first, last = phase * self.every, min(count, (phase + 1) * self.every) - 1
+            blocks = self.active(universe, phase, seed)
+            if out and out[-1]["blocks"] == blocks:
+                out[-1]["steps"][1] = last
+                continue
+            out.append({"steps": [first, last], "blocks": blocks, "resolved": self.plan_at(universe, phase, seed)})
+        if not total_steps and self.kind == "gradual":
+            out[-1]["steps"][1] = None  # the complete plan trains to the end of the run
+        return out
+
+    def _phases_to_complete(self, universe: ResolvedPlan) -> int:
+        phase = 0
+        while not self.complete(universe, phase):
+            phase += 1
+        return phase + 1
+
+    def peak_plan(self, universe: ResolvedPlan) -> ResolvedPlan:
+        """The phase that needs the most training memory: gradual's last (the whole plan); for LISA the
+        draw with the plan's lowest block (the longest backward) and the largest others."""
+        if self.kind == "gradual":
+            return universe
+        blocks = self.check(universe)
+        sizes = {row["index"]: row["trainable_params"] for row in universe.layer_rows()}
+        largest = sorted(blocks[1:], key=lambda b: (-sizes[b], b))[: self.layers - 1]
+        resting = [b for b in blocks if b != blocks[0] and b not in largest]
+        if not resting:
+            return universe
+        plan = FreezePlan(universe.plan.rules + (Rule("freeze", Layers(items=tuple(resting)), len(universe.plan.rules) + 1),))
+        return resolve(plan, universe.anatomy)
+
+
+def trainable_blocks(resolved: ResolvedPlan) -> list[int]:
+    """Indices of the blocks with at least one trainable tensor, ascending."""
+    return [row["index"] for row in resolved.layer_rows() if row["trainable_params"]]

@@ -1,0 +1,196 @@
+"""Schedules: gradual unfreezing and LISA on the one loop, through the retarget seam."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from freezetune.cli.commands import main
+from freezetune.errors import FreezetuneError
+from freezetune.plans.schedule import Schedule
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def args(model_dir, order_data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+            "--out", str(out), "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1",
+            "--eval-generate", "0", *extra]
+
+
+def test_gradual_unfreezes_downward_every_n_steps_until_the_plan(tiny_chat_model_dir, order_data, tmp_path):
+    out = tmp_path / "gradual"
+    assert main(args(tiny_chat_model_dir, order_data, out, "--plan", "freeze layers 0", "--max-steps", "8",
+                     "--schedule", "gradual every=2 start=1 step=1", "--prefix-cache", "memory")) == 0
+    active = [r["active_blocks"] for r in records(out)]
+    assert active == [[3], [3], [2, 3], [2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3]]  # block 0: the plan freezes it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schedule"] == "gradual every=2 start=1 step=1"
+    trained = load_file(str(out / "trainable.safetensors"))
+    assert {n.split(".")[2] for n in trained if n.startswith("model.layers.")} == {"1", "2", "3"}
+
+
+def test_lisa_draws_seeded_blocks_and_drops_the_moments_of_those_that_rest(tiny_chat_model_dir, order_data, tmp_path):
+    from freezetune.options.training import TrainConfig
+    from freezetune.training.loop import Trainer
+    from freezetune.training.session import open_session
+
+    config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
+                         out=str(tmp_path / "lisa"), batch_size=4, seq_len=64, lr=1e-2, warmup=1, max_steps=12,
+                         eval_generate=0, plan="train all; freeze embeddings", schedule="lisa layers=1 every=2",
+                         prefix_cache="off")
+    trainer = Trainer(open_session(config), log=lambda message: None, progress=False)
+    optimizer, params = trainer.scheduler.optimizer, dict(trainer.module.named_parameters())
+    seen = []
+    for step in range(12):
+        trainer.retarget(trainer.trainable.at(step) or trainer.s.resolved)
+        trainer._step(step, None)
+        block = trainer.active_blocks
+        assert len(block) == 1
+        seen.append(block[0])
+        # moments exist for the active block and the parts outside the blocks only: memory of one block
+        with_state = {n for n, p in params.items() if p in optimizer.state}
+        in_blocks = {int(n.split(".")[2]) for n in with_state if n.startswith("model.layers.")}
+        assert in_blocks == {block[0]}
+        assert "lm_head.weight" in with_state and "model.embed_tokens.weight" not in with_state
+    assert seen[0::2] == seen[1::2]  # a draw holds for its period
+    draws = seen[0::2]
+    assert len(set(draws)) > 1  # and periods draw anew
+    assert draws == [Schedule.parse("lisa layers=1 every=2").active(trainer.trainable.universe, p, 0)[0] for p in range(6)]
+    other = Schedule.parse("lisa layers=1 every=2")
+    assert [other.active(trainer.trainable.universe, p, 1)[0] for p in range(6)] != draws  # the seed decides them
+
+
+def test_schedule_text_and_fit_errors_are_one_line(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    for text, expected in [("cosine every=3", "unknown schedule 'cosine'"), ("lisa every=3", "lisa needs layers=N"),
+                           ("gradual every=0", "every must be a whole number of at least 1"),
+                           ("gradual every=2 depth=3", "'depth=3' is not one of gradual's settings")]:
+        with pytest.raises(FreezetuneError, match=expected):
+            Schedule.parse(text)
+    out = tmp_path / "never"
+    code = main(args(tiny_chat_model_dir, order_data, out, "--plan", "freeze bottom 50%", "--max-steps", "2",
+                     "--schedule", "lisa layers=3 every=2"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # above it: transformers' loading bar
+    assert code == 2 and err.startswith("freezetune train: error: --schedule 'lisa layers=3 every=2': layers=3, but the plan "
+                                        "trains only 2 blocks")
+    assert not out.exists()  # refused before the run folder
+    code = main(args(tiny_chat_model_dir, order_data, out, "--plan", "train head", "--max-steps", "2",
+                     "--schedule", "gradual every=2"))
+    assert code == 2 and "trains no block" in capsys.readouterr().err and not out.exists()
+    code = main(args(tiny_chat_model_dir, order_data, out, "--max-steps", "2", "--schedule", "gradual every=2", "--fsdp",
+                     "--num-processes", "2"))
+    assert code == 2 and "laid out once for a fixed trainable set" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_guard_runs_again_when_the_set_changes(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
+    from freezetune.training import loop
+    from freezetune.training.guards import FirstStepGuard
+
+    checked = []
+
+    class Spy(FirstStepGuard):
+        def check_update(self):
+            super().check_update()
+            checked.append((sorted({int(n.split(".")[2]) for n in self.trainable if n.startswith("model.layers.")}),
+                            self.light))
+
+    monkeypatch.setattr(loop, "FirstStepGuard", Spy)
+    assert main(args(tiny_chat_model_dir, order_data, tmp_path / "run", "--plan", "train all", "--max-steps", "7",
+                     "--schedule", "gradual every=2", "--prefix-cache", "off")) == 0
+    # the first step in full, then the first step of each new set, frozen tensors by version counter
+    assert checked == [([3], False), ([2, 3], True), ([1, 2, 3], True), ([0, 1, 2, 3], True)]
+
+
+def test_the_light_guard_catches_a_frozen_write_and_a_trained_tensor_that_stays():
+    from freezetune.training.guards import FirstStepGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    guard = FirstStepGuard(model, {"1.weight", "1.bias"}, light=True)
+    with torch.no_grad():
+        model[0].weight.mul_(1.0)  # same values, but written: a version counter sees any in-place write
+    with pytest.raises(FreezetuneError, match="frozen tensor 0.weight changed"):
+        guard.check_update()
+    guard = FirstStepGuard(model, {"1.weight", "1.bias"}, light=True)
+    with pytest.raises(FreezetuneError, match="trainable tensor 1.weight .*did not change"):
+        guard.check_update()
+
+
+@pytest.mark.parametrize("schedule", ["lisa layers=2 every=3", "gradual every=3 start=1 step=1"])
+def test_a_killed_schedule_resumes_exactly_mid_phase(tiny_chat_model_dir, order_data, tmp_path, schedule):
+    # the disk cache is saved with each checkpoint, so the resumed run replays what the killed one had cached
+    # (a memory cache is rebuilt on resume: equal to float rounding, since a row's prefix output was computed
+    # inside a batch of another padded length)
+    steps = ["--plan", "train all; freeze embeddings", "--schedule", schedule, "--max-steps", "40", "--save-every", "5",
+             "--lr", "3e-3", "--prefix-cache", "disk", "--layer-lr-decay", "0.8"]
+    reference, victim = tmp_path / "straight", tmp_path / "killed"
+    assert main(args(tiny_chat_model_dir, order_data, reference, *steps, "--cache-dir", str(tmp_path / "c1"))) == 0
+    process = subprocess.Popen([sys.executable, "-m", "freezetune", *args(tiny_chat_model_dir, order_data, victim, *steps,
+                                                                          "--cache-dir", str(tmp_path / "c2"))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while not (victim / "checkpoints" / "step-000010" / "state.json").exists():  # step 10: inside the phase of 9-11
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    state = json.loads((victim / "checkpoints" / "step-000010" / "state.json").read_text())
+    assert state["schedule"]["phase"] == 3 and state["schedule"]["text"] == Schedule.parse(schedule).render()
+    resumed = subprocess.run([sys.executable, "-m", "freezetune", "train", "--resume", str(victim), "--cache-dir",
+                              str(tmp_path / "c2")], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["loss"] for r in records(victim)] == [r["loss"] for r in records(reference)]
+    assert [r["active_blocks"] for r in records(victim)] == [r["active_blocks"] for r in records(reference)]
+    trained, expected = load_file(str(victim / "trainable.safetensors")), load_file(str(reference / "trainable.safetensors"))
+    assert trained.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(trained[name], expected[name]), name
+
+
+def test_export_merges_every_tensor_a_schedule_trained(tiny_chat_model_dir, order_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lisa"
+    assert main(args(tiny_chat_model_dir, order_data, out, "--plan", "train all; freeze embeddings", "--max-steps", "12",
+                     "--schedule", "lisa layers=1 every=2", "--prefix-cache", "off")) == 0
+    last = records(out)[-1]["active_blocks"]
+    ever = {b for r in records(out) for b in r["active_blocks"]}
+    assert ever - set(last), "the test needs a block that trained and then rested"
+    trained = load_file(str(out / "trainable.safetensors"))
+    assert {int(n.split(".")[2]) for n in trained if n.startswith("model.layers.")} == ever
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["trained_names"]) == sorted(trained)
+    assert main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
+    exported = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).named_parameters())
+    for name, tensor in trained.items():
+        assert torch.equal(exported[name].detach(), tensor), name
+        assert not torch.equal(base[name].detach(), tensor) or name.endswith("bias"), name
+
+
+def test_two_processes_follow_a_lisa_schedule_as_one_does(tiny_chat_model_dir, order_data, tmp_path):
+    steps = ["--plan", "train all; freeze embeddings", "--schedule", "lisa layers=1 every=2", "--max-steps", "8",
+             "--prefix-cache", "off"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(args(tiny_chat_model_dir, order_data, single, *steps)) == 0
+    result = subprocess.run([sys.executable, "-m", "freezetune", *args(tiny_chat_model_dir, order_data, double, *steps,
+                                                                       "--num-processes", "2")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["active_blocks"] for r in records(double)] == [r["active_blocks"] for r in records(single)]
+    assert [r["loss"] for r in records(double)] == pytest.approx([r["loss"] for r in records(single)], rel=1e-4)
+    trained, reference = load_file(str(double / "trainable.safetensors")), load_file(str(single / "trainable.safetensors"))
+    assert trained.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-3, atol=1e-5)
