@@ -4,15 +4,17 @@
     .venv/bin/python bench/step_time.py --device cuda --precision bf16
 
 Every path times one optimizer step of freezetune's own `TrainStep` (training/step.py), the
-call `freezetune train` makes: real SFT batches of the built-in order task (chat template,
+call `freezetune train` makes: real SFT batches of the built-in dispatch task (chat template,
 loss on the answers only, right padding) from the run's batch order, the token-exact loss,
-backward, clipping at 1.0, AdamW over the trainable tensors, the LR schedule.
+backward, clipping at 1.0, AdamW over the trainable tensors, the LR schedule. As in `train`,
+freezetune's paths run the output head on the target positions only (training/head.py).
 
   full              train everything (plan "train all")
   freeze75          "freeze bottom 75%" through the prefix runner
   freeze75_gc       the same with gradient checkpointing of the trained blocks only
   freeze75_fill     the same with the prefix cache on, in epoch 1: every step fills it
   freeze75_cached   the same in later epochs: every step replays it (frozen blocks skipped)
+  freeze75_cached_allhead   the same with the head on every position (--head-positions all)
   naive             what plain transformers does: requires_grad=False on the same tensors and
                     nothing else (the same TrainStep with no prefix runner)
   naive_gc          that plus model.gradient_checkpointing_enable(), which also calls
@@ -39,15 +41,18 @@ import torch
 from freezetune import FreezePlan, apply_plan, find_anatomy, load_model, resolve
 from freezetune.data.examples import pad_token_id, sft_examples
 from freezetune.data.order import BatchOrder
-from freezetune.data.tasks import order_task
+from freezetune.data.tasks import dispatch_task
 from freezetune.distributed.backends import Replicated
+from freezetune.training.head import TargetHead
 from freezetune.training.loop import make_accelerator
 from freezetune.training.optimizer import build_optimizer, build_scheduler
 from freezetune.training.peak_memory import peak_memory_bytes
 from freezetune.training.prefix import PrefixCache, PrefixRunner
 from freezetune.training.step import TrainStep, micro_batches
 
-PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_fill", "freeze75_cached", "naive", "naive_gc"]
+PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_fill", "freeze75_cached", "freeze75_cached_allhead", "naive",
+         "naive_gc"]
+CACHED = ("freeze75_fill", "freeze75_cached", "freeze75_cached_allhead")
 PLAN = "freeze bottom 75%"
 LR, MAX_GRAD_NORM = 1e-6, 1.0
 
@@ -83,7 +88,7 @@ class Bench:
         model = random_model(args.model, len(tokenizer)) if args.model.startswith("random:") else embedded.model
         self.model = model.to(self.device)
         self.anatomy = find_anatomy(self.model)
-        train, _ = order_task()
+        train, _ = dispatch_task()
         self.examples = sft_examples(train, tokenizer, args.seq_len).examples
         self.order = BatchOrder(len(self.examples), args.batch_size, seed=0)
         self.pad_id = pad_token_id(tokenizer)
@@ -102,12 +107,14 @@ class Bench:
             apply_plan(self.model, self._plan(path))
             runner = None
             if not path.startswith("naive"):
-                cache = self.caches.setdefault(path, PrefixCache()) if path in ("freeze75_fill", "freeze75_cached") else None
+                cache = self.caches.setdefault(path, PrefixCache()) if path in CACHED else None
                 runner = PrefixRunner(self.model, self._plan(path), path == "freeze75_gc", cache)
+            # freezetune's paths project the targets only, as `train` does; plain transformers and `all` every position
+            head = None if path.startswith("naive") or path.endswith("allhead") else TargetHead(self.model)
             backend = Replicated(self.accelerator)
             model, optimizer = backend.wrap(self.model, lambda m: build_optimizer(m, LR, 0.0))
             scheduler = build_scheduler(optimizer, warmup=0, total=10_000)
-            self.steps[path] = TrainStep(model, backend, runner, scheduler, self.accelerator, self.device, world=1)
+            self.steps[path] = TrainStep(model, backend, runner, scheduler, self.accelerator, self.device, world=1, head=head)
         return self.steps[path]
 
     def step(self, path: str, index: int) -> float:
@@ -117,6 +124,8 @@ class Bench:
         runner = train_step.runner
         if path == "freeze75_fill":
             self.caches[path].tensors.clear()  # epoch 1: nothing cached yet, the step fills it
+        if train_step.head is not None:
+            train_step.head.install()
         if runner is not None:
             runner.install().train_mode()
         else:
@@ -127,7 +136,7 @@ class Bench:
                     self.model.gradient_checkpointing_enable()
         try:
             micro = micro_batches(self.examples, self.order, index, 1, 0, 1, self.pad_id)
-            if path == "freeze75_cached" and not self.caches[path].has_all(micro[0].keys):
+            if path in CACHED[1:] and not self.caches[path].has_all(micro[0].keys):
                 with torch.no_grad(), runner.batch(micro[0].keys, micro[0].lengths):  # epoch 1 filled it
                     self.model(**{k: v.to(self.device) for k, v in micro[0].batch.items()}, use_cache=False)
             self._sync()
@@ -135,6 +144,8 @@ class Bench:
             self._sync()
             return record["step_time_s"]
         finally:
+            if train_step.head is not None:
+                train_step.head.remove()
             if runner is not None:
                 runner.remove()
             if path == "naive_gc":
@@ -143,23 +154,33 @@ class Bench:
                     self.model.gradient_checkpointing_disable()
                 self.model.disable_input_require_grads()
 
+    def target_fraction(self) -> float:
+        """Share of the batches' positions the loss is on (what the masked head projects)."""
+        rows = [micro_batches(self.examples, self.order, i, 1, 0, 1, self.pad_id)[0] for i in range(8)]
+        return sum(r.targets for r in rows) / sum(r.batch["input_ids"].numel() for r in rows)
+
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
 
-def flop_ideals(anatomy, plan) -> dict:
-    """Ideal ratios from FLOPs: forward 2N, backward 4N (input-grad 2N + weight-grad 2N) per token."""
+def flop_ideals(anatomy, plan, target_fraction: float) -> dict:
+    """Ideal ratios from FLOPs: forward 2N, backward 4N (input-grad 2N + weight-grad 2N) per token; freezetune's
+    head projects ``target_fraction`` of the positions, plain transformers' (naive, allhead) all of them."""
     blocks = sum(e.numel for e in anatomy.entries if e.part == "block" and e.name == e.tensor)
     head = sum(e.numel for e in anatomy.entries if e.part == "head")  # a tied head still costs its matmul
     trained_blocks = sum(e.numel for e in anatomy.entries if e.part == "block" and e.tensor in plan.trainable)
     head_trains = any(e.tensor in plan.trainable for e in anatomy.entries if e.part == "head")
-    full = 6 * (blocks + head)
+    f = target_fraction
+    full = 6 * blocks + 6 * head * f
     head_cost = 2 * head + (4 if head_trains else 2) * head  # forward, then input grad (+ weight grad)
-    freeze = 2 * blocks + head_cost + 4 * trained_blocks
-    cached = 2 * trained_blocks + head_cost + 4 * trained_blocks
+    freeze = 2 * blocks + head_cost * f + 4 * trained_blocks
+    cached = 2 * trained_blocks + head_cost * f + 4 * trained_blocks
+    cached_allhead = 2 * trained_blocks + head_cost + 4 * trained_blocks
+    naive = 2 * blocks + head_cost + 4 * trained_blocks
     return {"full_over_freeze75": full / freeze, "full_over_freeze75_cached": full / cached,
-            "naive_over_freeze75": 1.0, "pitfall_full_over_freeze75_autograd_leak": full / (freeze + 2 * (blocks - trained_blocks))}
+            "naive_over_freeze75": naive / freeze, "head_masked_speedup": cached_allhead / cached,
+            "pitfall_full_over_freeze75_autograd_leak": full / (freeze + 2 * (blocks - trained_blocks))}
 
 
 def measure_memory_cpu(args) -> dict:
@@ -214,23 +235,24 @@ def main() -> None:
         "freeze75_fill_over_freeze75": median["freeze75_fill"] / median["freeze75"],
         "naive_over_freeze75": median["naive"] / median["freeze75"],
         "freeze75_gc_over_freeze75": median["freeze75_gc"] / median["freeze75"],
+        "head_masked_speedup": median["freeze75_cached_allhead"] / median["freeze75_cached"],
         "naive_gc_over_freeze75": median["naive_gc"] / median["freeze75"],
         "peak_mem_freeze75_over_full": peaks["freeze75"] / peaks["full"],
         "peak_mem_freeze75_gc_over_freeze75": peaks["freeze75_gc"] / peaks["freeze75"],
     }
     result = {
         "measured": "train_step", "model": args.model, "device": str(bench.device), "precision": args.precision,
-        "data": "built-in order task (SFT)", "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "data": "built-in dispatch task (SFT)", "target_fraction": bench.target_fraction(), "seq_len": args.seq_len, "batch_size": args.batch_size,
         "steps": args.steps, "threads": torch.get_num_threads(),
         "paths": {p: {"step_time_s": median[p], "step_times_s": times[p], "peak_memory_bytes": peaks[p]} for p in PATHS},
         "ratios": ratios,
-        "ideal": flop_ideals(bench.anatomy, bench.plans["freeze"]),
+        "ideal": flop_ideals(bench.anatomy, bench.plans["freeze"], bench.target_fraction()),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'path':<18}{'step s':>9}{'vs freeze75':>13}{'peak MiB':>11}")
+    print(f"{'path':<24}{'step s':>9}{'vs freeze75':>13}{'peak MiB':>11}")
     for path in PATHS:
-        print(f"{path:<18}{median[path]:>9.3f}{median[path] / median['freeze75']:>13.2f}{peaks[path] / 2**20:>11.0f}")
+        print(f"{path:<24}{median[path]:>9.3f}{median[path] / median['freeze75']:>13.2f}{peaks[path] / 2**20:>11.0f}")
     print()
     for name, value in ratios.items():
         ideal = result["ideal"].get(name)

@@ -6,7 +6,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from freezetune.training.loop import check_same_plan
+from freezetune.distributed.processes import check_same_plan
 from freezetune.errors import FreezetuneError
 
 accelerator = Accelerator(cpu=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from freezetune import FreezePlan, find_anatomy, resolve
 from freezetune.cli.commands import main
 from freezetune.errors import FreezetuneError
 from freezetune.plans.schedule import Schedule
@@ -194,3 +195,60 @@ def test_two_processes_follow_a_lisa_schedule_as_one_does(tiny_chat_model_dir, o
     assert trained.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-3, atol=1e-5)
+
+
+def test_schedules_are_compare_strategies(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from freezetune.comparison.strategies import parse_strategy
+
+    lisa = parse_strategy("lisa layers=1 every=2 over freeze embeddings lr=1e-3")
+    assert (lisa.kind, lisa.plan, lisa.schedule, lisa.lr) == ("plan", "freeze embeddings", "lisa layers=1 every=2", 1e-3)
+    assert parse_strategy("gradual every=2").schedule == "gradual every=2 start=1 step=1"
+    with pytest.raises(FreezetuneError, match="--strategy 'lisa every=2': --schedule 'lisa every=2': lisa needs layers=N"):
+        parse_strategy("lisa every=2")
+    out = tmp_path / "cmp"
+    base = ["compare", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+            "--max-steps", "4", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "2", "--out", str(out),
+            "--seeds", "1", "--lr-plan", "1e-3"]
+    assert main(base + ["--strategy", "lisa layers=5 every=2"]) == 2
+    assert "layers=5, but the plan trains only 4 blocks" in capsys.readouterr().err
+    assert main(base + ["--strategy", "gradual every=2 start=2", "--strategy", "lisa layers=1 every=2"]) == 0
+    rows = {r["strategy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert rows.keys() == {"gradual every=2 start=2", "lisa layers=1 every=2"}
+    assert all(r["status"] == "finished" for r in rows.values())
+    run = out / "runs" / "lisa-layers-1-every-2" / "seed-0"
+    assert json.loads((run / "manifest.json").read_text())["schedule"] == "lisa layers=1 every=2"
+    assert all(len(r["active_blocks"]) == 1 for r in records(run))
+    gradual = records(out / "runs" / "gradual-every-2-start-2" / "seed-0")
+    assert [r["active_blocks"] for r in gradual] == [[2, 3], [2, 3], [1, 2, 3], [1, 2, 3]]
+
+
+def test_plan_previews_a_schedules_phases_and_its_peak(tiny_chat_model_dir, capsys):
+    model = str(tiny_chat_model_dir)
+    assert main(["plan", model, "train all", "--schedule", "gradual every=5 start=1 step=2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    phases = info["schedule"]["phases"]
+    assert [p["active_blocks"] for p in phases] == [[3], [1, 2, 3], [0, 1, 2, 3]]
+    assert [p["steps"] for p in phases] == [[0, 4], [5, 9], [10, None]]
+    assert phases[-1]["memory_estimate_bytes"] == info["memory_estimate_bytes"]["total"]  # complete: the whole plan
+    assert [p["memory_estimate_bytes"] for p in phases] == sorted(p["memory_estimate_bytes"] for p in phases)
+    assert info["schedule"]["peak_memory_estimate_bytes"] == info["memory_estimate_bytes"]
+
+    assert main(["plan", model, "train all; freeze embeddings", "--schedule", "lisa layers=2 every=3", "--max-steps", "12",
+                 "--seed", "5", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    lisa = Schedule.parse("lisa layers=2 every=3")
+    phases = info["schedule"]["phases"]
+    assert sum(p["steps"][1] - p["steps"][0] + 1 for p in phases) == 12
+    universe = resolve(FreezePlan.parse("train all; freeze embeddings"),
+                       find_anatomy(__import__("transformers").AutoModelForCausalLM.from_pretrained(model)))
+    assert [b for p in phases for b in [p["active_blocks"]] * ((p["steps"][1] - p["steps"][0] + 1) // 3)] == \
+        [lisa.active(universe, period, 5) for period in range(4)]
+    # the peak is the worst draw: the lowest block (the longest backward) and one more
+    assert info["schedule"]["peak_active_blocks"][0] == 0 and len(info["schedule"]["peak_active_blocks"]) == 2
+    assert max(p["memory_estimate_bytes"] for p in phases) <= info["schedule"]["peak_memory_estimate_bytes"]["total"]
+    assert info["schedule"]["peak_memory_estimate_bytes"]["total"] < info["full_finetune_memory_estimate_bytes"]["total"]
+
+    assert main(["plan", model, "train all", "--schedule", "lisa layers=2 every=3"]) == 0
+    text = capsys.readouterr().out
+    assert "schedule: lisa layers=2 every=3 (LISA's draws for --seed 0)" in text
+    assert "peak training memory estimate over the phases:" in text

@@ -119,3 +119,14 @@ def test_the_stored_top_k_kl_is_exact_with_every_token_and_a_lower_bound_with_fe
     assert exact["retain_kl"] == pytest.approx(float(direct), rel=1e-5) and exact["retain_tokens"] == 5
     coarse = forgetting(tuned, examples, base_distributions(base, examples, 2, 0, "cpu", top_k=3), 2, 0, "cpu")
     assert 0 < coarse["retain_kl"] <= exact["retain_kl"] and coarse["retain_ppl"] == pytest.approx(exact["retain_ppl"])
+
+
+def test_alike_in_a_chain_is_not_alike_as_a_whole():
+    # a ~ b and b ~ c on every test, but a's KL is measurably below c's: not "no measurable difference"
+    rows = [_strategy("a", [0.50, 0.52], [0.100, 0.102]),
+            _strategy("b", [0.51, 0.53], [0.100, 0.300]),
+            _strategy("c", [0.50, 0.52], [0.300, 0.302])]
+    verdict = decide(rows)
+    assert not verdict["sentence"].startswith("No measurable difference")
+    assert verdict["dominated"] == [{"strategy": "c", "by": "a"}]
+    assert all(not {"a", "c"} <= set(group) for group in verdict["indistinguishable"])

@@ -37,10 +37,17 @@ def run_plan(options: PlanOptions) -> str:
     from freezetune.plans.anatomy import find_anatomy
     from freezetune.plans.formats import render
     from freezetune.plans.language import FreezePlan
-    from freezetune.plans.preview import describe, render_text
+    from freezetune.plans.preview import (
+        describe,
+        describe_schedule,
+        render_schedule_text,
+        render_text,
+    )
     from freezetune.plans.resolution import resolve
+    from freezetune.plans.schedule import Schedule
 
     plan = FreezePlan.from_argument(options.plan)  # before loading: a typo fails in milliseconds
+    schedule = Schedule.parse(options.schedule) if options.schedule else None
     loaded = load_model(options.model, cache_dir=_cache(options))
     resolved = resolve(plan, find_anatomy(loaded.model))
     if options.format:
@@ -49,7 +56,13 @@ def run_plan(options: PlanOptions) -> str:
     problem = causal_lm_problem(loaded.model)
     if problem:  # a preview is still useful, but the user should not find out at `train`
         info["notices"].append(f"train, compare and export will not take this model: {problem}")
-    return json.dumps(info, indent=2) if options.json else render_text(info)
+    if schedule is not None:
+        schedule.check(resolved)
+        info["schedule"] = describe_schedule(resolved, schedule, options.max_steps, options.seed, options.seq_len,
+                                             options.batch_size, options.dtype)
+    if options.json:
+        return json.dumps(info, indent=2)
+    return render_text(info) + (render_schedule_text(info, resolved.anatomy.num_layers) if schedule else "")
 
 
 def run_advise(options: AdviseOptions) -> str:

@@ -42,6 +42,7 @@ class Strategy:
     lr: float | None = None  # given as lr=X inside the strategy: no search
     advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
     budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
+    schedule: str | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
 
     @property
     def slug(self) -> str:
@@ -63,13 +64,23 @@ def _take_rate(text: str) -> tuple[str, float | None]:
 
 
 def parse_strategy(text: str) -> Strategy:
-    """'full', 'lora [r=N] [alpha=N] [targets=a,b]', or any plan (checked against the model later);
-    any of them may end in 'lr=X'."""
+    """'full', 'lora [r=N] [alpha=N] [targets=a,b]', a schedule ('gradual ...' or 'lisa ...', over 'train all'
+    or 'over PLAN'), or any plan (checked against the model later); any of them may end in 'lr=X'."""
     name = text.strip()
     text, rate = _take_rate(text)
     words = text.split()
     if not words:
         raise FreezetuneError("empty --strategy")
+    if words[0] in ("gradual", "lisa"):
+        from freezetune.plans.schedule import Schedule
+
+        schedule, _, plan = text.partition(" over ")
+        try:
+            schedule = Schedule.parse(schedule.strip()).render()
+            FreezePlan.parse(plan.strip() or "train all")
+        except FreezetuneError as exc:
+            raise FreezetuneError(f"--strategy '{name}': {exc}") from None
+        return Strategy(name, "plan", plan.strip() or "train all", lr=rate, schedule=schedule)
     if text.strip() == "full":
         return Strategy(name, "full", "train all", lr=rate)
     if words[0] == "advise":
@@ -110,7 +121,9 @@ class CompareOptions(RunOptions):
     seeds: int = opt(2, help="train every strategy with N seeds (data order, LoRA init): the report gives means, "
                      "spreads and intervals")
     strategy: list[str] | None = opt(None, help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
-                                     "'advise [budget=8GiB]' (the plan `freezetune advise` picks); give once per strategy "
+                                     "'advise [budget=8GiB]' (the plan `freezetune advise` picks); 'gradual every=N "
+                                     "[start=K step=S]' or 'lisa layers=K every=T', optionally 'over PLAN'; "
+                                     "give once per strategy "
                                      "(default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
     retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
                              "model's answers to 52 built-in general prompts")
@@ -220,7 +233,8 @@ def run_config(settings: CompareSettings, strategy: Strategy, rate: float, seed:
     """One seed's reported run at ``rate``; ``seed`` None: the search run of ``rate`` (shorter, on the validation split)."""
     group = settings.out / "runs" / strategy.slug
     run_dir = group / f"seed-{seed}" if seed is not None else group / "search" / f"lr-{rate:g}"
-    values = dict(model=settings.model, plan=strategy.plan, lr=rate, out=str(run_dir), seed=settings.seeds[0],
+    values = dict(model=settings.model, plan=strategy.plan, schedule=strategy.schedule, lr=rate, out=str(run_dir),
+                  seed=settings.seeds[0],
                   resume=str(run_dir) if checkpoint_dirs(run_dir) else None, show_generations=0, lora_r=0)
     if seed is None:  # scored on the validation split by its loss alone: no answers to generate
         values.update(max_steps=settings.search_steps, validation=settings.validation, eval_generate=0)
@@ -255,7 +269,11 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     for strategy in settings.strategies:
         if strategy.kind == "plan":
             try:
-                resolve(FreezePlan.parse(strategy.plan), anatomy)
+                resolved = resolve(FreezePlan.parse(strategy.plan), anatomy)
+                if strategy.schedule:
+                    from freezetune.plans.schedule import Schedule
+
+                    Schedule.parse(strategy.schedule).check(resolved)
             except FreezetuneError as exc:
                 raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
     if settings.retain is not None:

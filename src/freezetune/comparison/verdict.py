@@ -43,13 +43,16 @@ def _cost(a: dict, b: dict, cost: str) -> int:
 
 
 def _groups(rows: list[dict], apart) -> list[list[dict]]:
-    """Connected sets of rows that no test separates on either axis."""
+    """Sets of rows in which no test separates any pair on either axis (each row in the first set it fits).
+    Chaining would be wrong: a and b alike and b and c alike says nothing about a and c."""
     groups: list[list[dict]] = []
     for row in rows:
-        joined = [g for g in groups if any(not apart(row, other) for other in g)]
-        merged = [row] + [r for g in joined for r in g]
-        groups = [g for g in groups if g not in joined] + [merged]
-    return [sorted(g, key=rows.index) for g in groups]
+        home = next((g for g in groups if not any(apart(row, other) for other in g)), None)
+        if home is None:
+            groups.append([row])
+        else:
+            home.append(row)
+    return groups
 
 
 def _hint(a: dict, b: dict, metric: str, seeds: int) -> str | None:
@@ -96,7 +99,8 @@ def decide(rows: list[dict]) -> dict:
     higher = (lambda r: r["exact_match"]) if metric == "exact_match" else (lambda r: -r["eval_loss"])
     best = max(frontier, key=lambda r: (higher(r), -r[cost]))
     gentlest = min(frontier, key=lambda r: (r[cost], -higher(r)))
-    groups = [g for g in _groups(done, lambda a, b: bool(_quality(a, b, metric) or _cost(a, b, cost))) if len(g) > 1]
+    apart = lambda a, b: bool(_quality(a, b, metric) or _cost(a, b, cost))  # noqa: E731
+    groups = [g for g in _groups(done, apart) if len(g) > 1]
     seeds = len(done[0]["seeds"] or [None])
     hints = [h for g in groups if (h := _hint(*sorted(g, key=higher, reverse=True)[:2], metric, seeds))]
     tied_best = [r for r in frontier if r is not best and not _quality(best, r, metric)]
@@ -106,7 +110,7 @@ def decide(rows: list[dict]) -> dict:
     answers = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {done[0]['exact_match_examples']} scored answers each" if checkable else "")
     if len(done) == 1:
         sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
-    elif len(groups) == 1 and len(groups[0]) == len(done):
+    elif not any(apart(a, b) for a in done for b in done if a is not b):
         sentence = (f"No measurable difference: {', '.join(r['strategy'] for r in done)} cannot be told apart on "
                     f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({answers}).")
     else:

@@ -7,6 +7,7 @@ it is alone, so it must always be created the same way: here.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import MutableMapping
 
 import torch
@@ -77,3 +78,16 @@ def _deepspeed_launch(env: MutableMapping[str, str]) -> ZeroSettings:
         raise FreezetuneError("DeepSpeed config: set gradient clipping with --max-grad-norm, not in the accelerate config")
     env.pop("ACCELERATE_USE_DEEPSPEED")
     return ZeroSettings(int(stage))
+
+
+def check_same_plan(accelerator, names: list[str]) -> None:
+    """Every process must train the same tensors, or DDP averages gradients of different things."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    mine = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    everyone = gather_object([mine])
+    if len(set(everyone)) != 1:
+        raise FreezetuneError(f"the processes resolved different plans (trainable-set hashes {sorted(set(everyone))}); "
+                              "give every process the same model and plan")

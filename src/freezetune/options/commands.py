@@ -21,6 +21,10 @@ class PlanOptions:
     batch_size: int = opt(4, help="micro-batch size for the memory estimate")
     dtype: str = opt("float32", help="training precision for the memory estimate", choices=DTYPES)
     json: bool = opt(False, help="print one JSON object instead of the table")
+    schedule: str | None = opt(None, help="preview a schedule inside the plan: its phases and peak memory "
+                               "('gradual every=N [start=K step=S]' or 'lisa layers=K every=T')")
+    max_steps: int = opt(0, help="with --schedule: the run's steps (0: gradual until complete, four LISA periods)")
+    seed: int = opt(0, help="with --schedule: the seed LISA draws its blocks with")
     format: str | None = opt(None, help="print the trainable set in another tool's config format", choices=FORMATS)
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
 
@@ -28,6 +32,10 @@ class PlanOptions:
         for name in ("seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise FreezetuneError(f"--max-steps must be 0 or more, got {self.max_steps}")
+        if self.schedule and self.format:
+            raise FreezetuneError("--format writes one fixed trainable set; a --schedule changes it during the run")
 
 
 SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)

@@ -56,6 +56,9 @@ class TrainConfig(RunOptions):
     eval_every: int = opt(0, help="evaluate every N steps; 0 = only before and after training")
     save_every: int = opt(50, help="write a resumable checkpoint every N steps; 0 = only at the end")
     gradient_checkpointing: bool = opt(False, help="recompute activations of the trained blocks only (never the frozen prefix)")
+    head_positions: str = opt("targets", help="where the output head runs: targets (only where the loss is, its "
+                              "cross-entropy in chunks) or all (every position, as transformers does)",
+                              choices=("targets", "all"))
     prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto (by size)", choices=CACHE_MODES)
     resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
     out: str | None = opt(None, help="run folder to write (default runs/<model>-<time>)")

@@ -89,3 +89,48 @@ def render_text(info: dict) -> str:
         lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
     lines += [f"notice: {notice}" for notice in info["notices"]]
     return "\n".join(lines)
+
+
+def describe_schedule(universe: ResolvedPlan, schedule, total_steps: int, seed: int, seq_len: int, batch_size: int,
+                      dtype: str) -> dict:
+    """The phases of a schedule (plans/schedule.py) over ``universe``, each with its memory estimate, and
+    the peak: the maximum over every phase the schedule can reach (for LISA, over every draw)."""
+    phases = [{"steps": p["steps"], "active_blocks": p["blocks"], "plan": p["resolved"].plan.render(),
+               "trainable_params": p["resolved"].trainable_params, "backward_depth": p["resolved"].backward_depth,
+               "memory_estimate_bytes": _memory(p["resolved"], seq_len, batch_size, dtype)["total"]}
+              for p in schedule.phases(universe, total_steps, seed)]
+    peak = schedule.peak_plan(universe)
+    return {"text": schedule.render(), "seed": seed, "phases": phases,
+            "peak_memory_estimate_bytes": _memory(peak, seq_len, batch_size, dtype),
+            "peak_active_blocks": [r["index"] for r in peak.layer_rows() if r["trainable_params"]]}
+
+
+def render_schedule_text(info: dict, num_layers: int) -> str:
+    sched = info["schedule"]
+    drawn = f" (LISA's draws for --seed {sched['seed']})" if sched["text"].startswith("lisa") else ""
+    lines = ["", f"schedule: {sched['text']}{drawn}", f"{'steps':>11}  {'active blocks':<24}  {'trainable':>13}  "
+             f"{'backward':>8}  {'memory':>10}"]
+    for phase in sched["phases"]:
+        first, last = phase["steps"]
+        steps = f"{first + 1}-{last + 1 if last is not None else 'end'}"
+        lines.append(f"{steps:>11}  {_ranges(phase['active_blocks']):<24}  {phase['trainable_params']:>13,}  "
+                     f"{phase['backward_depth']:>4}/{num_layers:<3}  {human_bytes(phase['memory_estimate_bytes']):>10}")
+    peak = sched["peak_memory_estimate_bytes"]["total"]
+    full = info["full_finetune_memory_estimate_bytes"]["total"]
+    worst = "the whole plan" if sched["text"].startswith("gradual") else \
+        f"a draw with blocks {_ranges(sched['peak_active_blocks'])} (the longest backward)"
+    lines.append(f"peak training memory estimate over the phases: {human_bytes(peak)} at {worst}; "
+                 f"full fine-tune {human_bytes(full)}")
+    return "\n" + "\n".join(lines)  # a blank line under the plan's preview
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ",".join(parts)

@@ -18,8 +18,10 @@ def batches(count: int, size: int, progress: str | None):
 
 
 def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch_size: int, pad_id: int,
-              device, key_prefix: str = "eval", progress: str | None = None) -> dict:
-    """Mean next-token loss over every target token of ``examples`` (not a mean of batch means)."""
+              device, key_prefix: str = "eval", progress: str | None = None, head=None) -> dict:
+    """Mean next-token loss over every target token of ``examples`` (not a mean of batch means).
+    ``head``: a TargetHead (training/head.py) projecting only the targets."""
+    targeted = head is not None and head.installed
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -29,14 +31,17 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             keys = [f"{key_prefix}:{start + i}" for i in range(len(chunk))]
             lengths = [len(e.input_ids) for e in chunk]
-            with runner.batch(keys, lengths) if runner else contextlib.nullcontext():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             targets = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                ignore_index=IGNORE, reduction="sum",
-            )
-            total += losses.item()
+            with (runner.batch(keys, lengths) if runner else contextlib.nullcontext(),
+                  head.targets(batch["labels"]) if targeted else contextlib.nullcontext()):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            if targeted:
+                total += logits.sum().item()  # already the summed loss of the targets
+            else:
+                total += torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                    ignore_index=IGNORE, reduction="sum",
+                ).item()
             count += int((targets != IGNORE).sum())
     if was_training:
         model.train()
@@ -75,13 +80,13 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def evaluate_model(model, tokenizer, examples: list[Example], config, device, runner: PrefixRunner | None = None,
-                   label: str = "", progress: bool = False) -> dict:
+                   label: str = "", progress: bool = False, head=None) -> dict:
     """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
     ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
     pad_id = pad_token_id(tokenizer)
     result = {"label": label}
     name = (lambda what: f"{label} {what}".strip()) if progress else (lambda what: None)
-    measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"))
+    measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"), head=head)
     result.update({f"eval_{k}": v for k, v in measured.items()})
     checkable = [e for e in examples if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:

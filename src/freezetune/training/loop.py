@@ -10,7 +10,6 @@ batches the uninterrupted one would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from freezetune.data.examples import pad_token_id
 from freezetune.data.order import BatchOrder
 from freezetune.distributed.backends import make_backend
+from freezetune.distributed.processes import check_same_plan
 from freezetune.distributed.state import trainable_state
 from freezetune.errors import FreezetuneError
 from freezetune.plans.resolution import ResolvedPlan
@@ -42,6 +42,7 @@ from freezetune.runs.durable import remove_leftovers, write_json, write_text
 from freezetune.runs.manifest import read_manifest, read_metrics, update_manifest
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.guards import FirstStepGuard
+from freezetune.training.head import checked_head
 from freezetune.training.optimizer import (
     build_optimizer,
     build_scheduler,
@@ -68,19 +69,6 @@ def make_accelerator(precision: str, log_with: str | None, run_dir: Path, changi
         raise FreezetuneError(f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
                               "itself: pass FsdpSettings to open_session (distributed.processes.launch_sharding reads a launch)")
     return accelerator
-
-
-def check_same_plan(accelerator: Accelerator, names: list[str]) -> None:
-    """Every process must train the same tensors, or DDP averages gradients of different things."""
-    if accelerator.num_processes == 1:
-        return
-    from accelerate.utils import gather_object
-
-    mine = hashlib.sha256("\n".join(names).encode()).hexdigest()
-    everyone = gather_object([mine])
-    if len(set(everyone)) != 1:
-        raise FreezetuneError(f"the processes resolved different plans (trainable-set hashes {sorted(set(everyone))}); "
-                              "give every process the same model and plan")
 
 
 def seed_everything(seed: int) -> None:
@@ -121,8 +109,13 @@ class Trainer:
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
         self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
+        self.head, note = None, "head: every position (--head-positions all)"
+        if self.config.head_positions == "targets":
+            first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
+            self.head, note = checked_head(self.module, self.model, first, self.accelerator)
+        self.s.notes.append(note)
         self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
-                                    self.device, self.world)
+                                    self.device, self.world, self.head)
         self.retarget(self.trainable.at(0) or session.resolved)  # the seam schedules change the trainable set through
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self._metrics = None  # the open metrics file, while run() runs
@@ -130,7 +123,7 @@ class Trainer:
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
         return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label,
-                              progress=self.progress)
+                              progress=self.progress, head=self.head)
 
     def _resume(self) -> int:
         if self.main:  # one process checks the checksums and sets damaged checkpoints aside

@@ -55,9 +55,10 @@ class TrainStep:
     """``model``: what the backend wrapped (DDP, FSDP2, DeepSpeed engine or the model itself);
     ``runner``: the prefix runner, or None for a model left as transformers built it."""
 
-    def __init__(self, model, backend, runner, scheduler, accelerator, device: torch.device, world: int):
+    def __init__(self, model, backend, runner, scheduler, accelerator, device: torch.device, world: int, head=None):
+        """``head``: a TargetHead (training/head.py) that projects only the target positions, or None."""
         self.model, self.backend, self.runner, self.scheduler = model, backend, runner, scheduler
-        self.accelerator, self.device, self.world = accelerator, device, world
+        self.accelerator, self.device, self.world, self.head = accelerator, device, world, head
 
     def _sum(self, *values: float) -> list[float]:
         """Sums over all processes, in one all-reduce however many values."""
@@ -74,18 +75,25 @@ class TrainStep:
         if total == 0:
             raise FreezetuneError("a training step holds no target token: every answer was cut off by --seq-len")
         loss_sum, attended = 0.0, 0
+        targeted = self.head is not None and self.head.installed
         for index, (m, count) in enumerate(zip(micro, counts)):
             batch = {k: v.to(self.device) for k, v in m.batch.items()}
             around = self.runner.batch(m.keys, m.lengths) if self.runner is not None else contextlib.nullcontext()
-            with around, self.accelerator.autocast():
-                output = self.model(**batch, use_cache=False)
-            # the model's loss is a mean over this micro-batch's targets: weigh it by their share of the step's,
-            # times the process count the backends average gradients over (exactly 1.0 for one batch, one process)
-            weight = count * self.world / total
-            # a micro-batch without targets still runs backward: under DDP every process must
-            scaled = output.loss * weight if count else output.logits.sum() * 0.0
+            if targeted:  # the model returns the summed loss of the targets as its logits (training/head.py)
+                with around, self.head.targets(batch["labels"]), self.accelerator.autocast():
+                    summed = self.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits.sum()
+                scaled = summed * (self.world / total)  # the step's token mean, times what the backends average over
+                loss_sum += summed.item()
+            else:
+                with around, self.accelerator.autocast():
+                    output = self.model(**batch, use_cache=False)
+                # the model's loss is a mean over this micro-batch's targets: weigh it by their share of the step's,
+                # times the process count the backends average gradients over (exactly 1.0 for one batch, one process)
+                weight = count * self.world / total
+                # a micro-batch without targets still runs backward: under DDP every process must
+                scaled = output.loss * weight if count else output.logits.sum() * 0.0
+                loss_sum += output.loss.item() * count if count else 0.0
             self.backend.backward(scaled, last=index == len(micro) - 1)
-            loss_sum += output.loss.item() * count if count else 0.0
             attended += int(batch["attention_mask"].sum())
         loss_total, attended_total = self._sum(loss_sum, attended)
         return {"loss": loss_total / total, "targets": int(total), "tokens": int(attended_total)}
