@@ -121,3 +121,62 @@ def test_dims_for_memory_estimate():
     dims = find_anatomy(build_tiny("gpt2")).dims
     assert (dims.hidden_size, dims.num_heads, dims.vocab_size) == (32, 4, 128)
     assert torch.is_tensor(build_tiny("gpt2").transformer.wte.weight)
+
+
+TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+            vocab_size=128)
+
+
+def _vlm(kind: str) -> torch.nn.Module:
+    """Tiny vision-language models whose vision tower has more blocks (5) than the language stack (2)."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    if kind == "qwen2_vl":
+        return T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
+            text_config=dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+            vision_config=dict(depth=5, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=2,
+                               spatial_merge_size=1, temporal_patch_size=1, in_channels=3)))
+    return T.LlavaForConditionalGeneration(T.LlavaConfig(
+        text_config=T.LlamaConfig(**TEXT), image_token_index=100,
+        vision_config=T.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
+                                         image_size=8, patch_size=4)))
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "llava"])
+def test_a_vision_language_model_is_planned_on_its_language_stack(kind):
+    from freezetune import FreezePlan, resolve
+
+    model = _vlm(kind)
+    anatomy = find_anatomy(model)
+    assert anatomy.blocks_path == "model.language_model.layers" and anatomy.num_layers == 2
+    parts = {e.name: e.part for e in anatomy.entries}
+    assert parts["lm_head.weight"] == "head" and parts["model.language_model.norm.weight"] == "norm"
+    vision = [name for name in parts if "visual" in name or "vision" in name or "projector" in name]
+    assert vision and {parts[n] for n in vision} == {"embeddings"}  # they feed the language stack
+    resolved = resolve(FreezePlan.parse("freeze bottom 50%"), anatomy)
+    trained = resolved.trainable_names()
+    assert any(n.startswith("model.language_model.layers.1.") for n in trained)
+    assert not any(n.startswith("model.language_model.layers.0.") for n in trained)
+    assert not any(n in vision for n in trained) and "lm_head.weight" in trained
+
+
+def test_a_hybrid_stack_with_mixed_block_classes_is_one_ordered_stack():
+    import transformers as T
+
+    from freezetune import FreezePlan, resolve
+
+    torch.manual_seed(0)
+    model = T.JambaForCausalLM(T.JambaConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=128, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+        num_experts=2, mamba_d_state=4, mamba_dt_rank=4, mamba_expand=2))
+    assert {type(layer).__name__ for layer in model.model.layers} == {"JambaMambaDecoderLayer", "JambaAttentionDecoderLayer"}
+    anatomy = find_anatomy(model)
+    assert anatomy.blocks_path == "model.layers" and anatomy.num_layers == 4
+    roles = {(e.layer, e.role) for e in anatomy.entries if e.part == "block"}
+    assert {(0, "attn"), (1, "attn"), (1, "mlp")} <= roles  # the Mamba mixer is block 0's sequence mixer
+    assert any(e.expert for e in anatomy.entries if e.layer == 1)
+    trained = resolve(FreezePlan.parse("train attn@top 2"), anatomy).trainable_names()
+    assert trained and {n.split(".")[2] for n in trained} == {"2", "3"}
+    assert any(".mamba." in n for n in trained) and any(".self_attn." in n for n in trained)

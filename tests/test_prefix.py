@@ -1,5 +1,7 @@
 """The prefix runner on many architectures: same losses and gradients, no autograd in the prefix."""
 
+import json
+
 import pytest
 import torch
 
@@ -100,3 +102,37 @@ def test_remove_restores_the_class_forward():
     assert all("forward" in block.__dict__ for block in model.model.layers)
     runner.remove()
     assert all("forward" not in block.__dict__ for block in model.model.layers)
+
+
+def test_a_moe_load_balancing_loss_keeps_every_router_running(order_data, tmp_path, capsys, monkeypatch):
+    """Replaying the frozen blocks from the cache skips their routers, which the aux loss sums over."""
+    import transformers as T
+
+    from conftest import build_tokenizer
+    from freezetune.cli.commands import main
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = T.MixtralForCausalLM(T.MixtralConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        num_local_experts=4, num_experts_per_tok=2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2,
+        bos_token_id=1, output_router_logits=True, router_aux_loss_coef=0.5))
+    model.save_pretrained(tmp_path / "moe")
+    tokenizer.save_pretrained(tmp_path / "moe")
+
+    def losses(out, cache):
+        assert main(["train", "--model", str(tmp_path / "moe"), "--data", str(order_data[0]), "--eval-data",
+                     str(order_data[1]), "--out", str(tmp_path / out), "--batch-size", "4", "--seq-len", "64",
+                     "--max-steps", "10", "--lr", "1e-2", "--eval-generate", "0", "--plan", "freeze bottom 50%",
+                     "--prefix-cache", cache]) == 0
+        return [json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+
+    uncached = losses("off", "off")
+    assert losses("asked", "memory") == uncached  # 20 rows, batches of 4: steps 6-10 are epoch 2
+    err = capsys.readouterr().err
+    assert "prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer" in err
+    assert "head: every position, as the model computes it (the model adds its routers' load-balancing loss" in err
+    # what the notice prevents: replaying would leave the frozen blocks' routers out of the loss from epoch 2 on
+    monkeypatch.setattr("freezetune.training.session.router_loss", lambda model: False)
+    replayed = losses("replayed", "memory")
+    assert replayed[:5] == uncached[:5] and replayed[5:] != pytest.approx(uncached[5:], rel=1e-6)

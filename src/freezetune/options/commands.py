@@ -29,13 +29,18 @@ class PlanOptions:
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size"):
-            if getattr(self, name) < 1:
-                raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_sizes(self)
         if self.max_steps < 0:
             raise FreezetuneError(f"--max-steps must be 0 or more, got {self.max_steps}")
         if self.schedule and self.format:
             raise FreezetuneError("--format writes one fixed trainable set; a --schedule changes it during the run")
+
+
+def check_sizes(options) -> None:
+    """The sizes a memory estimate is made for (plan, advise)."""
+    for name in ("seq_len", "batch_size"):
+        if getattr(options, name) < 1:
+            raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
 
 
 SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
@@ -69,7 +74,7 @@ class AdviseOptions:
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
-        PlanOptions.validate(self)  # the same sizes
+        check_sizes(self)
         if self.memory_budget is not None and self.budget_bytes() <= 0:
             raise FreezetuneError(f"--memory-budget must be positive, got {self.memory_budget}")
 

@@ -5,13 +5,19 @@ parameters inside blocks. This module maps those words onto parameter names with
 table of model names:
 
 - blocks: the longest ``nn.ModuleList`` of identical modules that is not itself inside
-  another such list (so a list of MoE experts inside a block never wins);
+  another such list (so a list of MoE experts inside a block never wins), searched inside
+  the language stack when the model names one (``get_decoder()``): on a vision-language
+  model the vision tower's list may be longer, but it is not what generates text. The
+  decoder's own layer list may mix block classes (Jamba's Mamba and attention layers): it
+  is one ordered stack;
 - final norm: a norm module that sits beside the block list (a child of the same parent);
 - embeddings: everything outside the blocks registered before them (token and position
-  embeddings, an embedding LayerNorm), plus ``get_input_embeddings()``;
+  embeddings, an embedding LayerNorm; a vision tower and its projector, which feed the
+  language stack), plus ``get_input_embeddings()``;
 - head: everything else outside the blocks (``lm_head``, BERT's prediction transform, ...);
 - inside a block: ``norm`` if the owning module is a norm, ``attn`` if the path names
-  attention, otherwise ``mlp`` (dense MLPs, MoE experts, routers, shared experts).
+  attention or a Mamba mixer (the sequence mixer), otherwise ``mlp`` (dense MLPs, MoE
+  experts, routers, shared experts).
 
 Tied weights are one tensor under several names; each name keeps its own part, and the
 tensor is reported under its first name (the canonical one).
@@ -83,16 +89,32 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
 
 
+def _decoder_path(model: nn.Module) -> str | None:
+    """Where the language stack is, when the model names it and it is not the model itself."""
+    getter = getattr(model, "get_decoder", None)
+    try:
+        decoder = getter() if callable(getter) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    if not isinstance(decoder, nn.Module) or decoder is model:
+        return None
+    return next((path for path, module in model.named_modules() if module is decoder), None)
+
+
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    decoder = _decoder_path(model)
     candidates = []
     for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if len({type(child) for child in module}) != 1:
+        layers_of_decoder = decoder is not None and path.rpartition(".")[0] == decoder
+        if len({type(child) for child in module}) != 1 and not layers_of_decoder:
             continue
         if not any(True for _ in module.parameters()):
             continue
         candidates.append((path, module))
+    inside = [(p, m) for p, m in candidates if decoder is not None and p.startswith(decoder + ".")]
+    candidates = inside or candidates  # the language stack's own list, when it has one
     # a ModuleList nested inside another candidate (MoE experts inside a block) is not the stack
     top_level = [
         (path, module)
@@ -110,7 +132,7 @@ def _block_role(model: nn.Module, name: str, within: str) -> tuple[str, bool]:
     expert = any("expert" in s or s in ("gate", "router") for s in segments)
     if _is_norm(owner):
         return "norm", expert
-    if any("attn" in s or "attention" in s for s in segments):
+    if any("attn" in s or "attention" in s or "mamba" in s for s in segments):
         return "attn", expert
     return "mlp", expert
 

@@ -59,8 +59,11 @@ class TargetHead:
         """Why the head cannot be restricted to the targets on this model, or None."""
         if not isinstance(self.layer, nn.Linear) or type(self.layer).forward is not nn.Linear.forward:
             return f"the output layer is a {type(self.layer).__name__}, not a plain linear layer"
-        if getattr(getattr(self.model, "config", None), "final_logit_softcapping", None):
+        config = getattr(self.model, "config", None)
+        if getattr(config, "final_logit_softcapping", None):
             return "the model soft-caps its logits after the output layer"
+        if getattr(config, "output_router_logits", False):
+            return "the model adds its routers' load-balancing loss to the cross-entropy"
         return None
 
     def install(self) -> TargetHead:

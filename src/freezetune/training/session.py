@@ -106,11 +106,22 @@ def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int)
     return sorted({prefix_depth(p["resolved"]) for p in phases})
 
 
-def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype) -> tuple[PrefixCache | None, str]:
+def router_loss(model) -> bool:
+    """Whether the model adds a load-balancing loss over every MoE layer's router to its loss."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "output_router_logits", False)) and bool(getattr(config, "router_aux_loss_coef", 1.0))
+
+
+def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype,
+                 routers: bool = False) -> tuple[PrefixCache | None, str]:
+    """``routers``: the model's loss covers every layer's router (router_loss), which a replay would skip."""
     depths = [d for d in schedule_depths(config, resolved, len(train.examples)) if d > 0]
     depth = max(depths, default=0)
     if config.prefix_cache == "off":
         return None, "prefix cache: off"
+    if routers and depth:
+        return None, ("prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer, "
+                      "and a replay would skip those of the frozen blocks; set output_router_logits false to cache)")
     if depth == 0:
         return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
     state = process_state()
@@ -224,7 +235,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
-    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype)
+    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, router_loss(loaded.model))
     notes.append(cache_note)
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume:
