@@ -47,7 +47,8 @@ from freezetune.training.head import TargetHead
 from freezetune.training.loop import make_accelerator
 from freezetune.training.optimizer import build_optimizer, build_scheduler
 from freezetune.training.peak_memory import peak_memory_bytes
-from freezetune.training.prefix import PrefixCache, PrefixRunner
+from freezetune.training.prefix import PrefixRunner
+from freezetune.training.prefix_cache import PrefixCache
 from freezetune.training.step import TrainStep, micro_batches
 
 PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_fill", "freeze75_cached", "freeze75_cached_allhead", "naive",
@@ -123,7 +124,7 @@ class Bench:
         apply_plan(self.model, self._plan(path))
         runner = train_step.runner
         if path == "freeze75_fill":
-            self.caches[path].tensors.clear()  # epoch 1: nothing cached yet, the step fills it
+            self.caches[path].clear()  # epoch 1: nothing cached yet, the step fills it
         if train_step.head is not None:
             train_step.head.install()
         if runner is not None:

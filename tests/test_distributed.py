@@ -97,10 +97,11 @@ def test_each_process_caches_only_its_own_shard(tiny_chat_model_dir, order_data,
     result = freezetune(*run, "--cache-dir", str(cache_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "for about 14 examples per process" in result.stderr  # 20 train / 2 + 4 held-out
-    files = sorted((cache_dir / "prefix").glob("*.safetensors"))
-    assert [f.name.split("-")[-1] for f in files] == ["rank0of2.safetensors", "rank1of2.safetensors"]
+    folders = sorted((cache_dir / "prefix").iterdir())
+    assert [f.name.split("-")[-1] for f in folders] == ["rank0of2", "rank1of2"]
     order = BatchOrder(20, 4, seed=0)
-    cached = [{int(k.split(":")[1]) for k in load_file(str(f)) if k.startswith("train:")} for f in files]
+    keys = [[k for shard in json.loads((f / "index.json").read_text())["shards"].values() for k in shard] for f in folders]
+    cached = [{int(k.split(":")[1].split("@")[0]) for k in ks if k.startswith("train:")} for ks in keys]
     assert not cached[0] & cached[1]
     for rank in (0, 1):
         # 3 epochs of 5 batches: each process ran (and cached) nothing but its shard, and all of it

@@ -87,8 +87,10 @@ def test_disk_cache_is_keyed_and_reused(tiny_chat_model_dir, order_data, tmp_pat
     first = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "a", **common))
     assert "prefix cache: disk" in " ".join(first.notes) and "reused" not in " ".join(first.notes)
     Trainer(first, log=lambda m: None, progress=False).run()
-    files = list((tmp_path / "cache" / "prefix").glob("*.safetensors"))
-    assert len(files) == 1
+    folders = list((tmp_path / "cache" / "prefix").iterdir())
+    assert len(folders) == 1 and list(folders[0].glob("shard-*.safetensors")) and (folders[0] / "index.json").is_file()
+    meta = json.loads((folders[0] / "meta.json").read_text())
+    assert meta["attention"] and meta["config_json_sha256"] and set(meta["versions"]) == {"torch", "transformers"}
     second = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "b", **common))
     assert "reused from an earlier run" in " ".join(second.notes)
     Trainer(second, log=lambda m: None, progress=False).run()
@@ -177,7 +179,7 @@ def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_di
                              eval_generate=0, prefix_cache="memory", plan="freeze bottom 50%")
         session = open_session(config)
         Trainer(session, log=lambda message: None, progress=False).run()
-        cached[steps] = {key.split(":")[0] for key in session.cache.tensors}
+        cached[steps] = {key.split(":")[0] for key in session.cache.keys()}
         assert ("the held-out set only" in " ".join(session.notes)) == (steps == 2)
     assert cached == {2: {"eval"}, 6: {"eval", "train"}}  # a row never seen twice is never stored
 

@@ -9,7 +9,8 @@ from conftest import build_tiny
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.data.examples import Example, collate
 from freezetune.plans.language import FreezePlan
-from freezetune.training.prefix import PrefixCache, PrefixRunner, prefix_depth
+from freezetune.training.prefix import PrefixRunner, prefix_depth
+from freezetune.training.prefix_cache import PrefixCache
 from freezetune.plans.resolution import apply_plan, resolve
 
 LENGTHS = [5, 9, 7]

@@ -31,8 +31,8 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
     trainer.retarget(resolve(FreezePlan.parse("freeze all; train layers 2"), find_anatomy(model)))
     # the cache keeps block 2's outputs (depth 3) apart from block 1's (depth 2): none is replayed at the new depth
     first = trainer.micro_batches(0)[0]
-    assert trainer.runner.depth == 2 and trainer.runner.cache.tensors
-    assert all(key.endswith("@3") for key in trainer.runner.cache.tensors)
+    assert trainer.runner.depth == 2 and trainer.runner.cache.keys()
+    assert all(key.endswith("@3") for key in trainer.runner.cache.keys())
     with trainer.runner.batch(first.keys, first.lengths) as replayed:
         assert not replayed
     assert not params[TOP].requires_grad and params[BELOW].requires_grad and params[NORM].requires_grad

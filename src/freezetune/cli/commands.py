@@ -9,10 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
+from freezetune.cli.cache import run_cache
 from freezetune.comparison.strategies import CompareOptions
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import (
     AdviseOptions,
+    CacheOptions,
     ExportOptions,
     GenerateOptions,
     PlanOptions,
@@ -211,6 +213,7 @@ COMMANDS = {
     "generate": (GenerateOptions, run_generate),
     "compare": (CompareOptions, run_compare),
     "report": (ReportOptions, run_report),
+    "cache": (CacheOptions, run_cache),
 }
 CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 

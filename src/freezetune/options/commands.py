@@ -127,3 +127,19 @@ class ReportOptions:
 
     def validate(self) -> None:
         return None
+
+
+@dataclass
+class CacheOptions:
+    """List or clear the prefix caches (the frozen prefix's outputs that disk caching keeps)."""
+
+    action: str = opt(help="list: each cache with its size, last use, model and plan; clear: remove them",
+                      positional=True, choices=("list", "clear"))
+    older_than: float | None = opt(None, help="with clear: only caches last used more than this many days ago")
+    cache_dir: str | None = opt(None, help="the cache folder (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
+
+    def validate(self) -> None:
+        if self.older_than is not None and self.older_than < 0:
+            raise FreezetuneError(f"--older-than must be 0 days or more, got {self.older_than}")
+        if self.older_than is not None and self.action != "clear":
+            raise FreezetuneError("--older-than goes with clear")

@@ -60,6 +60,10 @@ class TrainConfig(RunOptions):
                               "cross-entropy in chunks) or all (every position, as transformers does)",
                               choices=("targets", "all"))
     prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto (by size)", choices=CACHE_MODES)
+    cache_ram: str = opt("2GiB", help="RAM the prefix cache may hold; auto goes to disk above it, and a disk cache "
+                         "streams its shards within it")
+    cache_limit: str = opt("50GiB", help="size cap of the prefix-cache folder: least recently used caches are removed "
+                           "before a run writes a new one")
     resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
     out: str | None = opt(None, help="run folder to write (default runs/<model>-<time>)")
     log_with: str | None = opt(None, help="also log to an accelerate tracker", choices=("tensorboard", "wandb"))
@@ -95,6 +99,10 @@ class TrainConfig(RunOptions):
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.layer_lr_decay <= 1:
             raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
+        from freezetune.options.commands import parse_size
+
+        parse_size(self.cache_ram, "--cache-ram")
+        parse_size(self.cache_limit, "--cache-limit")
         if self.schedule is not None:
             from freezetune.plans.schedule import Schedule
 

@@ -19,51 +19,13 @@ and reimplements no model: whatever the model computes around its blocks still r
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from freezetune.plans.resolution import ResolvedPlan
-
-
-class PrefixCache:
-    """Block k-1 outputs per example key, in memory; optionally persisted to one safetensors file."""
-
-    def __init__(self, path: Path | None = None):
-        self.path = path  # None: memory only
-        self.tensors: dict[str, torch.Tensor] = {}
-        if path is not None and path.is_file():
-            from safetensors.torch import load_file
-
-            self.tensors = load_file(str(path))  # memory-mapped by safetensors until touched
-        self.loaded_from_disk = bool(self.tensors)
-        self.dirty = False
-
-    def has_all(self, keys: list[str]) -> bool:
-        return all(key in self.tensors for key in keys)
-
-    def put(self, key: str, value: torch.Tensor) -> None:
-        """The first output stored for a key stays: a row's output computed again inside a batch of another
-        padded length differs in the last bits, and a resumed run must replay what the first run did."""
-        if key in self.tensors:
-            return
-        self.tensors[key] = value.detach().to("cpu", copy=True).contiguous()
-        self.dirty = True
-
-    def save(self) -> None:
-        """Write atomically, so an interrupted save never leaves a half cache behind."""
-        if self.path is None or not self.dirty:
-            return
-        from safetensors.torch import save_file
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_suffix(".partial")
-        save_file(self.tensors, str(staging))
-        os.replace(staging, self.path)
-        self.dirty = False
+from freezetune.training.prefix_cache import PrefixCache
 
 
 def prefix_depth(resolved: ResolvedPlan) -> int:
@@ -192,7 +154,7 @@ class PrefixRunner:
         return forward
 
     def _cached_batch(self, like: torch.Tensor) -> torch.Tensor:
-        rows = [self.cache.tensors[key] for key in self._keys]
+        rows = [self.cache.get(key) for key in self._keys]
         out = torch.zeros(like.shape[0], like.shape[1], rows[0].shape[-1], dtype=rows[0].dtype)
         for row, cached in enumerate(rows):
             out[row, : cached.shape[0]] = cached

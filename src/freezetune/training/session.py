@@ -25,9 +25,11 @@ from freezetune.errors import FreezetuneError
 from freezetune.models.loading import (
     DEFAULT_CACHE_DIR,
     LoadedModel,
+    file_sha256,
     load_model,
     require_causal_lm,
 )
+from freezetune.options.commands import parse_size
 from freezetune.options.training import TrainConfig
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
@@ -37,10 +39,11 @@ from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.lora import wrap_lora
-from freezetune.training.prefix import PrefixCache, prefix_depth
+from freezetune.training.prefix import prefix_depth
+from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache, evict
 
-AUTO_CACHE_MEMORY_LIMIT = 2 << 30  # above this a prefix cache goes to disk
-RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage"}
+RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage",
+                     "cache_ram", "cache_limit"}
 
 
 @dataclass
@@ -90,12 +93,20 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
     return train, held, notes
 
 
-def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps([base_sha256, prefix_depth(resolved), resolved.plan.render(), config.seq_len, str(dtype)]).encode())
+def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype, model,
+               model_path: Path) -> tuple[str, dict]:
+    """Everything that changes block k-1's output: the weights, config.json (rope scaling, sliding window...),
+    the attention implementation, the precision, the plan's prefix, the examples and the library versions."""
+    config_json = Path(model_path) / "config.json"
+    meta = {"base_model_sha256": base_sha256, "config_json_sha256": file_sha256(config_json) if config_json.is_file() else None,
+            "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
+            "precision": config.precision, "dtype": str(dtype), "plan": resolved.plan.render(),
+            "prefix_depth": prefix_depth(resolved), "schedule": config.schedule, "seq_len": config.seq_len,
+            "model": config.model, "versions": {k: v for k, v in versions().items() if k in ("torch", "transformers")}}
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for example in train.examples + held.examples:
         digest.update(json.dumps(example.input_ids).encode())
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()[:24], meta
 
 
 def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int) -> list[int]:
@@ -113,13 +124,12 @@ def router_loss(model) -> bool:
 
 
 def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype,
-                 routers: bool = False) -> tuple[PrefixCache | None, str]:
-    """``routers``: the model's loss covers every layer's router (router_loss), which a replay would skip."""
+                 loaded: LoadedModel) -> tuple[PrefixCache | None, str]:
     depths = [d for d in schedule_depths(config, resolved, len(train.examples)) if d > 0]
     depth = max(depths, default=0)
     if config.prefix_cache == "off":
         return None, "prefix cache: off"
-    if routers and depth:
+    if router_loss(loaded.model) and depth:
         return None, ("prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer, "
                       "and a replay would skip those of the frozen blocks; set output_router_logits false to cache)")
     if depth == 0:
@@ -132,22 +142,27 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     tokens = int(train.num_tokens * share) + held.num_tokens
     # each depth a schedule visits keeps its own entries
     size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size() * len(depths)
+    budget = parse_size(config.cache_ram, "--cache-ram")
     mode = config.prefix_cache
     if mode == "auto":
-        mode = "memory" if size <= AUTO_CACHE_MEMORY_LIMIT else "disk"
-    path = None
+        mode = "memory" if size <= budget else "disk"
+    path, removed = None, []
+    cache = PrefixCache()
     if mode == "disk":
         shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
-        root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
-        path = root / "prefix" / f"{_cache_key(base_sha256, resolved, config, train, held, dtype)}{shard}.safetensors"
-    cache = PrefixCache(path)
+        root = (Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR) / "prefix"
+        key, meta = _cache_key(base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path)
+        path = root / f"{key}{shard}"
+        removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
+        cache = DiskPrefixCache(path, budget, meta)
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""
     only = "" if share else " (the held-out set only: the run ends within its first epoch)"
     blocks = f"the {depth} frozen blocks" if len(depths) == 1 else f"the frozen prefix at each of {len(depths)} depths"
+    evicted = f"; removed {len(removed)} least recently used caches to stay under --cache-limit" if removed else ""
     return cache, (f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
-                   f"{size / 2**20:.1f} MiB {where}{reused}")
+                   f"{size / 2**20:.1f} MiB {where}{reused}{evicted}")
 
 
 def total_steps(config: TrainConfig, num_train: int) -> int:
@@ -235,7 +250,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
-    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, router_loss(loaded.model))
+    cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     notes.append(cache_note)
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume:
