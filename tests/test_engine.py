@@ -130,6 +130,23 @@ def test_guard_catches_unchanged_and_gradientless_tensors():
     guard.check_update()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_guard_fingerprint_sees_any_changed_or_moved_element(dtype, monkeypatch):
+    from freezetune.training import guards
+
+    monkeypatch.setattr(guards, "CHUNK", 7)  # many chunks: the positions must run on across them
+    base = torch.randn(5, 9).to(dtype)
+    seen = {guards._digest(base)}
+    assert guards._digest(base.clone()) in seen
+    bumped = base.clone()
+    bumped.view(guards.INTS[base.element_size()])[2, 3] += 1  # one bit of one element
+    swapped = base.clone()
+    swapped[0, 0], swapped[4, 8] = base[4, 8], base[0, 0]  # the same values, elsewhere
+    for changed in (bumped, swapped):
+        assert guards._digest(changed) not in seen
+        seen.add(guards._digest(changed))
+
+
 def test_interrupted_run_resumes_to_the_same_losses(tiny_chat_model_dir, order_data, tmp_path):
     reference = tmp_path / "straight"
     train(config_for(tiny_chat_model_dir, order_data, reference, prefix_cache="off"))

@@ -22,11 +22,13 @@ def test_full_finetune_costs_follow_bytes_per_parameter():
         assert kind["total"] == sum(v for k, v in kind.items() if k != "total")
 
 
-def test_mixed_precision_keeps_fp32_master_and_moments():
+def test_mixed_precision_stores_frozen_weights_in_16_bits_and_trained_ones_in_fp32():
     resolved, mine, full = estimate("freeze bottom 50%", dtype="bfloat16")
-    assert full["weights"] == 2 * resolved.total_params
-    assert mine["gradients"] == 2 * resolved.trainable_params
-    assert mine["optimizer"] == 12 * resolved.trainable_params
+    frozen = resolved.total_params - resolved.trainable_params
+    assert full["weights"] == 4 * resolved.total_params  # everything trains: every weight keeps its fp32 copy
+    assert mine["weights"] == 2 * frozen + 4 * resolved.trainable_params
+    assert mine["gradients"] == 4 * resolved.trainable_params
+    assert mine["optimizer"] == 8 * resolved.trainable_params
 
 
 def test_activations_scale_with_the_blocks_the_backward_runs_through():

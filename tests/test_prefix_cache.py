@@ -144,3 +144,25 @@ def test_the_cache_folder_keeps_under_its_cap(tiny_chat_model_dir, order_data, t
                          str(tmp_path), "--cache-limit", "490KiB")) == 0
     assert "removed 1 least recently used caches to stay under --cache-limit" in capsys.readouterr().err
     assert not old.exists() and newer.exists()
+
+
+def test_a_model_is_hashed_once_until_a_weight_file_changes(tiny_chat_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from freezetune.runs import manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_chat_model_dir, model)
+    memo = tmp_path / "hashes.json"
+    reads = []
+    real = manifest.hash_file_into
+    monkeypatch.setattr(manifest, "hash_file_into", lambda digest, path: (reads.append(path.name), real(digest, path)))
+    first = manifest.model_hash(model, memo)
+    assert manifest.model_hash(model, memo) == first and reads == ["model.safetensors"]  # the second time: remembered
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight, same size
+    weights.write_bytes(bytes(data))
+    assert manifest.model_hash(model, memo) != first and len(reads) == 2
+    memo.write_text("{not json")  # a damaged memo is only a lost shortcut
+    assert manifest.model_hash(model, memo) != first and len(reads) == 3

@@ -158,7 +158,8 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
 def run_export(options: ExportOptions) -> str:
     from freezetune.training.export import export_run
 
-    return f"exported to {export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force)}"
+    out = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force, options.dtype)
+    return f"exported to {out}"
 
 
 def run_generate(options: GenerateOptions) -> str:
@@ -176,7 +177,8 @@ def run_generate(options: GenerateOptions) -> str:
     else:
         ids = tokenizer(options.prompt)["input_ids"]
     torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
-    return generate(loaded.model, tokenizer, [ids], options.max_new_tokens, "cpu",
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return generate(loaded.model.to(device), tokenizer, [ids], options.max_new_tokens, device,
                     temperature=options.temperature, top_p=options.top_p)[0]
 
 

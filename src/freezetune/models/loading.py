@@ -151,8 +151,10 @@ def check_weight_files(path: Path) -> None:
             raise FreezetuneError(f"{file}: damaged weight file ({str(exc).splitlines()[0]})") from None
 
 
-def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model from a local source, as the class its config declares (a causal LM by default)."""
+def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None,
+               dtype: torch.dtype | str = torch.float32) -> LoadedModel:
+    """Load a model from a local source, as the class its config declares (a causal LM by default);
+    ``dtype`` "auto": as the checkpoint stores it."""
     import transformers
 
     path = resolve_model_path(name, cache_dir)

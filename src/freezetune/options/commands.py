@@ -90,6 +90,8 @@ class ExportOptions:
     out: str = opt(help="folder to write; it must be new or empty")
     base: str | None = opt(None, help="load the base model from here instead of the manifest's name (must hash the same)")
     force: bool = opt(False, help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)")
+    dtype: str = opt("auto", help="dtype of the exported weights; auto = the base model's own (a bf16 base stays bf16)",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:

@@ -1,8 +1,8 @@
 """Training memory: an estimate for a resolved plan, before anything runs (training/peak_memory.py measures).
 
-Bytes per parameter (AdamW): fp32 training keeps weights 4 + gradients 4 + moments 8;
-mixed precision (bf16/fp16) keeps weights 2 + gradients 2 + fp32 master and moments 12.
-Frozen parameters cost only their weights.
+Bytes per parameter (AdamW), as training/precision.py stores them: a trained parameter keeps
+an fp32 weight 4 + gradient 4 + moments 8 in any precision; a frozen one only its weight,
+4 bytes in fp32 and 2 under mixed precision (bf16/fp16).
 
 Activations follow Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per block at
 16 bits, kept only for the blocks the backward pass runs through (from the lowest
@@ -18,27 +18,27 @@ from freezetune.plans.anatomy import Anatomy
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _per_param_bytes(dtype: str) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer state) bytes for one parameter."""
+def _frozen_bytes(dtype: str) -> int:
+    """Bytes of one frozen weight; a trained one costs 4 + 4 + 8 whatever the precision."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
-    return (4, 4, 8) if dtype == "float32" else (2, 2, 12)
+    return 4 if dtype == "float32" else 2
 
 
 def estimate_memory(
     anatomy: Anatomy, trainable_params: int, backward_depth: int, seq_len: int, batch_size: int, dtype: str
 ) -> dict[str, int]:
     """Bytes by kind for one training step; ``total`` is their sum."""
-    weight_b, grad_b, optim_b = _per_param_bytes(dtype)
+    frozen_b = _frozen_bytes(dtype)
     act_scale = 2 if dtype == "float32" else 1  # the formula is for 16-bit activations
     s, b = seq_len, batch_size
     h, a, vocab = anatomy.dims.hidden_size, anatomy.dims.num_heads, anatomy.dims.vocab_size
     per_block = s * b * h * (34 + 5 * a * s / max(h, 1)) * act_scale
     prefix_output = s * b * h * 2 * act_scale if backward_depth < anatomy.num_layers else 0
     estimate = {
-        "weights": anatomy.total_params * weight_b,
-        "gradients": trainable_params * grad_b,
-        "optimizer": trainable_params * optim_b,
+        "weights": (anatomy.total_params - trainable_params) * frozen_b + trainable_params * 4,
+        "gradients": trainable_params * 4,
+        "optimizer": trainable_params * 8,
         "activations": int(per_block * backward_depth) + prefix_output,
         "logits": 8 * b * s * vocab,
     }

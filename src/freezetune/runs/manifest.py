@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from freezetune.errors import FreezetuneError
-from freezetune.models.loading import file_sha256, hash_file_into
+from freezetune.models.loading import DEFAULT_CACHE_DIR, file_sha256, hash_file_into
 from freezetune.runs.durable import write_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -24,15 +24,35 @@ MEANING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
-def model_hash(path: Path) -> str:
-    """sha256 over the weight files of an HF folder (names and bytes, in name order)."""
-    digest = hashlib.sha256()
+def model_hash(path: Path, memo: Path | None = None) -> str:
+    """sha256 over the weight files of an HF folder (names and bytes, in name order).
+
+    Reading 14 GB to hash a 7B model takes minutes, and every train, resume, compare and export
+    starts with it, so the result is remembered in ``memo`` (a JSON file in the cache folder) by
+    the folder's path and each file's name, size and modification time: a file that changes in
+    any of those is hashed again."""
     files = sorted(p for p in Path(path).iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
         raise FreezetuneError(f"{path} holds no weight files to hash")
+    memo = memo or DEFAULT_CACHE_DIR / "model-hashes.json"
+    key = str(Path(path).resolve())
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    try:
+        known = read_json(memo, missing={})
+    except FreezetuneError:  # a damaged memo is only a lost shortcut
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(key), dict) and known[key].get("files") == stamp:
+        return known[key]["sha256"]
+    digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode())
         hash_file_into(digest, file)
+    try:  # a read-only cache folder costs the next run a rehash, nothing more
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json(memo, {**known, key: {"files": stamp, "sha256": digest.hexdigest()}})
+    except OSError:
+        pass
     return digest.hexdigest()
 
 

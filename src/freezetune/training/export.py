@@ -7,7 +7,10 @@ replaced, never the run folder or the base model's folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import torch
 
 from freezetune.distributed.state import apply_trainable
 from freezetune.errors import FreezetuneError
@@ -61,9 +64,17 @@ def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
                               "--force replaces only those")
 
 
+def base_dtype(model_path: Path) -> torch.dtype:
+    """The dtype the base checkpoint declares in its config.json (fp32 when it declares none)."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype") or "float32"
+    return getattr(torch, str(name).removeprefix("torch."), torch.float32)
+
+
 def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base: str | None = None,
-               force: bool = False) -> Path:
-    """Merge the trained tensors into the base model and write a folder `from_pretrained` loads."""
+               force: bool = False, dtype: str = "auto") -> Path:
+    """Merge the trained tensors into the base model and write a folder `from_pretrained` loads, in the base's
+    dtype unless ``dtype`` says otherwise (merging happens in fp32 either way)."""
     out_dir = Path(out_dir)
     check_export_target(out_dir, run_dir, force)  # before loading: a wrong --out fails at once
     loaded = load_run(run_dir, cache_dir, base)
@@ -72,6 +83,7 @@ def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base
         raise FreezetuneError(f"--out {out_dir} is the base model's folder; exporting there would replace the model "
                               "every run of it is tied to")
     manifest = read_manifest(run_dir)
+    loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
     with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
         loaded.model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)

@@ -93,7 +93,8 @@ class Trainer:
         self.tokenizer = session.loaded.tokenizer
         self.pad_id = pad_token_id(self.tokenizer)
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
-        self.runner.probe(self.device)
+        with self.accelerator.autocast():  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
+            self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
         self.active_blocks = trainable_blocks(session.resolved)
         schedule = Schedule.parse(self.config.schedule) if self.config.schedule else None
@@ -122,8 +123,9 @@ class Trainer:
 
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
-        return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner, label,
-                              progress=self.progress, head=self.head)
+        with self.accelerator.autocast():  # in the training precision, as the weights are stored
+            return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner,
+                                  label, progress=self.progress, head=self.head)
 
     def _resume(self) -> int:
         if self.main:  # one process checks the checksums and sets damaged checkpoints aside

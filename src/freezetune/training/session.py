@@ -39,6 +39,11 @@ from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.lora import wrap_lora
+from freezetune.training.precision import (
+    MIXED,
+    store_in_training_precision,
+    training_precision,
+)
 from freezetune.training.prefix import prefix_depth
 from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache, evict
 
@@ -227,7 +232,9 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
                               "the global batch must split evenly")
     plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
-    loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+    # mixed precision loads the checkpoint as stored (a bf16 7B is 14 GB, not 28): trained tensors become fp32 below
+    stored = "auto" if training_precision(config.precision) in MIXED else torch.float32
+    loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored)
     require_causal_lm(loaded, "train")
     base_sha256 = model_hash(loaded.path)
     if config.resume:
@@ -239,6 +246,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
         loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
+    dtypes = store_in_training_precision(loaded.model, config.precision, sharded=sharding is not None)
     if sharding is not None:
         if config.schedule:
             raise FreezetuneError(f"--schedule under {type(sharding).__name__.replace('Settings', '')}: shards and partitions "
@@ -269,6 +277,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
             "total_params": resolved.total_params,
             "config": config.to_dict(),
             "versions": versions(),
+            "dtypes": dtypes,
         })
     over = f"{world} processes" if world > 1 else "1 process"
     if isinstance(sharding, FsdpSettings):
