@@ -10,7 +10,7 @@ import freezetune
 ROOT = Path(freezetune.__file__).parent
 # lower layers never import higher ones (a layer may import itself and anything below)
 LAYERS = [{"errors"}, {"models", "plans", "data"}, {"options"}, {"runs"}, {"distributed"}, {"training"},
-          {"comparison"}, {"cli"}]
+          {"comparison", "hf"}, {"cli"}]
 TOP_LEVEL = {"__init__", "__main__", "errors"}
 
 

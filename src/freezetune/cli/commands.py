@@ -158,7 +158,8 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
 def run_export(options: ExportOptions) -> str:
     from freezetune.training.export import export_run
 
-    out = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force, options.dtype)
+    out = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force, options.dtype,
+                     options.format)
     return f"exported to {out}"
 
 

@@ -92,6 +92,8 @@ class ExportOptions:
     force: bool = opt(False, help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)")
     dtype: str = opt("auto", help="dtype of the exported weights; auto = the base model's own (a bf16 base stays bf16)",
                      choices=("auto", "float32", "bfloat16", "float16"))
+    format: str = opt("hf", help="hf: a merged model folder; peft: a LoRA run's adapters for PeftModel.from_pretrained",
+                      choices=("hf", "peft"))
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:

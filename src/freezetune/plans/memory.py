@@ -2,7 +2,8 @@
 
 Bytes per parameter (AdamW), as training/precision.py stores them: a trained parameter keeps
 an fp32 weight 4 + gradient 4 + moments 8 in any precision; a frozen one only its weight,
-4 bytes in fp32 and 2 under mixed precision (bf16/fp16).
+4 bytes in fp32 and 2 under mixed precision (bf16/fp16). Under mixed precision autocast also
+keeps a 16-bit working copy of each trained weight while a step runs: 2 more bytes.
 
 Activations follow Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per block at
 16 bits, kept only for the blocks the backward pass runs through (from the lowest
@@ -39,6 +40,8 @@ def estimate_memory(
         "weights": (anatomy.total_params - trainable_params) * frozen_b + trainable_params * 4,
         "gradients": trainable_params * 4,
         "optimizer": trainable_params * 8,
+        # autocast keeps a 16-bit copy of each fp32 trained weight for the step's matmuls
+        "working_copies": trainable_params * (0 if dtype == "float32" else 2),
         "activations": int(per_block * backward_depth) + prefix_output,
         "logits": 8 * b * s * vocab,
     }

@@ -85,7 +85,7 @@ def render_text(info: dict) -> str:
         f"batch {settings['batch_size']})     this plan   full fine-tune"
     )
     mine, full = info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
-    for key in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
+    for key in ("weights", "gradients", "optimizer", "working_copies", "activations", "logits", "total"):
         lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
     lines += [f"notice: {notice}" for notice in info["notices"]]
     return "\n".join(lines)

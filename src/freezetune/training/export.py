@@ -23,8 +23,9 @@ from freezetune.training.lora import merge_lora, wrap_lora
 EXPORT_MARK = "freezetune-export.json"  # what the export came from; also what marks a folder as ours to replace
 
 
-def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = None) -> LoadedModel:
-    """The run's base model (or ``base``, which must hash the same) with its trained tensors."""
+def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = None, merge: bool = True) -> LoadedModel:
+    """The run's base model (or ``base``, which must hash the same) with its trained tensors; a LoRA run's
+    adapters are folded into the weights unless ``merge`` is False (then the model is peft's)."""
     manifest = read_manifest(run_dir)
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.is_file():
@@ -35,7 +36,7 @@ def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = No
     if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
         loaded.model = wrap_lora(loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"])
         apply_trainable(loaded.model, read_tensors(weights), weights)
-        loaded.model = merge_lora(loaded.model)
+        loaded.model = merge_lora(loaded.model) if merge else loaded.model
     else:
         apply_trainable(loaded.model, read_tensors(weights), weights)
     return loaded
@@ -72,18 +73,24 @@ def base_dtype(model_path: Path) -> torch.dtype:
 
 
 def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base: str | None = None,
-               force: bool = False, dtype: str = "auto") -> Path:
+               force: bool = False, dtype: str = "auto", form: str = "hf") -> Path:
     """Merge the trained tensors into the base model and write a folder `from_pretrained` loads, in the base's
-    dtype unless ``dtype`` says otherwise (merging happens in fp32 either way)."""
+    dtype unless ``dtype`` says otherwise (merging happens in fp32 either way). ``form`` "peft": a LoRA run's
+    adapters as peft saves them (adapter_config.json, adapter_model.safetensors), for PeftModel.from_pretrained."""
     out_dir = Path(out_dir)
+    manifest = read_manifest(run_dir)
+    if form == "peft" and not (manifest.get("config") or {}).get("lora_r"):
+        raise FreezetuneError(f"--format peft: {run_dir} trained the base model's own tensors (plan "
+                              f"'{'; '.join(manifest.get('plan') or [])}'), and a PEFT adapter holds LoRA matrices only; "
+                              "export it as an HF model folder (the default format)")
     check_export_target(out_dir, run_dir, force)  # before loading: a wrong --out fails at once
-    loaded = load_run(run_dir, cache_dir, base)
+    loaded = load_run(run_dir, cache_dir, base, merge=form != "peft")
     require_causal_lm(loaded, "export")
     if out_dir.exists() and out_dir.resolve() == Path(loaded.path).resolve():
         raise FreezetuneError(f"--out {out_dir} is the base model's folder; exporting there would replace the model "
                               "every run of it is tied to")
-    manifest = read_manifest(run_dir)
-    loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
+    if form != "peft":  # adapters stay fp32, as peft keeps them; the base is not written at all
+        loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
     with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
         loaded.model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)

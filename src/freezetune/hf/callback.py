@@ -1,0 +1,87 @@
+"""FreezeCallback: the first-step check, the logged trainable set, and schedules, inside a HF Trainer.
+
+The Trainer builds its optimizer from the tensors that require grad when it starts, so a
+schedule's plan (everything the schedule may ever train) is applied by ``freeze`` first and
+the Trainer's AdamW holds all of it; at each step boundary the callback narrows the set to
+the phase's blocks. A tensor that stops training gets no gradient, so torch's optimizers
+skip it, and its moments are dropped from the optimizer's state, not kept for its return.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from freezetune.errors import FreezetuneError
+from freezetune.hf.freeze import FreezeHandle
+from freezetune.plans.schedule import Schedule
+from freezetune.training.guards import FirstStepGuard
+
+
+class FreezeCallback(TrainerCallback):
+    def __init__(self, handle: FreezeHandle, schedule: str | Schedule | None = None, seed: int = 0):
+        """``schedule``: 'gradual every=N [start=K step=S]' or 'lisa layers=K every=T', inside the frozen plan;
+        ``seed``: the seed LISA draws its blocks with."""
+        self.handle, self.seed = handle, seed
+        self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
+        if self.schedule is not None:
+            self.schedule.check(handle.universe)
+        self.phase: int | None = None
+        self.first, self.still = True, False
+        self.guard: FirstStepGuard | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.schedule is not None and (getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)):
+            raise FreezetuneError("FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
+                                  "their optimizer state once for a fixed set; drop the schedule or train without them")
+        self.phase, self.first = None, True
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        changed = False
+        if self.schedule is not None and self.schedule.phase(state.global_step) != self.phase:
+            self.phase = self.schedule.phase(state.global_step)
+            before = set(self.handle.resolved.trainable_names())
+            self.handle.retarget(self.schedule.plan_at(self.handle.universe, self.phase, self.seed))
+            changed = set(self.handle.resolved.trainable_names()) != before
+            if changed and optimizer is not None:
+                self._drop_moments(optimizer)
+        if self.first or changed:  # the first step, and the first of each new set, are checked
+            self.guard = self._guard(light=not self.first)
+            self.first = False
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.guard is not None:
+            self._checked(self.guard.check_gradients)
+            groups = getattr(optimizer, "param_groups", None) or [{"lr": 1.0}]
+            self.still = all(group["lr"] == 0 for group in groups)  # warmup's first step moves nothing
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.guard is not None and not self.still:  # else: checked after the first step that can move weights
+            self._checked(self.guard.check_update)
+            self.guard = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        extra = {"trainable_params": self.handle.trainable_params}
+        if self.schedule is not None:
+            extra["active_blocks"] = self.handle.active_blocks
+        if logs is not None:
+            logs.update(extra)  # reporters that run after this callback see them
+        if state.log_history:
+            state.log_history[-1].update(extra)  # the Trainer's record of this log
+
+    def _guard(self, light: bool) -> FirstStepGuard:
+        names = {name for name, p in self.handle.model.named_parameters() if p.requires_grad}
+        return FirstStepGuard(self.handle.model, names, light=light)
+
+    def _drop_moments(self, optimizer) -> None:
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        for group in inner.param_groups:
+            for param in group["params"]:
+                if not param.requires_grad:
+                    inner.state.pop(param, None)
+
+    @staticmethod
+    def _checked(check) -> None:
+        try:
+            check()
+        except FreezetuneError as exc:
+            raise FreezetuneError(f"FreezeCallback: {exc}; training stopped") from None

@@ -1,0 +1,177 @@
+"""freezetune.hf inside a real HF Trainer and a real TRL SFTTrainer: the plan, no autograd through the
+frozen prefix even with the Trainer's gradient checkpointing, the first-step check, schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from freezetune.errors import FreezetuneError
+from freezetune.hf import FreezeCallback, freeze
+
+FROZEN_BLOCKS = (0, 1)  # "freeze bottom 50%" of the tiny model's 4 blocks
+
+
+def sft_dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"send {i} red mugs to Alice"}],
+                               "completion": [{"role": "assistant", "content": f"qty={i}; item=mug"}]} for i in range(16)])
+
+
+def sft_trainer(model_dir, tmp_path, model=None, callbacks=(), **config):
+    from trl import SFTConfig, SFTTrainer
+
+    model = model or AutoModelForCausalLM.from_pretrained(model_dir)
+    settings = dict(output_dir=str(tmp_path / "trl"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                    logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=64,
+                    dataloader_num_workers=0)
+    args = SFTConfig(**{**settings, **config})
+    return SFTTrainer(model=model, args=args, train_dataset=sft_dataset(),
+                      processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=list(callbacks))
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def block_outputs_requiring_grad(model, blocks):
+    """Forward hooks on ``blocks``: for each forward, whether its output requires grad."""
+    seen = []
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        seen.append(bool(hidden.requires_grad))
+
+    handles = [model.model.layers[i].register_forward_hook(hook) for i in blocks]
+    return seen, handles
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sft_trainer_with_freeze_trains_only_the_plan(tiny_chat_model_dir, tmp_path, checkpointing):
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "freeze bottom 50%")
+    assert "freeze bottom 50%" in handle.preview and "backward pass stops at block 2" in handle.preview
+    before = snapshot(model)
+    seen, hooks = block_outputs_requiring_grad(model, FROZEN_BLOCKS)
+    trainer = sft_trainer(tiny_chat_model_dir, tmp_path, model, [FreezeCallback(handle)],
+                          gradient_checkpointing=checkpointing)
+    trainer.train()
+    for hook in hooks:
+        hook.remove()
+    assert seen and not any(seen)  # the frozen prefix never entered autograd, checkpointing or not
+    if checkpointing:
+        assert handle.runner.gradient_checkpointing  # the Trainer's request reached freezetune's checkpointing
+    trained = set(handle.resolved.trainable_names())
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        assert changed == (name in trained), name
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all(entry["trainable_params"] == handle.trainable_params for entry in logged)
+
+
+def test_hand_frozen_with_the_trainers_checkpointing_drags_autograd_through_the_prefix(tiny_chat_model_dir, tmp_path):
+    """The trap freeze() removes, shown on the same model and trainer: without it the frozen blocks' outputs
+    require grad (transformers' checkpointing makes the embeddings' output require it)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    for name, param in model.named_parameters():
+        param.requires_grad_(not (name.startswith("model.embed_tokens") or name.split(".")[2:3] in (["0"], ["1"])))
+    seen, hooks = block_outputs_requiring_grad(model, FROZEN_BLOCKS)
+    sft_trainer(tiny_chat_model_dir, tmp_path, model, gradient_checkpointing=True).train()
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(seen)
+
+
+def test_a_plain_trainer_on_raw_text(tiny_chat_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    texts = [f"Please send {i} red mugs to Alice in Lyon by Friday." for i in range(16)]
+    data = Dataset.from_dict({"text": texts}).map(lambda row: tokenizer(row["text"]), remove_columns=["text"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "train top 1", prefix_cache=True)
+    before = snapshot(model)
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=3, per_device_train_batch_size=4,
+                             learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[FreezeCallback(handle)],
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer.train()
+    assert handle.cache.keys()  # rows came round again in epochs 2 and 3: their prefix output was kept
+    assert all(key.endswith("@3") for key in handle.cache.keys())
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), before[name]) == (not name.startswith("model.layers.3.")), name
+    handle.remove()
+    assert all(p.requires_grad for p in model.parameters()) and "forward" not in model.__dict__
+    assert "train" not in model.__dict__ and "gradient_checkpointing_enable" not in model.__dict__
+
+
+def test_lisa_through_the_callback_drops_the_moments_of_resting_blocks(tiny_chat_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "train all; freeze embeddings")
+    callback = FreezeCallback(handle, "lisa layers=1 every=2", seed=3)
+    states = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            inner = getattr(optimizer, "optimizer", optimizer)
+            names = {id(p): n for n, p in model.named_parameters()}
+            states.append({int(names[id(p)].split(".")[2]) for p in inner.state if names[id(p)].startswith("model.layers.")})
+
+    trainer = sft_trainer(tiny_chat_model_dir, tmp_path, model, [callback, Watch()], max_steps=8)
+    trainer.train()
+    active = [entry["active_blocks"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(active) == 8 and all(len(a) == 1 for a in active) and active[0::2] == active[1::2]
+    assert len({a[0] for a in active}) > 1  # periods draw anew
+    assert states == [set(a) for a in active]  # moments only for the block that trains now
+
+
+def test_a_failed_first_step_check_stops_training_with_the_reason(tiny_chat_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "freeze bottom 50%")
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)  # unfrozen by hand: the prefix runner never sees it
+    trainer = sft_trainer(tiny_chat_model_dir, tmp_path, model, [FreezeCallback(handle)])
+    with pytest.raises(FreezetuneError, match="FreezeCallback: first step: trainable tensor "
+                                              "model.layers.0.mlp.up_proj.weight received no gradient"):
+        trainer.train()
+
+
+def test_a_lora_run_exports_as_a_peft_adapter_that_generates_the_same_tokens(tiny_chat_model_dir, order_data, tmp_path,
+                                                                             capsys):
+    from peft import PeftModel
+
+    from freezetune.cli.commands import main
+    from freezetune.training.evaluation import generate
+
+    run = tmp_path / "lora"
+    assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                 str(order_data[1]), "--out", str(run), "--batch-size", "4", "--seq-len", "64", "--max-steps", "6",
+                 "--lr", "1e-2", "--eval-generate", "0", "--lora-r", "4"]) == 0
+    assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "adapter")]) == 0
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "send 7 red mugs to Alice", "--max-new-tokens", "12"]) == 0
+    expected = capsys.readouterr().out.strip()
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir), tmp_path / "adapter")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "send 7 red mugs to Alice"}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert generate(adapted, tokenizer, [ids], 12, "cpu")[0] == expected and expected
+
+    plan_run = tmp_path / "plan"
+    assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                 str(order_data[1]), "--out", str(plan_run), "--batch-size", "4", "--seq-len", "64", "--max-steps", "2",
+                 "--eval-generate", "0"]) == 0
+    assert main(["export", str(plan_run), "--format", "peft", "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a PEFT adapter holds LoRA matrices only" in err and not (tmp_path / "no").exists()
