@@ -41,7 +41,7 @@ def grads_of(model, loss) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", DECODERS)
 @pytest.mark.parametrize("chunk_rows", [None, 3])  # None: one chunk; 3 rows: several, recomputed in backward
 def test_the_target_head_gives_the_models_own_loss_and_gradients(name, chunk_rows, monkeypatch):
-    model = build_tiny(name).train()
+    model = build_tiny(name)  # eval mode: GPT-2 and OPT have dropout, which would make two forwards differ
     vocab = model.get_output_embeddings().weight.shape[0]
     if chunk_rows:
         monkeypatch.setattr(head_module, "CHUNK_BYTES", 4 * vocab * chunk_rows)
