@@ -175,3 +175,18 @@ def test_a_lora_run_exports_as_a_peft_adapter_that_generates_the_same_tokens(tin
     assert main(["export", str(plan_run), "--format", "peft", "--out", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "a PEFT adapter holds LoRA matrices only" in err and not (tmp_path / "no").exists()
+
+
+def test_a_schedule_under_deepspeed_or_fsdp_is_refused_before_the_first_step(tiny_chat_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    callback = FreezeCallback(freeze(model, "train all"), "gradual every=2")
+    for setting in ({"deepspeed": "ds_config.json"}, {"fsdp": "full_shard"}):
+        args = SimpleNamespace(**{"deepspeed": None, "fsdp": None, **setting})
+        with pytest.raises(FreezetuneError, match="a schedule changes the trainable set, but DeepSpeed and FSDP"):
+            callback.on_train_begin(args, TrainerState(), TrainerControl())
+    plain = FreezeCallback(freeze(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir), "train all"))
+    plain.on_train_begin(SimpleNamespace(deepspeed="ds_config.json", fsdp=None), TrainerState(), TrainerControl())
