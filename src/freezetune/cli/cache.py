@@ -25,10 +25,10 @@ def run_cache(options: CacheOptions) -> str:
         return f"removed {len(gone)} of {len(entries)} prefix caches ({human_bytes(sum(e['bytes'] for e in gone))}) from {root}"
     if not entries:
         return f"no prefix caches in {root}"
-    lines = [f"{'cache':<34}{'size':>10}  {'last used':<17}  model / plan"]
+    lines = [f"{'cache':<40}{'size':>10}  {'last used':<17}  model / plan"]
     for entry in reversed(entries):  # most recently used first
         meta, used = entry["meta"], time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["used"]))
         what = f"{meta.get('model', '?')} / {meta.get('plan', '?')}" if meta else "(single file of an older freezetune)"
-        lines.append(f"{Path(entry['path']).name:<34}{human_bytes(entry['bytes']):>10}  {used:<17}  {what}")
+        lines.append(f"{Path(entry['path']).name:<40}{human_bytes(entry['bytes']):>10}  {used:<17}  {what}")
     lines.append(f"{len(entries)} caches, {human_bytes(sum(e['bytes'] for e in entries))} in {root}")
     return "\n".join(lines)

@@ -35,10 +35,11 @@ def _loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def chunked_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     targets: torch.Tensor) -> torch.Tensor:
-    """sum over rows of cross_entropy(hidden @ weight.T + bias, targets), one chunk of rows at a time."""
+                     targets: torch.Tensor, recompute: bool = True) -> torch.Tensor:
+    """sum over rows of cross_entropy(hidden @ weight.T + bias, targets), one chunk of rows at a time.
+    ``recompute`` False: keep every chunk's logits for the backward (a sharded head is not whole then)."""
     rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
-    recompute = torch.is_grad_enabled() and len(targets) > rows  # one chunk: nothing to save by recomputing
+    recompute = recompute and torch.is_grad_enabled() and len(targets) > rows  # one chunk: nothing to save
     total = None
     for start in range(0, len(targets), rows):
         piece = (hidden[start:start + rows], weight, bias, targets[start:start + rows])
@@ -48,8 +49,9 @@ def chunked_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 
 class TargetHead:
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, recompute: bool = True):
+        """``recompute`` False under FSDP and ZeRO, whose head weight is only gathered during its own forward."""
+        self.model, self.recompute = model, recompute
         getter = getattr(model, "get_output_embeddings", None)
         self.layer = getter() if getter else None
         self._labels: torch.Tensor | None = None
@@ -94,7 +96,8 @@ class TargetHead:
         # hidden.sum() * 0 keeps the graph whole when a micro-batch has no target (DDP needs every backward)
         total = hidden.sum().float() * 0.0
         if keep.any():
-            total = total + chunked_loss_sum(hidden[:, :-1][keep], self.layer.weight, self.layer.bias, labels[keep])
+            total = total + chunked_loss_sum(hidden[:, :-1][keep], self.layer.weight, self.layer.bias, labels[keep],
+                                             self.recompute)
         return total.reshape(1)
 
     def agrees(self, model: nn.Module, batch: dict[str, torch.Tensor], tolerance: float) -> bool:
@@ -112,10 +115,11 @@ class TargetHead:
         return abs(mean - float(own)) <= tolerance * max(1.0, abs(float(own)))
 
 
-def checked_head(module: nn.Module, model, batch: dict[str, torch.Tensor], accelerator) -> tuple[TargetHead | None, str]:
+def checked_head(module: nn.Module, model, batch: dict[str, torch.Tensor], accelerator,
+                 sharded: bool = False) -> tuple[TargetHead | None, str]:
     """A TargetHead on ``module`` once ``model`` (what the step calls: the module or its wrapper) gives the
     same loss through it as its own on ``batch``; else None. With a note for the run's log either way."""
-    head = TargetHead(module)
+    head = TargetHead(module, recompute=not sharded)
     if head.problem():
         return None, f"head: every position, as the model computes it ({head.problem()})"
     head.install()

@@ -113,7 +113,8 @@ class Trainer:
         self.head, note = None, "head: every position (--head-positions all)"
         if self.config.head_positions == "targets":
             first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
-            self.head, note = checked_head(self.module, self.model, first, self.accelerator)
+            self.head, note = checked_head(self.module, self.model, first, self.accelerator,
+                                           sharded=self.backend.gathers_everywhere)
         self.s.notes.append(note)
         self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
                                     self.device, self.world, self.head)

@@ -218,7 +218,9 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
             f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
             "a resumed run keeps its config"
         )
-    saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE})
+    # where the run's disk cache lives stays the run's unless given again; the rest takes this invocation's values
+    kept = {"cache_dir", "cache_ram", "cache_limit"} - given
+    saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE - kept})
     return TrainConfig(**saved)
 
 
