@@ -27,6 +27,17 @@ ARCHITECTURES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate fixes the mixed precision once per process, and a HF or TRL Trainer may choose bf16:
+    every test starts from a state no earlier test chose."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 def build_tiny(name: str) -> torch.nn.Module:
     config_cls, model_cls, kwargs = ARCHITECTURES[name]
     torch.manual_seed(0)

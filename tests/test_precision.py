@@ -18,16 +18,6 @@ from freezetune.training.precision import store_in_training_precision
 from freezetune.training.session import open_session
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """accelerate fixes the mixed precision once per process; these tests change it between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 @pytest.fixture
 def bf16_model_dir(tiny_chat_model_dir, tmp_path):
     """The tiny chat model saved in bf16, as most 7B checkpoints are."""
