@@ -55,8 +55,7 @@ def test_lisa_draws_seeded_blocks_and_drops_the_moments_of_those_that_rest(tiny_
     seen = []
     for step in range(12):
         trainer.retarget(trainer.trainable.at(step) or trainer.s.resolved)
-        trainer._step(step, None)
-        block = trainer.active_blocks
+        block = trainer._step(step, None)["active_blocks"]  # what metrics.jsonl records for the step
         assert len(block) == 1
         seen.append(block[0])
         # moments exist for the active block and the parts outside the blocks only: memory of one block

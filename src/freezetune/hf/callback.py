@@ -15,6 +15,7 @@ from freezetune.errors import FreezetuneError
 from freezetune.hf.freeze import FreezeHandle
 from freezetune.plans.schedule import Schedule
 from freezetune.training.guards import FirstStepGuard
+from freezetune.training.optimizer import drop_resting_moments
 
 
 class FreezeCallback(TrainerCallback):
@@ -43,7 +44,7 @@ class FreezeCallback(TrainerCallback):
             self.handle.retarget(self.schedule.plan_at(self.handle.universe, self.phase, self.seed))
             changed = set(self.handle.resolved.trainable_names()) != before
             if changed and optimizer is not None:
-                self._drop_moments(optimizer)
+                drop_resting_moments(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps torch's
         if self.first or changed:  # the first step, and the first of each new set, are checked
             self.guard = self._guard(light=not self.first)
             self.first = False
@@ -71,13 +72,6 @@ class FreezeCallback(TrainerCallback):
     def _guard(self, light: bool) -> FirstStepGuard:
         names = {name for name, p in self.handle.model.named_parameters() if p.requires_grad}
         return FirstStepGuard(self.handle.model, names, light=light)
-
-    def _drop_moments(self, optimizer) -> None:
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        for group in inner.param_groups:
-            for param in group["params"]:
-                if not param.requires_grad:
-                    inner.state.pop(param, None)
 
     @staticmethod
     def _checked(check) -> None:

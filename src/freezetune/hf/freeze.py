@@ -89,8 +89,7 @@ class FreezeHandle:
         """model.train(), with the frozen prefix kept in eval mode (no dropout: deterministic, cacheable)."""
         nn.Module.train(self.model, mode)
         if mode:
-            for index in self.runner.frozen_blocks:
-                self.runner.blocks[index].eval()
+            self.runner.keep_prefix_in_eval()
         return self.model
 
     def _wrap_forward(self) -> None:

@@ -94,16 +94,9 @@ class Schedule:
         """The resolved plan of ``phase``: the universe plus the one rule that freezes what rests."""
         blocks, active = self.check(universe), self.active(universe, phase, seed)
         if self.kind == "gradual":
-            if self.complete(universe, phase):
-                return universe
-            rule = Rule("freeze", Depth("bottom", active[0]))
-        else:
-            resting = [b for b in blocks if b not in active]
-            if not resting:
-                return universe
-            rule = Rule("freeze", Layers(items=tuple(resting)))
-        plan = FreezePlan(universe.plan.rules + (Rule(rule.action, rule.selector, len(universe.plan.rules) + 1),))
-        return resolve(plan, universe.anatomy)
+            return universe if self.complete(universe, phase) else _freezing(universe, Depth("bottom", active[0]))
+        resting = [b for b in blocks if b not in active]
+        return _freezing(universe, Layers(items=tuple(resting))) if resting else universe
 
     def phases(self, universe: ResolvedPlan, total_steps: int, seed: int) -> list[dict]:
         """Consecutive steps with the same blocks, as ``{"steps": [first, last], "blocks": [...], "resolved": ...}``;
@@ -136,10 +129,13 @@ class Schedule:
         sizes = {row["index"]: row["trainable_params"] for row in universe.layer_rows()}
         largest = sorted(blocks[1:], key=lambda b: (-sizes[b], b))[: self.layers - 1]
         resting = [b for b in blocks if b != blocks[0] and b not in largest]
-        if not resting:
-            return universe
-        plan = FreezePlan(universe.plan.rules + (Rule("freeze", Layers(items=tuple(resting)), len(universe.plan.rules) + 1),))
-        return resolve(plan, universe.anatomy)
+        return _freezing(universe, Layers(items=tuple(resting))) if resting else universe
+
+
+def _freezing(universe: ResolvedPlan, selector: Depth | Layers) -> ResolvedPlan:
+    """The universe's plan with one more rule, ``freeze SELECTOR``, resolved."""
+    rule = Rule("freeze", selector, len(universe.plan.rules) + 1)
+    return resolve(FreezePlan(universe.plan.rules + (rule,)), universe.anatomy)
 
 
 def trainable_blocks(resolved: ResolvedPlan) -> list[int]:

@@ -96,7 +96,6 @@ class Trainer:
         with self.accelerator.autocast():  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
             self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
-        self.active_blocks = trainable_blocks(session.resolved)
         schedule = Schedule.parse(self.config.schedule) if self.config.schedule else None
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
         self.trainable = TrainableSet(session.resolved, schedule, self.config.seed)
@@ -261,7 +260,6 @@ class Trainer:
         self.runner.retarget(resolved)
         self.runner.train_mode()
         self.names, self.s.resolved = names, resolved
-        self.active_blocks = trainable_blocks(resolved)
         return True
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
@@ -276,7 +274,7 @@ class Trainer:
             kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
             raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None
         return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device),
-                "active_blocks": self.active_blocks}
+                "active_blocks": trainable_blocks(self.s.resolved)}
 
     def _show(self, result: dict) -> None:
         line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"

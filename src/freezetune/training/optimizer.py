@@ -62,14 +62,19 @@ def build_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def drop_resting_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Forget the moments of every tensor in the groups that no longer trains: a block that comes back
+    starts afresh (carrying them over is the leak LISA implementations are known for)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not param.requires_grad:
+                optimizer.state.pop(param, None)
+
+
 def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch.nn.Module, weight_decay: float,
                        layer_decay: float = 1.0) -> None:
     """Point the groups at the tensors whose requires_grad is set now, in the model's order."""
-    wanted = {id(p) for p in model.parameters() if p.requires_grad}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if id(param) not in wanted:
-                optimizer.state.pop(param, None)  # its moments leave with it
+    drop_resting_moments(optimizer)
     # the run's peak rate, recovered from any group: each group's base rate is it times the group's multiple
     peak = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
     fresh_groups = _groups(model, weight_decay, layer_decay)

@@ -96,6 +96,10 @@ class PrefixRunner:
         """model.train(), except what feeds the frozen prefix and the fully frozen blocks stay in eval
         mode: no dropout there, so the prefix is deterministic (and cacheable)."""
         self.model.train()
+        self.keep_prefix_in_eval()
+
+    def keep_prefix_in_eval(self) -> None:
+        """After a model.train(): the fully frozen blocks and what feeds the frozen prefix back to eval mode."""
         for index in self.frozen_blocks:
             self.blocks[index].eval()
         if self.depth > 0:
