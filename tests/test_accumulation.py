@@ -35,8 +35,10 @@ def run_args(model_dir, data, out, *extra):
 def assert_same_model(run, reference):
     assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
     trained, expected = load_file(str(run / "trainable.safetensors")), load_file(str(reference / "trainable.safetensors"))
+    # Adam divides by sqrt(v): an element whose gradient is near zero turns the summation order's rounding
+    # into ~1e-5 of weight; a per-micro-batch mean would move many elements by ~1e-3 (lr 1e-2)
     for name, tensor in expected.items():
-        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=2e-5)
 
 
 def test_batch_8_and_batch_4_times_2_micro_batches_train_the_same_model(tiny_chat_model_dir, unequal_data, tmp_path):

@@ -134,6 +134,6 @@ def test_a_moe_load_balancing_loss_keeps_every_router_running(order_data, tmp_pa
     assert "prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer" in err
     assert "head: every position, as the model computes it (the model adds its routers' load-balancing loss" in err
     # what the notice prevents: replaying would leave the frozen blocks' routers out of the loss from epoch 2 on
-    monkeypatch.setattr("freezetune.training.session.router_loss", lambda model: False)
+    monkeypatch.setattr("freezetune.training.cache_choice.router_loss", lambda model: False)
     replayed = losses("replayed", "memory")
     assert replayed[:5] == uncached[:5] and replayed[5:] != pytest.approx(uncached[5:], rel=1e-6)

@@ -90,7 +90,8 @@ def test_auto_goes_to_disk_above_the_ram_budget(tiny_chat_model_dir, order_data,
 
 def test_the_key_covers_what_changes_the_prefix_output(tiny_chat_model_dir, order_data, tmp_path):
     from freezetune.options.training import TrainConfig
-    from freezetune.training.session import _cache_key, open_session
+    from freezetune.training.cache_choice import _cache_key
+    from freezetune.training.session import open_session
 
     config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
                          out=str(tmp_path / "run"), batch_size=4, seq_len=64, max_steps=2, plan="freeze bottom 50%")

@@ -118,6 +118,15 @@ class TrainConfig(RunOptions):
             if not available:  # accelerate would drop the tracker with a log line; the user asked for it
                 raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: pip install {self.log_with}")
 
+    def total_steps(self, num_train: int) -> int:
+        """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
+        per_epoch = num_train // self.batch_size
+        return self.max_steps or max(1, math.ceil(self.epochs * per_epoch / self.grad_accum))
+
+    def reaches_second_epoch(self, num_train: int) -> bool:
+        """Whether any training row comes round again (only then is caching its prefix output worth it)."""
+        return self.total_steps(num_train) * self.grad_accum > num_train // self.batch_size
+
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup when given, else --warmup-ratio of the run: 20 steps warm up for 2, not half the run."""
         return self.warmup if self.warmup is not None else math.ceil(self.warmup_ratio * total_steps)

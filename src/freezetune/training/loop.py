@@ -50,7 +50,7 @@ from freezetune.training.optimizer import (
 )
 from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
 from freezetune.training.prefix import PrefixRunner
-from freezetune.training.session import Session, total_steps
+from freezetune.training.session import Session
 from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
 from freezetune.training.trainable_set import TrainableSet
 
@@ -101,7 +101,7 @@ class Trainer:
         self.trainable = TrainableSet(session.resolved, schedule, self.config.seed)
         self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
         check_same_plan(self.accelerator, self.names)
-        self.total_steps = total_steps(self.config, len(session.train.examples))
+        self.total_steps = self.config.total_steps(len(session.train.examples))
         self.backend = make_backend(self.accelerator, session, self.world)
         self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
         self.model, optimizer = self.backend.wrap(
@@ -137,6 +137,7 @@ class Trainer:
         # the optimizer state saved is that of the set the last step trained; the loop moves on from there
         self.retarget(self.trainable.at(max(step - 1, 0)) or self.s.resolved)
         self.trainable.add_trained(tensors)
+        self.runner.mark_trained(tensors)  # a prefix trained before the kill is no longer the cached one
         self.backend.restore(self.module, tensors, optimizer, last)
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]

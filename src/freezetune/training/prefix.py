@@ -11,6 +11,9 @@ when the embeddings train). Then:
   batch is cached at the current depth, blocks below k are skipped (each returns its input,
   the last returns the cached output), so a step costs only the trained part. A schedule that
   moves k keeps each depth's entries apart: an output of block 9 never stands in for block 19's.
+  An entry is the *base* model's prefix output: once a schedule has trained anything below depth
+  k (LISA returning to a depth), the cache is neither read nor written at k again, since every
+  entry there would be stale.
 
 All of this patches the ``forward`` of the block instances (parameter names are untouched)
 and reimplements no model: whatever the model computes around its blocks still runs.
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from freezetune.plans.anatomy import Anatomy
 from freezetune.plans.resolution import ResolvedPlan
 from freezetune.training.prefix_cache import PrefixCache
 
@@ -31,6 +35,13 @@ from freezetune.training.prefix_cache import PrefixCache
 def prefix_depth(resolved: ResolvedPlan) -> int:
     """How many bottom blocks need no autograd at all."""
     return resolved.anatomy.num_layers - resolved.backward_depth
+
+
+def prefix_touched(anatomy: Anatomy, trained: set[str] | frozenset[str], depth: int) -> bool:
+    """Whether any of the ``trained`` tensors feeds the output of the bottom ``depth`` blocks (a tied head
+    counts: it is the embeddings)."""
+    return any(e.tensor in trained and (e.part == "embeddings" or (e.part == "block" and e.layer < depth))
+               for e in anatomy.entries)
 
 
 class PrefixRunner:
@@ -43,6 +54,7 @@ class PrefixRunner:
         self.gradient_checkpointing = gradient_checkpointing
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
+        self.trained: set[str] = set()  # every tensor a retarget has set training: what moved away from the base
         self._originals: dict[int, object] = {}
         self._keys: list[str] | None = None
         self._lengths: list[int] | None = None
@@ -65,9 +77,20 @@ class PrefixRunner:
         """Another trainable set from the next step on: reinstall at its depth (cache keys carry it)."""
         self.remove()
         self.resolved, self.depth = resolved, prefix_depth(resolved)
-        self.cache = self.shared_cache if self.depth > 0 else None
+        self.trained.update(resolved.trainable)
+        self._choose_cache()
         self.frozen_blocks = [i for i, b in enumerate(self.blocks) if not any(p.requires_grad for p in b.parameters())]
         self.install()
+
+    def mark_trained(self, names) -> None:
+        """Tensors trained before this process started (a resumed run's checkpoint lists them)."""
+        self.trained.update(names)
+        self._choose_cache()
+
+    def _choose_cache(self) -> None:
+        """The cache serves this depth only while its prefix is still the base model's (module doc)."""
+        untouched = self.depth > 0 and not prefix_touched(self.resolved.anatomy, self.trained, self.depth)
+        self.cache = self.shared_cache if untouched else None
 
     def remove(self) -> None:
         for index, original in self._originals.items():

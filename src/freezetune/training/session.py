@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,13 +20,10 @@ from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import (
-    DEFAULT_CACHE_DIR,
     LoadedModel,
-    file_sha256,
     load_model,
     require_causal_lm,
 )
-from freezetune.options.commands import parse_size
 from freezetune.options.training import TrainConfig
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
@@ -38,14 +32,14 @@ from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
+from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
 from freezetune.training.precision import (
     MIXED,
     store_in_training_precision,
     training_precision,
 )
-from freezetune.training.prefix import prefix_depth
-from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache, evict
+from freezetune.training.prefix_cache import PrefixCache
 
 RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage",
                      "cache_ram", "cache_limit"}
@@ -96,89 +90,6 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
     return train, held, notes
-
-
-def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype, model,
-               model_path: Path) -> tuple[str, dict]:
-    """Everything that changes block k-1's output: the weights, config.json (rope scaling, sliding window...),
-    the attention implementation, the precision, the plan's prefix, the examples and the library versions."""
-    config_json = Path(model_path) / "config.json"
-    meta = {"base_model_sha256": base_sha256, "config_json_sha256": file_sha256(config_json) if config_json.is_file() else None,
-            "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
-            "precision": config.precision, "dtype": str(dtype), "plan": resolved.plan.render(),
-            "prefix_depth": prefix_depth(resolved), "schedule": config.schedule, "seq_len": config.seq_len,
-            "model": config.model, "versions": {k: v for k, v in versions().items() if k in ("torch", "transformers")}}
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for example in train.examples + held.examples:
-        digest.update(json.dumps(example.input_ids).encode())
-    return digest.hexdigest()[:24], meta
-
-
-def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int) -> list[int]:
-    """The frozen-prefix depths the run trains at (one without a schedule); 0 means no prefix."""
-    if not config.schedule:
-        return [prefix_depth(resolved)]
-    phases = Schedule.parse(config.schedule).phases(resolved, total_steps(config, num_train), config.seed)
-    return sorted({prefix_depth(p["resolved"]) for p in phases})
-
-
-def router_loss(model) -> bool:
-    """Whether the model adds a load-balancing loss over every MoE layer's router to its loss."""
-    config = getattr(model, "config", None)
-    return bool(getattr(config, "output_router_logits", False)) and bool(getattr(config, "router_aux_loss_coef", 1.0))
-
-
-def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype,
-                 loaded: LoadedModel) -> tuple[PrefixCache | None, str]:
-    depths = [d for d in schedule_depths(config, resolved, len(train.examples)) if d > 0]
-    depth = max(depths, default=0)
-    if config.prefix_cache == "off":
-        return None, "prefix cache: off"
-    if router_loss(loaded.model) and depth:
-        return None, ("prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer, "
-                      "and a replay would skip those of the frozen blocks; set output_router_logits false to cache)")
-    if depth == 0:
-        return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
-    state = process_state()
-    # each process caches its own shard of the training data (data/order.py) and the whole held-out set;
-    # a run that ends within one epoch never sees a training row twice, so it caches the held-out set only
-    share = 1 / state.num_processes if reaches_second_epoch(config, len(train.examples)) else 0
-    examples = int(len(train.examples) * share) + len(held.examples)
-    tokens = int(train.num_tokens * share) + held.num_tokens
-    # each depth a schedule visits keeps its own entries
-    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size() * len(depths)
-    budget = parse_size(config.cache_ram, "--cache-ram")
-    mode = config.prefix_cache
-    if mode == "auto":
-        mode = "memory" if size <= budget else "disk"
-    path, removed = None, []
-    cache = PrefixCache()
-    if mode == "disk":
-        shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
-        root = (Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR) / "prefix"
-        key, meta = _cache_key(base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path)
-        path = root / f"{key}{shard}"
-        removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
-        cache = DiskPrefixCache(path, budget, meta)
-    where = f"on disk at {path}" if path else "in memory"
-    reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
-    per = " per process" if state.num_processes > 1 else ""
-    only = "" if share else " (the held-out set only: the run ends within its first epoch)"
-    blocks = f"the {depth} frozen blocks" if len(depths) == 1 else f"the frozen prefix at each of {len(depths)} depths"
-    evicted = f"; removed {len(removed)} least recently used caches to stay under --cache-limit" if removed else ""
-    return cache, (f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
-                   f"{size / 2**20:.1f} MiB {where}{reused}{evicted}")
-
-
-def total_steps(config: TrainConfig, num_train: int) -> int:
-    """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
-    per_epoch = num_train // config.batch_size
-    return config.max_steps or max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
-
-
-def reaches_second_epoch(config: TrainConfig, num_train: int) -> bool:
-    """Whether any training row comes round again (only then is caching its prefix output worth it)."""
-    return total_steps(config, num_train) * config.grad_accum > num_train // config.batch_size
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -289,4 +200,4 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
                   3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
         notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
     return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding,
-                   reaches_second_epoch(config, len(train.examples)))
+                   config.reaches_second_epoch(len(train.examples)))
