@@ -14,7 +14,7 @@ import torch
 
 from freezetune.cli.commands import main
 from freezetune.training.peak_memory import current_rss_bytes
-from freezetune.training.prefix_cache import DiskPrefixCache
+from freezetune.training.prefix_cache import MARKER, DiskPrefixCache
 
 MiB = 1 << 20
 
@@ -115,7 +115,7 @@ def make_cache(root: Path, name: str, days_ago: float, size: int = 1024) -> Path
     cache.put("a@1", torch.zeros(size // 4))
     cache.save()
     stamp = time.time() - days_ago * 86400
-    for file in ("index.json", "meta.json"):
+    for file in ("index.json", MARKER):
         os.utime(root / "prefix" / name / file, (stamp, stamp))
     return root / "prefix" / name
 

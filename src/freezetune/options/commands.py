@@ -143,6 +143,8 @@ class CacheOptions:
     cache_dir: str | None = opt(None, help="the cache folder (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
 
     def validate(self) -> None:
+        if self.action not in ("list", "clear"):  # positional: argparse does not check its choices
+            raise FreezetuneError(f"unknown cache action {self.action!r}; use list or clear")
         if self.older_than is not None and self.older_than < 0:
             raise FreezetuneError(f"--older-than must be 0 days or more, got {self.older_than}")
         if self.older_than is not None and self.action != "clear":

@@ -21,7 +21,8 @@ from freezetune.plans.resolution import ResolvedPlan
 from freezetune.plans.schedule import Schedule
 from freezetune.runs.manifest import versions
 from freezetune.training.prefix import prefix_depth, prefix_touched
-from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache, evict
+from freezetune.training.cache_folder import evict
+from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache
 
 
 def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype, model,
@@ -99,7 +100,7 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
         key, meta = _cache_key(base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path)
         path = root / f"{key}{shard}"
         removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
-        cache = DiskPrefixCache(path, budget, meta)
+        cache = DiskPrefixCache(path, budget, meta, warn=lambda message: None)  # its notices join the run's notes
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""

@@ -93,6 +93,8 @@ class Trainer:
         self.tokenizer = session.loaded.tokenizer
         self.pad_id = pad_token_id(self.tokenizer)
         self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
+        if session.cache is not None:
+            session.cache.warn = self.log  # damage found mid-run is said where the run's notes are
         with self.accelerator.autocast():  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
             self.runner.probe(self.device)
         self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
@@ -152,7 +154,12 @@ class Trainer:
         stage_rng(self.s.run_dir, step, self.rank)  # every process's own random state
         if self.s.cache is not None:
             # before the checkpoint is published: a run resumed from it finds every entry it had cached
-            self.s.cache.save()  # each process keeps the cache of its own shard of the data
+            try:
+                self.s.cache.save()  # each process keeps the cache of its own shard of the data
+            except FreezetuneError as exc:
+                done = checkpoint_dirs(self.s.run_dir)
+                kept = f"the previous checkpoint {done[-1]} is kept; resume from it" if done else "no checkpoint was written yet"
+                raise FreezetuneError(f"step {step}: {exc}; {kept}") from None
         self.accelerator.wait_for_everyone()
         tensors = {}
         if self.main or self.backend.gathers_everywhere:

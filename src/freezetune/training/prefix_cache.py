@@ -2,26 +2,41 @@
 
 The memory cache is a dict. The disk cache is a folder of safetensors shards plus an index:
 
-    PREFIX/KEY/meta.json                 what the key was made of (model, plan, data, versions...)
-    PREFIX/KEY/index.json                shard file -> the entries it holds; written last, atomically
-    PREFIX/KEY/shard-000000.safetensors  entries, as they arrived
+    PREFIX/KEY/freezetune-prefix-cache.json  the marker: the key, and what it was made of (model, plan,
+                                             data, versions...); only a folder holding it is a cache
+    PREFIX/KEY/index.json                    shard file -> its sha256 and the entries it holds, with a
+                                             checksum of its own; written last, atomically
+    PREFIX/KEY/shard-000000.safetensors      entries, as they arrived
 
 New entries wait in RAM until they fill half the RAM budget, then go to a new shard: a shard
 is written once and never rewritten, so a checkpoint costs the entries added since the last
 one, not the whole cache. Reading opens one shard lazily (safetensors' ``safe_open``) and
 copies out only the rows asked for, so the cache's RAM stays within the budget however large
 it grows on disk. An entry stored twice keeps its first value (see PrefixCache.put).
+
+Nothing damaged is ever replayed: a shard is checked against its sha256 before its first
+entry is used, and a shard, index or marker that fails its check is set aside (renamed with
+``.damaged``) with a warning, and its entries are computed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from freezetune.runs.durable import write_json
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import file_sha256
+from freezetune.runs.durable import fsync_path, publish, write_json
+
+MARKER = "freezetune-prefix-cache.json"
+SHARD = re.compile(r"^shard-(\d{6})\.safetensors(\.damaged)?$")
 
 
 class PrefixCache:
@@ -30,6 +45,7 @@ class PrefixCache:
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
         self.loaded_from_disk = False
+        self.notices: list[str] = []  # what opening the cache found (damage set aside), for the run's log
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -53,29 +69,96 @@ class PrefixCache:
         """Nothing to do: a memory cache lives as long as its run."""
 
 
-class DiskPrefixCache(PrefixCache):
-    """The same entries in a folder of shards (module doc); at most ``ram_budget`` bytes of them in RAM."""
+def _checksum(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
-    def __init__(self, folder: Path, ram_budget: int, meta: dict | None = None):
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker's content when it is whole and names ``folder``; None when absent or damaged."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(marker, dict) and marker.get("key") == Path(folder).name and isinstance(marker.get("meta"), dict)
+    return marker if ok and marker.get("sha256") == _checksum(marker["meta"]) else None
+
+
+class DiskPrefixCache(PrefixCache):
+    """The same entries in a folder of shards (module doc); at most ``ram_budget`` bytes of them in RAM.
+    ``warn`` hears of damage found while the run goes on (a shard that fails its checksum)."""
+
+    def __init__(self, folder: Path, ram_budget: int, meta: dict | None = None,
+                 warn: Callable[[str], None] = logging.getLogger("freezetune").warning):
         super().__init__()
-        self.folder, self.ram_budget = Path(folder), ram_budget
+        self.folder, self.ram_budget, self.warn = Path(folder), ram_budget, warn
         self.index: dict[str, str] = {}  # key -> shard file name
+        self.sums: dict[str, str] = {}  # shard file name -> its sha256
+        self.checked: set[str] = set()  # shards whose bytes matched their sha256 in this process
         self._pending_bytes = 0
         self._open: tuple[str, object] | None = None  # the one shard held open for reading
-        path = self.folder / "index.json"
-        if path.is_file():
-            shards = json.loads(path.read_text())["shards"]
-            self.index = {key: shard for shard, keys in shards.items() for key in keys if (self.folder / shard).is_file()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        marker = read_marker(self.folder)
+        if marker is None:  # a new cache, or one whose marker is damaged: nothing in it can be trusted
+            if (self.folder / MARKER).exists():
+                self._set_aside(self.folder / MARKER, "its marker is damaged")
+            if (self.folder / "index.json").exists():
+                self._set_aside(self.folder / "index.json", "it has no intact marker")
+            write_json(self.folder / MARKER, {"key": self.folder.name, "meta": meta or {}, "sha256": _checksum(meta or {})})
+        self._read_index()
         self.loaded_from_disk = bool(self.index)
-        if meta is not None and not (self.folder / "meta.json").is_file():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_json(self.folder / "meta.json", meta)
+
+    def _read_index(self) -> None:
+        path = self.folder / "index.json"
+        if not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            shards = saved["shards"]
+            if saved["sha256"] != _checksum(shards):
+                raise ValueError("checksum")
+            listed = {name: (str(info["sha256"]), [str(k) for k in info["keys"]]) for name, info in shards.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._set_aside(path, "it is damaged")
+            return
+        for name, (digest, keys) in listed.items():
+            if SHARD.match(name) and (self.folder / name).is_file():  # a shard gone from under the index is skipped
+                self.sums[name] = digest
+                self.index.update({key: name for key in keys})
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        number = 0
+        while (aside := path.with_name(f"{path.name}.damaged" + (f"-{number}" if number else ""))).exists():
+            number += 1
+        os.replace(path, aside)
+        message = (f"warning: prefix cache {self.folder.name}: {path.name} set aside as {aside.name} ({why}); "
+                   "its entries are computed again")
+        self.notices.append(message)
+        self.warn(message)
 
     def keys(self) -> list[str]:
         return list(self.index) + list(self.tensors)
 
     def has_all(self, keys: list[str]) -> bool:
-        return all(key in self.index or key in self.tensors for key in keys)
+        return all(key in self.tensors or (key in self.index and self._intact(self.index[key])) for key in keys)
+
+    def _intact(self, shard: str) -> bool:
+        """Whether ``shard`` holds what the index says; a damaged one is set aside and its keys dropped."""
+        if shard in self.checked:
+            return True
+        path = self.folder / shard
+        try:
+            good = file_sha256(path) == self.sums.get(shard)
+        except OSError:
+            good = False
+        if good:
+            self.checked.add(shard)
+            return True
+        if path.exists():
+            self._set_aside(path, "it does not match the checksum in index.json")
+        self.index = {key: name for key, name in self.index.items() if name != shard}
+        self.sums.pop(shard, None)
+        self._write_index()
+        return False
 
     def put(self, key: str, value: torch.Tensor) -> None:
         if key in self.index or key in self.tensors:
@@ -106,64 +189,30 @@ class DiskPrefixCache(PrefixCache):
     def _flush(self) -> None:
         if not self.tensors:
             return
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        number = max((int(name[6:12]) for name in set(self.index.values())), default=-1) + 1
-        name = f"shard-{number:06d}.safetensors"
+        numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := SHARD.match(p.name))]
+        name = f"shard-{max(numbers, default=-1) + 1:06d}.safetensors"  # never the name of a shard set aside
         staging = self.folder / f".{name}.partial"
-        save_file(self.tensors, str(staging))
-        with open(staging, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(staging, self.folder / name)
-        self.index.update({key: name for key in self.tensors})
-        shards: dict[str, list[str]] = {}
-        for key, shard in self.index.items():
-            shards.setdefault(shard, []).append(key)
-        write_json(self.folder / "index.json", {"shards": shards})  # atomic: an entry is listed once its shard is whole
+        try:
+            save_file(self.tensors, str(staging))
+            fsync_path(staging)
+            digest = file_sha256(staging)
+            publish(staging, self.folder / name)
+            self.sums[name] = digest
+            self.checked.add(name)
+            self.index.update({key: name for key in self.tensors})
+            self._write_index()  # an entry is listed once its shard is whole
+        except (OSError, SafetensorError) as exc:
+            staging.unlink(missing_ok=True)
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise FreezetuneError(f"cannot write the prefix cache in {self.folder}: {reason}") from None
         self.tensors.clear()
         self._pending_bytes = 0
 
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def cache_entries(root: Path) -> list[dict]:
-    """The prefix caches under ``root`` (freezetune's own only: a folder with an index or meta, or a
-    single-file cache of an older freezetune), least recently used first."""
-    root = Path(root)
-    found = []
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.is_dir() and ((path / "index.json").is_file() or (path / "meta.json").is_file()):
-            stamp = max(p.stat().st_mtime for p in (path / "index.json", path / "meta.json") if p.is_file())
-            meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
-            found.append({"path": path, "bytes": folder_bytes(path), "used": stamp, "meta": meta})
-        elif path.is_file() and path.suffix == ".safetensors":
-            found.append({"path": path, "bytes": path.stat().st_size, "used": path.stat().st_mtime, "meta": {}})
-    return sorted(found, key=lambda entry: entry["used"])
-
-
-def remove_cache(path: Path) -> None:
-    import shutil
-
-    if Path(path).is_dir():
-        shutil.rmtree(path)
-    else:
-        Path(path).unlink(missing_ok=True)
-
-
-def evict(root: Path, allowed_bytes: int, keep: Path) -> list[Path]:
-    """Remove least recently used caches under ``root`` until the others fit in ``allowed_bytes``; ``keep``
-    (the cache about to be used) is never removed, and its use is recorded as its last use."""
-    if (Path(keep) / "index.json").is_file():
-        os.utime(Path(keep) / "index.json")
-    others = [e for e in cache_entries(root) if Path(e["path"]) != Path(keep)]
-    total, removed = sum(e["bytes"] for e in others), []
-    for entry in others:
-        if total <= allowed_bytes:
-            break
-        remove_cache(entry["path"])
-        total -= entry["bytes"]
-        removed.append(entry["path"])
-    return removed
+    def _write_index(self) -> None:
+        shards: dict[str, dict] = {name: {"sha256": digest, "keys": []} for name, digest in self.sums.items()}
+        for key, shard in self.index.items():
+            shards[shard]["keys"].append(key)
+        write_json(self.folder / "index.json", {"shards": shards, "sha256": _checksum(shards)})

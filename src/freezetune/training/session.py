@@ -172,7 +172,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
-    notes.append(cache_note)
+    notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume:
         try:
