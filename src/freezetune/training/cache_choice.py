@@ -20,8 +20,8 @@ from freezetune.options.training import TrainConfig
 from freezetune.plans.resolution import ResolvedPlan
 from freezetune.plans.schedule import Schedule
 from freezetune.runs.manifest import versions
-from freezetune.training.prefix import prefix_depth, prefix_touched
 from freezetune.training.cache_folder import evict
+from freezetune.training.prefix import prefix_depth, prefix_touched
 from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache
 
 
