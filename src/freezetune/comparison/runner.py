@@ -26,7 +26,7 @@ from freezetune.data.examples import pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.runs.checkpoint import save_trainable
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import read_json, read_manifest, read_metrics
+from freezetune.runs.manifest import meaning_hashes, read_json, read_manifest, read_metrics
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting, load_data
 
@@ -191,7 +191,7 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
     (when ``should_stop`` interrupts, the running worker checkpoints first)."""
     loaded, base_sha256 = validate(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
-    write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256),
+    write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256, meaning_hashes(loaded.path)),
                                                "strategies": [s.name for s in settings.strategies]})
     reference = _reference(settings, loaded, log, progress)
     del loaded

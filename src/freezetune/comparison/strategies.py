@@ -12,13 +12,13 @@ folder cannot mix two comparisons; a run whose own settings changed is set aside
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
-from freezetune.models.loading import file_sha256, load_model, require_causal_lm
+from freezetune.models.loading import load_model, require_causal_lm
 from freezetune.options.commands import parse_size
 from freezetune.options.schema import opt
 from freezetune.options.training import LORA_PLAN, RunOptions, TrainConfig
@@ -26,7 +26,7 @@ from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
 from freezetune.runs.checkpoint import checkpoint_dirs
-from freezetune.runs.manifest import model_hash, read_json
+from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
 
 DEFAULT_STRATEGIES = ["full", "lora", "freeze bottom 75%", "freeze bottom 50%"]
 DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "plan": 2e-4}  # the centre of each kind's search
@@ -189,26 +189,11 @@ class CompareSettings:
         return [float(f"{DEFAULT_LR[strategy.kind] * factor:.3g}") for factor in self.lr_grid]
 
 
-def content_hash(path: str | None) -> str | None:
-    """sha256 of a data file, or of every file in a dataset folder (names and bytes): a folder whose
-    content changed is other data, even at the same path."""
-    if not path or not Path(path).exists():
-        return path
-    root = Path(path)
-    if root.is_file():
-        return file_sha256(root)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        digest.update(file_sha256(file).encode())
-    return digest.hexdigest()
-
-
-def fingerprint(settings: CompareSettings, base_sha256: str) -> dict:
+def fingerprint(settings: CompareSettings, base_sha256: str, model_files: dict[str, str]) -> dict:
     """What the base reference and every run share; a rerun with any of it changed is another comparison.
     Each run's own settings (rate, seed, steps, warmup...) are checked run by run (runner.py)."""
     config = settings.base_config
-    return {"model": settings.model, "model_sha256": base_sha256, "objective": config.objective,
+    return {"model": settings.model, "model_sha256": base_sha256, "model_files": model_files, "objective": config.objective,
             "data": content_hash(config.data), "eval_data": content_hash(config.eval_data),
             "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
             "seq_len": config.seq_len, "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
@@ -222,6 +207,14 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
             raise FreezetuneError(f"{state_path}: damaged; it does not say which comparison {settings.out} holds")
         earlier = earlier["fingerprint"]
         changed = [k for k in pinned if earlier.get(k) != pinned[k]]
+        if "model_sha256" in changed or "model_files" in changed:  # the same --model, but another model
+            was, now = earlier.get("model_files"), pinned["model_files"]
+            if "model_sha256" in changed or was is None:  # None: a comparison from before the files were recorded
+                what = "its weights changed" if "model_sha256" in changed else "its config and tokenizer files were recorded"
+            else:
+                what = ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n))) + " changed"
+            raise FreezetuneError(f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
+                                  "and base reference may belong to another model: choose another --out")
         if changed:
             raise FreezetuneError(
                 f"{settings.out} holds a comparison with another {', '.join(changed)} (--{changed[0].replace('_', '-')}); "
@@ -289,5 +282,5 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
 
         load_data(replace(settings.base_config, validation=settings.validation), loaded.tokenizer)  # too few examples fail here
     base_sha256 = model_hash(loaded.path)
-    check_output_folder(settings, fingerprint(settings, base_sha256))
+    check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256

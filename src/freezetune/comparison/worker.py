@@ -96,12 +96,13 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
         failure = run_dir / "failed.json"
         failure.unlink(missing_ok=True)
         try:
-            session = open_session(config)
-            before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
-            result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
-            del session
-            if result["status"] != "finished":
-                return "stopped"
+            if not finished(run_dir, "search"):  # trained already, only its forgetting left to measure
+                session = open_session(config)
+                before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
+                result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
+                del session
+                if result["status"] != "finished":
+                    return "stopped"
             if measure == "reported":
                 _measure_forgetting(spec, config, run_dir, log, progress, runtime)
             if not spec.get("keep_checkpoints"):

@@ -7,6 +7,7 @@ row) so that a bad record is reported precisely.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -104,3 +105,20 @@ def read_records(path_text: str) -> list[Record]:
     # a CSV header is line 1; a JSON array and parquet only have rows
     label = (lambda i: f"line {i + 2}") if suffix == ".csv" else (lambda i: f"record {i + 1}")
     return [Record(dict(row), f"{path} {label(i)}") for i, row in enumerate(table)]
+
+
+def content_hash(path: str | None) -> str | None:
+    """sha256 of a data file, or of every file in a dataset folder (names and bytes): a folder whose
+    content changed is other data, even at the same path. A path that does not exist stands for itself."""
+    if not path or not Path(path).exists():
+        return path
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        if file != root:
+            digest.update(str(file.relative_to(root)).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

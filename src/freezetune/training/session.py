@@ -14,7 +14,7 @@ from freezetune.data.examples import (
     sft_examples,
     split_holdout,
 )
-from freezetune.data.files import read_records
+from freezetune.data.files import content_hash, read_records
 from freezetune.data.tasks import dispatch_task, stdlib_docstrings
 from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
@@ -31,7 +31,7 @@ from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
 from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import meaning_hashes, model_hash, read_manifest, versions
+from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
 from freezetune.training.precision import (
@@ -135,6 +135,28 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     return TrainConfig(**saved)
 
 
+def data_hashes(config: TrainConfig) -> dict[str, str | None]:
+    """The content of the data files a run reads, so that a resume can tell they are still the same."""
+    return {"data": content_hash(config.data), "eval_data": content_hash(config.eval_data)}
+
+
+def check_resumable(manifest: dict, run_dir: Path, config: TrainConfig, base_sha256: str, base_path: Path) -> None:
+    """A resumed run must continue what it started: unfinished, on the same base model (weights, config and
+    tokenizer files) and the same data; each refusal names what changed."""
+    if manifest.get("status") == "finished":
+        raise FreezetuneError(f"--resume {run_dir}: the run has finished ({manifest.get('steps')} steps); nothing is "
+                              "left to continue (its results stay as they are; start a new run with --out)")
+    try:
+        check_base(manifest, base_sha256, base_path, run_dir)
+    except FreezetuneError as exc:
+        raise FreezetuneError(f"--resume: {exc}") from None
+    saved = manifest.get("data_sha256") or {}  # runs from before this check recorded none
+    for key, now in data_hashes(config).items():
+        if key in saved and saved[key] != now:
+            raise FreezetuneError(f"--resume {run_dir}: the content of --{key.replace('_', '-')} {getattr(config, key)} "
+                                  "has changed since the run started; a resumed run must see the data it started with")
+
+
 def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
                  sharding: FsdpSettings | ZeroSettings | None = None) -> Session:
     """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
@@ -151,9 +173,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     require_causal_lm(loaded, "train")
     base_sha256 = model_hash(loaded.path)
     if config.resume:
-        manifest = read_manifest(run_dir)
-        if manifest["base_model"]["sha256"] != base_sha256:
-            raise FreezetuneError(f"--resume {run_dir}: the model {config.model} is not the base model this run started from")
+        check_resumable(read_manifest(run_dir), run_dir, config, base_sha256, loaded.path)
     if config.lora_r:
         torch.manual_seed(config.seed)  # peft draws the A matrices at random: the seed must decide them, not earlier work
         loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
@@ -189,6 +209,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
             "trainable_params": resolved.trainable_params,
             "total_params": resolved.total_params,
             "config": config.to_dict(),
+            "data_sha256": data_hashes(config),
             "versions": versions(),
             "dtypes": dtypes,
         })
