@@ -43,8 +43,8 @@ from freezetune.data.examples import pad_token_id, sft_examples
 from freezetune.data.order import BatchOrder
 from freezetune.data.tasks import dispatch_task
 from freezetune.distributed.backends import Replicated
+from freezetune.training.accelerator import make_accelerator
 from freezetune.training.head import TargetHead
-from freezetune.training.loop import make_accelerator
 from freezetune.training.optimizer import build_optimizer, build_scheduler
 from freezetune.training.peak_memory import peak_memory_bytes
 from freezetune.training.prefix import PrefixRunner

@@ -122,6 +122,7 @@ def trained(tmp_path_factory, tiny_chat_model_dir):
     (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
     data = (root / "train.jsonl", root / "eval.jsonl")
     from freezetune.cli.commands import main
+
     from test_train_cli import train_args
 
     assert main(train_args(root / "model", data, root / "run", "--max-steps", "6", "--save-every", "2")) == 0

@@ -6,12 +6,13 @@ import sys
 import torch
 import torch.distributed as dist
 
-from conftest import build_tiny
+from freezetune.distributed.sharding import FsdpSettings, local, shard_model
 from freezetune.plans.anatomy import find_anatomy
-from freezetune.training.optimizer import build_optimizer
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import apply_plan, resolve
-from freezetune.distributed.sharding import FsdpSettings, local, shard_model
+from freezetune.training.optimizer import build_optimizer
+
+from conftest import build_tiny
 
 dist.init_process_group("gloo")
 model = build_tiny("llama").train()

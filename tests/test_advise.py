@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny
 
 from freezetune.cli.commands import main
 from freezetune.errors import FreezetuneError
@@ -20,6 +19,8 @@ from freezetune.training.advisor import (
     pick,
     predicted_step_ratio,
 )
+
+from conftest import build_tiny
 
 
 def test_advise_without_data_finds_the_block_whose_spectrum_holds_signal(tiny_chat_model_dir, tmp_path, capsys):
@@ -51,16 +52,16 @@ def test_advise_without_data_finds_the_block_whose_spectrum_holds_signal(tiny_ch
 def test_advise_with_data_probes_gradients_without_moving_a_weight(tiny_chat_model_dir, order_data, capsys):
     from transformers import AutoModelForCausalLM
 
-    from freezetune.training.loop import make_accelerator
+    from freezetune.training.accelerator import make_accelerator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
     for name, param in model.named_parameters():
         param.requires_grad_(".layers.3." in name)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    from conftest import build_tokenizer
-
     from freezetune.data.examples import sft_examples
     from freezetune.data.files import read_records
+
+    from conftest import build_tokenizer
 
     examples = sft_examples(read_records(str(order_data[0])), build_tokenizer(), 64).examples
     scores = gradient_scores(model, find_anatomy(model), examples, 4, 0, make_accelerator("fp32", None, order_data[0].parent))

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import build_tiny
 from freezetune.plans.anatomy import find_anatomy
+
+from conftest import build_tiny
 
 # name -> (blocks path, a final-norm name, a head name or None, tied embeddings?)
 EXPECTED = {

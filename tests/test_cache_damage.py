@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_prefix_cache import losses, make_cache, run_args
 
 from freezetune.cli.commands import main
 from freezetune.training.prefix_cache import MARKER, DiskPrefixCache
+
+from test_prefix_cache import losses, make_cache, run_args
 
 
 def flip_bit(path: Path, at: float = 0.7) -> None:

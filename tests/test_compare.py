@@ -279,10 +279,11 @@ def test_a_rerun_with_other_settings_never_reuses_a_stale_run(tiny_chat_model_di
 def test_each_strategy_reports_the_peak_memory_of_its_own_process(tmp_path, order_data):
     """Full fine-tuning first, a freeze plan second: measured in one process the plan's peak could
     not drop below what the full run left mapped; each in its own worker, it shows its own."""
-    from conftest import build_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from freezetune.comparison.runner import run_comparison
+
+    from conftest import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,

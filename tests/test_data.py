@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from conftest import build_tokenizer
-from freezetune.data.files import read_records
 from freezetune.data.examples import IGNORE, cpt_examples, sft_examples, split_holdout
+from freezetune.data.files import read_records
 from freezetune.errors import FreezetuneError
+
+from conftest import build_tokenizer
 
 TOKENIZER = build_tokenizer()
 PLAIN = build_tokenizer(chat_template=False)

@@ -100,7 +100,8 @@ def test_each_process_caches_only_its_own_shard(tiny_chat_model_dir, order_data,
     folders = sorted((cache_dir / "prefix").iterdir())
     assert [f.name.split("-")[-1] for f in folders] == ["rank0of2", "rank1of2"]
     order = BatchOrder(20, 4, seed=0)
-    keys = [[k for shard in json.loads((f / "index.json").read_text())["shards"].values() for k in shard] for f in folders]
+    keys = [[k for shard in json.loads((f / "index.json").read_text())["shards"].values() for k in shard["keys"]]
+            for f in folders]
     cached = [{int(k.split(":")[1].split("@")[0]) for k in ks if k.startswith("train:")} for ks in keys]
     assert not cached[0] & cached[1]
     for rank in (0, 1):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from freezetune.errors import FreezetuneError
 from freezetune.options.training import TrainConfig
 from freezetune.training.loop import Trainer
-from freezetune.errors import FreezetuneError
 from freezetune.training.session import open_session
 
 
@@ -91,7 +91,7 @@ def test_disk_cache_is_keyed_and_reused(tiny_chat_model_dir, order_data, tmp_pat
     Trainer(first, log=lambda m: None, progress=False).run()
     folders = list((tmp_path / "cache" / "prefix").iterdir())
     assert len(folders) == 1 and list(folders[0].glob("shard-*.safetensors")) and (folders[0] / "index.json").is_file()
-    meta = json.loads((folders[0] / "meta.json").read_text())
+    meta = json.loads((folders[0] / "freezetune-prefix-cache.json").read_text())["meta"]
     assert meta["attention"] and meta["config_json_sha256"] and set(meta["versions"]) == {"torch", "transformers"}
     second = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "b", **common))
     assert "reused from an earlier run" in " ".join(second.notes)
@@ -127,9 +127,22 @@ def test_guard_catches_unchanged_and_gradientless_tensors():
         model[1].weight.add_(1.0)  # only the second layer "stepped"
     with pytest.raises(FreezetuneError, match="trainable tensor 0.weight did not change .*though its gradient was not zero"):
         guard.check_update()
+    largest = float(model[0].weight.abs().max())
+    with pytest.raises(FreezetuneError, match="0.weight did not change"):
+        guard.check_update(lr=largest * 1e-3)  # a rate that would have moved it
+    guard.check_update(lr=largest * 1e-9)  # a long warmup's first rate, below fp32's resolution: no verdict
     model[0].weight.grad.zero_()  # a zero gradient (LoRA's A on step 1) may leave a tensor as it was
     guard.check_gradients()
     guard.check_update()
+
+
+def test_a_long_warmup_whose_first_rate_moves_nothing_visible_trains(tiny_chat_model_dir, order_data, tmp_path):
+    # 100000 steps: the first step's rate is lr / 10000, below the float resolution of the norms' weights (1.0)
+    session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "long", plan="freeze bottom 50%",
+                                      max_steps=100000, save_every=0, eval_generate=0))
+    answers = iter([False, False, True])  # two steps, then a stop
+    result = Trainer(session, log=lambda m: None, progress=False).run(should_stop=lambda: next(answers))
+    assert result["status"] == "interrupted" and result["step"] == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

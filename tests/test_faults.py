@@ -77,7 +77,10 @@ def save_model(cls, config):
 
 
 def every_checkpoint(damage):
+    """Damage every checkpoint of a run that has not finished (a finished run is not resumed at all)."""
     def prepare(w: Path):
+        edit_json("run/manifest.json", status="running")(w)
+        (w / "run" / "trainable.safetensors").unlink()
         for checkpoint in (w / "run" / "checkpoints").iterdir():
             damage(checkpoint)
     return prepare

@@ -1,12 +1,13 @@
 import pytest
 import yaml
 
-from conftest import build_tiny
-from freezetune.plans.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError
+from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.formats import render
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
+
+from conftest import build_tiny
 from test_anatomy import ToyMoE
 
 
@@ -85,6 +86,7 @@ def test_llama_pro_and_head_only_selections_match_the_plan_in_simulation():
 
 def test_plan_json_names_the_trainable_tied_aliases():
     from freezetune.plans.preview import describe
+
     from conftest import build_tiny as tiny
 
     model = tiny("gpt2")  # GPT-2 ties lm_head.weight to transformer.wte.weight

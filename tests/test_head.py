@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 import transformers as T
-from conftest import ARCHITECTURES, build_tiny
 
 from freezetune.cli.commands import main
 from freezetune.data.examples import IGNORE
 from freezetune.training import head as head_module
 from freezetune.training.head import TargetHead
+
+from conftest import ARCHITECTURES, build_tiny
 
 DECODERS = ["llama", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt", "mixtral"]
 

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -16,6 +15,8 @@ from freezetune.training.optimizer import (
     build_scheduler,
     retarget_optimizer,
 )
+
+from conftest import build_tiny
 
 
 def _rate_of(optimizer) -> dict[int, float]:

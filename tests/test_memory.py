@@ -1,8 +1,9 @@
-from conftest import build_tiny
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.preview import describe
 from freezetune.plans.resolution import resolve
+
+from conftest import build_tiny
 
 
 def estimate(text, dtype="float32", arch="llama"):

@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
-from conftest import build_tiny
-from freezetune.plans.anatomy import find_anatomy
 from freezetune.data.examples import Example, collate
+from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import apply_plan, resolve
 from freezetune.training.prefix import PrefixRunner, prefix_depth
 from freezetune.training.prefix_cache import PrefixCache
-from freezetune.plans.resolution import apply_plan, resolve
+
+from conftest import build_tiny
 
 LENGTHS = [5, 9, 7]
 
@@ -109,8 +110,9 @@ def test_a_moe_load_balancing_loss_keeps_every_router_running(order_data, tmp_pa
     """Replaying the frozen blocks from the cache skips their routers, which the aux loss sums over."""
     import transformers as T
 
-    from conftest import build_tokenizer
     from freezetune.cli.commands import main
+
+    from conftest import build_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

@@ -39,11 +39,19 @@ DAMAGES = {
 }
 
 
+def as_if_killed_after_its_last_checkpoint(run):
+    """A finished run is never resumed: make it one whose process died after writing its last checkpoint."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (run / "trainable.safetensors").unlink()
+
+
 @pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumes(damage, world, capsys):
     run = world / "run"
     reference, final = losses(run), load_file(str(run / "trainable.safetensors"))
     newest = run / "checkpoints" / "step-000006"
+    as_if_killed_after_its_last_checkpoint(run)
     DAMAGES[damage](newest)
     damaged = {p.name: p.read_bytes() for p in newest.iterdir()}
     with open(run / "metrics.jsonl", "a") as metrics:  # and a line the kill cut in half
@@ -63,6 +71,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumes(dama
 
 def test_staging_leftovers_are_cleaned_at_the_next_start(world, capsys):
     run = world / "run"
+    as_if_killed_after_its_last_checkpoint(run)
     (run / "checkpoints" / ".step-000008.partial-x1y2").mkdir()
     (run / "checkpoints" / ".step-000008.partial-x1y2" / "trainable.safetensors").write_bytes(b"half")
     (run / "checkpoints" / ".rng-0.safetensors.step-8.partial").write_bytes(b"half")

@@ -1,11 +1,12 @@
 import pytest
 from hypothesis import given, settings
 
-from conftest import build_tiny
-from freezetune.plans.anatomy import find_anatomy
 from freezetune.errors import FreezetuneError, PlanError
+from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import apply_plan, resolve
+
+from conftest import build_tiny
 from test_plan_grammar import plans
 
 LLAMA_BLOCK = [

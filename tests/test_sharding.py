@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from freezetune.cli.commands import main
+
 from test_distributed import args, freezetune, losses
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -59,6 +60,8 @@ def _rewind_to_step_3(run_dir: Path) -> None:
     """As if the run had been killed after its step-3 checkpoint."""
     shutil.rmtree(run_dir / "checkpoints" / "step-000006")
     (run_dir / "trainable.safetensors").unlink()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
 
 
 def test_a_sharded_run_replays_the_prefix_cache_like_one_process(tiny_chat_model_dir, order_data, tmp_path):

@@ -112,6 +112,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+RELAUNCHED = "FREEZETUNE_WORKER"  # set for the processes freezetune itself starts through torchrun
+
+
 def _relaunch(config: TrainConfig, argv: list[str]) -> str:
     """--num-processes N (or sharding) outside a distributed launch: start N processes through torchrun."""
     import subprocess
@@ -120,7 +123,7 @@ def _relaunch(config: TrainConfig, argv: list[str]) -> str:
     args = [a for a in args if not a.startswith("--num-processes=")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.num_processes}",
                "-m", "freezetune", *args]
-    code = subprocess.call(command)
+    code = subprocess.call(command, env={**os.environ, RELAUNCHED: "1"})
     if code:
         raise FreezetuneError(f"the {config.num_processes}-process run failed (exit status {code}); see the messages above")
     return f"finished with {config.num_processes} process{'es' if config.num_processes > 1 else ''}"
@@ -128,10 +131,17 @@ def _relaunch(config: TrainConfig, argv: list[str]) -> str:
 
 def run_train(config: TrainConfig, argv: list[str]) -> str:
     """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
-    from freezetune.distributed.processes import launch_sharding, process_state
+    from freezetune.distributed.processes import (
+        die_with_parent,
+        launch_sharding,
+        process_state,
+    )
     from freezetune.distributed.sharding import FsdpSettings
     from freezetune.training.loop import Trainer
     from freezetune.training.session import open_session
+
+    if os.environ.get(RELAUNCHED):  # torchrun puts its workers in a session of their own: they go when it goes
+        die_with_parent(signal.SIGKILL)
 
     sharding = launch_sharding(os.environ, config.fsdp, config.zero_stage)  # before accelerate reads the launch
     # recorded in the manifest, whichever way it was asked for

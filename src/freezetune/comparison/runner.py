@@ -3,7 +3,6 @@ worker process) and one run per seed (a worker process each, so each peak memory
 
 from __future__ import annotations
 
-import ctypes
 import math
 import signal
 import subprocess
@@ -23,10 +22,17 @@ from freezetune.comparison.strategies import (
 )
 from freezetune.comparison.worker import finished, release_memory
 from freezetune.data.examples import pad_token_id
+from freezetune.distributed.processes import die_with_parent
 from freezetune.errors import FreezetuneError
 from freezetune.runs.checkpoint import save_trainable
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import meaning_hashes, read_json, read_manifest, read_metrics
+from freezetune.runs.lock import lock_folder
+from freezetune.runs.manifest import (
+    meaning_hashes,
+    read_json,
+    read_manifest,
+    read_metrics,
+)
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting, load_data
 
@@ -50,13 +56,6 @@ def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
     return {k: v for k, v in read_json(path).items() if k != "answers"}
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: a SIGKILLed comparison takes its worker with it (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
 
 def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str:
     """Run a worker on ``spec``; "done", "stopped", or why the process died. A stop request is
@@ -64,7 +63,7 @@ def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(spec_path, spec)
     process = subprocess.Popen([sys.executable, "-m", "freezetune.cli.worker", str(spec_path)],
-                               start_new_session=True, preexec_fn=_die_with_parent)
+                               start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     forwarded = False
     try:
         while True:
@@ -190,7 +189,16 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
     """Run every strategy not yet finished; returns the seed run folders of the strategies reached
     (when ``should_stop`` interrupts, the running worker checkpoints first)."""
     loaded, base_sha256 = validate(settings)
-    settings.out.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(settings.out, "comparison")  # its workers each hold their own run folder
+    if lock.notice:
+        log(lock.notice)
+    try:
+        return _compare(settings, loaded, base_sha256, log, progress, should_stop)
+    finally:
+        lock.release()
+
+
+def _compare(settings: CompareSettings, loaded, base_sha256: str, log, progress: bool, should_stop) -> list[Path]:
     write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256, meaning_hashes(loaded.path)),
                                                "strategies": [s.name for s in settings.strategies]})
     reference = _reference(settings, loaded, log, progress)

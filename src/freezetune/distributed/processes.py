@@ -7,6 +7,7 @@ it is alone, so it must always be created the same way: here.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections.abc import MutableMapping
 
@@ -20,6 +21,15 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def die_with_parent(signal_number: int) -> None:
+    """This process gets ``signal_number`` when its parent dies (Linux; elsewhere nothing): a worker started in a
+    session of its own would otherwise outlive a killed launcher, training and writing unseen."""
+    try:  # ctypes is imported at the top: this runs between fork and exec, where an import can deadlock
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal_number)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _flag(env: MutableMapping[str, str], name: str, default: str = "false") -> bool:

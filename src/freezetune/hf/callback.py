@@ -27,7 +27,7 @@ class FreezeCallback(TrainerCallback):
         if self.schedule is not None:
             self.schedule.check(handle.universe)
         self.phase: int | None = None
-        self.first, self.still = True, False
+        self.first, self.still, self.rate = True, False, None
         self.guard: FirstStepGuard | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -53,11 +53,12 @@ class FreezeCallback(TrainerCallback):
         if self.guard is not None:
             self._checked(self.guard.check_gradients)
             groups = getattr(optimizer, "param_groups", None) or [{"lr": 1.0}]
-            self.still = all(group["lr"] == 0 for group in groups)  # warmup's first step moves nothing
+            self.rate = max(group["lr"] for group in groups)
+            self.still = self.rate == 0  # warmup's first step moves nothing
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.guard is not None and not self.still:  # else: checked after the first step that can move weights
-            self._checked(self.guard.check_update)
+            self._checked(lambda: self.guard.check_update(self.rate))
             self.guard = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -155,7 +155,7 @@ def advise(loaded, examples: list[Example] | None, budget: int | None, seq_len: 
     estimate) and the sentence saying why. No evidence, or nothing that fits, is a FreezetuneError."""
     from freezetune.data.examples import pad_token_id
     from freezetune.plans.anatomy import find_anatomy
-    from freezetune.training.loop import make_accelerator
+    from freezetune.training.accelerator import make_accelerator
 
     anatomy = find_anatomy(loaded.model)
     if anatomy.num_layers < 2:

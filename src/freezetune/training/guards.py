@@ -34,6 +34,13 @@ def _digest(tensor: torch.Tensor) -> tuple[int, int]:
     return int(total), int(weighted)
 
 
+def _resolution(tensor: torch.Tensor) -> float:
+    """The smallest step that moves the tensor's largest element (AdamW's first step moves each by about lr)."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return 0.0
+    return torch.finfo(tensor.dtype).eps * float(tensor.detach().abs().max())
+
+
 def _some(names: list[str]) -> str:
     return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
 
@@ -66,13 +73,16 @@ class FirstStepGuard:
         if leaked:
             raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
 
-    def check_update(self) -> None:
+    def check_update(self, lr: float | None = None) -> None:
+        """``lr``: the largest rate of the step; a tensor it could not visibly move (a long warmup's first
+        step, below the float resolution of the tensor's largest element) is not held against the plan."""
         moved = [n for n, p in self.params.items()
                  if n not in self.trainable and (p._version if self.light else _digest(self.view(p))) != self.before[n]]
         if moved:
             raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
         still = [n for n, p in self.params.items()
                  if n in self.trainable and n not in self.zero_gradient and _digest(self.view(p)) == self.before[n]]
+        still = [n for n in still if lr is None or lr >= _resolution(self.view(self.params[n]))]
         if still:
             raise FreezetuneError(
                 f"first step: trainable tensor {_some(still)} did not change after the optimizer step, "

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
@@ -40,6 +36,7 @@ from freezetune.runs.checkpoint import (
 )
 from freezetune.runs.durable import remove_leftovers, write_json, write_text
 from freezetune.runs.manifest import read_manifest, read_metrics, update_manifest
+from freezetune.training.accelerator import make_accelerator, seed_everything
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.guards import FirstStepGuard
 from freezetune.training.head import checked_head
@@ -53,28 +50,6 @@ from freezetune.training.prefix import PrefixRunner
 from freezetune.training.session import Session
 from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
 from freezetune.training.trainable_set import TrainableSet
-
-
-def make_accelerator(precision: str, log_with: str | None, run_dir: Path, changing_set: bool = False) -> Accelerator:
-    """``changing_set``: a schedule moves the trainable set, so DDP (wrapped once, over the whole plan) must
-    find the tensors each step leaves out rather than wait for their gradients."""
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    cuda = torch.cuda.is_available()
-    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if changing_set else []
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=log_with, project_dir=str(run_dir),
-                              kwargs_handlers=handlers)
-    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # the CLI's launch_sharding takes these over
-        raise FreezetuneError(f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
-                              "itself: pass FsdpSettings to open_session (distributed.processes.launch_sharding reads a launch)")
-    return accelerator
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -188,7 +163,15 @@ class Trainer:
 
     def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
         """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
-        caller already has it (a comparison evaluates the base once for all its runs)."""
+        caller already has it (a comparison evaluates the base once for all its runs). The run folder's
+        lock is let go when it returns, however it returns."""
+        try:
+            return self._run(should_stop, before)
+        finally:
+            if self.s.lock is not None:
+                self.s.lock.release()
+
+    def _run(self, should_stop: Callable[[], bool], before: dict | None) -> dict:
         config, run_dir = self.config, self.s.run_dir
         if self.main:  # what a killed writer of an earlier attempt left behind
             remove_leftovers(run_dir)

@@ -31,7 +31,14 @@ from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
 from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
+from freezetune.runs.lock import FolderLock, lock_folder
+from freezetune.runs.manifest import (
+    check_base,
+    meaning_hashes,
+    model_hash,
+    read_manifest,
+    versions,
+)
 from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
 from freezetune.training.precision import (
@@ -58,6 +65,7 @@ class Session:
     notes: list[str]
     sharding: FsdpSettings | ZeroSettings | None = None
     cache_train: bool = True  # False: the run ends within one epoch, so only the held-out rows are cached
+    lock: FolderLock | None = None  # the run folder, held by this process (the main one) until the run ends
 
 
 def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
@@ -102,8 +110,6 @@ def _run_dir(config: TrainConfig) -> Path:
         if (path / "manifest.json").exists():
             if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
                 raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
-            # a run that stopped before its first checkpoint left nothing worth keeping: start it over
-            (path / "metrics.jsonl").unlink(missing_ok=True)
         return path
     slug = Path(config.model).name.replace(".gguf", "")
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -167,6 +173,8 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
                               "the global batch must split evenly")
     plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
+    main_process = process_state().is_main_process
+    lock = lock_folder(run_dir, "training run") if config.resume and main_process else None
     # mixed precision loads the checkpoint as stored (a bf16 7B is 14 GB, not 28): trained tensors become fp32 below
     stored = "auto" if training_precision(config.precision) in MIXED else torch.float32
     loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored)
@@ -194,11 +202,13 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]
-    if not config.resume:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FreezetuneError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    if not config.resume and not main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)  # the main process writes the manifest; the others only their shards
+    elif not config.resume:
+        lock = lock_folder(run_dir, "training run")  # before anything in it is touched
+        _run_dir(config)  # again, now that no other process can be writing there
+        # a run that stopped before its first checkpoint left nothing worth keeping: start it over
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         write_json(run_dir / "manifest.json", {
             "status": "running",
             "base_model": {"name": config.model, "path": str(loaded.path), "sha256": base_sha256,
@@ -220,5 +230,6 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
         shared = {1: "the trained tensors' optimizer state", 2: "the trained tensors' optimizer state and gradients",
                   3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
         notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
+    notes += [lock.notice] if lock is not None and lock.notice else []
     return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding,
-                   config.reaches_second_epoch(len(train.examples)))
+                   config.reaches_second_epoch(len(train.examples)), lock)

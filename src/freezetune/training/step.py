@@ -106,11 +106,12 @@ class TrainStep:
             raise NonFiniteLoss(f"the loss is {measured['loss']}")
         if guard is not None:
             guard.check_gradients()
-        lr = self.scheduler.get_last_lr()[0]
+        rates = self.scheduler.get_last_lr()  # each group's rate for this step
+        lr = rates[0]
         self.backend.step(max_grad_norm)
         self.scheduler.step()
         if guard is not None:
-            guard.check_update()
+            guard.check_update(max(rates))
         elapsed = time.perf_counter() - started
         return {"loss": measured["loss"], "lr": lr, "tokens": measured["tokens"],
                 "tokens_per_s": measured["tokens"] / elapsed, "step_time_s": elapsed}
