@@ -117,6 +117,43 @@ def read_only(monkeypatch):
     monkeypatch.setattr(os, "mkdir", refuse)
 
 
+def flip_bit(rel: str, at: float = 0.9):
+    """One bit of a file flipped, as a bad disk or a bad copy leaves it: the file still parses."""
+    def prepare(w: Path):
+        data = bytearray((w / rel).read_bytes())
+        data[int(len(data) * at)] ^= 0x04
+        (w / rel).write_bytes(bytes(data))
+    return prepare
+
+
+def bin_base(damage):
+    """The base model as an old-style pytorch_model.bin (a pickle), then damaged."""
+    def prepare(w: Path):
+        shutil.copytree(w / "model", w / "binmodel")
+        (w / "binmodel" / "model.safetensors").unlink()
+        torch.save(T.AutoModelForCausalLM.from_pretrained(w / "model").state_dict(), w / "binmodel" / "pytorch_model.bin")
+        damage(w / "binmodel" / "pytorch_model.bin")
+    return prepare
+
+
+def pickle_payload(path: Path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (path.parent.parent / "PWNED", "ran"))
+    path.write_bytes(pickle.dumps(Payload()))
+
+
+def export_disk_full(monkeypatch):
+    """safetensors' own error, as its writer raises it when the disk fills under save_pretrained."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full)
+
+
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 NON_UTF8 = b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{"prompt": "caf\xe9", "completion": "x"}\n'
 
@@ -141,6 +178,11 @@ CASES = [
          write("run/manifest.json", "[1, 2]")),
     Case("export with truncated trained tensors", ["export", "{w}/run", "--out", "{w}/x", "--base", "{w}/model"],
          "trainable.safetensors: damaged", truncate("run/trainable.safetensors")),
+    Case("export of a run whose trained tensors had a bit flipped", ["export", "{w}/run", "--out", "{w}/x"],
+         "do not match the checksum written with them", flip_bit("run/trainable.safetensors")),
+    Case("generate from a run whose trained tensors had a bit flipped", ["generate", "{w}/run", "--prompt", "hi"],
+         "do not match the checksum written with them", flip_bit("run/trainable.safetensors")),
+    Case("export onto a full disk", ["export", "{w}/run", "--out", "{w}/x"], "No space left on device", patch=export_disk_full),
     Case("export after config.json was edited", ["export", "{w}/run", "--out", "{w}/x", "--base", "{w}/model"],
          "config.json has changed", edit_json("model/config.json", rms_norm_eps=0.1)),
     Case("export after the tokenizer was swapped", ["export", "{w}/run", "--out", "{w}/x", "--base", "{w}/model"],
@@ -159,6 +201,10 @@ CASES = [
     Case("truncated base weights", train(), "model.safetensors: damaged weight file", truncate("model/model.safetensors")),
     Case("zero-byte base weights", train(), "model.safetensors: damaged weight file", write("model/model.safetensors", b"")),
     Case("garbage base weights", train(), "model.safetensors: damaged weight file", write("model/model.safetensors", b"\x00" * 64)),
+    Case("truncated pytorch_model.bin base", train("--model", "{w}/binmodel"), "pytorch_model.bin: damaged weight file",
+         bin_base(lambda p: p.write_bytes(p.read_bytes()[:1000]))),
+    Case("pytorch_model.bin base that would run code", train("--model", "{w}/binmodel"), "pytorch_model.bin",
+         bin_base(pickle_payload)),
     Case("unreadable config.json", train(), "config.json", write("model/config.json", "{")),
     # data
     Case("non-UTF-8 JSONL", train("--data", "{w}/latin1.jsonl"), "line 3: not UTF-8", write("latin1.jsonl", NON_UTF8)),
@@ -174,6 +220,8 @@ CASES = [
     # flags and config keys
     Case("--lr nan", train("--lr", "nan"), "--lr must be a finite number"),
     Case("--lr inf", train("--lr", "inf"), "--lr must be a finite number"),
+    Case("--lr beyond float32", train("--lr", "1e39"), "--lr 1e+39 is beyond"),
+    Case("a non-ASCII digit in a schedule", train("--schedule", "gradual every=²"), "every"),
     Case("--max-grad-norm nan", train("--max-grad-norm", "nan"), "--max-grad-norm must be a finite number"),
     Case("lr: .nan in a config file", ["train", "--config", "{w}/run.yaml"], "run.yaml line 2: 'lr' must be a finite number",
          write("run.yaml", "max_steps: 2\nlr: .nan\n")),
@@ -196,6 +244,10 @@ CASES = [
     Case("compare --lr-plan nan", ["compare", "--lr-plan", "nan", "--out", "{w}/cmp"], "--lr-plan must be a finite number"),
     Case("compare --strategy qlora", ["compare", "--strategy", "qlora", "--out", "{w}/cmp"], "unknown strategy 'qlora'"),
     Case("compare --strategy 'lora r=x'", ["compare", "--strategy", "lora r=x", "--out", "{w}/cmp"], "r must be a whole number"),
+    Case("compare --strategy 'lora r=²'", ["compare", "--strategy", "lora r=²", "--out", "{w}/cmp"], "r must be a whole number"),
+    Case("report on a run without metrics.jsonl", ["report", "{w}/run", "--out", "{w}/rep"], "metrics.jsonl",
+         lambda w: (w / "run" / "metrics.jsonl").unlink()),
+    Case("generate --plain with an empty prompt", ["generate", "{w}/run", "--plain", "--prompt", ""], "--prompt is empty"),
     Case("report on a damaged manifest", ["report", "{w}/run", "--out", "{w}/rep"], "manifest.json: damaged",
          write("run/manifest.json", "\x00\x01")),
     Case("report on a half-written metrics line", ["report", "{w}/run", "--out", "{w}/rep"], "half-written",

@@ -190,3 +190,25 @@ def test_a_schedule_under_deepspeed_or_fsdp_is_refused_before_the_first_step(tin
             callback.on_train_begin(args, TrainerState(), TrainerControl())
     plain = FreezeCallback(freeze(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir), "train all"))
     plain.on_train_begin(SimpleNamespace(deepspeed="ds_config.json", fsdp=None), TrainerState(), TrainerControl())
+
+
+def test_a_second_freeze_on_one_model_is_refused_and_remove_restores_everything(tiny_chat_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    blocks = model.model.layers
+    original = {name: p.requires_grad for name, p in model.named_parameters()}
+    handle = freeze(model, "freeze bottom 50%")
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
+    patched = [dict(block.__dict__) for block in blocks]
+    with pytest.raises(FreezetuneError, match=r"already has a handle \(plan 'freeze bottom 50%'\); call its remove\(\) first"):
+        freeze(model, "freeze bottom 25%")
+    # the refused call changed nothing: the first handle's state stands
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == frozen
+    assert [set(block.__dict__) for block in blocks] == [set(d) for d in patched]
+    handle.remove()
+    handle.remove()  # a second remove is harmless
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == original
+    assert all("forward" not in block.__dict__ for block in blocks) and "forward" not in model.__dict__
+    again = freeze(model, "freeze bottom 25%")  # after remove() the model takes a new plan
+    assert sum(not p.requires_grad for p in model.parameters()) > 0
+    again.remove()
+    assert all(p.requires_grad for p in model.parameters())

@@ -154,16 +154,32 @@ def test_a_model_is_hashed_once_until_a_weight_file_changes(tiny_chat_model_dir,
 
     model = tmp_path / "model"
     shutil.copytree(tiny_chat_model_dir, model)
-    memo = tmp_path / "hashes.json"
+    cache = tmp_path / "cache"
+    memo = cache / "model-hashes.json"
     reads = []
     real = manifest.hash_file_into
     monkeypatch.setattr(manifest, "hash_file_into", lambda digest, path: (reads.append(path.name), real(digest, path)))
-    first = manifest.model_hash(model, memo)
-    assert manifest.model_hash(model, memo) == first and reads == ["model.safetensors"]  # the second time: remembered
+    first = manifest.model_hash(model, cache)
+    assert manifest.model_hash(model, cache) == first and reads == ["model.safetensors"]  # the second time: remembered
     weights = model / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of the last weight, same size
     weights.write_bytes(bytes(data))
-    assert manifest.model_hash(model, memo) != first and len(reads) == 2
+    assert manifest.model_hash(model, cache) != first and len(reads) == 2
     memo.write_text("{not json")  # a damaged memo is only a lost shortcut
-    assert manifest.model_hash(model, memo) != first and len(reads) == 3
+    assert manifest.model_hash(model, cache) != first and len(reads) == 3
+
+
+def test_the_model_hash_memo_lives_in_the_cache_folder_the_user_chose(tiny_chat_model_dir, order_data, tmp_path,
+                                                                     monkeypatch):
+    from freezetune.runs import manifest
+
+    monkeypatch.setattr(manifest, "DEFAULT_CACHE_DIR", tmp_path / "default-cache")  # ~/.cache/freezetune, here
+    monkeypatch.setenv("FREEZETUNE_CACHE", str(tmp_path / "env-cache"))
+    args = ["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+            "--batch-size", "4", "--seq-len", "64", "--max-steps", "1", "--eval-generate", "0"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "env-cache" / "model-hashes.json").is_file()
+    assert main([*args, "--out", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "flag-cache")]) == 0
+    assert (tmp_path / "flag-cache" / "model-hashes.json").is_file()
+    assert not (tmp_path / "default-cache").exists()

@@ -159,6 +159,21 @@ def test_export_force_replaces_an_earlier_export_only(world, capsys):
     assert main(["export", str(world / "run"), "--out", str(out), "--force"]) == 0
     assert (out / "model.safetensors").read_bytes() != b"stale"
     assert [p.name for p in world.iterdir() if ".partial" in p.name] == []
+    capsys.readouterr()
+    # what the user added to the export is theirs: a --force replaces only the files the marker lists
+    (out / "NOTES.md").write_text("measured on our eval set")
+    (out / "eval" / "scores.csv").parent.mkdir()
+    (out / "eval" / "scores.csv").write_text("a,1\n")
+    assert main(["export", str(world / "run"), "--out", str(out), "--force"]) == 0
+    assert (out / "NOTES.md").read_text() == "measured on our eval set" and (out / "eval" / "scores.csv").read_text() == "a,1\n"
+    assert "kept what you had added there: NOTES.md, eval/scores.csv" in capsys.readouterr().out
+    assert "NOTES.md" not in json.loads((out / EXPORT_MARK).read_text())["files"]
+    # a file of the user's that the new export would overwrite: refused, nothing replaced
+    listed = json.loads((out / EXPORT_MARK).read_text())
+    (out / EXPORT_MARK).write_text(json.dumps({**listed, "files": [f for f in listed["files"] if f != "config.json"]}))
+    assert main(["export", str(world / "run"), "--out", str(out), "--force"]) == 2
+    assert "config.json was not written by the earlier export" in capsys.readouterr().err
+    assert (out / "NOTES.md").is_file() and (out / "config.json").is_file()
 
 
 def test_plan_previews_a_model_train_will_not_take(tmp_path, capsys):

@@ -93,3 +93,31 @@ def test_compare_refuses_to_pool_runs_of_a_base_whose_config_changed(tiny_chat_m
     edit_json(model / "config.json", rms_norm_eps=0.1)
     message = refused(args, capsys)
     assert "from before config.json changed" in message and "choose another --out" in message
+
+
+def test_compare_never_uses_a_damaged_retain_set_and_builds_it_again(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "cmp"
+    args = compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", seeds=1)
+    assert main(args) == 0
+    reference = out / "retain-base.safetensors"
+    intact = load_file(str(reference))
+    data = bytearray(reference.read_bytes())
+    data[int(len(data) * 0.9)] ^= 0x04  # one bit of one logit: the file still parses
+    reference.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "retain-base.safetensors set aside as retain-base.safetensors.damaged" in err and "built again" in err
+    assert (out / "retain-base.safetensors.damaged").read_bytes() == bytes(data)  # kept for a look, never read
+    rebuilt = load_file(str(reference))
+    assert rebuilt.keys() == intact.keys() and all(rebuilt[k].shape == intact[k].shape for k in intact)
+    # built again from the same base: the same top tokens, but for near-ties a random tiny model's logits reorder
+    assert (rebuilt["top_ids"] == intact["top_ids"]).float().mean() > 0.95
+    # the examples the distributions belong to are checked too
+    examples = json.loads((out / "retain.json").read_text())
+    examples[0]["input_ids"][1] += 1  # another token: the distributions no longer belong to these examples
+    (out / "retain.json").write_text(json.dumps(examples))
+    assert main(args) == 0
+    assert "retain.json is not the file its distributions were computed on" in capsys.readouterr().err

@@ -168,9 +168,9 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
 def run_export(options: ExportOptions) -> str:
     from freezetune.training.export import export_run
 
-    out = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force, options.dtype,
-                     options.format)
-    return f"exported to {out}"
+    out, kept = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force,
+                           options.dtype, options.format)
+    return f"exported to {out}" + (f" (kept what you had added there: {', '.join(kept)})" if kept else "")
 
 
 def run_generate(options: GenerateOptions) -> str:
@@ -187,6 +187,8 @@ def run_generate(options: GenerateOptions) -> str:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(options.prompt)["input_ids"]
+    if not ids:
+        raise FreezetuneError("--prompt is empty, and with --plain there is nothing to continue; give some text")
     torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return generate(loaded.model.to(device), tokenizer, [ids], options.max_new_tokens, device,

@@ -43,6 +43,8 @@ def read_run(run_dir: Path) -> dict:
            "layer_drift": measured.get("layer_drift"), "loss_curve": [], "eval_curve": []}
     if failed is not None:
         return {**row, "status": "failed", "reason": failed["reason"]}
+    if manifest.get("status") == "finished" and not (run_dir / "metrics.jsonl").is_file():
+        raise FreezetuneError(f"{run_dir}: metrics.jsonl is missing; the report needs the run's losses and step times")
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     steps = [m for m in metrics if "loss" in m]
     timed = steps[1:] or steps  # the first step pays one-time costs (allocation, the first-step guard)

@@ -24,8 +24,9 @@ from freezetune.comparison.worker import finished, release_memory
 from freezetune.data.examples import pad_token_id
 from freezetune.distributed.processes import die_with_parent
 from freezetune.errors import FreezetuneError
-from freezetune.runs.checkpoint import save_trainable
-from freezetune.runs.durable import write_json
+from freezetune.models.loading import file_sha256
+from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
+from freezetune.runs.durable import set_aside, write_json
 from freezetune.runs.lock import lock_folder
 from freezetune.runs.manifest import (
     meaning_hashes,
@@ -35,6 +36,21 @@ from freezetune.runs.manifest import (
 )
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting, load_data
+
+
+def _retain_damage(retain: Path, reference: Path) -> str | None:
+    """Why the retain set cannot be trusted: a file that fails its checksum, or examples that are not the
+    ones the base's distributions were computed on."""
+    try:
+        recorded = read_metadata(reference).get("retain_sha256")
+        read_tensors(reference)
+    except FreezetuneError as exc:
+        return str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
+    if not retain.is_file():
+        return f"{retain.name} is missing"
+    if recorded is not None and file_sha256(retain) != recorded:
+        return f"{retain.name} is not the file its distributions were computed on"
+    return None
 
 
 def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
@@ -48,11 +64,15 @@ def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
         log("evaluating the base model once, as the reference row")
         write_json(path, {**evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base",
                                            progress=progress), "label": "before"})
-    if not (settings.out / "retain-base.safetensors").is_file():
+    retain, reference = settings.out / "retain.json", settings.out / "retain-base.safetensors"
+    if reference.is_file() and (why := _retain_damage(retain, reference)):
+        for damaged in (p for p in (retain, reference) if p.is_file()):
+            log(f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again")
+    if not reference.is_file():
         examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain, progress=progress)
-        write_json(settings.out / "retain.json", [vars(e) for e in examples])
+        write_json(retain, [vars(e) for e in examples])
         save_trainable(base_distributions(base, examples, settings.base_config.batch_size, pad_token_id(tokenizer), device,
-                                          progress=progress), settings.out / "retain-base.safetensors")
+                                          progress=progress), reference, {"retain_sha256": file_sha256(retain)})
     return {k: v for k, v in read_json(path).items() if k != "answers"}
 
 

@@ -97,7 +97,7 @@ def parse_strategy(text: str) -> Strategy:
             key, _, value = word.partition("=")
             if key not in LORA_WORDS or not value:
                 raise FreezetuneError(f"--strategy '{text}': expected r=N, alpha=N or targets=a,b after 'lora', not '{word}'")
-            if key != "targets" and not value.isdigit():
+            if key != "targets" and not (value.isascii() and value.isdigit()):  # '²' is a digit to str, not to int
                 raise FreezetuneError(f"--strategy '{text}': {key} must be a whole number, not '{value}'")
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
         return Strategy(name, "lora", LORA_PLAN, lora, rate)
@@ -281,6 +281,6 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         from freezetune.training.session import load_data
 
         load_data(replace(settings.base_config, validation=settings.validation), loaded.tokenizer)  # too few examples fail here
-    base_sha256 = model_hash(loaded.path)
+    base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256

@@ -21,6 +21,7 @@ import logging
 import torch
 from torch import nn
 
+from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.preview import describe, render_text
@@ -29,6 +30,7 @@ from freezetune.training.prefix import PrefixRunner
 from freezetune.training.prefix_cache import PrefixCache
 
 log = logging.getLogger("freezetune")
+MARK = "_freezetune_handle"  # in the model's __dict__ while a handle holds it
 TAKEN_OVER = ("activation_checkpointing_enable", "activation_checkpointing_disable", "gradient_checkpointing_enable",
               "gradient_checkpointing_disable", "enable_input_require_grads", "train")
 
@@ -57,6 +59,7 @@ class FreezeHandle:
         apply_plan(model, resolved)
         self.runner = PrefixRunner(model, resolved, gradient_checkpointing, self.cache).install()
         self._originals = {name: model.__dict__.get(name) for name in TAKEN_OVER}
+        model.__dict__[MARK] = self  # a second freeze() on this model is refused until remove()
         model.activation_checkpointing_enable = model.gradient_checkpointing_enable = self._checkpointing_on
         model.activation_checkpointing_disable = model.gradient_checkpointing_disable = self._checkpointing_off
         model.enable_input_require_grads = lambda: None  # non-reentrant checkpointing needs no grad-requiring input
@@ -127,7 +130,11 @@ class FreezeHandle:
         self.resolved = resolved
 
     def remove(self) -> None:
-        """Undo everything: the runner, the methods taken over, requires_grad, transformers' checkpointing."""
+        """Undo everything: the runner, the methods taken over, requires_grad, transformers' checkpointing.
+        A second call does nothing."""
+        if self.model.__dict__.get(MARK) is not self:
+            return
+        del self.model.__dict__[MARK]
         self.runner.remove()
         for name, original in self._originals.items():
             if original is None:
@@ -151,6 +158,10 @@ def freeze(model: nn.Module, plan: str | FreezePlan, *, gradient_checkpointing: 
     token in memory. The preview ``freezetune plan`` prints is ``handle.preview``.
     """
     plan = FreezePlan.from_argument(plan) if isinstance(plan, str) else plan
+    earlier = model.__dict__.get(MARK)
+    if earlier is not None:  # two runners on one model: blocks marked trainable that no gradient reaches
+        raise FreezetuneError(f"freeze(): this model already has a handle (plan '{earlier.resolved.plan.render()}'); "
+                              "call its remove() first, or its retarget() to change what trains")
     resolved = resolve(plan, find_anatomy(model))
     if gradient_checkpointing is None:
         gradient_checkpointing = checkpointing_on(model)

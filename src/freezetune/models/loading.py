@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -175,6 +176,14 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None,
             errors.append(str(exc).splitlines()[0])
         except OSError as exc:
             raise FreezetuneError(f"{name}: cannot load weights from {path}: {exc}") from None
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+            pickled = sorted(Path(path).glob("*.bin"))
+            if not pickled:
+                raise
+            # torch.load with weights_only: a truncated archive, or a pickle that would run code, fails here
+            first = str(exc).splitlines()[0][:160]
+            raise FreezetuneError(f"{pickled[0]}: damaged weight file, or one that holds more than tensors "
+                                  f"(nothing in it ran): {first}") from None
     raise FreezetuneError(f"{name}: transformers cannot build this model: {errors[-1]}")
 
 

@@ -20,6 +20,8 @@ import yaml
 
 from freezetune.errors import FreezetuneError
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 def opt(default=dataclasses.MISSING, *, help: str, choices=None, positional: bool = False):
     return field(default=default, metadata={"help": help, "choices": choices, "positional": positional})
@@ -98,6 +100,8 @@ def _coerce(value, kind, item, where: str):
         value = float(value)
     if target is float and isinstance(value, float) and not math.isfinite(value):
         raise FreezetuneError(f"{where}: '{item.name}' must be a finite number, got {value!r}")
+    if target is float and isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        raise FreezetuneError(f"{where}: '{item.name}' {value:g} is beyond the largest float32 ({FLOAT32_MAX:.3g})")
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
@@ -114,3 +118,6 @@ def check_finite(options) -> None:
         value = getattr(options, item.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise FreezetuneError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # torch keeps rates and norms as float32 tensors
+            raise FreezetuneError(f"--{item.name.replace('_', '-')} {value:g} is beyond the largest float32 "
+                                  f"({FLOAT32_MAX:.3g}); give a smaller number")

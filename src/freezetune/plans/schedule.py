@@ -49,7 +49,7 @@ class Schedule:
             if not sep or key not in allowed:
                 raise FreezetuneError(f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
                                       f"({', '.join(f'{k}=N' for k in sorted(allowed))})")
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:  # '²' is a digit to str, not to int
                 raise FreezetuneError(f"--schedule '{text}': {key} must be a whole number of at least 1, got {value!r}")
             values[key] = int(value)
         missing = sorted(required - set(values))

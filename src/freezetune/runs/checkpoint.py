@@ -14,6 +14,7 @@ checksum mismatch, and resume sets it aside and takes the newest intact one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from freezetune.errors import FreezetuneError
@@ -29,20 +31,44 @@ from freezetune.runs.durable import remove_leftovers, staged_dir, staged_file
 from freezetune.runs.rng import load_rng, rng_name, save_rng
 
 KEEP_CHECKPOINTS = 2
-SEP = "::"  # parameter name + SEP + state key, in optimizer.safetensors
+SEP = "::"
+CHECKSUM = "freezetune_sha256"  # safetensors header key of a file's tensors_sha256  # parameter name + SEP + state key, in optimizer.safetensors
 
 
-def save_trainable(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A checksum of names, dtypes, shapes and bits: what a file holds, however it is laid out on disk."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def save_trainable(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Written with its own checksum in the header, so a copy anywhere can be checked (read_tensors does)."""
     with staged_file(path) as staging:
-        save_file(tensors, str(staging), metadata={"format": "pt"})
+        save_file(tensors, str(staging), metadata={"format": "pt", **(metadata or {}), CHECKSUM: tensors_sha256(tensors)})
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), "pt") as opened:
+            return opened.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error type for a truncated or garbled file
+        raise FreezetuneError(f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file, or a one-line error naming it."""
+    """A safetensors file, or a one-line error naming it; one written with a checksum must match it."""
+    expected = read_metadata(path).get(CHECKSUM)
     try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type for a truncated or garbled file
+        tensors = load_file(str(path))
+    except Exception as exc:
         raise FreezetuneError(f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise FreezetuneError(f"{path} is damaged: its tensors do not match the checksum written with them")
+    return tensors
 
 
 def _split_optimizer(optimizer: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -68,7 +94,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isascii() and p.name[5:].isdigit()]
     return sorted(done, key=lambda p: int(p.name[5:]))
 
 

@@ -94,6 +94,15 @@ def staged_dir(target: Path, replace: bool = False):
             shutil.rmtree(old, ignore_errors=True)
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to NAME.damaged (then .damaged-1, ...): kept for a look, never read again."""
+    number = 0
+    while (aside := path.with_name(f"{path.name}.damaged" + (f"-{number}" if number else ""))).exists():
+        number += 1
+    os.replace(path, aside)
+    return aside
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
     """Drop the staging files and folders that an interrupted writer left in ``folder``."""
     if not folder.is_dir():

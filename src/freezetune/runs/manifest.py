@@ -24,17 +24,18 @@ MEANING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
                  "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
-def model_hash(path: Path, memo: Path | None = None) -> str:
+def model_hash(path: Path, cache_dir: Path | str | None = None) -> str:
     """sha256 over the weight files of an HF folder (names and bytes, in name order).
 
     Reading 14 GB to hash a 7B model takes minutes, and every train, resume, compare and export
-    starts with it, so the result is remembered in ``memo`` (a JSON file in the cache folder) by
+    starts with it, so the result is remembered in model-hashes.json in ``cache_dir`` (the run's
+    --cache-dir, else the default) by
     the folder's path and each file's name, size and modification time: a file that changes in
     any of those is hashed again."""
     files = sorted(p for p in Path(path).iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if not files:
         raise FreezetuneError(f"{path} holds no weight files to hash")
-    memo = memo or DEFAULT_CACHE_DIR / "model-hashes.json"
+    memo = Path(cache_dir or DEFAULT_CACHE_DIR) / "model-hashes.json"
     key = str(Path(path).resolve())
     stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     try:

@@ -2,22 +2,25 @@
 
 Export never deletes what it did not write: an existing, non-empty ``--out`` is refused unless
 ``force``, and even then only a folder that an earlier export wrote (it holds EXPORT_MARK) is
-replaced, never the run folder or the base model's folder.
+replaced, never the run folder or the base model's folder; the files EXPORT_MARK does not list
+(a user's notes) are carried into the new export.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from freezetune.distributed.state import apply_trainable
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
-from freezetune.runs.checkpoint import read_tensors
+from freezetune.runs.checkpoint import checkpoint_dirs, damage, read_tensors
 from freezetune.runs.durable import staged_dir, write_json
-from freezetune.runs.manifest import check_base, model_hash, read_manifest
+from freezetune.runs.manifest import check_base, model_hash, read_json, read_manifest
 from freezetune.training.lora import merge_lora, wrap_lora
 
 EXPORT_MARK = "freezetune-export.json"  # what the export came from; also what marks a folder as ours to replace
@@ -30,16 +33,29 @@ def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = No
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.is_file():
         raise FreezetuneError(f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)")
+    trained = _read_trained(Path(run_dir), weights)  # before the model loads: a damaged file fails at once
     loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
-    check_base(manifest, model_hash(loaded.path), loaded.path, run_dir)
+    check_base(manifest, model_hash(loaded.path, cache_dir), loaded.path, run_dir)
     config = manifest.get("config") or {}
     if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
         loaded.model = wrap_lora(loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"])
-        apply_trainable(loaded.model, read_tensors(weights), weights)
+        apply_trainable(loaded.model, trained, weights)
         loaded.model = merge_lora(loaded.model) if merge else loaded.model
     else:
-        apply_trainable(loaded.model, read_tensors(weights), weights)
+        apply_trainable(loaded.model, trained, weights)
     return loaded
+
+
+def _read_trained(run_dir: Path, weights: Path) -> dict[str, torch.Tensor]:
+    """The run's trained tensors, checked; when damaged, the error names the intact copy its last checkpoint keeps."""
+    try:
+        return read_tensors(weights)
+    except FreezetuneError as exc:
+        last = checkpoint_dirs(run_dir)[-1:]
+        if not last or damage(last[0]) is not None:
+            raise
+        raise FreezetuneError(f"{exc}; its last checkpoint holds the same tensors, intact: copy "
+                              f"{last[0] / 'trainable.safetensors'} over it") from None
 
 
 def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
@@ -73,10 +89,11 @@ def base_dtype(model_path: Path) -> torch.dtype:
 
 
 def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base: str | None = None,
-               force: bool = False, dtype: str = "auto", form: str = "hf") -> Path:
+               force: bool = False, dtype: str = "auto", form: str = "hf") -> tuple[Path, list[str]]:
     """Merge the trained tensors into the base model and write a folder `from_pretrained` loads, in the base's
     dtype unless ``dtype`` says otherwise (merging happens in fp32 either way). ``form`` "peft": a LoRA run's
-    adapters as peft saves them (adapter_config.json, adapter_model.safetensors), for PeftModel.from_pretrained."""
+    adapters as peft saves them (adapter_config.json, adapter_model.safetensors), for PeftModel.from_pretrained.
+    Returns the folder and the files a user had added to the export it replaced, which it keeps."""
     out_dir = Path(out_dir)
     manifest = read_manifest(run_dir)
     if form == "peft" and not (manifest.get("config") or {}).get("lora_r"):
@@ -91,12 +108,40 @@ def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base
                               "every run of it is tied to")
     if form != "peft":  # adapters stay fp32, as peft keeps them; the base is not written at all
         loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
-    with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
-        loaded.model.save_pretrained(staging)
-        loaded.tokenizer.save_pretrained(staging)
-        write_json(staging / EXPORT_MARK, {"run": str(Path(run_dir).resolve()), "base_model": manifest["base_model"],
-                                           "plan": manifest.get("plan")})
-    return out_dir
+    try:
+        with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
+            loaded.model.save_pretrained(staging)
+            loaded.tokenizer.save_pretrained(staging)
+            written = [*_files_in(staging), EXPORT_MARK]  # the marker lists them: a later --force replaces only these
+            write_json(staging / EXPORT_MARK, {"run": str(Path(run_dir).resolve()), "base_model": manifest["base_model"],
+                                               "plan": manifest.get("plan"), "files": written})
+            kept = _carry_user_files(out_dir, staging)
+    except SafetensorError as exc:  # safetensors' writer reports a full disk in its own error type
+        raise FreezetuneError(f"--out {out_dir}: writing the export failed ({str(exc).splitlines()[0]}); "
+                              "nothing there was replaced") from None
+    return out_dir, kept
+
+
+def _files_in(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _carry_user_files(old: Path, new: Path) -> list[str]:
+    """Into the new export, every file of the old one that its marker does not list: the user put it there.
+    An older marker without a list: every file the new export does not write is carried."""
+    if not (old / EXPORT_MARK).is_file():
+        return []
+    marker = read_json(old / EXPORT_MARK)
+    listed = marker.get("files") if isinstance(marker, dict) else None
+    ours = set(listed) if isinstance(listed, list) else set(_files_in(new)) | {EXPORT_MARK}
+    kept = [rel for rel in _files_in(old) if rel not in ours]
+    for rel in kept:
+        if (new / rel).exists():
+            raise FreezetuneError(f"--out {old}: {rel} was not written by the earlier export, and this export writes "
+                                  "a file of that name; move it out first")
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(old / rel, new / rel)
+    return kept
 
 
 def is_run(path: str) -> bool:

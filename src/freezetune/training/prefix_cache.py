@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
-from freezetune.runs.durable import fsync_path, publish, write_json
+from freezetune.runs.durable import fsync_path, publish, set_aside, write_json
 
 MARKER = "freezetune-prefix-cache.json"
 SHARD = re.compile(r"^shard-(\d{6})\.safetensors(\.damaged)?$")
@@ -126,10 +125,7 @@ class DiskPrefixCache(PrefixCache):
                 self.index.update({key: name for key in keys})
 
     def _set_aside(self, path: Path, why: str) -> None:
-        number = 0
-        while (aside := path.with_name(f"{path.name}.damaged" + (f"-{number}" if number else ""))).exists():
-            number += 1
-        os.replace(path, aside)
+        aside = set_aside(path)
         message = (f"warning: prefix cache {self.folder.name}: {path.name} set aside as {aside.name} ({why}); "
                    "its entries are computed again")
         self.notices.append(message)

@@ -179,7 +179,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     stored = "auto" if training_precision(config.precision) in MIXED else torch.float32
     loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored)
     require_causal_lm(loaded, "train")
-    base_sha256 = model_hash(loaded.path)
+    base_sha256 = model_hash(loaded.path, config.cache_dir)
     if config.resume:
         check_resumable(read_manifest(run_dir), run_dir, config, base_sha256, loaded.path)
     if config.lora_r:
