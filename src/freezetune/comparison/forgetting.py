@@ -103,7 +103,7 @@ def forgetting(tuned, examples: list[Example], reference: dict[str, torch.Tensor
     The KL sums the base's top-k tokens exactly and its remaining mass as one bucket against the
     tuned model's mass outside those tokens: a lower bound of the full KL, tight where the top-k
     hold nearly all of the base's probability."""
-    tuned_nll, kl, offset = 0.0, 0.0, 0
+    tuned_nll, kl, offset, token_kl = 0.0, 0.0, 0, []
     for log_probs, targets in _target_log_probs(tuned, examples, batch_size, pad_id, device, "retain pass" if progress else None):
         rows = slice(offset, offset + len(targets))
         offset += len(targets)
@@ -112,7 +112,9 @@ def forgetting(tuned, examples: list[Example], reference: dict[str, torch.Tensor
         base_rest = (1 - base_top.exp().sum(-1)).clamp_min(0)
         tuned_rest = (1 - tuned_top.exp().sum(-1)).clamp_min(1e-30)
         rest = torch.where(base_rest > 0, base_rest * (base_rest.clamp_min(1e-30).log() - tuned_rest.log()), 0.0)
-        kl += float((base_top.exp() * (base_top - tuned_top)).sum() + rest.sum())
+        per_token = (base_top.exp() * (base_top - tuned_top)).sum(-1) + rest
+        token_kl.append(per_token.cpu())
+        kl += float(per_token.sum())
         tuned_nll -= float(log_probs.gather(-1, targets.unsqueeze(-1)).sum())
     count = max(offset, 1)
     if offset != len(reference["target_logp"]):
@@ -120,8 +122,12 @@ def forgetting(tuned, examples: list[Example], reference: dict[str, torch.Tensor
                               f"this retain set has {offset}: the comparison folder is damaged")
     base_ppl = math.exp(-float(reference["target_logp"].double().sum()) / count)
     tuned_ppl = math.exp(tuned_nll / count)
+    # per retain document (its KL sum and token count), so that strategies and seeds pair on the same documents
+    lengths = [sum(label != IGNORE for label in e.labels[1:]) for e in examples]
+    sums = [float(part.sum()) for part in torch.cat(token_kl).split(lengths)] if token_kl else []
     return {"retain_ppl_base": base_ppl, "retain_ppl": tuned_ppl, "retain_ppl_delta": tuned_ppl - base_ppl,
-            "retain_kl": kl / count, "retain_tokens": count, "retain_kl_top_k": reference["top_ids"].shape[-1]}
+            "retain_kl": kl / count, "retain_tokens": count, "retain_kl_top_k": reference["top_ids"].shape[-1],
+            "retain_kl_items": [{"id": i, "kl_sum": k, "tokens": n} for i, (k, n) in enumerate(zip(sums, lengths))]}
 
 
 def layer_drift(base, tuned) -> dict:

@@ -3,6 +3,7 @@ worker process) and one run per seed (a worker process each, so each peak memory
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from freezetune.distributed.processes import die_with_parent
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
 from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
-from freezetune.runs.durable import set_aside, write_json
+from freezetune.runs.durable import set_aside, write_json, write_text
 from freezetune.runs.lock import lock_folder
 from freezetune.runs.manifest import (
     meaning_hashes,
@@ -62,8 +63,9 @@ def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
     if not path.is_file():
         _, held, _ = load_data(settings.base_config, tokenizer)
         log("evaluating the base model once, as the reference row")
-        write_json(path, {**evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base",
-                                           progress=progress), "label": "before"})
+        measured = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base", progress=progress)
+        write_text(settings.out / "base-items.jsonl", "".join(json.dumps(i) + "\n" for i in measured.pop("items")))
+        write_json(path, {**measured, "label": "before"})
     retain, reference = settings.out / "retain.json", settings.out / "retain-base.safetensors"
     if reference.is_file() and (why := _retain_damage(retain, reference)):
         for damaged in (p for p in (retain, reference) if p.is_file()):

@@ -19,12 +19,13 @@ def batches(count: int, size: int, progress: str | None):
 
 def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch_size: int, pad_id: int,
               device, key_prefix: str = "eval", progress: str | None = None, head=None) -> dict:
-    """Mean next-token loss over every target token of ``examples`` (not a mean of batch means).
+    """Mean next-token loss over every target token of ``examples`` (not a mean of batch means), and each
+    example's loss sum and target count.
     ``head``: a TargetHead (training/head.py) projecting only the targets."""
     targeted = head is not None and head.installed
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, item_sums, item_tokens = 0.0, 0, [], []
     with torch.no_grad():
         for start in batches(len(examples), batch_size, progress):
             chunk = examples[start:start + batch_size]
@@ -33,20 +34,25 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
             lengths = [len(e.input_ids) for e in chunk]
             targets = batch["labels"][:, 1:]
             with (runner.batch(keys, lengths) if runner else contextlib.nullcontext(),
-                  head.targets(batch["labels"]) if targeted else contextlib.nullcontext()):
+                  head.targets(batch["labels"], per_row=True) if targeted else contextlib.nullcontext()):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             if targeted:
-                total += logits.sum().item()  # already the summed loss of the targets
+                sums = logits.float()  # already each row's summed loss of its targets
             else:
-                total += torch.nn.functional.cross_entropy(
+                sums = torch.nn.functional.cross_entropy(
                     logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                    ignore_index=IGNORE, reduction="sum",
-                ).item()
+                    ignore_index=IGNORE, reduction="none",
+                ).reshape(len(chunk), -1).sum(dim=1)
+            item_sums += sums.tolist()
+            item_tokens += (targets != IGNORE).sum(dim=1).tolist()
+            total += float(sums.sum())
             count += int((targets != IGNORE).sum())
     if was_training:
         model.train()
     loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+    # per item, so that a comparison can pair items across strategies and seeds (comparison/inference.py)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "item_loss_sums": item_sums,
+            "item_tokens": item_tokens}
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16,
@@ -87,16 +93,21 @@ def evaluate_model(model, tokenizer, examples: list[Example], config, device, ru
     result = {"label": label}
     name = (lambda what: f"{label} {what}".strip()) if progress else (lambda what: None)
     measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"), head=head)
+    sums, tokens = measured.pop("item_loss_sums"), measured.pop("item_tokens")
     result.update({f"eval_{k}": v for k, v in measured.items()})
-    checkable = [e for e in examples if e.reference is not None]
+    # an item's id is its place in the held-out set, which every seed and strategy shares (session.SPLIT_SEED)
+    result["items"] = [{"id": i, "loss_sum": s, "tokens": t} for i, (s, t) in enumerate(zip(sums, tokens))]
+    checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:
         chosen = checkable[: config.eval_generate]
-        answers = generate(model, tokenizer, [e.prompt_ids for e in chosen], config.max_new_tokens, device, batch_size=32,
+        answers = generate(model, tokenizer, [e.prompt_ids for _, e in chosen], config.max_new_tokens, device, batch_size=32,
                            progress=name("answers"))  # wider batches: greedy decoding is per-step overhead on a CPU
-        result["exact_match"] = exact_match(answers, [e.reference for e in chosen])
+        result["exact_match"] = exact_match(answers, [e.reference for _, e in chosen])
         result["exact_match_examples"] = len(chosen)
-        every = [{"prompt": e.prompt_text, "reference": e.reference, "output": a, "correct": a.strip() == e.reference.strip()}
-                 for e, a in zip(chosen, answers)]
+        every = [{"id": i, "prompt": e.prompt_text, "reference": e.reference, "output": a,
+                  "correct": a.strip() == e.reference.strip()} for (i, e), a in zip(chosen, answers)]
+        for answer in every:
+            result["items"][answer["id"]]["correct"] = answer["correct"]
         result["generations"] = every[: config.show_generations]
         result["answers"] = every  # all of them, so that a score can be audited (the loop writes them apart)
     return result

@@ -55,6 +55,7 @@ class TargetHead:
         getter = getattr(model, "get_output_embeddings", None)
         self.layer = getter() if getter else None
         self._labels: torch.Tensor | None = None
+        self._per_row = False
         self.installed = False
 
     def problem(self) -> str | None:
@@ -80,19 +81,25 @@ class TargetHead:
             self.installed = False
 
     @contextlib.contextmanager
-    def targets(self, labels: torch.Tensor):
-        """Inside: the model's ``logits`` is the summed loss of the positions ``labels`` (unshifted) targets."""
+    def targets(self, labels: torch.Tensor, per_row: bool = False):
+        """Inside: the model's ``logits`` is the summed loss of the positions ``labels`` (unshifted) targets;
+        ``per_row`` (evaluation): one sum per row, so that every item's loss is kept."""
         self._labels = labels if self.installed else None
+        self._per_row = per_row
         try:
             yield self.installed
         finally:
-            self._labels = None
+            self._labels, self._per_row = None, False
 
     def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._labels is None:
             return F.linear(hidden, self.layer.weight, self.layer.bias)
         labels = self._labels[:, 1:].to(hidden.device)  # position t predicts token t+1
         keep = labels != IGNORE
+        if self._per_row:
+            return torch.stack([chunked_loss_sum(hidden[r, :-1][keep[r]], self.layer.weight, self.layer.bias, labels[r][keep[r]],
+                                                 False) if keep[r].any() else hidden.new_zeros((), dtype=torch.float32)
+                                for r in range(hidden.shape[0])])
         # hidden.sum() * 0 keeps the graph whole when a micro-batch has no target (DDP needs every backward)
         total = hidden.sum().float() * 0.0
         if keep.any():

@@ -184,7 +184,7 @@ class Trainer:
         if before is None:
             before = self.evaluate("before")
             self._show(before)
-        before = {k: v for k, v in before.items() if k != "answers"}  # the run keeps its own answers only
+        before = {k: v for k, v in before.items() if k not in ("answers", "items")}  # the run keeps its own only
         if self.main:
             self._update_manifest(eval_before=before)
         if config.log_with:
@@ -229,10 +229,12 @@ class Trainer:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
         self._show(after)
-        answers = after.pop("answers", [])
+        answers, items = after.pop("answers", []), after.pop("items", [])
         if self.main:
             if answers:  # every answer behind the exact match, one per line, so that the score can be checked
                 write_text(run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
+            # every held-out item's loss (and correctness): what a comparison's paired statistics are computed from
+            write_text(run_dir / "eval-items.jsonl", "".join(json.dumps(i) + "\n" for i in items))
             write_json(run_dir / "eval.json", {"before": before, "after": after})
             self._update_manifest(status="finished", steps=step, trained_names=self.trainable.trained_names)
         self.accelerator.wait_for_everyone()

@@ -68,6 +68,9 @@ class Session:
     lock: FolderLock | None = None  # the run folder, held by this process (the main one) until the run ends
 
 
+SPLIT_SEED = 0  # held-out and validation splits never follow --seed: every seed and strategy is scored on the same items
+
+
 def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
     """Train and eval examples; the built-in task or corpus when no data file is given."""
     tokenize = sft_examples if config.objective == "sft" else cpt_examples
@@ -86,14 +89,14 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
         if config.eval_data:
             held = tokenize(read_records(config.eval_data), tokenizer, config.seq_len)
         else:
-            train, held = split_holdout(train, 0.05, config.seed)
-            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data")
+            train, held = split_holdout(train, 0.05, SPLIT_SEED)
+            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data (the same for every seed)")
     notes += train.notes + held.notes
     if config.validation:  # score on a seeded slice of the training data; the held-out split stays unseen
         if config.validation >= len(train.examples):
             raise FreezetuneError(f"--validation {config.validation} leaves no training example "
                                   f"(the training data has {len(train.examples)})")
-        train, held = split_holdout(train, 0.0, config.seed, count=config.validation)
+        train, held = split_holdout(train, 0.0, SPLIT_SEED, count=config.validation)
         notes.append(f"eval: {len(held.examples)} training examples carved out as the validation split")
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
