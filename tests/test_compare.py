@@ -33,7 +33,8 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
     out = tmp_path / "cmp"
     strategies = ("full", "lora r=4 alpha=8", "freeze bottom 50%")
     assert main(compare_args(tiny_chat_model_dir, order_data, out, *strategies, search=True, seeds=2)) == 0
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout, err = captured.out, captured.err
     assert "On the frontier of" in stdout and f"report: {out / 'report.html'}" in stdout
     results = json.loads((out / "results.json").read_text())
     runs = {r["strategy"]: r for r in results["runs"]}
@@ -56,7 +57,7 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
             config = json.loads((Path(run_dir) / "manifest.json").read_text())["config"]
             assert config["seed"] == seed and config["lr"] == row["lr"] and config["validation"] == 0
         lo, hi = row["exact_match_ci"]
-        assert lo <= row["exact_match"] <= hi and row["exact_match_examples"] == 4  # 2 answers x 2 seeds
+        assert lo <= row["exact_match"] <= hi and row["exact_match_items"] == 2 and row["seeds_count"] == 2  # items, not x seeds
     assert {p["lr"] for p in runs["full"]["lr_search"]} == {1.25e-5, 5e-5, 2e-4}
     assert {p["lr"] for p in runs["freeze bottom 50%"]["lr_search"]} == {5e-5, 2e-4, 8e-4}
     assert runs["full"]["trainable_params"] > runs["freeze bottom 50%"]["trainable_params"] > runs["lora r=4 alpha=8"]["trainable_params"]
@@ -66,7 +67,9 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
     assert drift["layer 0"] == drift["layer 1"] == drift["embeddings"] == 0.0 and drift["layer 3"] > 0
     assert all(v > 0 for k, v in runs["lora r=4 alpha=8"]["layer_drift"].items() if k.startswith("layer"))
     verdict = results["verdict"]
-    assert set(verdict) >= {"frontier", "indistinguishable", "best", "gentlest", "sentence"}
+    assert set(verdict) >= {"frontier", "indistinguishable", "best", "gentlest", "sentence", "tests", "metric", "metric_reason"}
+    assert verdict["metric"] == "exact_match" and len(verdict["tests"]) == 2 * 3  # 3 pairs on each of 2 axes
+    assert "quality metric: exact match (the task has answers to check" in err
     assert verdict["best"] in runs and set(verdict["frontier"]) <= set(runs) and stdout.startswith(verdict["sentence"])
     assert results["base"]["strategy"] == "base model" and results["base"]["retain_kl"] == 0.0
     csv_lines = (out / "results.csv").read_text().splitlines()
@@ -77,7 +80,7 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
         assert f"![{name}](plots/{name}.png)" in report
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 5
     # means carry their spread, exact match its interval and the number of answers behind it
-    assert " ± " in report and "% [" in report and " of 4 |" in report and "(searched)" in report
+    assert " ± " in report and "% [" in report and " of 2 items × 2 seeds |" in report and "(searched)" in report
     for row in runs.values():
         for run_dir in row["run_dirs"]:
             answers = [json.loads(line) for line in (Path(run_dir) / "generations.jsonl").read_text().splitlines()]

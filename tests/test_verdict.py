@@ -1,19 +1,18 @@
-"""The statistics and the verdict over strategy rows: intervals, separation, dominance, and the
-plain answer when the data cannot tell strategies apart."""
+"""The verdict over strategy rows: paired tests on the same items and seeds, Holm across pairs, the
+metric fixed before the results, dominance that needs evidence on one axis and a margin on the other,
+and the plain answer when the data cannot tell strategies apart."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from freezetune.comparison.results import strategy_row
-from freezetune.comparison.statistics import (
-    items_needed,
-    mean_std,
-    proportions_differ,
-    seeds_differ,
-    seeds_needed,
-    wilson,
-)
+from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.comparison.verdict import _ratio, decide, recommend
+
+ITEMS, TOKENS = 60, 10
 
 
 def test_wilson_intervals_match_the_textbook_values():
@@ -21,73 +20,119 @@ def test_wilson_intervals_match_the_textbook_values():
     assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson(20, 20)[1] == 1.0 and wilson(20, 20)[0] == pytest.approx(0.8389, abs=1e-4)
     assert wilson(0, 0) is None
-
-
-def test_separation_needs_a_difference_beyond_the_spread():
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(1.41421, abs=1e-5)) and mean_std([2.0]) == (2.0, None)
-    assert seeds_differ([0.50, 0.51, 0.49], [0.80, 0.81, 0.79])
-    assert not seeds_differ([0.50, 0.60], [0.52, 0.58])  # the gap is inside the seeds' spread
-    assert not seeds_differ([0.5], [0.9])  # one seed: no spread is known, so nothing is separated
-    assert proportions_differ(180, 200, 100, 200) and not proportions_differ(19, 20, 18, 20)
-    assert not proportions_differ(0, 200, 0, 200)
-    assert items_needed(0.5, 0.6) == pytest.approx(385, abs=2) and items_needed(0.5, 0.5) is None
-    assert seeds_needed([0.50, 0.60], [0.54, 0.62]) > 2 and seeds_needed([0.5], [0.6]) is None
 
 
-def _run(strategy, eval_loss, kl, hits=None, total=100, seed=0, memory=2**30, status="finished"):
-    return {"strategy": strategy, "kind": "plan", "run_dir": f"/runs/{strategy}/seed-{seed}", "seed": seed, "lr": 1e-4,
-            "status": status, "reason": None if status == "finished" else "boom", "layer_drift": None, "loss_curve": [],
-            "eval_curve": [], "trainable_params": 10, "total_params": 100, "peak_memory_bytes": memory, "step_time_s": 1.0,
-            "tokens_per_s": 100.0, "wall_time_s": 10.0, "checkpoint_bytes": 10, "eval_loss": eval_loss,
-            "eval_perplexity": 1.0, "exact_match": None if hits is None else hits / total,
-            "exact_match_examples": None if hits is None else total, "retain_ppl": 2.0, "retain_ppl_delta": 0.1,
-            "retain_kl": kl}
+def _run(root, strategy, seed, loss, kl, correct=None, memory=2**30, status="finished", ids=None):
+    """A run folder with its per-item files, and its row as results.read_run gives it."""
+    run_dir = root / strategy / f"seed-{seed}"
+    run_dir.mkdir(parents=True)
+    ids = list(range(ITEMS)) if ids is None else ids
+    items = [{"id": i, "loss_sum": float(loss[k]) * TOKENS, "tokens": TOKENS} for k, i in enumerate(ids)]
+    for k, item in enumerate(items):
+        if correct is not None:
+            item["correct"] = bool(correct[k])
+    (run_dir / "eval-items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (run_dir / "forgetting.json").write_text(json.dumps(
+        {"retain_kl_items": [{"id": d, "kl_sum": float(v) * TOKENS, "tokens": TOKENS} for d, v in enumerate(kl)]}))
+    return {"strategy": strategy, "kind": "plan", "run_dir": str(run_dir), "seed": seed, "lr": 1e-4, "status": status,
+            "reason": None if status == "finished" else "boom", "layer_drift": None, "loss_curve": [], "eval_curve": [],
+            "trainable_params": 10, "total_params": 100, "peak_memory_bytes": memory, "step_time_s": 1.0,
+            "tokens_per_s": 100.0, "wall_time_s": 10.0, "checkpoint_bytes": 10, "eval_loss": float(np.mean(loss)),
+            "eval_perplexity": 1.0, "exact_match": None if correct is None else float(np.mean(correct)),
+            "exact_match_examples": None if correct is None else len(correct), "retain_ppl": 2.0, "retain_ppl_delta": 0.1,
+            "retain_kl": float(np.mean(kl))}
 
 
-def _strategy(name, losses, kls, hits=None, **kw):
-    runs = [_run(name, loss, kl, None if hits is None else hits[i], seed=i, **kw) for i, (loss, kl) in enumerate(zip(losses, kls))]
+def _strategy(root, rng, name, loss, kl, accuracy=None, seeds=3, noise=0.05, **kw):
+    """A strategy whose seeds score the same items: shared item difficulty (seeded by the test), its own
+    per-seed shift, noise per item."""
+    difficulty = np.random.default_rng(99).normal(0, 0.3, ITEMS)
+    runs = []
+    for seed in range(seeds):
+        shift = rng.normal(0, noise / 3)
+        losses = loss + difficulty + shift + rng.normal(0, noise, ITEMS)
+        kls = np.clip(kl + rng.normal(0, kl * 0.05 + 1e-6, ITEMS), 0, None)
+        correct = None if accuracy is None else rng.random(ITEMS) < np.clip(accuracy - difficulty / 3, 0, 1)
+        runs.append(_run(root, name, seed, losses, kls, correct, **kw))
     return strategy_row(runs, {"chosen": 1e-4, "results": [{"lr": 1e-4, "val_loss": 0.5}], "train_s": 3.0})
 
 
-def test_a_strategy_row_pools_its_seeds():
-    row = _strategy("a", [0.5, 0.7], [0.01, 0.03], hits=[60, 70])
-    assert row["eval_loss"] == row["eval_loss_mean"] == pytest.approx(0.6) and row["eval_loss_std"] == pytest.approx(0.1414, abs=1e-4)
-    assert row["exact_match"] == 0.65 and row["exact_match_examples"] == 200 and row["exact_match_ci"] == list(wilson(130, 200))
+def test_a_strategy_row_averages_seeds_over_the_same_items(tmp_path):
+    rng = np.random.default_rng(0)
+    row = _strategy(tmp_path, rng, "a", 0.6, 0.02, accuracy=0.6, seeds=2)
+    assert row["exact_match_items"] == ITEMS  # distinct items, never answers x seeds
+    assert row["exact_match"] == pytest.approx(np.mean([s["exact_match"] for s in row["per_seed"]]))
     assert row["seeds"] == [0, 1] and row["lr"] == 1e-4 and row["lr_searched"] and row["search_time_s"] == 3.0
-    failed = strategy_row([_run("b", 0.5, 0.1), _run("b", None, None, seed=1, status="failed")], None)
+    failed = strategy_row([_run(tmp_path, "b", 0, [0.5] * ITEMS, [0.1] * ITEMS),
+                           _run(tmp_path, "b", 1, [0.5] * ITEMS, [0.1] * ITEMS, status="failed")], None)
     assert failed["status"] == "failed" and failed["reason"] == "boom"
 
 
-def test_runs_the_data_cannot_tell_apart_get_no_measurable_difference():
-    rows = [_strategy("full", [0.50, 0.60], [0.02, 0.03], hits=[60, 64]),
-            _strategy("lora", [0.52, 0.58], [0.021, 0.028], hits=[62, 61])]
-    verdict = decide(rows)
+def test_runs_the_data_cannot_tell_apart_get_no_measurable_difference(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [_strategy(tmp_path, rng, "full", 0.50, 0.020, noise=0.3), _strategy(tmp_path, rng, "lora", 0.50, 0.020, noise=0.3)]
+    verdict = decide(rows, "eval_loss", "test")
     assert verdict["sentence"].startswith("No measurable difference: full, lora cannot be told apart on eval loss")
-    assert verdict["quality_metric"] == "eval_loss"  # exact match separates nothing, so it does not rank
     assert verdict["indistinguishable"] == [["full", "lora"]] and set(verdict["frontier"]) == {"full", "lora"}
-    assert verdict["hints"] and "would likely separate" in verdict["hints"][0]
     assert verdict["dominated"] == []
+    test = verdict["tests"][0]
+    assert set(test) == {"a", "b", "axis", "metric", "estimate", "ci", "p", "p_adjusted", "method"}
 
 
-def test_a_clear_winner_dominates_and_a_tradeoff_stays_on_the_frontier():
-    rows = [_strategy("full", [0.30, 0.31, 0.29], [0.050, 0.052, 0.048], hits=[80, 82, 81]),
-            _strategy("lora", [0.60, 0.61, 0.59], [0.050, 0.051, 0.049], hits=[40, 42, 41]),
-            _strategy("freeze", [0.45, 0.46, 0.44], [0.010, 0.011, 0.009], hits=[60, 62, 61])]
-    verdict = decide(rows)
-    assert verdict["quality_metric"] == "exact_match"  # it separates these runs, so it ranks them
+def test_a_clear_winner_dominates_and_a_tradeoff_stays_on_the_frontier(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [_strategy(tmp_path, rng, "full", 0.30, 0.050, accuracy=0.8),
+            _strategy(tmp_path, rng, "lora", 0.60, 0.050, accuracy=0.4),
+            _strategy(tmp_path, rng, "freeze", 0.45, 0.010, accuracy=0.6)]
+    verdict = decide(rows, "exact_match", "the task has answers to check")
     assert verdict["frontier"] == ["full", "freeze"] and verdict["dominated"] == [{"strategy": "lora", "by": "full"}]
     assert verdict["best"] == "full" and verdict["gentlest"] == "freeze" and verdict["indistinguishable"] == []
-    assert verdict["sentence"].startswith("Best exact match: full (exact match 81% [")
+    assert verdict["sentence"].startswith("Best exact match: full (exact match ")
+    assert "Holm-corrected over 3 pairs" in verdict["sentence"] and "chosen before training" in verdict["sentence"]
+    assert len(verdict["tests"]) == 6 and all(t["p_adjusted"] >= t["p"] for t in verdict["tests"])
     lines = recommend(rows, verdict)
     assert any(line.startswith("lora is dominated by full") for line in lines)
 
 
-def test_one_seed_never_separates_losses_and_failures_are_named():
-    rows = [_strategy("a", [0.3], [0.01]), _strategy("b", [0.9], [0.2]),
-            strategy_row([_run("c", None, None, status="failed")], None)]
-    verdict = decide(rows)
+def test_the_metric_is_the_one_chosen_not_the_one_that_separates(tmp_path):
+    rng = np.random.default_rng(3)
+    # exact match favours a, eval loss favours b: asked for eval loss, eval loss ranks, whatever separates more
+    rows = [_strategy(tmp_path, rng, "a", 0.6, 0.02, accuracy=0.9), _strategy(tmp_path, rng, "b", 0.3, 0.02, accuracy=0.2)]
+    verdict = decide(rows, "eval_loss", "asked for with --metric")
+    assert verdict["metric"] == "eval_loss" and verdict["best"] == "b" and verdict["sentence"].startswith("Best eval loss: b")
+    assert verdict["metric_reason"] == "asked for with --metric" and {t["metric"] for t in verdict["tests"]} == {"eval_loss", "retain_kl"}
+    assert decide(rows, "exact_match", "the task has answers to check")["best"] == "a"
+
+
+def test_better_on_one_axis_is_not_dominance_without_evidence_on_the_other(tmp_path):
+    rng = np.random.default_rng(4)
+    # a forgets far less; its quality is noisy, so "not worse" on eval loss is not shown: no dominance
+    rows = [_strategy(tmp_path, rng, "a", 0.50, 0.010, noise=0.6, seeds=2), _strategy(tmp_path, rng, "b", 0.50, 0.100, noise=0.6, seeds=2)]
+    verdict = decide(rows, "eval_loss", "test")
+    assert verdict["dominated"] == [] and set(verdict["frontier"]) == {"a", "b"}
+    # the same with quality measured tightly: now a dominates
+    rows = [_strategy(tmp_path / "tight", rng, "a", 0.50, 0.010, noise=0.002),
+            _strategy(tmp_path / "tight", rng, "b", 0.50, 0.100, noise=0.002)]
+    assert decide(rows, "eval_loss", "test")["dominated"] == [{"strategy": "b", "by": "a"}]
+
+
+def test_one_seed_never_separates_and_failures_are_named(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = [_strategy(tmp_path, rng, "a", 0.3, 0.01, seeds=1), _strategy(tmp_path, rng, "b", 0.9, 0.2, seeds=1),
+            strategy_row([_run(tmp_path, "c", 0, [0.5] * ITEMS, [0.1] * ITEMS, status="failed")], None)]
+    verdict = decide(rows, "eval_loss", "test")
     assert verdict["sentence"].startswith("No measurable difference: a, b") and "Failed: c (boom)" in verdict["sentence"]
-    assert decide([strategy_row([_run("c", None, None, status="failed")], None)])["frontier"] == []
+    assert decide([rows[2]], "eval_loss", "test")["frontier"] == []
+
+
+def test_seeds_scored_on_different_items_are_refused(tmp_path):
+    from freezetune.errors import FreezetuneError
+
+    runs = [_run(tmp_path, "a", 0, [0.5] * ITEMS, [0.1] * ITEMS), _run(tmp_path, "a", 1, [0.5] * ITEMS, [0.1] * ITEMS,
+                                                                        ids=list(range(1, ITEMS + 1)))]
+    with pytest.raises(FreezetuneError, match="scored on different items"):
+        decide([strategy_row(runs, None)], "eval_loss", "test")
 
 
 def test_report_ratios_keep_two_significant_digits():
@@ -121,12 +166,3 @@ def test_the_stored_top_k_kl_is_exact_with_every_token_and_a_lower_bound_with_fe
     assert 0 < coarse["retain_kl"] <= exact["retain_kl"] and coarse["retain_ppl"] == pytest.approx(exact["retain_ppl"])
 
 
-def test_alike_in_a_chain_is_not_alike_as_a_whole():
-    # a ~ b and b ~ c on every test, but a's KL is measurably below c's: not "no measurable difference"
-    rows = [_strategy("a", [0.50, 0.52], [0.100, 0.102]),
-            _strategy("b", [0.51, 0.53], [0.100, 0.300]),
-            _strategy("c", [0.50, 0.52], [0.300, 0.302])]
-    verdict = decide(rows)
-    assert not verdict["sentence"].startswith("No measurable difference")
-    assert verdict["dominated"] == [{"strategy": "c", "by": "a"}]
-    assert all(not {"a", "c"} <= set(group) for group in verdict["indistinguishable"])

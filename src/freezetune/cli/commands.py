@@ -199,11 +199,14 @@ def run_compare(options: CompareOptions) -> str:
     """`freezetune compare`: every strategy's run, then the report."""
     from freezetune.comparison.report import write_report
     from freezetune.comparison.runner import run_comparison
+    from freezetune.comparison.verdict import choose_metric
 
     settings = options.settings()
+    metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
+    _log(f"quality metric: {metric.replace('_', ' ')} ({why})")  # fixed before anything trains
     with _StopFlag() as stop:
         run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested)
-    report = write_report(run_dirs, settings.out)
+    report = write_report(run_dirs, settings.out, metric=options.metric)
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
     results = json.loads((settings.out / "results.json").read_text())
@@ -217,7 +220,7 @@ def run_compare(options: CompareOptions) -> str:
 def run_report(options: ReportOptions) -> str:
     from freezetune.comparison.report import write_report
 
-    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out))}"
+    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out), metric=options.metric)}"
 
 
 COMMANDS = {

@@ -12,18 +12,20 @@ from pathlib import Path
 
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.results import FIELDS, base_row, group_runs
-from freezetune.comparison.verdict import decide, recommend
+from freezetune.comparison.verdict import choose_metric, decide, recommend
 from freezetune.plans.preview import human_bytes
 from freezetune.runs.durable import write_json
+from freezetune.runs.manifest import read_json
 
 
 def _cell(key: str, row: dict) -> str:
     value = row.get(key)
     if value is None:
         return "—"
-    if key == "exact_match":  # with its interval and the number of answers behind it
+    if key == "exact_match":  # with its interval and the distinct items (and seeds) behind it
         interval = f" [{100 * row['exact_match_lo']:.0f}, {100 * row['exact_match_hi']:.0f}]" if row.get("exact_match_lo") is not None else ""
-        return f"{100 * value:.1f}%{interval} of {row['exact_match_examples']}" if row.get("exact_match_examples") else f"{100 * value:.1f}%"
+        seeds = f" × {row['seeds_count']} seeds" if (row.get("seeds_count") or 1) > 1 else ""
+        return f"{100 * value:.1f}%{interval} of {row['exact_match_items']} items{seeds}" if row.get("exact_match_items") else f"{100 * value:.1f}%"
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
@@ -43,18 +45,22 @@ TABLE = {"strategy": "strategy", "status": "status", "lr": "lr", "trainable_para
          "retain_ppl_delta": "Δ retain ppl", "retain_kl": "KL from base"}
 
 
-def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison") -> Path:
+def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison", metric: str = "auto") -> Path:
+    """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config), never their results."""
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
     out.mkdir(parents=True, exist_ok=True)
-    verdict = decide(rows)
+    config = (read_json(Path(run_dirs[0]) / "manifest.json", missing={}) or {}).get("config") or {} if run_dirs else {}
+    chosen, why = choose_metric(metric, config.get("objective", "sft"), config.get("eval_generate") or 0)
+    verdict = decide(rows, chosen, why)
     plots = render_plots(rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict)
     advice = recommend(rows, verdict)
     write_json(out / "results.json", {"base": base, "runs": rows, "verdict": verdict, "recommendation": advice,
-                                      "aggregation": "per strategy: eval loss, retain KL and perplexity as means over "
-                                      "seeds (with _std), exact match pooled over seeds (with a 95% Wilson interval), "
-                                      "peak memory the largest seed's, times the mean"})
+                                      "aggregation": "per strategy: eval loss, retain KL and exact match as means over "
+                                      "seeds of the same items (with _std over seeds, and _ci: a 95% interval over items "
+                                      "and seeds from the paired mixed model of verdict.tests), peak memory the largest "
+                                      "seed's, times the mean"})
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -1,14 +1,18 @@
 """Results from run folders only (no model is loaded): one row per run, then one per strategy.
 
 A strategy's row pools its seeds: eval loss, retain KL and perplexity change as means with
-their spread over seeds (the plain fields hold the means), exact match pooled over every
-scored answer with a Wilson interval, peak memory as the largest seed's, times as means.
+their spread over seeds (the plain fields hold the means), exact match as the mean over seeds
+of the rate on the same items (its interval, like every test, comes from the per-item tables
+in verdict.py), peak memory as the largest seed's, times as means.
 Its learning rate and search come from the strategy folder's search.json.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
 
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.errors import FreezetuneError
@@ -16,7 +20,7 @@ from freezetune.runs.manifest import read_json, read_metrics
 
 FIELDS = ["strategy", "kind", "status", "reason", "lr", "seeds", "trainable_params", "total_params", "peak_memory_bytes",
           "step_time_s", "tokens_per_s", "wall_time_s", "search_time_s", "checkpoint_bytes", "eval_loss", "eval_loss_std",
-          "eval_perplexity", "exact_match", "exact_match_lo", "exact_match_hi", "exact_match_examples", "retain_ppl",
+          "eval_perplexity", "exact_match", "exact_match_lo", "exact_match_hi", "exact_match_items", "retain_ppl",
           "retain_ppl_delta", "retain_ppl_delta_std", "retain_kl", "retain_kl_std", "run_dir"]
 SPREAD = ("eval_loss", "retain_kl", "retain_ppl_delta")  # reported as mean and standard deviation over seeds
 
@@ -100,14 +104,45 @@ def strategy_row(runs: list[dict], search: dict | None) -> dict:
         mean, std = mean_std(values)
         row.update({key: mean, f"{key}_mean": mean, f"{key}_std": std, f"{key}_values": values})
     scored = [r for r in runs if r["exact_match"] is not None and r["exact_match_examples"]]
-    if scored:
-        hits = sum(round(r["exact_match"] * r["exact_match_examples"]) for r in scored)
-        total = sum(r["exact_match_examples"] for r in scored)
-        interval = wilson(hits, total)
-        row.update(exact_match=hits / total, exact_match_mean=hits / total, exact_match_hits=hits,
-                   exact_match_examples=total, exact_match_ci=list(interval),
-                   exact_match_lo=interval[0], exact_match_hi=interval[1])
+    if scored:  # every seed answers the same items: a rate over those items, averaged over seeds (intervals: verdict.py)
+        rate = sum(r["exact_match"] for r in scored) / len(scored)
+        row.update(exact_match=rate, exact_match_mean=rate, exact_match_items=scored[0]["exact_match_examples"],
+                   exact_match_examples=scored[0]["exact_match_examples"])
     return row
+
+
+def item_tables(row: dict) -> dict[str, np.ndarray]:
+    """A finished strategy's seeds x items tables, from the per-item files its runs saved: eval loss (each item's
+    loss sum over the mean target count, so the table's mean is the token-weighted loss), exact match (0/1 on
+    the items answered) and KL from the base (per retain document, the same way). A table any seed lacks is left out."""
+    per_seed = []
+    for run_dir in map(Path, row.get("run_dirs") or []):
+        items = read_jsonl(run_dir / "eval-items.jsonl") if (run_dir / "eval-items.jsonl").is_file() else None
+        retain = (read_object(run_dir / "forgetting.json") or {}).get("retain_kl_items")
+        per_seed.append((items, retain))
+    tables = {}
+    if per_seed and all(items for items, _ in per_seed):
+        tables["eval_loss"] = _table([items for items, _ in per_seed], "loss_sum")
+        answered = [[i for i in items if "correct" in i] for items, _ in per_seed]
+        if all(answered):
+            tables["exact_match"] = np.array([[float(i["correct"]) for i in items] for items in answered])
+    if per_seed and all(retain for _, retain in per_seed):
+        tables["retain_kl"] = _table([retain for _, retain in per_seed], "kl_sum")
+    return tables
+
+
+def _table(seeds: list[list[dict]], key: str) -> np.ndarray:
+    if len({tuple(i["id"] for i in items) for items in seeds}) != 1:
+        raise FreezetuneError("the seeds of one strategy were scored on different items; run the comparison again")
+    mean_tokens = max(sum(i["tokens"] for i in seeds[0]) / len(seeds[0]), 1e-12)
+    return np.array([[i[key] for i in items] for items in seeds]) / mean_tokens
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError):
+        raise FreezetuneError(f"{path}: damaged, not JSON lines") from None
 
 
 def group_runs(run_dirs: list[Path]) -> list[dict]:
@@ -134,6 +169,7 @@ def base_row(run_dirs: list[Path]) -> dict | None:
             row.update(strategy="base model", kind="base", status="reference", trainable_params=0,
                        eval_loss=before.get("eval_loss"), eval_perplexity=before.get("eval_perplexity"),
                        exact_match=before.get("exact_match"), exact_match_examples=before.get("exact_match_examples"),
+                       exact_match_items=before.get("exact_match_examples"),
                        retain_ppl=measured.get("retain_ppl_base"),
                        retain_ppl_delta=0.0 if measured else None, retain_kl=0.0 if measured else None)
             if before.get("exact_match") is not None and before.get("exact_match_examples"):

@@ -136,6 +136,9 @@ class CompareOptions(RunOptions):
     out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
     keep_checkpoints: bool = opt(False, help="keep each finished run's resumable checkpoints (optimizer state); "
                                  "by default a reported run keeps its trained tensors, metrics and answers only")
+    metric: str = opt("auto", help="the quality metric that ranks, chosen before training: exact_match, eval_loss, or "
+                      "auto (exact match where answers are generated for SFT, else eval loss)",
+                      choices=("auto", "exact_match", "eval_loss"))
 
     def validate(self) -> None:
         if self.seeds < 1:

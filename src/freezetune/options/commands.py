@@ -128,6 +128,9 @@ class ReportOptions:
 
     runs: list[str] = opt(help="run folders (written by `train` or `compare`)", positional=True)
     out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
+    metric: str = opt("auto", help="the quality metric that ranks: exact_match, eval_loss, or auto (from the runs' task: "
+                      "exact match where answers were generated for SFT, else eval loss)",
+                      choices=("auto", "exact_match", "eval_loss"))
 
     def validate(self) -> None:
         return None
