@@ -166,3 +166,12 @@ def test_the_stored_top_k_kl_is_exact_with_every_token_and_a_lower_bound_with_fe
     assert 0 < coarse["retain_kl"] <= exact["retain_kl"] and coarse["retain_ppl"] == pytest.approx(exact["retain_ppl"])
 
 
+
+
+def test_runs_without_per_item_records_are_not_called_alike(tmp_path):
+    rng = np.random.default_rng(6)
+    rows = [_strategy(tmp_path, rng, "a", 0.3, 0.01), _strategy(tmp_path, rng, "b", 0.9, 0.2)]
+    for run_dir in rows[1]["run_dirs"]:
+        (tmp_path / run_dir / "eval-items.jsonl").unlink()  # as an older freezetune left it
+    verdict = decide(rows, "eval_loss", "test")
+    assert verdict["sentence"].startswith("No test on eval loss was possible") and "No measurable" not in verdict["sentence"]

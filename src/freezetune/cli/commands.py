@@ -203,9 +203,9 @@ def run_compare(options: CompareOptions) -> str:
 
     settings = options.settings()
     metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
-    _log(f"quality metric: {metric.replace('_', ' ')} ({why})")  # fixed before anything trains
+    announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
     with _StopFlag() as stop:
-        run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested)
+        run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,))
     report = write_report(run_dirs, settings.out, metric=options.metric)
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"

@@ -207,10 +207,13 @@ def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict,
 
 
 def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print, progress: bool = True,
-                   should_stop: Callable[[], bool] = lambda: False) -> list[Path]:
+                   should_stop: Callable[[], bool] = lambda: False, notes: tuple[str, ...] = ()) -> list[Path]:
     """Run every strategy not yet finished; returns the seed run folders of the strategies reached
-    (when ``should_stop`` interrupts, the running worker checkpoints first)."""
+    (when ``should_stop`` interrupts, the running worker checkpoints first). ``notes``: said once the
+    settings are known to be good."""
     loaded, base_sha256 = validate(settings)
+    for note in notes:
+        log(note)
     lock = lock_folder(settings.out, "comparison")  # its workers each hold their own run folder
     if lock.notice:
         log(lock.notice)

@@ -188,6 +188,9 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "")
     corrected = f"Holm-corrected over {len(quality_tests)} pairs" if len(quality_tests) > 1 else "one pair"
     if len(done) == 1:
         sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
+    elif not quality_tests and len(done) > 1:
+        sentence = (f"No test on {METRIC_NAMES[metric]} was possible: some runs have no per-item records "
+                    "(eval-items.jsonl, written since freezetune scores items one by one); run the comparison again.")
     elif not separated:
         sentence = (f"No measurable difference: {', '.join(r['strategy'] for r in done)} cannot be told apart on "
                     f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({units}; {corrected}).")
