@@ -99,8 +99,8 @@ def test_the_guard_runs_again_when_the_set_changes(tiny_chat_model_dir, order_da
     checked = []
 
     class Spy(FirstStepGuard):
-        def check_update(self):
-            super().check_update()
+        def check_update(self, lr=None):
+            super().check_update(lr)
             checked.append((sorted({int(n.split(".")[2]) for n in self.trainable if n.startswith("model.layers.")}),
                             self.light))
 
