@@ -33,8 +33,7 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
     out = tmp_path / "cmp"
     strategies = ("full", "lora r=4 alpha=8", "freeze bottom 50%")
     assert main(compare_args(tiny_chat_model_dir, order_data, out, *strategies, search=True, seeds=2)) == 0
-    captured = capsys.readouterr()
-    stdout, err = captured.out, captured.err
+    stdout, err = capsys.readouterr()
     assert "On the frontier of" in stdout and f"report: {out / 'report.html'}" in stdout
     results = json.loads((out / "results.json").read_text())
     runs = {r["strategy"]: r for r in results["runs"]}

@@ -56,12 +56,11 @@ def _margin(metric: str, done: list[dict]) -> float:
     return size * float(np.mean([r[metric] for r in done if r.get(metric) is not None] or [0.0]))
 
 
-def _tests(done: list[dict], tables: dict, metric: str) -> list[dict]:
+def _tests(done: list[dict], tables: dict, metric: str, noises: dict) -> list[dict]:
     """Every pair on one metric, paired by item and seed, Holm-corrected across the pairs."""
-    usable = [r for r in done if metric in tables[r["strategy"]]]
-    if len(usable) != len(done):
+    if metric not in noises:
         return []
-    noise = seed_noise([tables[r["strategy"]][metric] for r in done])
+    noise = noises[metric]
     tests = []
     for a, b in itertools.combinations(done, 2):
         found = paired(tables[a["strategy"]][metric], tables[b["strategy"]][metric], noise)
@@ -95,12 +94,9 @@ def _memory(a: dict, b: dict) -> tuple[int, bool]:
     return better, a["peak_memory_bytes"] <= b["peak_memory_bytes"] * MEMORY_MARGIN
 
 
-def _annotate(done: list[dict], tables: dict) -> None:
+def _annotate(done: list[dict], tables: dict, noises: dict) -> None:
     """Each row's own 95% intervals from the same model, over its items and seeds."""
-    for metric in ("eval_loss", "exact_match", "retain_kl"):
-        if not all(metric in tables[r["strategy"]] for r in done):
-            continue
-        noise = seed_noise([tables[r["strategy"]][metric] for r in done])
+    for metric, noise in noises.items():
         for row in done:
             table = tables[row["strategy"]][metric]
             interval = estimate(table, noise).interval()
@@ -152,10 +148,13 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "")
     if not done:
         return {**verdict, "sentence": "No strategy finished, so there is nothing to recommend."}
     tables = {r["strategy"]: item_tables(r) for r in done}
-    _annotate(done, tables)
+    # each metric's seed noise, pooled over the strategies once: the tests, the intervals and the hints share it
+    noises = {m: seed_noise([tables[r["strategy"]][m] for r in done]) for m in ("eval_loss", "exact_match", "retain_kl")
+              if all(m in tables[r["strategy"]] for r in done)}
+    _annotate(done, tables, noises)
     cost = "retain_kl" if all("retain_kl" in tables[r["strategy"]] for r in done) else "peak_memory_bytes"
     margins = {m: _margin(m, done) for m in (metric, cost) if m in MARGINS}
-    quality_tests, cost_tests = _tests(done, tables, metric), (_tests(done, tables, cost) if cost in MARGINS else [])
+    quality_tests, cost_tests = _tests(done, tables, metric, noises), (_tests(done, tables, cost, noises) if cost in MARGINS else [])
     for test in quality_tests:
         test["axis"] = "quality"
     for test in cost_tests:
@@ -183,7 +182,7 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "")
     dominated = [{"strategy": r["strategy"], "by": next(o["strategy"] for o in frontier + done if (o["strategy"], r["strategy"]) in dominates)}
                  for r in done if r not in frontier]
     groups = [[r["strategy"] for r in done if not any(frozenset((r["strategy"], o["strategy"])) in separated for o in done)]]
-    hints = _hints(sorted(done, key=quality, reverse=True)[:2], tables, metric, len(quality_tests) or 1, seeds)
+    hints = _hints(sorted(done, key=quality, reverse=True)[:2], tables, noises, metric, len(quality_tests) or 1, seeds)
     units = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {done[0]['exact_match_items']} items" if done[0].get("exact_match_items") else "")
     corrected = f"Holm-corrected over {len(quality_tests)} pairs" if len(quality_tests) > 1 else "one pair"
     if len(done) == 1:
@@ -211,17 +210,18 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "")
             "margins": margins, "sentence": sentence}
 
 
-def _hints(top: list[dict], tables: dict, metric: str, tests: int, seeds: int) -> list[str]:
+def _hints(top: list[dict], tables: dict, noises: dict, metric: str, tests: int, seeds: int) -> list[str]:
     """How many seeds would likely separate the top two on the ranking metric, or that items are the limit."""
     if len(top) < 2 or not all(metric in tables[r["strategy"]] for r in top) or seeds < 2:
         return []
     a, b = top
     every = [tables[name][metric] for name in tables if metric in tables[name]]
+    noise = noises.get(metric) or seed_noise(every)  # some runs without per-item records: the others' noise
     difference = tables[a["strategy"]][metric] - tables[b["strategy"]][metric]
     gap = float(difference.mean())
-    if paired(tables[a["strategy"]][metric], tables[b["strategy"]][metric], seed_noise(every)).p < LEVEL / tests:
+    if paired(tables[a["strategy"]][metric], tables[b["strategy"]][metric], noise).p < LEVEL / tests:
         return []
-    needed = seeds_needed(seed_noise(every), len(every), difference, gap, tests)
+    needed = seeds_needed(noise, len(every), difference, gap, tests)
     if needed is not None and needed > seeds:
         return [f"about {needed} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} on {METRIC_NAMES[metric]}"]
     if items_are_the_limit(difference, gap, tests):

@@ -53,7 +53,7 @@ def _describe(holder: dict) -> str:
 
 
 class FolderLock:
-    """Held from ``acquire`` until ``release`` (or the process's end). ``notice``: a stale holder it replaced."""
+    """Held from construction until ``release`` (or the process's end). ``notice``: a stale holder it replaced."""
 
     def __init__(self, folder: Path, what: str):
         self.folder, self.notice = Path(folder), None
