@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from freezetune.runs.provenance import provenance
+
 PLAN, FROZEN = "freeze bottom 22", 22
 
 
@@ -77,7 +79,7 @@ def main() -> None:
                 trainer.train()
                 times[name] += timers[name].times[1:]
     median = {name: statistics.median(values) for name, values in times.items()}
-    result = {"measured": "SFTTrainer.train steps", "model": "smollm2-135m", "device": "cpu", "threads": torch.get_num_threads(),
+    result = {"provenance": provenance(), "measured": "SFTTrainer.train steps", "model": "smollm2-135m", "device": "cpu", "threads": torch.get_num_threads(),
               "data": "stdlib docstrings, packed to 256 tokens", "batch_size": 4, "max_length": 256,
               "gradient_checkpointing": checkpointing, "frozen": f"embeddings + blocks 0-{FROZEN - 1}", "plan": PLAN,
               "steps": {name: {"step_time_s": median[name], "step_times_s": values} for name, values in times.items()},

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from freezetune.runs.provenance import provenance
+
 SHAPE = dict(hidden_size=1280, intermediate_size=3456, num_hidden_layers=24, num_attention_heads=20,
              num_key_value_heads=20, tie_word_embeddings=False)
 STRATEGIES = {"full": "train all", "freeze bottom 75%": "freeze bottom 75%"}
@@ -91,7 +93,7 @@ def main() -> None:
                 print(f"{row['strategy']:<20}{precision:<6}estimate {row['estimate_bytes'] / 2**30:6.2f} GiB   "
                       f"measured {row['measured_bytes'] / 2**30:6.2f} GiB   ratio {row['measured_bytes'] / row['estimate_bytes']:.2f}")
     peak = {(r["strategy"], r["precision"]): r["measured_bytes"] for r in rows}
-    result = {"device": "cuda" if torch.cuda.is_available() else "cpu", "seq_len": SEQ_LEN, "batch_size": BATCH,
+    result = {"provenance": provenance(), "device": "cuda" if torch.cuda.is_available() else "cpu", "seq_len": SEQ_LEN, "batch_size": BATCH,
               "steps": STEPS, "shape": SHAPE, "rows": rows,
               "ratios": {"bf16_over_fp32_freeze75": peak[("freeze bottom 75%", "bf16")] / peak[("freeze bottom 75%", "fp32")],
                          "bf16_over_fp32_full": peak[("full", "bf16")] / peak[("full", "fp32")],

@@ -43,6 +43,7 @@ from freezetune.data.examples import pad_token_id, sft_examples
 from freezetune.data.order import BatchOrder
 from freezetune.data.tasks import dispatch_task
 from freezetune.distributed.backends import Replicated
+from freezetune.runs.provenance import provenance
 from freezetune.training.accelerator import make_accelerator
 from freezetune.training.head import TargetHead
 from freezetune.training.optimizer import build_optimizer, build_scheduler
@@ -242,6 +243,7 @@ def main() -> None:
         "peak_mem_freeze75_gc_over_freeze75": peaks["freeze75_gc"] / peaks["freeze75"],
     }
     result = {
+        "provenance": provenance(),
         "measured": "train_step", "model": args.model, "device": str(bench.device), "precision": args.precision,
         "data": "built-in dispatch task (SFT)", "target_fraction": bench.target_fraction(), "seq_len": args.seq_len, "batch_size": args.batch_size,
         "steps": args.steps, "threads": torch.get_num_threads(),

@@ -91,6 +91,17 @@ def test_every_bad_input_is_one_line_and_exit_2(capsys, tmp_path, tiny_llama_dir
         assert out == ""
 
 
+def test_bad_verdict_settings_are_one_line_and_exit_2(capsys, tmp_path, tiny_llama_dir):
+    m = str(tiny_llama_dir)
+    for argv, message in ((["compare", "--model", m, "--margin", "kl=5%"], "--margin 'kl=5%': expected METRIC=SIZE with METRIC"),
+                          (["report", m, "--out", str(tmp_path), "--margin", "eval_loss=x"], "SIZE must be a number or a percentage"),
+                          (["compare", "--model", m, "--search-extensions", "-1"], "--search-extensions and --validation must be 0")):
+        code, out, err = run(capsys, *argv)
+        lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # the fixture's progress bar
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"freezetune {argv[0]}: error: ") and out == ""
+        assert message in lines[0]
+
+
 def test_console_script_exit_status(tiny_llama_dir):
     ok = subprocess.run([sys.executable, "-m", "freezetune", "plan", str(tiny_llama_dir), "train top 1"],
                         capture_output=True, text=True)

@@ -51,7 +51,7 @@ def test_report_renders_in_chromium(tiny_chat_model_dir, order_data, tmp_path, b
     verdict = browser.execute_script("return document.querySelector('ul').innerText")
     assert "On the frontier" in verdict and "2 seeds" in verdict
     cells = browser.execute_script("return Array.from(document.querySelectorAll('tbody td')).map(c => c.innerText)")
-    assert any(" ± " in c for c in cells) and any("% [" in c for c in cells) and any("(searched)" in c for c in cells)
+    assert any(" ± " in c for c in cells) and any("% [" in c for c in cells) and any("(searched: " in c for c in cells)
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
     browser.save_screenshot(str(out / "screenshot.png"))

@@ -11,6 +11,8 @@ import torch
 from freezetune.comparison.results import strategy_row
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.comparison.verdict import _ratio, decide, recommend
+from freezetune.errors import FreezetuneError
+from freezetune.options.commands import parse_margins
 
 ITEMS, TOKENS = 60, 10
 
@@ -111,6 +113,11 @@ def test_better_on_one_axis_is_not_dominance_without_evidence_on_the_other(tmp_p
     rows = [_strategy(tmp_path, rng, "a", 0.50, 0.010, noise=0.6, seeds=2), _strategy(tmp_path, rng, "b", 0.50, 0.100, noise=0.6, seeds=2)]
     verdict = decide(rows, "eval_loss", "test")
     assert verdict["dominated"] == [] and set(verdict["frontier"]) == {"a", "b"}
+    # a user who accepts a far larger loss as "not worse" (--margin eval_loss=500%) gets the dominance from the same runs
+    wide = decide(rows, "eval_loss", "test", parse_margins(["eval_loss=500%"]))
+    assert wide["dominated"] == [{"strategy": "b", "by": "a"}]
+    assert wide["margins"]["eval_loss"] == pytest.approx(5 * np.mean([r["eval_loss"] for r in rows]))
+    assert wide["margins"]["retain_kl"] == verdict["margins"]["retain_kl"]  # the other axis keeps its default
     # the same with quality measured tightly: now a dominates
     rows = [_strategy(tmp_path / "tight", rng, "a", 0.50, 0.010, noise=0.002),
             _strategy(tmp_path / "tight", rng, "b", 0.50, 0.100, noise=0.002)]
@@ -175,3 +182,12 @@ def test_runs_without_per_item_records_are_not_called_alike(tmp_path):
         (tmp_path / run_dir / "eval-items.jsonl").unlink()  # as an older freezetune left it
     verdict = decide(rows, "eval_loss", "test")
     assert verdict["sentence"].startswith("No test on eval loss was possible") and "No measurable" not in verdict["sentence"]
+
+
+def test_margins_are_parsed_with_their_units_and_bad_ones_named():
+    assert parse_margins(["eval_loss=2%", "exact_match=3%", "retain_kl=0.05"]) == {
+        "eval_loss": ("relative", 0.02), "exact_match": ("absolute", 0.03), "retain_kl": ("absolute", 0.05)}
+    for bad, said in (("loss=1%", "METRIC one of eval_loss"), ("eval_loss=lots", "a number or a percentage"),
+                      ("retain_kl=-1", "0 or more")):
+        with pytest.raises(FreezetuneError, match=said):
+            parse_margins([bad])

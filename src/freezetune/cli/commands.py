@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from freezetune.cli.cache import run_cache
@@ -19,6 +20,7 @@ from freezetune.options.commands import (
     GenerateOptions,
     PlanOptions,
     ReportOptions,
+    parse_margins,
 )
 from freezetune.options.schema import (
     add_options,
@@ -204,9 +206,11 @@ def run_compare(options: CompareOptions) -> str:
     settings = options.settings()
     metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
     announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
+    started = time.monotonic()
     with _StopFlag() as stop:
         run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,))
-    report = write_report(run_dirs, settings.out, metric=options.metric)
+    report = write_report(run_dirs, settings.out, metric=options.metric, margins=parse_margins(options.margin),
+                          wall_s=time.monotonic() - started)
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
     results = json.loads((settings.out / "results.json").read_text())
@@ -220,7 +224,8 @@ def run_compare(options: CompareOptions) -> str:
 def run_report(options: ReportOptions) -> str:
     from freezetune.comparison.report import write_report
 
-    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out), metric=options.metric)}"
+    margins = parse_margins(options.margin)
+    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out), metric=options.metric, margins=margins)}"
 
 
 COMMANDS = {

@@ -16,6 +16,7 @@ from freezetune.comparison.verdict import choose_metric, decide, recommend
 from freezetune.plans.preview import human_bytes
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json
+from freezetune.runs.provenance import provenance
 
 
 def _cell(key: str, row: dict) -> str:
@@ -29,7 +30,8 @@ def _cell(key: str, row: dict) -> str:
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
-        return f"{value:.3g}" + (" (searched)" if row.get("lr_searched") else "")
+        tried = sorted(p["lr"] for p in row.get("lr_search") or [])  # every rate the search tried, extensions included
+        return f"{value:.3g}" + (f" (searched: {', '.join(f'{r:.3g}' for r in tried)})" if row.get("lr_searched") else "")
     if key in ("peak_memory_bytes", "checkpoint_bytes"):
         return human_bytes(value)
     if key in ("trainable_params", "total_params"):
@@ -45,29 +47,41 @@ TABLE = {"strategy": "strategy", "status": "status", "lr": "lr", "trainable_para
          "retain_ppl_delta": "Δ retain ppl", "retain_kl": "KL from base"}
 
 
-def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison", metric: str = "auto") -> Path:
-    """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config), never their results."""
+def _measured(where: dict) -> str:
+    """One line of provenance for the reader: when, on what, with which code."""
+    code = f"commit {where['commit'][:10]}" + (" with uncommitted changes" if where["uncommitted_changes"] else "") \
+        if where["commit"] else f"freezetune {where['versions']['freezetune']}"
+    versions = ", ".join(f"{name} {where['versions'][name]}" for name in ("torch", "transformers", "peft") if where["versions"].get(name))
+    return f"Measured {where['date']} on {where['gpu'] or where['cpu']} ({where['cpu_cores']} cores), {code}; {versions}."
+
+
+def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison", metric: str = "auto",
+                 margins: dict | None = None, wall_s: float | None = None) -> Path:
+    """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config), never their results.
+    ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
+    (this invocation only: runs kept from an earlier one are not in it)."""
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
     out.mkdir(parents=True, exist_ok=True)
     config = (read_json(Path(run_dirs[0]) / "manifest.json", missing={}) or {}).get("config") or {} if run_dirs else {}
     chosen, why = choose_metric(metric, config.get("objective", "sft"), config.get("eval_generate") or 0)
-    verdict = decide(rows, chosen, why)
+    verdict = decide(rows, chosen, why, margins)
     plots = render_plots(rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict)
     advice = recommend(rows, verdict)
-    write_json(out / "results.json", {"base": base, "runs": rows, "verdict": verdict, "recommendation": advice,
-                                      "aggregation": "per strategy: eval loss, retain KL and exact match as means over "
-                                      "seeds of the same items (with _std over seeds, and _ci: a 95% interval over items "
-                                      "and seeds from the paired mixed model of verdict.tests), peak memory the largest "
-                                      "seed's, times the mean"})
+    results = {"provenance": provenance(), "invocation_wall_s": wall_s, "base": base, "runs": rows, "verdict": verdict,
+               "recommendation": advice,
+               "aggregation": "per strategy: eval loss, retain KL and exact match as means over seeds of the same items "
+               "(with _std over seeds, and _ci: a 95% interval over items and seeds from the paired mixed model of "
+               "verdict.tests), peak memory the largest seed's, times the mean"}
+    write_json(out / "results.json", results)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
     header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
     body = "".join("| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows)
-    markdown = f"# {title}\n\n{header}{body}\n## Verdict\n\n" + "".join(f"- {line}\n" for line in advice)
+    markdown = f"# {title}\n\n{_measured(results['provenance'])}\n\n{header}{body}\n## Verdict\n\n" + "".join(f"- {line}\n" for line in advice)
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>" for r in table_rows)

@@ -38,6 +38,8 @@ from freezetune.runs.manifest import (
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting, load_data
 
+EXTEND_FACTOR = 4  # a search whose best rate sits at its grid's edge tries one more rate this much further out
+
 
 def _retain_damage(retain: Path, reference: Path) -> str | None:
     """Why the retain set cannot be trusted: a file that fails its checksum, or examples that are not the
@@ -168,6 +170,15 @@ def _val_loss(run_dir: Path) -> tuple[float | None, str | None]:
     return (loss, None) if loss is not None and math.isfinite(loss) else (None, "no finite validation loss")
 
 
+def _search_results(grid: list[float], configs) -> list[dict]:
+    results = []
+    for rate, config in zip(grid, configs):
+        loss, reason = _val_loss(Path(config.out))
+        steps = read_metrics(Path(config.out) / "metrics.jsonl") if (Path(config.out) / "metrics.jsonl").is_file() else []
+        results.append({"lr": rate, "val_loss": loss, "reason": reason, "train_s": sum(m.get("step_time_s", 0) for m in steps)})
+    return results
+
+
 def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict, log, should_stop) -> float | str | None:
     """The strategy's rate: given, or the search's best by validation loss. None: stopped;
     a string: why the search failed."""
@@ -178,31 +189,37 @@ def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict,
         write_json(group / "search.json", {"strategy": strategy.name, "chosen": given, "results": []})
         return given
     grid = settings.search_grid(strategy)
-    configs = [run_config(settings, strategy, rate) for rate in grid]
     announce = (f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
                 f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)")
-    outcome = _run_group(settings, strategy, configs, "search", reference, log, should_stop, announce)
-    if outcome == "stopped":
-        return None
-    results = []
-    for rate, config in zip(grid, configs):
-        loss, reason = _val_loss(Path(config.out))
-        steps = read_metrics(Path(config.out) / "metrics.jsonl") if (Path(config.out) / "metrics.jsonl").is_file() else []
-        results.append({"lr": rate, "val_loss": loss, "reason": reason, "train_s": sum(m.get("step_time_s", 0) for m in steps)})
-    scored = [r for r in results if r["val_loss"] is not None]
-    if not scored:
-        return f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
-    chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
+    extended: list[float] = []
+    while True:
+        configs = [run_config(settings, strategy, rate) for rate in grid]
+        outcome = _run_group(settings, strategy, configs, "search", reference, log, should_stop, announce)
+        if outcome == "stopped":
+            return None
+        results = _search_results(grid, configs)
+        scored = [r for r in results if r["val_loss"] is not None]
+        if not scored:
+            return f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
+        chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
+        # the best may lie beyond the grid: extend it that way before choosing, a bounded number of times
+        edge = chosen in (grid[0], grid[-1]) and len(grid) > 1
+        if not edge or len(extended) >= settings.search_extensions:
+            break
+        step = EXTEND_FACTOR if chosen == grid[-1] else 1 / EXTEND_FACTOR
+        extended.append(float(f"{chosen * step:.3g}"))
+        announce = (f"{strategy.name}: lr {chosen:g} is the {'highest' if step > 1 else 'lowest'} rate tried; "
+                    f"extending the search to {extended[-1]:g}")
+        grid = sorted(grid + extended[-1:])
     train_s = sum(r["train_s"] for r in results)
-    edge = chosen in (grid[0], grid[-1]) and len(grid) > 1  # the best may lie beyond the grid
-    write_json(group / "search.json", {"strategy": strategy.name, "grid": grid, "steps": settings.search_steps,
-                                       "validation": settings.validation, "results": results, "chosen": chosen,
-                                       "train_s": train_s, "at_grid_edge": edge})
+    write_json(group / "search.json", {"strategy": strategy.name, "grid": grid, "extended": extended,
+                                       "steps": settings.search_steps, "validation": settings.validation,
+                                       "results": results, "chosen": chosen, "train_s": train_s, "at_grid_edge": edge})
     log(f"{strategy.name}: lr {chosen:g} chosen (validation loss "
         + ", ".join(f"{r['lr']:g}: {r['val_loss']:.4f}" if r["val_loss"] is not None else f"{r['lr']:g}: failed" for r in results)
         + f"; the search trained for {train_s:.0f} s)"
-        + (f"; it is the grid's {'highest' if chosen == grid[-1] else 'lowest'} rate, so a wider --lr-grid may find a better one"
-           if edge else ""))
+        + (f"; it is still the {'highest' if chosen == grid[-1] else 'lowest'} rate after {len(extended)} extension(s), "
+           "so a wider --lr-grid or more --search-extensions may find a better one" if edge else ""))
     return chosen
 
 

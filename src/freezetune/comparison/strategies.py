@@ -19,7 +19,7 @@ from pathlib import Path
 from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
-from freezetune.options.commands import parse_size
+from freezetune.options.commands import MARGIN_HELP, parse_margins, parse_size
 from freezetune.options.schema import opt
 from freezetune.options.training import LORA_PLAN, RunOptions, TrainConfig
 from freezetune.plans.anatomy import find_anatomy
@@ -132,6 +132,8 @@ class CompareOptions(RunOptions):
     lr_plan: float | None = opt(None, help="learning rate of freeze plans; default: searched around 2e-4")
     lr_grid: str = opt("0.25,1,4", help="the search's rates, as multiples of the kind's default (log-spaced)")
     search_steps: int = opt(0, help="optimizer steps of each search run; 0 = half of --max-steps")
+    search_extensions: int = opt(2, help="when the best rate is the grid's highest or lowest, try one more 4x further "
+                                 "out, up to N times per strategy (0: never)")
     validation: int = opt(64, help="training examples carved out (seeded) to score the search; never the eval split")
     out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
     keep_checkpoints: bool = opt(False, help="keep each finished run's resumable checkpoints (optimizer state); "
@@ -139,12 +141,14 @@ class CompareOptions(RunOptions):
     metric: str = opt("auto", help="the quality metric that ranks, chosen before training: exact_match, eval_loss, or "
                       "auto (exact match where answers are generated for SFT, else eval loss)",
                       choices=("auto", "exact_match", "eval_loss"))
+    margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
+        parse_margins(self.margin)
         if self.seeds < 1:
             raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
-        if self.search_steps < 0 or self.validation < 0:
-            raise FreezetuneError("--search-steps and --validation must be 0 or more")
+        if self.search_steps < 0 or self.validation < 0 or self.search_extensions < 0:
+            raise FreezetuneError("--search-steps, --search-extensions and --validation must be 0 or more")
         for kind in ("full", "lora", "plan"):
             rate = getattr(self, f"lr_{kind}")
             if rate is not None and rate <= 0:
@@ -167,7 +171,7 @@ class CompareOptions(RunOptions):
         given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
         return CompareSettings(self.model, strategies, Path(self.out), base, given, self.retain, self.keep_checkpoints,
                                [self.seed + i for i in range(self.seeds)], self.grid(),
-                               self.search_steps or max(1, self.max_steps // 2), self.validation)
+                               self.search_steps or max(1, self.max_steps // 2), self.validation, self.search_extensions)
 
 
 @dataclass
@@ -183,6 +187,7 @@ class CompareSettings:
     lr_grid: list[float] = field(default_factory=lambda: [1.0])  # multiples of DEFAULT_LR[kind]
     search_steps: int = 10
     validation: int = 64
+    search_extensions: int = 2  # how often a search whose best rate is at its grid's edge may go one step further
 
     def given_rate(self, strategy: Strategy) -> float | None:
         """The strategy's own lr=, else the kind's --lr-*; None means it is searched."""

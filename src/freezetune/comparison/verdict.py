@@ -49,8 +49,8 @@ def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[s
     return "eval_loss", why
 
 
-def _margin(metric: str, done: list[dict]) -> float:
-    kind, size = MARGINS[metric]
+def _margin(metric: str, done: list[dict], given: dict) -> float:
+    kind, size = given.get(metric) or MARGINS[metric]
     if kind == "absolute":
         return size
     return size * float(np.mean([r[metric] for r in done if r.get(metric) is not None] or [0.0]))
@@ -137,9 +137,10 @@ def _pair_outcome(test_q: dict | None, test_c: dict | None, a: dict, b: dict, me
     return None
 
 
-def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "") -> dict:
+def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "", margins: dict | None = None) -> dict:
     """The verdict over strategy rows (results.strategy_row) on the quality ``metric`` chosen beforehand:
-    every test, the frontier, the best and gentlest, what dominates what, hints, the sentence."""
+    every test, the frontier, the best and gentlest, what dominates what, hints, the sentence.
+    ``margins``: {metric: ("relative"|"absolute", size)} in place of MARGINS' defaults."""
     done = [r for r in rows if r["status"] == "finished" and r["eval_loss"] is not None]
     failed = [r for r in rows if r["status"] == "failed"]
     verdict = {"metric": metric, "metric_reason": metric_reason, "quality_metric": metric, "cost_metric": None,
@@ -153,7 +154,8 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "")
               if all(m in tables[r["strategy"]] for r in done)}
     _annotate(done, tables, noises)
     cost = "retain_kl" if all("retain_kl" in tables[r["strategy"]] for r in done) else "peak_memory_bytes"
-    margins = {m: _margin(m, done) for m in (metric, cost) if m in MARGINS}
+    given = margins or {}
+    margins = {m: _margin(m, done, given) for m in (metric, cost) if m in MARGINS}
     quality_tests, cost_tests = _tests(done, tables, metric, noises), (_tests(done, tables, cost, noises) if cost in MARGINS else [])
     for test in quality_tests:
         test["axis"] = "quality"

@@ -10,6 +10,31 @@ from freezetune.options.schema import opt
 from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
 
+MARGIN_HELP = ("how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
+               "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% (points); "
+               "a plain number is in the metric's own units (defaults: those three)")
+MARGIN_METRICS = ("eval_loss", "exact_match", "retain_kl")
+
+
+def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
+    """--margin METRIC=SIZE: {metric: ("relative"|"absolute", size)}; N% is relative to the mean for a loss or
+    a KL, and percentage points for exact match (itself a percentage)."""
+    margins = {}
+    for text in texts or []:
+        name, _, size = text.partition("=")
+        name, size = name.strip(), size.strip()
+        if name not in MARGIN_METRICS:
+            raise FreezetuneError(f"--margin '{text}': expected METRIC=SIZE with METRIC one of {', '.join(MARGIN_METRICS)}")
+        try:
+            value = float(size.removesuffix("%")) / (100 if size.endswith("%") else 1)
+        except ValueError:
+            raise FreezetuneError(f"--margin '{text}': SIZE must be a number or a percentage such as 2%") from None
+        if not 0 <= value < float("inf"):
+            raise FreezetuneError(f"--margin '{text}': the size must be 0 or more")
+        relative = size.endswith("%") and name != "exact_match"
+        margins[name] = ("relative" if relative else "absolute", value)
+    return margins
+
 
 @dataclass
 class PlanOptions:
@@ -131,9 +156,10 @@ class ReportOptions:
     metric: str = opt("auto", help="the quality metric that ranks: exact_match, eval_loss, or auto (from the runs' task: "
                       "exact match where answers were generated for SFT, else eval loss)",
                       choices=("auto", "exact_match", "eval_loss"))
+    margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
-        return None
+        parse_margins(self.margin)
 
 
 @dataclass
