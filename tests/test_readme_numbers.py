@@ -1,8 +1,10 @@
-"""The README's performance numbers are the benchmark's last results, not numbers typed by hand."""
+"""Numbers in the README and docs/ are the committed results files' numbers, not numbers typed by hand."""
 
 from __future__ import annotations
 
 import json
+import re
+import runpy
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -10,8 +12,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_readme_performance_tables_match_bench_results():
     result = json.loads((ROOT / "bench" / "results" / "step_time.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Performance"):readme.index("## Development")]
+    section = (ROOT / "docs" / "performance.md").read_text()
     assert result["measured"] == "train_step"  # the step `train` runs, not a shortcut beside it
     reference = result["paths"]["freeze75"]["step_time_s"]
     for path, values in result["paths"].items():
@@ -24,7 +25,7 @@ def test_readme_performance_tables_match_bench_results():
 
 def test_readme_memory_table_matches_bench_results():
     result = json.loads((ROOT / "bench" / "results" / "memory.json").read_text())
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "performance.md").read_text()
     for row in result["rows"]:
         line = (f"| {row['strategy']} | {row['precision']} | {row['dtypes']['frozen']} / {row['dtypes']['trainable']} | "
                 f"{row['estimate_bytes'] / 2**30:.2f} | {row['measured_bytes'] / 2**30:.2f} | "
@@ -36,8 +37,27 @@ def test_readme_memory_table_matches_bench_results():
 
 def test_readme_integration_ratio_matches_bench_results():
     result = json.loads((ROOT / "bench" / "results" / "integration.json").read_text())
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "python.md").read_text()
     steps = result["steps"]
     for name, label in (("trl_default", "frozen by hand"), ("freeze", "with `freeze()`")):
         assert f"| {label} | {steps[name]['step_time_s']:.2f} |" in readme
     assert f"| `trl_default_over_freeze` | {result['ratios']['trl_default_over_freeze']:.2f} |" in readme
+
+
+def test_every_results_file_says_where_its_numbers_came_from():
+    for path in [*(ROOT / "bench" / "results").glob("*.json"), ROOT / "docs" / "results" / "demo" / "results.json"]:
+        where = json.loads(path.read_text())["provenance"]
+        assert re.fullmatch(r"[0-9a-f]{40}", where["commit"]), path  # measured on committed code
+        assert where["uncommitted_changes"] is False, path
+        assert where["versions"]["torch"] and where["cpu"] and where["date"], path
+
+
+def test_the_readme_demo_block_is_rendered_from_the_committed_demo_results():
+    render = runpy.run_path(str(ROOT / "docs" / "render_demo.py"))
+    results = json.loads((ROOT / "docs" / "results" / "demo" / "results.json").read_text())
+    expected = render["render"](results)
+    assert render["block"]((ROOT / "README.md").read_text()) == expected, \
+        "README demo block is stale: run .venv/bin/python docs/render_demo.py"
+    # the demo the README describes is the demo `make demo` runs
+    assert {r["strategy"] for r in results["runs"]} == {"full", "lora", "freeze bottom 75%"}
+    assert all(r["seeds"] == [0, 1] and r["status"] == "finished" for r in results["runs"])

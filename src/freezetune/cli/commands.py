@@ -202,15 +202,16 @@ def run_compare(options: CompareOptions) -> str:
     from freezetune.comparison.report import write_report
     from freezetune.comparison.runner import run_comparison
     from freezetune.comparison.verdict import choose_metric
+    from freezetune.runs.provenance import provenance
 
     settings = options.settings()
     metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
     announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
-    started = time.monotonic()
+    started, where = time.monotonic(), provenance()  # the code as loaded now, whatever the checkout holds later
     with _StopFlag() as stop:
         run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,))
     report = write_report(run_dirs, settings.out, metric=options.metric, margins=parse_margins(options.margin),
-                          wall_s=time.monotonic() - started)
+                          wall_s=time.monotonic() - started, where=where)
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
     results = json.loads((settings.out / "results.json").read_text())

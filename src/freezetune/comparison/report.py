@@ -47,7 +47,13 @@ TABLE = {"strategy": "strategy", "status": "status", "lr": "lr", "trainable_para
          "retain_ppl_delta": "Δ retain ppl", "retain_kl": "KL from base"}
 
 
-def _measured(where: dict) -> str:
+def markdown_table(table_rows: list[dict]) -> str:
+    """The report's table in Markdown (the README's demo table is this, rendered from a committed results.json)."""
+    header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
+    return header + "".join("| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows)
+
+
+def measured_line(where: dict) -> str:
     """One line of provenance for the reader: when, on what, with which code."""
     code = f"commit {where['commit'][:10]}" + (" with uncommitted changes" if where["uncommitted_changes"] else "") \
         if where["commit"] else f"freezetune {where['versions']['freezetune']}"
@@ -56,10 +62,11 @@ def _measured(where: dict) -> str:
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison", metric: str = "auto",
-                 margins: dict | None = None, wall_s: float | None = None) -> Path:
+                 margins: dict | None = None, wall_s: float | None = None, where: dict | None = None) -> Path:
     """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config), never their results.
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
-    (this invocation only: runs kept from an earlier one are not in it)."""
+    (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
+    started (default: now)."""
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
@@ -69,7 +76,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
     verdict = decide(rows, chosen, why, margins)
     plots = render_plots(rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict)
     advice = recommend(rows, verdict)
-    results = {"provenance": provenance(), "invocation_wall_s": wall_s, "base": base, "runs": rows, "verdict": verdict,
+    results = {"provenance": where or provenance(), "invocation_wall_s": wall_s, "base": base, "runs": rows, "verdict": verdict,
                "recommendation": advice,
                "aggregation": "per strategy: eval loss, retain KL and exact match as means over seeds of the same items "
                "(with _std over seeds, and _ci: a 95% interval over items and seeds from the paired mixed model of "
@@ -79,9 +86,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
-    header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
-    body = "".join("| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows)
-    markdown = f"# {title}\n\n{_measured(results['provenance'])}\n\n{header}{body}\n## Verdict\n\n" + "".join(f"- {line}\n" for line in advice)
+    markdown = f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n" + "".join(f"- {line}\n" for line in advice)
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>" for r in table_rows)
