@@ -11,7 +11,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# the edit-run loop: every module, without the multi-process and real-model tests (under 4 minutes here)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 clean:
 	rm -rf $(VENV)

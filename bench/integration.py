@@ -4,9 +4,10 @@
 
 Both trainers run the same SFTConfig, whose defaults turn gradient checkpointing on, on the
 embedded SmolLM2-135M and the standard library's docstrings packed into rows of 256 tokens,
-batch 4 (the setting of the measurement that opened the issue). "by hand" sets requires_grad=False on the embeddings (and so the head tied to
-them) and blocks 0-21, as users do; the other trainer adds one line, `freeze(model, "freeze
-bottom 22")`, which freezes the same tensors. Steps are interleaved: each round runs a few
+batch 4 (the setting of the measurement that opened the issue). "by hand" sets
+requires_grad=False on the embeddings (and so the head tied to them) and blocks 0-21, as users
+do; the other trainer adds one line, `freeze(model, "freeze bottom 22")`, which freezes the same
+tensors. Steps are interleaved: each round runs a few
 steps of one trainer, then of the other, so machine noise hits both alike; each round's first
 step (set-up) is left out and the median step time per trainer is reported.
 """
@@ -79,7 +80,8 @@ def main() -> None:
                 trainer.train()
                 times[name] += timers[name].times[1:]
     median = {name: statistics.median(values) for name, values in times.items()}
-    result = {"provenance": provenance(), "measured": "SFTTrainer.train steps", "model": "smollm2-135m", "device": "cpu", "threads": torch.get_num_threads(),
+    result = {"provenance": provenance(), "measured": "SFTTrainer.train steps", "model": "smollm2-135m", "device": "cpu",
+              "threads": torch.get_num_threads(),
               "data": "stdlib docstrings, packed to 256 tokens", "batch_size": 4, "max_length": 256,
               "gradient_checkpointing": checkpointing, "frozen": f"embeddings + blocks 0-{FROZEN - 1}", "plan": PLAN,
               "steps": {name: {"step_time_s": median[name], "step_times_s": values} for name, values in times.items()},

@@ -5,7 +5,7 @@
 A Llama of about 0.6B parameters is built from a config (random weights, nothing downloaded)
 and saved in bf16, as checkpoints of that size are. Four runs, `full` and `freeze bottom 75%`
 in fp32 and bf16, each train 3 steps in a process of their own through `open_session` and
-`Trainer.run`, the calls `freezetune train` makes. Measured is the run's peak memory above
+`TrainingLoop.run`, the calls `freezetune train` makes. Measured is the run's peak memory above
 what its process held before the model loaded: peak RSS on a CPU, the allocator's peak on a
 GPU. The estimate is the one `freezetune plan MODEL PLAN --dtype D` prints for the same
 sequence length and batch.
@@ -50,9 +50,9 @@ def build(folder: Path) -> None:
 
 def child(folder: Path, strategy: str, precision: str) -> dict:
     """One run in this process; its peak above the memory held before the model loaded."""
-    from freezetune.options.training import TrainConfig
+    from freezetune.config.run import TrainConfig
     from freezetune.plans.preview import describe
-    from freezetune.training.loop import Trainer
+    from freezetune.training.loop import TrainingLoop
     from freezetune.training.peak_memory import current_rss_bytes
     from freezetune.training.session import open_session
 
@@ -63,7 +63,7 @@ def child(folder: Path, strategy: str, precision: str) -> dict:
                          max_steps=STEPS, eval_generate=0, prefix_cache="off", save_every=0, show_generations=0)
     session = open_session(config)
     estimate = describe(session.resolved, "llama", SEQ_LEN, BATCH, PRECISIONS[precision])["memory_estimate_bytes"]
-    Trainer(session, log=lambda message: None, progress=False).run()
+    TrainingLoop(session, log=lambda message: None, progress=False).run()
     metrics = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
     measured = max(r["peak_memory_bytes"] for r in metrics if "peak_memory_bytes" in r) - before
     dtypes = json.loads((Path(config.out) / "manifest.json").read_text())["dtypes"]
@@ -91,9 +91,11 @@ def main() -> None:
                        **json.loads(out.strip().splitlines()[-1])}
                 rows.append(row)
                 print(f"{row['strategy']:<20}{precision:<6}estimate {row['estimate_bytes'] / 2**30:6.2f} GiB   "
-                      f"measured {row['measured_bytes'] / 2**30:6.2f} GiB   ratio {row['measured_bytes'] / row['estimate_bytes']:.2f}")
+                      f"measured {row['measured_bytes'] / 2**30:6.2f} GiB   "
+                      f"ratio {row['measured_bytes'] / row['estimate_bytes']:.2f}")
     peak = {(r["strategy"], r["precision"]): r["measured_bytes"] for r in rows}
-    result = {"provenance": provenance(), "device": "cuda" if torch.cuda.is_available() else "cpu", "seq_len": SEQ_LEN, "batch_size": BATCH,
+    result = {"provenance": provenance(), "device": "cuda" if torch.cuda.is_available() else "cpu", "seq_len": SEQ_LEN,
+              "batch_size": BATCH,
               "steps": STEPS, "shape": SHAPE, "rows": rows,
               "ratios": {"bf16_over_fp32_freeze75": peak[("freeze bottom 75%", "bf16")] / peak[("freeze bottom 75%", "fp32")],
                          "bf16_over_fp32_full": peak[("full", "bf16")] / peak[("full", "fp32")],

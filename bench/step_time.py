@@ -245,7 +245,8 @@ def main() -> None:
     result = {
         "provenance": provenance(),
         "measured": "train_step", "model": args.model, "device": str(bench.device), "precision": args.precision,
-        "data": "built-in dispatch task (SFT)", "target_fraction": bench.target_fraction(), "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "data": "built-in dispatch task (SFT)", "target_fraction": bench.target_fraction(), "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
         "steps": args.steps, "threads": torch.get_num_threads(),
         "paths": {p: {"step_time_s": median[p], "step_times_s": times[p], "peak_memory_bytes": peaks[p]} for p in PATHS},
         "ratios": ratios,

@@ -123,9 +123,10 @@ def trained(tmp_path_factory, tiny_chat_model_dir):
     data = (root / "train.jsonl", root / "eval.jsonl")
     from freezetune.cli.commands import main
 
-    from test_train_cli import train_args
+    from helpers import train_argv
 
-    assert main(train_args(root / "model", data, root / "run", "--max-steps", "6", "--save-every", "2")) == 0
+    assert main(train_argv(root / "model", data, root / "run", "--max-steps", "6", "--save-every", "2", lr="1e-2", warmup=1,
+                           eval_generate=2, max_new_tokens=8, prefix_cache="off")) == 0
     return root
 
 

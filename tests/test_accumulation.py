@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from freezetune.cli.commands import main
 
-from test_distributed import freezetune, losses
+from helpers import losses
+from test_distributed import freezetune
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 

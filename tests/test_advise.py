@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from freezetune.cli.commands import main
+from freezetune.config.fields import parse_size
 from freezetune.errors import FreezetuneError
-from freezetune.options.commands import parse_size
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve

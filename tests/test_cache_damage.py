@@ -13,7 +13,8 @@ import torch
 from freezetune.cli.commands import main
 from freezetune.training.prefix_cache import MARKER, DiskPrefixCache
 
-from test_prefix_cache import losses, make_cache, run_args
+from helpers import losses
+from test_prefix_cache import make_cache, run_args
 
 
 def flip_bit(path: Path, at: float = 0.7) -> None:

@@ -105,6 +105,8 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
     first = json.loads((out / "results.json").read_text())
     assert {r["strategy"]: (r["eval_loss"], r["seeds"]) for r in again["runs"]} == \
         {r["strategy"]: (r["eval_loss"], r["seeds"]) for r in first["runs"]}
+    # the verdict is recomputed from the per-item files the runs saved: the same tests, the same numbers
+    assert again["verdict"]["tests"] == first["verdict"]["tests"] and len(first["verdict"]["tests"]) == 2
 
 
 def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys):

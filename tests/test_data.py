@@ -20,7 +20,7 @@ def write_jsonl(path, rows):
 
 
 def response_text(tokenizer, example):
-    return tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE])
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
 
 
 def test_every_file_format(tmp_path):

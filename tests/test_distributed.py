@@ -13,15 +13,12 @@ from safetensors.torch import load_file
 
 from freezetune.cli.commands import main
 
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from helpers import losses, train_argv
 
 
 def args(model_dir, order_data, out, *extra):
-    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
-            "--out", str(out), "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1",
-            "--eval-generate", "0", "--plan", "freeze bottom 50%", "--prefix-cache", "off", *extra]
+    return train_argv(model_dir, order_data, out, *extra, lr="1e-2", warmup=1, eval_generate=0, plan="freeze bottom 50%",
+                      prefix_cache="off")
 
 
 def freezetune(*argv, **kwargs):

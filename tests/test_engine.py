@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
-from freezetune.options.training import TrainConfig
-from freezetune.training.loop import Trainer
+from freezetune.training.loop import TrainingLoop
 from freezetune.training.session import open_session
+
+from helpers import losses
 
 
 def config_for(model_dir, data, out, **overrides):
@@ -23,11 +25,7 @@ def config_for(model_dir, data, out, **overrides):
 
 
 def train(config, **run_kwargs):
-    return Trainer(open_session(config), log=lambda m: None, progress=False).run(**run_kwargs)
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return TrainingLoop(open_session(config), log=lambda m: None, progress=False).run(**run_kwargs)
 
 
 def test_run_folder_holds_only_the_trained_tensors(tiny_chat_model_dir, order_data, tmp_path):
@@ -64,7 +62,7 @@ def test_prefix_cache_matches_the_uncached_run(tiny_chat_model_dir, order_data, 
     common = dict(plan="freeze bottom 75%", max_steps=15, save_every=0, eval_generate=0)
     train(config_for(tiny_chat_model_dir, order_data, tmp_path / "off", prefix_cache="off", **common))
     session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "mem", prefix_cache="memory", **common))
-    trainer = Trainer(session, log=lambda m: None, progress=False)
+    trainer = TrainingLoop(session, log=lambda m: None, progress=False)
     replays = []
     original = trainer.runner.batch
 
@@ -88,14 +86,14 @@ def test_disk_cache_is_keyed_and_reused(tiny_chat_model_dir, order_data, tmp_pat
                   cache_dir=str(tmp_path / "cache"))
     first = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "a", **common))
     assert "prefix cache: disk" in " ".join(first.notes) and "reused" not in " ".join(first.notes)
-    Trainer(first, log=lambda m: None, progress=False).run()
+    TrainingLoop(first, log=lambda m: None, progress=False).run()
     folders = list((tmp_path / "cache" / "prefix").iterdir())
     assert len(folders) == 1 and list(folders[0].glob("shard-*.safetensors")) and (folders[0] / "index.json").is_file()
     meta = json.loads((folders[0] / "freezetune-prefix-cache.json").read_text())["meta"]
     assert meta["attention"] and meta["config_json_sha256"] and set(meta["versions"]) == {"torch", "transformers"}
     second = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "b", **common))
     assert "reused from an earlier run" in " ".join(second.notes)
-    Trainer(second, log=lambda m: None, progress=False).run()
+    TrainingLoop(second, log=lambda m: None, progress=False).run()
     assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
     # another plan (another prefix) gets another key
     third = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "c", **dict(common, plan="freeze bottom 50%")))
@@ -108,7 +106,7 @@ def test_guard_catches_a_broken_plan(tiny_chat_model_dir, order_data, tmp_path):
     # break it: a tensor the plan froze is trainable again behind the plan's back
     session.loaded.model.model.layers[3].mlp.up_proj.weight.requires_grad_(True)
     with pytest.raises(FreezetuneError, match="first step: frozen tensor model.layers.3.mlp.up_proj.weight received a gradient"):
-        Trainer(session, log=lambda m: None, progress=False).run()
+        TrainingLoop(session, log=lambda m: None, progress=False).run()
 
 
 def test_guard_catches_unchanged_and_gradientless_tensors():
@@ -141,7 +139,7 @@ def test_a_long_warmup_whose_first_rate_moves_nothing_visible_trains(tiny_chat_m
     session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "long", plan="freeze bottom 50%",
                                       max_steps=100000, save_every=0, eval_generate=0))
     answers = iter([False, False, True])  # two steps, then a stop
-    result = Trainer(session, log=lambda m: None, progress=False).run(should_stop=lambda: next(answers))
+    result = TrainingLoop(session, log=lambda m: None, progress=False).run(should_stop=lambda: next(answers))
     assert result["status"] == "interrupted" and result["step"] == 2
 
 
@@ -200,8 +198,8 @@ def test_lora_adapters_are_drawn_from_the_seed_alone(tiny_chat_model_dir, order_
 
 
 def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_dir, order_data, tmp_path):
-    from freezetune.options.training import TrainConfig
-    from freezetune.training.loop import Trainer
+    from freezetune.config.run import TrainConfig
+    from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
     cached = {}
@@ -210,7 +208,7 @@ def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_di
                              out=str(tmp_path / f"run{steps}"), batch_size=4, seq_len=64, max_steps=steps,
                              eval_generate=0, prefix_cache="memory", plan="freeze bottom 50%")
         session = open_session(config)
-        Trainer(session, log=lambda message: None, progress=False).run()
+        TrainingLoop(session, log=lambda message: None, progress=False).run()
         cached[steps] = {key.split(":")[0] for key in session.cache.keys()}
         assert ("the held-out set only" in " ".join(session.notes)) == (steps == 2)
     assert cached == {2: {"eval"}, 6: {"eval", "train"}}  # a row never seen twice is never stored

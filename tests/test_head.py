@@ -15,6 +15,7 @@ from freezetune.training import head as head_module
 from freezetune.training.head import TargetHead
 
 from conftest import ARCHITECTURES, build_tiny
+from helpers import metric_records as records
 
 DECODERS = ["llama", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt", "mixtral"]
 
@@ -77,10 +78,6 @@ def run(model_dir, data, out, *extra):
     return main(["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
                  "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1", "--max-steps", "6",
                  "--eval-generate", "0", "--prefix-cache", "memory", "--epochs", "1", *extra])
-
-
-def records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_training_on_the_targets_only_matches_the_full_head(tiny_chat_model_dir, order_data, tmp_path, capsys):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import freezetune
 
 ROOT = Path(freezetune.__file__).parent
 # lower layers never import higher ones (a layer may import itself and anything below)
-LAYERS = [{"errors"}, {"models", "plans", "data"}, {"options"}, {"runs"}, {"distributed"}, {"training"},
+# config is the library's run configuration; options is the CLI's schema over it, above the engine
+LAYERS = [{"errors"}, {"models", "plans", "data"}, {"config"}, {"runs"}, {"distributed"}, {"training"}, {"options"},
           {"comparison", "hf"}, {"cli"}]
 TOP_LEVEL = {"__init__", "__main__", "errors"}
 
@@ -31,6 +33,9 @@ def imports(path: Path, top_only: bool) -> set[str]:
             out.add(node.module.removeprefix("freezetune."))
         elif isinstance(node, ast.Import):
             out |= {a.name.removeprefix("freezetune.") for a in node.names if a.name.startswith("freezetune.")}
+        elif not top_only and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and re.fullmatch(r"freezetune(\.\w+)+", node.value) and node.value.split(".")[1] in set().union(*LAYERS):
+            out.add(node.value.removeprefix("freezetune."))  # a process started with `python -m freezetune.x.y`
     return out
 
 
@@ -68,3 +73,15 @@ def test_no_import_cycles():
 
     for node in graph:
         visit(node)
+
+
+def test_a_started_process_counts_as_an_import(tmp_path):
+    source = tmp_path / "runner.py"
+    source.write_text('import subprocess\nsubprocess.Popen(["python", "-m", "freezetune.cli.commands"])\n')
+    assert imports(source, top_only=False) == {"cli.commands"}
+
+
+def test_the_engine_knows_nothing_of_the_command_line():
+    for name, path in modules().items():
+        if name.split(".")[0] in ("training", "runs", "distributed", "config", "data", "plans", "models"):
+            assert not {t for t in imports(path, top_only=False) if t.split(".")[0] in ("options", "cli")}, name

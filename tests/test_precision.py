@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from freezetune import FreezePlan, find_anatomy, resolve
 from freezetune.cli.commands import main
-from freezetune.options.training import TrainConfig
+from freezetune.config.run import TrainConfig
 from freezetune.plans.preview import describe
-from freezetune.training.loop import Trainer
+from freezetune.training.loop import TrainingLoop
 from freezetune.training.precision import store_in_training_precision
 from freezetune.training.session import open_session
 
@@ -45,7 +45,7 @@ def test_bf16_stores_frozen_weights_in_16_bits_and_trains_fp32_ones(bf16_model_d
     with safe_open(str(bf16_model_dir / "model.safetensors"), framework="pt") as base:
         name = "model.layers.3.mlp.up_proj.weight"
         assert torch.equal(params[name].detach(), base.get_tensor(name).float())  # the exact checkpoint values
-    result = Trainer(session, log=lambda message: None, progress=False).run()
+    result = TrainingLoop(session, log=lambda message: None, progress=False).run()
     manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
     assert manifest["dtypes"] == {"frozen": "bfloat16", "trainable": "float32"}
     assert result["after"]["eval_loss"] < result["before"]["eval_loss"]
@@ -54,7 +54,7 @@ def test_bf16_stores_frozen_weights_in_16_bits_and_trains_fp32_ones(bf16_model_d
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    fp32 = Trainer(open_session(config(bf16_model_dir, order_data, tmp_path / "fp32", precision="fp32")),
+    fp32 = TrainingLoop(open_session(config(bf16_model_dir, order_data, tmp_path / "fp32", precision="fp32")),
                    log=lambda message: None, progress=False).run()
     assert json.loads((tmp_path / "fp32" / "manifest.json").read_text())["dtypes"] == {"frozen": "float32",
                                                                                      "trainable": "float32"}
@@ -79,7 +79,7 @@ def test_plan_and_train_share_one_memory_model(tiny_chat_model_dir):
 
 def test_export_keeps_the_base_models_dtype_unless_told(bf16_model_dir, order_data, tmp_path):
     run = tmp_path / "run"
-    Trainer(open_session(config(bf16_model_dir, order_data, run, eval_generate=0)), log=lambda message: None,
+    TrainingLoop(open_session(config(bf16_model_dir, order_data, run, eval_generate=0)), log=lambda message: None,
             progress=False).run()
 
     def dtypes(folder):

@@ -3,7 +3,6 @@ complete keys; `freezetune cache list|clear`; a size cap on the cache folder."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -15,6 +14,8 @@ import torch
 from freezetune.cli.commands import main
 from freezetune.training.peak_memory import current_rss_bytes
 from freezetune.training.prefix_cache import MARKER, DiskPrefixCache
+
+from helpers import losses, train_argv
 
 MiB = 1 << 20
 
@@ -60,13 +61,7 @@ def test_a_shard_the_index_does_not_list_is_never_read(tmp_path):
 
 
 def run_args(model_dir, data, out, *extra):
-    return ["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
-            "--batch-size", "4", "--seq-len", "64", "--max-steps", "10", "--lr", "1e-2", "--eval-generate", "0",
-            "--plan", "freeze bottom 50%", *extra]
-
-
-def losses(out):
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return train_argv(model_dir, data, out, *extra, max_steps=10, lr="1e-2", eval_generate=0, plan="freeze bottom 50%")
 
 
 def test_a_training_run_with_a_tiny_ram_budget_streams_its_cache_and_trains_alike(tiny_chat_model_dir, order_data, tmp_path):
@@ -89,7 +84,7 @@ def test_auto_goes_to_disk_above_the_ram_budget(tiny_chat_model_dir, order_data,
 
 
 def test_the_key_covers_what_changes_the_prefix_output(tiny_chat_model_dir, order_data, tmp_path):
-    from freezetune.options.training import TrainConfig
+    from freezetune.config.run import TrainConfig
     from freezetune.training.cache_choice import _cache_key
     from freezetune.training.session import open_session
 

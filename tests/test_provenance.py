@@ -14,5 +14,5 @@ def test_provenance_names_the_commit_versions_machine_and_date():
     assert re.fullmatch(r"[0-9a-f]{40}", where["commit"]) and isinstance(where["uncommitted_changes"], bool)
     assert where["versions"]["torch"] == torch.__version__ and where["versions"]["transformers"]
     assert where["cpu"] and where["cpu_cores"] >= 1 and where["torch_threads"] == torch.get_num_threads()
-    age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(where["date"])
+    age = datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(where["date"])
     assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=5)

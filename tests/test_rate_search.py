@@ -8,8 +8,8 @@ import pytest
 
 from freezetune.comparison import runner
 from freezetune.comparison.strategies import CompareOptions, CompareSettings, parse_strategy
+from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
-from freezetune.options.training import TrainConfig
 
 
 def search(tmp_path, monkeypatch, best_lr: float, extensions: int = 2, grid=(0.25, 1, 4)):

@@ -7,6 +7,8 @@ import re
 import runpy
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -61,3 +63,31 @@ def test_the_readme_demo_block_is_rendered_from_the_committed_demo_results():
     # the demo the README describes is the demo `make demo` runs
     assert {r["strategy"] for r in results["runs"]} == {"full", "lora", "freeze bottom 75%"}
     assert all(r["seeds"] == [0, 1] and r["status"] == "finished" for r in results["runs"])
+
+
+@pytest.mark.integration
+def test_the_readme_plan_preview_is_what_plan_prints(capsys):
+    """Every line the README shows of `freezetune plan smollm2-135m "freeze bottom 75%"` is a line it prints."""
+    from freezetune.cli.commands import main
+
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split('freezetune plan smollm2-135m "freeze bottom 75%"\n```\n\n```\n', 1)[1].split("```", 1)[0]
+    assert main(["plan", "smollm2-135m", "freeze bottom 75%"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown.splitlines():
+        if line.strip() != "...":  # where the README leaves rows out
+            assert line in printed, f"README shows a line plan does not print: {line!r}"
+
+
+@pytest.mark.integration
+def test_the_documented_advice_on_the_embedded_model_is_what_advise_picks(capsys):
+    """docs/advise.md quotes `advise smollm2-135m --seq-len 256 --batch-size 4`; the command must agree."""
+    from freezetune.cli.commands import main
+
+    assert main(["advise", "smollm2-135m", "--seq-len", "256", "--batch-size", "4", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    pick = next(c for c in info["candidates"] if c["plan"] == info["plan"])
+    quoted = (f"it picks `{info['plan']}`: {100 * pick['score']:.0f}% of the spectral evidence,\n"
+              f"{pick['memory_estimate_bytes'] / 2**30:.1f} GiB estimated against a {info['memory_budget_bytes'] / 2**30:.1f} GiB "
+              f"default budget, a step about {pick['predicted_step_ratio']:.2f}× full's.")
+    assert quoted in (ROOT / "docs" / "advise.md").read_text()

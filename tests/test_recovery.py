@@ -15,7 +15,8 @@ from freezetune.cli.commands import main
 from freezetune.runs.durable import remove_leftovers, staged_dir
 from freezetune.training.export import EXPORT_MARK
 
-from test_train_cli import assert_same_run, cli, losses, train_args, wait_for
+from helpers import losses
+from test_train_cli import assert_same_run, cli, train_args, wait_for
 
 
 def _truncate(path):

@@ -12,13 +12,12 @@ import pytest
 
 from freezetune.cli.commands import main
 
+from helpers import train_argv
 from test_compare import compare_args
 
 
 def train_args(model, data, out, *extra):
-    return ["train", "--model", str(model), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
-            "--batch-size", "4", "--seq-len", "64", "--max-steps", "4", "--save-every", "2", "--eval-generate", "0",
-            "--plan", "freeze bottom 50%", *extra]
+    return train_argv(model, data, out, *extra, max_steps=4, save_every=2, eval_generate=0, plan="freeze bottom 50%")
 
 
 @pytest.fixture

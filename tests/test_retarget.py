@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from freezetune import FreezePlan, find_anatomy, resolve
-from freezetune.options.training import TrainConfig
-from freezetune.training.loop import Trainer
+from freezetune.config.run import TrainConfig
+from freezetune.training.loop import TrainingLoop
 from freezetune.training.session import open_session
 
 TOP = "model.layers.3.mlp.up_proj.weight"
@@ -18,7 +18,7 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
     config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
                          out=str(tmp_path / "run"), batch_size=4, seq_len=64, lr=1e-2, warmup=1, max_steps=10,
                          eval_generate=0, plan="freeze all; train mlp@top 1", prefix_cache="memory")
-    trainer = Trainer(open_session(config), log=lambda message: None, progress=False)
+    trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
     model, optimizer = trainer.module, trainer.scheduler.optimizer
     params = dict(model.named_parameters())
     trainer.runner.train_mode()
@@ -48,5 +48,5 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
 
     # a static plan passes through the seam and changes nothing
     groups = [list(g["params"]) for g in optimizer.param_groups]
-    trainer.retarget(trainer.s.resolved)
+    trainer.retarget(trainer.resolved)
     assert [list(g["params"]) for g in optimizer.param_groups] == groups

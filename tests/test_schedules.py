@@ -18,23 +18,26 @@ from freezetune.cli.commands import main
 from freezetune.errors import FreezetuneError
 from freezetune.plans.schedule import Schedule
 
+from helpers import metric_records, train_argv
+
 
 def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return [record for record in metric_records(run_dir) if "loss" in record]
 
 
 def args(model_dir, order_data, out, *extra):
-    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
-            "--out", str(out), "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1",
-            "--eval-generate", "0", *extra]
+    return train_argv(model_dir, order_data, out, *extra, lr="1e-2", warmup=1, eval_generate=0)
 
 
-def test_gradual_unfreezes_downward_every_n_steps_until_the_plan(tiny_chat_model_dir, order_data, tmp_path):
+def test_gradual_unfreezes_downward_every_n_steps_until_the_plan(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
     out = tmp_path / "gradual"
+    parsed = []  # the run parses its schedule text once: validation, session, loop and cache choice share it
+    monkeypatch.setattr(Schedule, "parse", classmethod(lambda cls, text, real=Schedule.parse: parsed.append(text) or real(text)))
     assert main(args(tiny_chat_model_dir, order_data, out, "--plan", "freeze layers 0", "--max-steps", "8",
                      "--schedule", "gradual every=2 start=1 step=1", "--prefix-cache", "memory")) == 0
     active = [r["active_blocks"] for r in records(out)]
     assert active == [[3], [3], [2, 3], [2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3]]  # block 0: the plan freezes it
+    assert parsed == ["gradual every=2 start=1 step=1"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schedule"] == "gradual every=2 start=1 step=1"
     trained = load_file(str(out / "trainable.safetensors"))
@@ -42,19 +45,19 @@ def test_gradual_unfreezes_downward_every_n_steps_until_the_plan(tiny_chat_model
 
 
 def test_lisa_draws_seeded_blocks_and_drops_the_moments_of_those_that_rest(tiny_chat_model_dir, order_data, tmp_path):
-    from freezetune.options.training import TrainConfig
-    from freezetune.training.loop import Trainer
+    from freezetune.config.run import TrainConfig
+    from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
     config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
                          out=str(tmp_path / "lisa"), batch_size=4, seq_len=64, lr=1e-2, warmup=1, max_steps=12,
                          eval_generate=0, plan="train all; freeze embeddings", schedule="lisa layers=1 every=2",
                          prefix_cache="off")
-    trainer = Trainer(open_session(config), log=lambda message: None, progress=False)
+    trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
     optimizer, params = trainer.scheduler.optimizer, dict(trainer.module.named_parameters())
     seen = []
     for step in range(12):
-        trainer.retarget(trainer.trainable.at(step) or trainer.s.resolved)
+        trainer.retarget(trainer.trainable.at(step))
         block = trainer._step(step, None)["active_blocks"]  # what metrics.jsonl records for the step
         assert len(block) == 1
         seen.append(block[0])

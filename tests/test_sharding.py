@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from freezetune.cli.commands import main
 
-from test_distributed import args, freezetune, losses
+from helpers import losses
+from test_distributed import args, freezetune
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -12,19 +12,16 @@ from safetensors.torch import load_file
 
 from freezetune.cli.commands import main
 
+from helpers import losses, train_argv
+
 
 def train_args(model_dir, order_data, out, *extra):
-    return ["train", "--model", str(model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]), "--out", str(out),
-            "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1", "--eval-generate", "2",
-            "--max-new-tokens", "8", "--prefix-cache", "off", *extra]
+    return train_argv(model_dir, order_data, out, *extra, lr="1e-2", warmup=1, eval_generate=2, max_new_tokens=8,
+                      prefix_cache="off")
 
 
 def cli(*argv):
     return subprocess.Popen([sys.executable, "-m", "freezetune", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_run(run_dir, reference_dir):

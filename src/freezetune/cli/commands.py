@@ -12,6 +12,7 @@ from pathlib import Path
 
 from freezetune.cli.cache import run_cache
 from freezetune.comparison.strategies import CompareOptions
+from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import (
     AdviseOptions,
@@ -28,7 +29,7 @@ from freezetune.options.schema import (
     from_namespace,
     read_config_file,
 )
-from freezetune.options.training import TrainConfig
+from freezetune.runs.stop import StopFlag
 
 
 def _cache(options) -> Path | None:
@@ -88,28 +89,6 @@ def run_advise(options: AdviseOptions) -> str:
     return json.dumps(info, indent=2) if options.json else advisor.render_text(info)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to checkpoint and return; a second signal stops at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nfreezetune: {signal.Signals(signum).name} received; stopping at the next step boundary (training "
-              "saves a checkpoint first, an evaluation under way finishes); a second signal stops at once", file=sys.stderr)
-
-    def __enter__(self) -> _StopFlag:
-        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -139,7 +118,7 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
         process_state,
     )
     from freezetune.distributed.sharding import FsdpSettings
-    from freezetune.training.loop import Trainer
+    from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
     if os.environ.get(RELAUNCHED):  # torchrun puts its workers in a session of their own: they go when it goes
@@ -154,8 +133,8 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
     session = open_session(config, sharding=sharding)
     if process_state().is_main_process:
         _log(f"run folder: {session.run_dir}")
-    with _StopFlag() as stop:
-        result = Trainer(session, log=_log).run(should_stop=lambda: stop.requested)
+    with StopFlag() as stop:
+        result = TrainingLoop(session, log=_log).run(should_stop=lambda: stop.requested)
     if not process_state().is_main_process:
         return ""  # the main process reports for all of them
     if result["status"] != "finished":
@@ -182,10 +161,12 @@ def run_generate(options: GenerateOptions) -> str:
     from freezetune.training.evaluation import generate
     from freezetune.training.export import is_run, load_run
 
-    loaded = load_run(Path(options.source), _cache(options)) if is_run(options.source) else load_model(options.source, _cache(options))
+    source, cache = options.source, _cache(options)
+    loaded = load_run(Path(source), cache) if is_run(source) else load_model(source, cache)
     tokenizer = loaded.tokenizer
     if getattr(tokenizer, "chat_template", None) and not options.plain:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": options.prompt}], tokenize=False, add_generation_prompt=True)
+        turn = [{"role": "user", "content": options.prompt}]
+        text = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(options.prompt)["input_ids"]
@@ -208,7 +189,7 @@ def run_compare(options: CompareOptions) -> str:
     metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
     announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
     started, where = time.monotonic(), provenance()  # the code as loaded now, whatever the checkout holds later
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,))
     report = write_report(run_dirs, settings.out, metric=options.metric, margins=parse_margins(options.margin),
                           wall_s=time.monotonic() - started, where=where)

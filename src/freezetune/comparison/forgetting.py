@@ -65,7 +65,8 @@ def build_retain(base, tokenizer, seq_len: int, device, path: str | None = None,
     prompts = [Record({"prompt": p, "completion": "x"}, f"retain prompt {i}") for i, p in enumerate(GENERAL_PROMPTS)]
     prompt_ids = [e.prompt_ids for e in sft_examples(prompts, tokenizer, seq_len).examples]
     answers = generate(base, tokenizer, prompt_ids, max_new_tokens, device, progress="retain set" if progress else None)
-    records = [Record({"prompt": p, "completion": a or "."}, f"retain {i}") for i, (p, a) in enumerate(zip(GENERAL_PROMPTS, answers))]
+    pairs = enumerate(zip(GENERAL_PROMPTS, answers))
+    records = [Record({"prompt": p, "completion": a or "."}, f"retain {i}") for i, (p, a) in pairs]
     return sft_examples(records, tokenizer, seq_len).examples
 
 
@@ -89,7 +90,8 @@ def base_distributions(base, examples: list[Example], batch_size: int, pad_id: i
     """The base model's next-token distributions on the retain set, small enough to keep on disk:
     the top-k log-probs with their token ids, and the log-prob of each target token."""
     ids, top, target = [], [], []
-    for log_probs, targets in _target_log_probs(base, examples, batch_size, pad_id, device, "base retain pass" if progress else None):
+    label = "base retain pass" if progress else None
+    for log_probs, targets in _target_log_probs(base, examples, batch_size, pad_id, device, label):
         best = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
         ids.append(best.indices.int().cpu())
         top.append(best.values.cpu())

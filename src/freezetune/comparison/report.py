@@ -24,9 +24,11 @@ def _cell(key: str, row: dict) -> str:
     if value is None:
         return "—"
     if key == "exact_match":  # with its interval and the distinct items (and seeds) behind it
-        interval = f" [{100 * row['exact_match_lo']:.0f}, {100 * row['exact_match_hi']:.0f}]" if row.get("exact_match_lo") is not None else ""
+        lo, hi = row.get("exact_match_lo"), row.get("exact_match_hi")
+        interval = f" [{100 * lo:.0f}, {100 * hi:.0f}]" if lo is not None else ""
         seeds = f" × {row['seeds_count']} seeds" if (row.get("seeds_count") or 1) > 1 else ""
-        return f"{100 * value:.1f}%{interval} of {row['exact_match_items']} items{seeds}" if row.get("exact_match_items") else f"{100 * value:.1f}%"
+        items = row.get("exact_match_items")
+        return f"{100 * value:.1f}%{interval} of {items} items{seeds}" if items else f"{100 * value:.1f}%"
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
@@ -57,7 +59,8 @@ def measured_line(where: dict) -> str:
     """One line of provenance for the reader: when, on what, with which code."""
     code = f"commit {where['commit'][:10]}" + (" with uncommitted changes" if where["uncommitted_changes"] else "") \
         if where["commit"] else f"freezetune {where['versions']['freezetune']}"
-    versions = ", ".join(f"{name} {where['versions'][name]}" for name in ("torch", "transformers", "peft") if where["versions"].get(name))
+    known = where["versions"]
+    versions = ", ".join(f"{name} {known[name]}" for name in ("torch", "transformers", "peft") if known.get(name))
     return f"Measured {where['date']} on {where['gpu'] or where['cpu']} ({where['cpu_cores']} cores), {code}; {versions}."
 
 
@@ -86,15 +89,17 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
-    markdown = f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n" + "".join(f"- {line}\n" for line in advice)
+    markdown = (f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n"
+                + "".join(f"- {line}\n" for line in advice))
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>" for r in table_rows)
-    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name.replace("_", " ")}</figcaption></figure>'
-                     for name, data in plots.items())
+    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+                     f'<figcaption>{name.replace("_", " ")}</figcaption></figure>' for name, data in plots.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;font-size:14px}}
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;font-size:14px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}}figure{{margin:2em 0}}.scroll{{overflow-x:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>

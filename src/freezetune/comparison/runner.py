@@ -86,7 +86,7 @@ def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str
     passed on as one SIGTERM (the worker checkpoints); an exception here kills the worker."""
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(spec_path, spec)
-    process = subprocess.Popen([sys.executable, "-m", "freezetune.cli.worker", str(spec_path)],
+    process = subprocess.Popen([sys.executable, "-m", "freezetune.comparison.worker", str(spec_path)],
                                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     forwarded = False
     try:

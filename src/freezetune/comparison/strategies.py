@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from freezetune.config.fields import opt, parse_size
+from freezetune.config.run import LORA_PLAN, RunOptions, TrainConfig
 from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
-from freezetune.options.commands import MARGIN_HELP, parse_margins, parse_size
-from freezetune.options.schema import opt
-from freezetune.options.training import LORA_PLAN, RunOptions, TrainConfig
+from freezetune.options.commands import MARGIN_HELP, parse_margins
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
@@ -88,7 +88,8 @@ def parse_strategy(text: str) -> Strategy:
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key != "budget" or not value:
-                raise FreezetuneError(f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', not '{word}'")
+                raise FreezetuneError(f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', "
+                                      f"not '{word}'")
             budget = parse_size(value, f"--strategy '{name}': budget")
         return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget)
     if words[0] == "lora":

@@ -45,7 +45,8 @@ def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[s
         return requested, "asked for with --metric"
     if objective == "sft" and eval_generate > 0:
         return "exact_match", "the task has answers to check (SFT with generated answers); eval loss is reported beside it"
-    why = "continued pre-training has no answers to check" if objective == "cpt" else "no answers are generated (--eval-generate 0)"
+    why = ("continued pre-training has no answers to check" if objective == "cpt"
+           else "no answers are generated (--eval-generate 0)")
     return "eval_loss", why
 
 
@@ -156,7 +157,8 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
     cost = "retain_kl" if all("retain_kl" in tables[r["strategy"]] for r in done) else "peak_memory_bytes"
     given = margins or {}
     margins = {m: _margin(m, done, given) for m in (metric, cost) if m in MARGINS}
-    quality_tests, cost_tests = _tests(done, tables, metric, noises), (_tests(done, tables, cost, noises) if cost in MARGINS else [])
+    quality_tests = _tests(done, tables, metric, noises)
+    cost_tests = _tests(done, tables, cost, noises) if cost in MARGINS else []
     for test in quality_tests:
         test["axis"] = "quality"
     for test in cost_tests:
@@ -179,13 +181,16 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
     best = max(frontier, key=lambda r: (quality(r), -r[cost]))
     gentlest = min(frontier, key=lambda r: (r[cost], -quality(r)))
     tied_best = [r for r in frontier if r is not best and not (
-        (t := by_pair.get((best["strategy"], r["strategy"], "quality")) or by_pair.get((r["strategy"], best["strategy"], "quality")))
+        (t := by_pair.get((best["strategy"], r["strategy"], "quality"))
+         or by_pair.get((r["strategy"], best["strategy"], "quality")))
         and _better(t, LOWER_IS_BETTER[metric]))]
-    dominated = [{"strategy": r["strategy"], "by": next(o["strategy"] for o in frontier + done if (o["strategy"], r["strategy"]) in dominates)}
+    dominated = [{"strategy": r["strategy"],
+                  "by": next(o["strategy"] for o in frontier + done if (o["strategy"], r["strategy"]) in dominates)}
                  for r in done if r not in frontier]
     groups = [[r["strategy"] for r in done if not any(frozenset((r["strategy"], o["strategy"])) in separated for o in done)]]
     hints = _hints(sorted(done, key=quality, reverse=True)[:2], tables, noises, metric, len(quality_tests) or 1, seeds)
-    units = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {done[0]['exact_match_items']} items" if done[0].get("exact_match_items") else "")
+    items = done[0].get("exact_match_items")
+    units = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {items} items" if items else "")
     corrected = f"Holm-corrected over {len(quality_tests)} pairs" if len(quality_tests) > 1 else "one pair"
     if len(done) == 1:
         sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
@@ -206,7 +211,8 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
         sentence += f". Ranked by {METRIC_NAMES[metric]}, chosen before training: {metric_reason} ({units}; {corrected})."
     if failed:
         sentence += " Failed: " + "; ".join(f"{r['strategy']} ({r['reason']})" for r in failed) + "."
-    return {**verdict, "cost_metric": cost, "tests": [{k: v for k, v in t.items() if k != "_found"} for t in quality_tests + cost_tests],
+    tests = [{k: v for k, v in t.items() if k != "_found"} for t in quality_tests + cost_tests]
+    return {**verdict, "cost_metric": cost, "tests": tests,
             "frontier": [r["strategy"] for r in frontier], "indistinguishable": [g for g in groups if len(g) > 1],
             "best": best["strategy"], "gentlest": gentlest["strategy"], "dominated": dominated, "hints": hints,
             "margins": margins, "sentence": sentence}
@@ -225,7 +231,8 @@ def _hints(top: list[dict], tables: dict, noises: dict, metric: str, tests: int,
         return []
     needed = seeds_needed(noise, len(every), difference, gap, tests)
     if needed is not None and needed > seeds:
-        return [f"about {needed} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} on {METRIC_NAMES[metric]}"]
+        return [f"about {needed} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} "
+                f"on {METRIC_NAMES[metric]}"]
     if items_are_the_limit(difference, gap, tests):
         return [f"more seeds would not separate {a['strategy']} from {b['strategy']} on {METRIC_NAMES[metric]}: the "
                 f"{difference.shape[1]} items are the limit; only more distinct eval items would"]
@@ -252,7 +259,8 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
                  f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory.")
     for entry in verdict["dominated"]:
         row, winner = by_name[entry["strategy"]], by_name[entry["by"]]
-        lines.append(f"{row['strategy']} is dominated by {winner['strategy']}: {_shown(row, metric)} vs {_shown(winner, metric)}, "
+        lines.append(f"{row['strategy']} is dominated by {winner['strategy']}: "
+                     f"{_shown(row, metric)} vs {_shown(winner, metric)}, "
                      f"{_ratio(row[cost], winner[cost])} the {METRIC_NAMES[cost]}, "
                      f"{_ratio(row['peak_memory_bytes'], winner['peak_memory_bytes'])} the peak memory, "
                      f"{_ratio(row['step_time_s'], winner['step_time_s'])} the step time.")

@@ -1,5 +1,7 @@
-"""A strategy's runs, in a process of their own (started by runner.py through cli/worker.py): its
-search runs share one worker, each reported seed gets a fresh one.
+"""A strategy's runs, in a process of their own (runner.py starts `python -m
+freezetune.comparison.worker SPEC.json`): its search runs share one worker, each reported seed
+gets a fresh one. Exit 0: all done; 3: stopped by a signal (checkpointed); 2: the spec itself was
+unreadable. Failed runs are recorded in their folders, not in the status.
 
 A fresh process is what makes a run's peak memory its own: a CPU process's high-water mark
 never sinks below what earlier runs left mapped, and the base model the comparison measures
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import shutil
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,15 +24,16 @@ from pathlib import Path
 import torch
 
 from freezetune.comparison.forgetting import forgetting, layer_drift
+from freezetune.config.run import TrainConfig
 from freezetune.data.examples import Example, pad_token_id
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model
-from freezetune.options.training import TrainConfig
 from freezetune.runs.checkpoint import read_tensors
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json, read_manifest
+from freezetune.runs.stop import StopFlag
 from freezetune.training.export import load_run
-from freezetune.training.loop import Trainer
+from freezetune.training.loop import TrainingLoop
 from freezetune.training.peak_memory import current_rss_bytes
 from freezetune.training.session import open_session
 
@@ -99,7 +104,7 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
             if not finished(run_dir, "search"):  # trained already, only its forgetting left to measure
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
-                result = Trainer(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
+                result = TrainingLoop(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
                 del session
                 if result["status"] != "finished":
                     return "stopped"
@@ -116,3 +121,28 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
             log(f"{spec['strategy']}: {run_dir.name} failed: {reason}")
         release_memory()
     return "done"
+
+
+STOPPED = 3  # the exit status of a worker a signal stopped after it checkpointed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker process's entry: one line on stderr and status 2 for a spec it cannot read."""
+    argv = sys.argv[1:] if argv is None else argv
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    try:
+        if len(argv) != 1 or not Path(argv[0]).is_file():
+            raise FreezetuneError("usage: python -m freezetune.comparison.worker SPEC.json")
+        spec = json.loads(Path(argv[0]).read_text())
+        with StopFlag() as stop:
+            outcome = run_worker(spec, log=log, should_stop=lambda: stop.requested)
+    except (FreezetuneError, json.JSONDecodeError) as exc:
+        log(f"freezetune compare worker: error: {' '.join(str(exc).split())}")
+        return 2
+    except KeyboardInterrupt:  # a second signal: stop at once, what was saved is intact
+        return 130
+    return STOPPED if outcome == "stopped" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -178,7 +178,8 @@ def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
         data.notes.append(f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}")
 
 
-def split_holdout(data: TokenizedData, fraction: float, seed: int, count: int | None = None) -> tuple[TokenizedData, TokenizedData]:
+def split_holdout(data: TokenizedData, fraction: float, seed: int,
+                  count: int | None = None) -> tuple[TokenizedData, TokenizedData]:
     """Hold out a seeded fraction (or ``count``) of examples for evaluation."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)

@@ -94,7 +94,8 @@ def read_records(path_text: str) -> list[Record]:
         table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train", **options)
     except Exception as exc:  # pyarrow and datasets raise many types for a malformed file
         detail = _locate_jsonl_error(path) if suffix in (".jsonl", ".json") else ""
-        raise FreezetuneError(detail or f"data file {path_text}: cannot be read: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise FreezetuneError(detail or f"data file {path_text}: cannot be read: {first}") from None
     finally:
         logger.setLevel(level)
     if suffix == ".jsonl":

@@ -31,7 +31,8 @@ def apply_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pa
     with torch.no_grad():
         for name, tensor in tensors.items():
             if params[name].shape != tensor.shape:
-                raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model has {tuple(params[name].shape)}")
+                raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                                      f"the model has {tuple(params[name].shape)}")
             params[name].copy_(like(tensor, params[name]))
 
 

@@ -16,17 +16,18 @@ from freezetune.hf.freeze import FreezeHandle
 from freezetune.plans.schedule import Schedule
 from freezetune.training.guards import FirstStepGuard
 from freezetune.training.optimizer import drop_resting_moments
+from freezetune.training.trainable_set import TrainableSet
 
 
 class FreezeCallback(TrainerCallback):
     def __init__(self, handle: FreezeHandle, schedule: str | Schedule | None = None, seed: int = 0):
         """``schedule``: 'gradual every=N [start=K step=S]' or 'lisa layers=K every=T', inside the frozen plan;
         ``seed``: the seed LISA draws its blocks with."""
-        self.handle, self.seed = handle, seed
+        self.handle = handle
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         if self.schedule is not None:
             self.schedule.check(handle.universe)
-        self.phase: int | None = None
+        self.trainable = TrainableSet(handle.universe, self.schedule, seed)  # the phases, as `train` follows them
         self.first, self.still, self.rate = True, False, None
         self.guard: FirstStepGuard | None = None
 
@@ -34,14 +35,16 @@ class FreezeCallback(TrainerCallback):
         if self.schedule is not None and (getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)):
             raise FreezetuneError("FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
                                   "their optimizer state once for a fixed set; drop the schedule or train without them")
-        self.phase, self.first = None, True
+        self.trainable = TrainableSet(self.handle.universe, self.schedule, self.trainable.seed)
+        self.first = True
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         changed = False
-        if self.schedule is not None and self.schedule.phase(state.global_step) != self.phase:
-            self.phase = self.schedule.phase(state.global_step)
+        phase = self.trainable.phase
+        plan = self.trainable.at(state.global_step)
+        if self.schedule is not None and self.trainable.phase != phase:
             before = set(self.handle.resolved.trainable_names())
-            self.handle.retarget(self.schedule.plan_at(self.handle.universe, self.phase, self.seed))
+            self.handle.retarget(plan)
             changed = set(self.handle.resolved.trainable_names()) != before
             if changed and optimizer is not None:
                 drop_resting_moments(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps torch's

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from freezetune.config.fields import opt, parse_size
 from freezetune.errors import FreezetuneError
-from freezetune.options.schema import opt
 from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
 
+MODEL_HELP = "embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache"
 MARGIN_HELP = ("how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
                "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% (points); "
                "a plain number is in the metric's own units (defaults: those three)")
@@ -40,7 +40,7 @@ def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
 class PlanOptions:
     """Preview which parameters a plan trains, per layer, with a training-memory estimate."""
 
-    model: str = opt(help="embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache", positional=True)
+    model: str = opt(help=MODEL_HELP, positional=True)
     plan: str = opt(help="plan text such as 'freeze bottom 75%%', or a .yaml/.json/.txt plan file", positional=True)
     seq_len: int = opt(512, help="sequence length for the memory estimate")
     batch_size: int = opt(4, help="micro-batch size for the memory estimate")
@@ -51,7 +51,8 @@ class PlanOptions:
     max_steps: int = opt(0, help="with --schedule: the run's steps (0: gradual until complete, four LISA periods)")
     seed: int = opt(0, help="with --schedule: the seed LISA draws its blocks with")
     format: str | None = opt(None, help="print the trainable set in another tool's config format", choices=FORMATS)
-    cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; "
+                                "env FREEZETUNE_CACHE)")
 
     def validate(self) -> None:
         check_sizes(self)
@@ -68,26 +69,11 @@ def check_sizes(options) -> None:
             raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
 
 
-SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
-UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str, flag: str) -> int:
-    """'8GiB', '512 MiB', '2e9'... as bytes, or a one-line error naming the flag."""
-    match = SIZE.fullmatch(text)
-    if match is None:
-        try:
-            return int(float(text))
-        except ValueError:
-            raise FreezetuneError(f"{flag} '{text}': expected a size such as 8GiB, 512MiB or 2e9 (bytes)") from None
-    return int(float(match.group(1)) * UNITS[(match.group(2) or "b").lower()])
-
-
 @dataclass
 class AdviseOptions:
     """Propose which layers to train from evidence (weight spectra, gradients on your data) within a memory budget."""
 
-    model: str = opt(help="embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache", positional=True)
+    model: str = opt(help=MODEL_HELP, positional=True)
     data: str | None = opt(None, help="your training data: adds a gradient probe (a few batches, no weight moves)")
     objective: str = opt("sft", help="how --data is read: sft (prompt/response) or cpt (raw text)", choices=("sft", "cpt"))
     memory_budget: str | None = opt(None, help="the largest training-memory estimate to accept, e.g. 8GiB (default: half "

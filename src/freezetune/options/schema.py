@@ -13,7 +13,6 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import field
 from pathlib import Path
 
 import yaml
@@ -21,10 +20,6 @@ import yaml
 from freezetune.errors import FreezetuneError
 
 FLOAT32_MAX = 3.4028234663852886e38
-
-
-def opt(default=dataclasses.MISSING, *, help: str, choices=None, positional: bool = False):
-    return field(default=default, metadata={"help": help, "choices": choices, "positional": positional})
 
 
 def _without_none(kind):

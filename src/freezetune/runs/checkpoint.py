@@ -31,8 +31,8 @@ from freezetune.runs.durable import remove_leftovers, staged_dir, staged_file
 from freezetune.runs.rng import load_rng, rng_name, save_rng
 
 KEEP_CHECKPOINTS = 2
-SEP = "::"
-CHECKSUM = "freezetune_sha256"  # safetensors header key of a file's tensors_sha256  # parameter name + SEP + state key, in optimizer.safetensors
+SEP = "::"  # parameter name + SEP + state key, in optimizer.safetensors
+CHECKSUM = "freezetune_sha256"  # safetensors header key of a file's tensors_sha256
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -94,7 +94,8 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isascii() and p.name[5:].isdigit()]
+    done = [p for p in root.iterdir()
+            if p.is_dir() and p.name.startswith("step-") and p.name[5:].isascii() and p.name[5:].isdigit()]
     return sorted(done, key=lambda p: int(p.name[5:]))
 
 

@@ -50,6 +50,7 @@ def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     changes = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None, "versions": {**versions(), **{name: _installed(name) for name in ("peft", "safetensors", "numpy", "trl")}},
+    installed = {name: _installed(name) for name in ("peft", "safetensors", "numpy", "trl")}
+    return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None, "versions": {**versions(), **installed},
             "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "platform": platform.platform(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "platform": platform.platform(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}

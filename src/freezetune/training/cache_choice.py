@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
+from freezetune.config.fields import parse_size
+from freezetune.config.run import TrainConfig
 from freezetune.distributed.processes import process_state
 from freezetune.models.loading import DEFAULT_CACHE_DIR, LoadedModel, file_sha256
-from freezetune.options.commands import parse_size
-from freezetune.options.training import TrainConfig
 from freezetune.plans.resolution import ResolvedPlan
-from freezetune.plans.schedule import Schedule
 from freezetune.runs.manifest import versions
 from freezetune.training.cache_folder import evict
 from freezetune.training.prefix import prefix_depth, prefix_touched
@@ -48,7 +47,7 @@ def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int)
         return [prefix_depth(resolved)], 0
     trained: set[str] = set()
     depths, stale = set(), 0
-    for phase in Schedule.parse(config.schedule).phases(resolved, config.total_steps(num_train), config.seed):
+    for phase in config.parsed_schedule.phases(resolved, config.total_steps(num_train), config.seed):
         depth = prefix_depth(phase["resolved"])
         trained |= phase["resolved"].trainable
         if depth and prefix_touched(resolved.anatomy, trained, depth):

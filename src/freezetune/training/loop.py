@@ -25,7 +25,7 @@ from freezetune.distributed.processes import check_same_plan
 from freezetune.distributed.state import trainable_state
 from freezetune.errors import FreezetuneError
 from freezetune.plans.resolution import ResolvedPlan
-from freezetune.plans.schedule import Schedule, trainable_blocks
+from freezetune.plans.schedule import trainable_blocks
 from freezetune.runs.checkpoint import (
     checkpoint_dirs,
     intact_checkpoint,
@@ -52,9 +52,9 @@ from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro
 from freezetune.training.trainable_set import TrainableSet
 
 
-class Trainer:
+class TrainingLoop:
     def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
-        self.s = session
+        self.session = session
         self.config = session.config
         self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir,
                                             changing_set=bool(self.config.schedule))
@@ -72,8 +72,9 @@ class Trainer:
             session.cache.warn = self.log  # damage found mid-run is said where the run's notes are
         with self.accelerator.autocast():  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
             self.runner.probe(self.device)
-        self.names = session.resolved.trainable_names()  # what trains now; retarget() changes it
-        schedule = Schedule.parse(self.config.schedule) if self.config.schedule else None
+        self.resolved = session.resolved  # what trains now (the session's plan, or a phase of it); retarget() changes it
+        self.names = self.resolved.trainable_names()
+        schedule = self.config.parsed_schedule
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
         self.trainable = TrainableSet(session.resolved, schedule, self.config.seed)
         self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
@@ -82,7 +83,8 @@ class Trainer:
         self.backend = make_backend(self.accelerator, session, self.world)
         self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
         self.model, optimizer = self.backend.wrap(
-            self.model, lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay))
+            self.model,
+            lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay))
         # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
         self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
@@ -91,48 +93,48 @@ class Trainer:
             first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
             self.head, note = checked_head(self.module, self.model, first, self.accelerator,
                                            sharded=self.backend.gathers_everywhere)
-        self.s.notes.append(note)
+        self.session.notes.append(note)
         self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
                                     self.device, self.world, self.head)
-        self.retarget(self.trainable.at(0) or session.resolved)  # the seam schedules change the trainable set through
+        self.retarget(self.trainable.at(0))  # the seam schedules change the trainable set through
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self._metrics = None  # the open metrics file, while run() runs
 
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
         with self.accelerator.autocast():  # in the training precision, as the weights are stored
-            return evaluate_model(self.module, self.tokenizer, self.s.eval.examples, self.config, self.device, self.runner,
+            return evaluate_model(self.module, self.tokenizer, self.session.eval.examples, self.config, self.device, self.runner,
                                   label, progress=self.progress, head=self.head)
 
     def _resume(self) -> int:
         if self.main:  # one process checks the checksums and sets damaged checkpoints aside
-            intact_checkpoint(self.s.run_dir, self.log)
+            intact_checkpoint(self.session.run_dir, self.log)
         self.accelerator.wait_for_everyone()
-        last = checkpoint_dirs(self.s.run_dir)[-1]
+        last = checkpoint_dirs(self.session.run_dir)[-1]
         state, tensors, optimizer = load_checkpoint(last, self.scheduler, self.rank)
         step = state["step"]
         # the optimizer state saved is that of the set the last step trained; the loop moves on from there
-        self.retarget(self.trainable.at(max(step - 1, 0)) or self.s.resolved)
+        self.retarget(self.trainable.at(max(step - 1, 0)))
         self.trainable.add_trained(tensors)
         self.runner.mark_trained(tensors)  # a prefix trained before the kill is no longer the cached one
         self.backend.restore(self.module, tensors, optimizer, last)
         if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
             kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
             write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.log(f"resuming {self.s.run_dir} from {last.name} (step {step} of {self.total_steps})")
+        self.log(f"resuming {self.session.run_dir} from {last.name} (step {step} of {self.total_steps})")
         return step
 
     def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
         """Written once, by the main process, with whole tensors. Under DDP every process holds the same
         state, so only the main one reads it; under FSDP and ZeRO all of them gather their pieces.
         Returns the trained tensors (on the main process)."""
-        stage_rng(self.s.run_dir, step, self.rank)  # every process's own random state
-        if self.s.cache is not None:
+        stage_rng(self.session.run_dir, step, self.rank)  # every process's own random state
+        if self.session.cache is not None:
             # before the checkpoint is published: a run resumed from it finds every entry it had cached
             try:
-                self.s.cache.save()  # each process keeps the cache of its own shard of the data
+                self.session.cache.save()  # each process keeps the cache of its own shard of the data
             except FreezetuneError as exc:
-                done = checkpoint_dirs(self.s.run_dir)
+                done = checkpoint_dirs(self.session.run_dir)
                 kept = f"the previous checkpoint {done[-1]} is kept; resume from it" if done else "no checkpoint was written yet"
                 raise FreezetuneError(f"step {step}: {exc}; {kept}") from None
         self.accelerator.wait_for_everyone()
@@ -145,13 +147,13 @@ class Trainer:
                 self._metrics.flush()
                 os.fsync(self._metrics.fileno())
             try:
-                save_checkpoint(self.s.run_dir, step, tensors, optimizer, self.scheduler,
+                save_checkpoint(self.session.run_dir, step, tensors, optimizer, self.scheduler,
                                 {"total_steps": self.total_steps, "processes": self.world,
                                  "backend": type(self.backend).__name__, **self.trainable.state()}, self.world)
             except (OSError, SafetensorError) as exc:
-                done = checkpoint_dirs(self.s.run_dir)
+                done = checkpoint_dirs(self.session.run_dir)
                 kept = f"the previous checkpoint {done[-1]} is kept" if done else "no earlier checkpoint exists"
-                raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.s.run_dir / 'checkpoints'}: "
+                raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.session.run_dir / 'checkpoints'}: "
                                       f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}") from None
         self.accelerator.wait_for_everyone()
         return tensors
@@ -168,15 +170,15 @@ class Trainer:
         try:
             return self._run(should_stop, before)
         finally:
-            if self.s.lock is not None:
-                self.s.lock.release()
+            if self.session.lock is not None:
+                self.session.lock.release()
 
     def _run(self, should_stop: Callable[[], bool], before: dict | None) -> dict:
-        config, run_dir = self.config, self.s.run_dir
+        config, run_dir = self.config, self.session.run_dir
         if self.main:  # what a killed writer of an earlier attempt left behind
             remove_leftovers(run_dir)
             remove_leftovers(run_dir / "checkpoints")
-        for note in self.s.notes:
+        for note in self.session.notes:
             self.log(note)
         start = self._resume() if config.resume else 0
         if before is None and config.resume:
@@ -203,7 +205,7 @@ class Trainer:
                     bar.close()
                     self.log(f"stopped at step {step}; continue with --resume {run_dir}")
                     return {"status": "interrupted", "step": step, "run_dir": str(run_dir)}
-                changed = self.retarget(self.trainable.at(step) or self.s.resolved)
+                changed = self.retarget(self.trainable.at(step))
                 if changed and guard is None:  # the check of the first step, again for the new set
                     guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view,
                                            light=True)
@@ -252,22 +254,22 @@ class Trainer:
         retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
         self.runner.retarget(resolved)
         self.runner.train_mode()
-        self.names, self.s.resolved = names, resolved
+        self.names, self.resolved = names, resolved
         return True
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
-        return micro_batches(self.s.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,
-                             self.pad_id, cached=self.s.cache_train)
+        return micro_batches(self.session.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,
+                             self.pad_id, cached=self.session.cache_train)
 
     def _step(self, step: int, guard) -> dict:
         try:
             record = self.train_step(self.micro_batches(step), self.config.max_grad_norm, guard)
         except NonFiniteLoss as exc:
-            done = checkpoint_dirs(self.s.run_dir)
+            done = checkpoint_dirs(self.session.run_dir)
             kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
             raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None
         return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device),
-                "active_blocks": trainable_blocks(self.s.resolved)}
+                "active_blocks": trainable_blocks(self.resolved)}
 
     def _show(self, result: dict) -> None:
         line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"
@@ -280,4 +282,4 @@ class Trainer:
             self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}")
 
     def _update_manifest(self, **fields) -> None:
-        update_manifest(self.s.run_dir, **fields)
+        update_manifest(self.session.run_dir, **fields)

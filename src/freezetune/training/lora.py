@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from freezetune.errors import FreezetuneError
@@ -14,7 +16,9 @@ def wrap_lora(model: nn.Module, rank: int, alpha: int, targets: str) -> nn.Modul
     target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads a transformers property that now warns; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise FreezetuneError(f"--lora-targets {targets}: {str(exc).splitlines()[0]}") from None
 

@@ -49,7 +49,8 @@ class PrefixRunner:
                  cache: PrefixCache | None = None):
         self.model = model
         self.resolved = resolved
-        self.blocks: nn.ModuleList = model.get_submodule(resolved.anatomy.blocks_path) if resolved.anatomy.blocks_path else nn.ModuleList()
+        path = resolved.anatomy.blocks_path
+        self.blocks: nn.ModuleList = model.get_submodule(path) if path else nn.ModuleList()
         self.depth = prefix_depth(resolved)
         self.gradient_checkpointing = gradient_checkpointing
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix

@@ -87,9 +87,10 @@ class DiskPrefixCache(PrefixCache):
     ``warn`` hears of damage found while the run goes on (a shard that fails its checksum)."""
 
     def __init__(self, folder: Path, ram_budget: int, meta: dict | None = None,
-                 warn: Callable[[str], None] = logging.getLogger("freezetune").warning):
+                 warn: Callable[[str], None] | None = None):
         super().__init__()
-        self.folder, self.ram_budget, self.warn = Path(folder), ram_budget, warn
+        self.folder, self.ram_budget = Path(folder), ram_budget
+        self.warn = warn or logging.getLogger("freezetune").warning
         self.index: dict[str, str] = {}  # key -> shard file name
         self.sums: dict[str, str] = {}  # shard file name -> its sha256
         self.checked: set[str] = set()  # shards whose bytes matched their sha256 in this process

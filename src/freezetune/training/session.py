@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from freezetune.config.run import TrainConfig
 from freezetune.data.examples import (
     TokenizedData,
     cpt_examples,
@@ -24,11 +25,9 @@ from freezetune.models.loading import (
     load_model,
     require_causal_lm,
 )
-from freezetune.options.training import TrainConfig
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
-from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
@@ -82,7 +81,8 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedD
         else:
             docs = stdlib_docstrings()
             train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
-            notes.append(f"data: standard-library docstrings, {len(train_records)} train / {len(eval_records)} held-out documents")
+            notes.append(f"data: standard-library docstrings, {len(train_records)} train / "
+                         f"{len(eval_records)} held-out documents")
         train, held = tokenize(train_records, tokenizer, config.seq_len), tokenize(eval_records, tokenizer, config.seq_len)
     else:
         train = tokenize(read_records(config.data), tokenizer, config.seq_len)
@@ -196,12 +196,13 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
             raise FreezetuneError(f"--schedule under {type(sharding).__name__.replace('Settings', '')}: shards and partitions "
                                   "are laid out once for a fixed trainable set; train a schedule with replicas (DDP)")
         check_sharding(sharding, loaded.model, resolved, config.precision)
-    schedule = Schedule.parse(config.schedule) if config.schedule else None
+    schedule = config.parsed_schedule
     if schedule is not None:
         schedule.check(resolved)  # a schedule the plan cannot hold fails before the run folder exists
     train, held, notes = load_data(config, loaded.tokenizer)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
-        raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch (--batch-size {config.batch_size})")
+        raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch "
+                              f"(--batch-size {config.batch_size})")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]

@@ -1,4 +1,6 @@
 """What trains at each step of a run: the plan, or the phase a schedule (plans/schedule.py) is in.
+The one engine of a changing trainable set: `freezetune train`'s loop and the HF FreezeCallback both
+follow it.
 
 A schedule's tensors train in turns, so "the trained tensors" of a run is the union over the
 phases so far: a checkpoint holds every one of them (a LISA block that trained in period 2 and
@@ -18,16 +20,15 @@ class TrainableSet:
         self.current = universe
         self._trained: set[str] = set() if schedule else set(universe.trainable_names())
 
-    def at(self, step: int) -> ResolvedPlan | None:
-        """The plan of optimizer step ``step`` (0-based) when it differs from the last one asked for, else None."""
+    def at(self, step: int) -> ResolvedPlan:
+        """The plan of optimizer step ``step`` (0-based): the plan itself without a schedule, else its phase's."""
         if self.schedule is None:
-            return None
+            return self.universe
         phase = self.schedule.phase(step)
-        if phase == self.phase:
-            return None
-        self.phase = phase
-        self.current = self.schedule.plan_at(self.universe, phase, self.seed)
-        self._trained.update(self.current.trainable_names())
+        if phase != self.phase:
+            self.phase = phase
+            self.current = self.schedule.plan_at(self.universe, phase, self.seed)
+            self._trained.update(self.current.trainable_names())
         return self.current
 
     def add_trained(self, names) -> None:

@@ -4,11 +4,13 @@ RunOptions holds the options a comparison shares with training; CompareOptions e
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
+from freezetune.config.fields import opt, parse_size
 from freezetune.errors import FreezetuneError
-from freezetune.options.schema import opt
+from freezetune.plans.schedule import Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("off", "memory", "disk", "auto")
@@ -21,8 +23,10 @@ class RunOptions:
     """What every run of a model on data is given, whichever command starts it (train, compare)."""
 
     model: str = opt("smollm2-135m", help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache")
-    objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed", choices=("sft", "cpt"))
-    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: the built-in dispatch task (sft) or stdlib docstrings (cpt)")
+    objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed",
+                         choices=("sft", "cpt"))
+    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: "
+                           "the built-in dispatch task (sft) or stdlib docstrings (cpt)")
     eval_data: str | None = opt(None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data")
     seq_len: int = opt(256, help="maximum tokens per example (SFT truncates, CPT packs to this length)")
     batch_size: int = opt(8, help="examples per micro-batch")
@@ -38,7 +42,8 @@ class RunOptions:
 class TrainConfig(RunOptions):
     """Fine-tune a model under a freeze plan (full fine-tuning is the plan 'train all')."""
 
-    plan: str | None = opt(None, help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; with LoRA: train the adapters only)")
+    plan: str | None = opt(None, help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; "
+                           "with LoRA: train the adapters only)")
     lora_r: int = opt(0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)")
     lora_alpha: int = opt(16, help="LoRA alpha")
     lora_targets: str = opt("all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names")
@@ -59,7 +64,8 @@ class TrainConfig(RunOptions):
     head_positions: str = opt("targets", help="where the output head runs: targets (only where the loss is, its "
                               "cross-entropy in chunks) or all (every position, as transformers does)",
                               choices=("targets", "all"))
-    prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto (by size)", choices=CACHE_MODES)
+    prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto "
+                            "(by size)", choices=CACHE_MODES)
     cache_ram: str = opt("2GiB", help="RAM the prefix cache may hold; auto goes to disk above it, and a disk cache "
                          "streams its shards within it")
     cache_limit: str = opt("50GiB", help="size cap of the prefix-cache folder: least recently used caches are removed "
@@ -71,7 +77,8 @@ class TrainConfig(RunOptions):
     max_new_tokens: int = opt(48, help="token limit for generations")
     num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
     fsdp: bool = opt(False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)")
-    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, 3 also the weights; 0 = off", choices=(0, 1, 2, 3))
+    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, "
+                          "3 also the weights; 0 = off", choices=(0, 1, 2, 3))
 
     def validate(self) -> None:
         if self.seq_len < 2:  # before the data: a shorter limit would blame the records
@@ -99,14 +106,9 @@ class TrainConfig(RunOptions):
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.layer_lr_decay <= 1:
             raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
-        from freezetune.options.commands import parse_size
-
         parse_size(self.cache_ram, "--cache-ram")
         parse_size(self.cache_limit, "--cache-limit")
-        if self.schedule is not None:
-            from freezetune.plans.schedule import Schedule
-
-            Schedule.parse(self.schedule)  # the syntax, before anything loads
+        if self.parsed_schedule is not None:  # the syntax, before anything loads
             if self.fsdp or self.zero_stage:
                 raise FreezetuneError(f"--schedule with --{'fsdp' if self.fsdp else 'zero-stage'}: the shards and "
                                       "partitions are laid out once for a fixed trainable set; train a schedule with "
@@ -116,7 +118,8 @@ class TrainConfig(RunOptions):
 
             available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[self.log_with]()
             if not available:  # accelerate would drop the tracker with a log line; the user asked for it
-                raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: pip install {self.log_with}")
+                raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: "
+                                      f"pip install {self.log_with}")
 
     def total_steps(self, num_train: int) -> int:
         """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
@@ -130,6 +133,11 @@ class TrainConfig(RunOptions):
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup when given, else --warmup-ratio of the run: 20 steps warm up for 2, not half the run."""
         return self.warmup if self.warmup is not None else math.ceil(self.warmup_ratio * total_steps)
+
+    @functools.cached_property
+    def parsed_schedule(self) -> Schedule | None:
+        """--schedule parsed once per config: validation, the session, the loop and the cache choice share it."""
+        return Schedule.parse(self.schedule) if self.schedule else None
 
     @property
     def plan_text(self) -> str:
