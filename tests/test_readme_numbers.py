@@ -16,6 +16,8 @@ def test_readme_performance_tables_match_bench_results():
     result = json.loads((ROOT / "bench" / "results" / "step_time.json").read_text())
     section = (ROOT / "docs" / "performance.md").read_text()
     assert result["measured"] == "train_step"  # the step `train` runs, not a shortcut beside it
+    assert f"({100 * result['target_fraction']:.0f}% of the\nbatches' positions here)" in section
+    assert f"fp32 on a {result['provenance']['cpu_cores']}-core CPU" in section and f"median of {result['steps']} steps" in section
     reference = result["paths"]["freeze75"]["step_time_s"]
     for path, values in result["paths"].items():
         row = (f"| `{path}` | {values['step_time_s']:.2f} | {values['step_time_s'] / reference:.2f} | "
@@ -42,7 +44,8 @@ def test_readme_integration_ratio_matches_bench_results():
     readme = (ROOT / "docs" / "python.md").read_text()
     steps = result["steps"]
     for name, label in (("trl_default", "frozen by hand"), ("freeze", "with `freeze()`")):
-        assert f"| {label} | {steps[name]['step_time_s']:.2f} |" in readme
+        assert f"| {label} | {steps[name]['step_time_s']:.2f} | {len(steps[name]['step_times_s'])} |" in readme
+    assert f"TRL {'.'.join(result['provenance']['versions']['trl'].split('.')[:2])} `SFTTrainer`" in readme
     assert f"| `trl_default_over_freeze` | {result['ratios']['trl_default_over_freeze']:.2f} |" in readme
 
 

@@ -1,0 +1,71 @@
+"""The benchmark tables of docs/performance.md and docs/python.md, rendered from bench/results/*.json.
+
+    .venv/bin/python docs/render_bench.py
+
+rewrites each table's rows (a ratio row keeps its target, which is the project's, not a measurement);
+tests/test_readme_numbers.py fails when a page and its file disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _rows(page: str, header: str, rows: list[str]) -> str:
+    """``page`` with the rows under the table whose header line is ``header`` replaced by ``rows``."""
+    start = page.index(header + "\n")
+    body = page.index("\n", page.index("\n", start) + 1) + 1  # after the header and its |---| line
+    end = page.find("\n\n", body)
+    return page[:body] + "\n".join(rows) + page[end if end >= 0 else len(page):]
+
+
+def _targets(page: str) -> dict[str, str]:
+    return {m[0]: m[1] for m in re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", page, re.MULTILINE)}
+
+
+def performance(page: str) -> str:
+    step = json.loads((RESULTS / "step_time.json").read_text())
+    reference = step["paths"]["freeze75"]["step_time_s"]
+    page = _rows(page, "| path | step s | vs `freeze75` | peak MiB |", [
+        f"| `{path}` | {v['step_time_s']:.2f} | {v['step_time_s'] / reference:.2f} | {v['peak_memory_bytes'] / 2**20:,.0f} |"
+        for path, v in step["paths"].items()])
+    targets = _targets(page)
+    page = _rows(page, "| ratio | measured | target | FLOP ideal |", [
+        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | "
+        f"{step['ideal'][name]:.2f} |" if name in step.get("ideal", {}) else
+        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | — |" for name, value in step["ratios"].items()])
+    memory = json.loads((RESULTS / "memory.json").read_text())
+    header = "| strategy | precision | stored (frozen / trained) | estimate GiB | measured GiB | measured / estimate |"
+    page = _rows(page, header, [
+        f"| {r['strategy']} | {r['precision']} | {r['dtypes']['frozen']} / {r['dtypes']['trainable']} | "
+        f"{r['estimate_bytes'] / 2**30:.2f} | {r['measured_bytes'] / 2**30:.2f} | "
+        f"{r['measured_bytes'] / r['estimate_bytes']:.2f} |" for r in memory["rows"]])
+    ratio = memory["ratios"]["bf16_over_fp32_freeze75"]
+    return re.sub(r"peaks at [0-9.]+× its fp32 peak", f"peaks at {ratio:.2f}× its fp32 peak", page)
+
+
+def integration(page: str) -> str:
+    result = json.loads((RESULTS / "integration.json").read_text())
+    steps = result["steps"]
+    page = _rows(page, "| script | step s | steps timed |", [
+        f"| {label} | {steps[name]['step_time_s']:.2f} | {len(steps[name]['step_times_s'])} |"
+        for name, label in (("trl_default", "frozen by hand"), ("freeze", "with `freeze()`"))])
+    targets = _targets(page)
+    return _rows(page, "| ratio | measured | target |", [
+        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} |" for name, value in result["ratios"].items()])
+
+
+def main() -> None:
+    for name, render in (("performance.md", performance), ("python.md", integration)):
+        path = ROOT / "docs" / name
+        path.write_text(render(path.read_text()))
+        print(f"docs/{name}: tables rewritten from bench/results/")
+
+
+if __name__ == "__main__":
+    main()
