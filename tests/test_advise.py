@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from freezetune.advice.advisor import (
+    Candidate,
+    gradient_scores,
+    pick,
+    predicted_step_ratio,
+)
 from freezetune.cli.commands import main
 from freezetune.config.fields import parse_size
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
-from freezetune.training.advisor import (
-    Candidate,
-    gradient_scores,
-    pick,
-    predicted_step_ratio,
-)
 
 from conftest import build_tiny
 

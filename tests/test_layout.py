@@ -12,7 +12,7 @@ ROOT = Path(freezetune.__file__).parent
 # lower layers never import higher ones (a layer may import itself and anything below)
 # config is the library's run configuration; options is the CLI's schema over it, above the engine
 LAYERS = [{"errors"}, {"models", "plans", "data"}, {"config"}, {"runs"}, {"distributed"}, {"training"}, {"options"},
-          {"comparison", "hf"}, {"cli"}]
+          {"comparison", "hf", "advice"}, {"cli"}]
 TOP_LEVEL = {"__init__", "__main__", "errors"}
 
 

@@ -72,18 +72,16 @@ def run_plan(options: PlanOptions) -> str:
 
 def run_advise(options: AdviseOptions) -> str:
     """`freezetune advise`: evidence per block, candidate plans, and the pick within the budget."""
+    from freezetune.advice import advisor
     from freezetune.models.loading import load_model, require_causal_lm
-    from freezetune.training import advisor
 
     loaded = load_model(options.model, cache_dir=_cache(options))
     examples = None
     if options.data:
-        from freezetune.training.session import load_data
+        from freezetune.data.loading import load_data
 
         require_causal_lm(loaded, "advise --data")
-        probe = TrainConfig(model=options.model, data=options.data, objective=options.objective, seq_len=options.seq_len,
-                            batch_size=options.batch_size)
-        examples = load_data(probe, loaded.tokenizer)[0].examples
+        examples = load_data(loaded.tokenizer, options.objective, options.data, seq_len=options.seq_len)[0].examples
     info = advisor.advise(loaded, examples, options.budget_bytes(), options.seq_len, options.batch_size, options.dtype)
     info = {"model": options.model, "data": options.data, **info}
     return json.dumps(info, indent=2) if options.json else advisor.render_text(info)

@@ -23,6 +23,7 @@ from freezetune.comparison.strategies import (
 )
 from freezetune.comparison.worker import finished, release_memory
 from freezetune.data.examples import pad_token_id
+from freezetune.data.loading import load_data
 from freezetune.distributed.processes import die_with_parent
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
@@ -36,7 +37,7 @@ from freezetune.runs.manifest import (
     read_metrics,
 )
 from freezetune.training.evaluation import evaluate_model
-from freezetune.training.session import changed_setting, load_data
+from freezetune.training.session import changed_setting
 
 EXTEND_FACTOR = 4  # a search whose best rate sits at its grid's edge tries one more rate this much further out
 
@@ -63,7 +64,8 @@ def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
     base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
     path = settings.out / "base.json"
     if not path.is_file():
-        _, held, _ = load_data(settings.base_config, tokenizer)
+        config = settings.base_config
+        _, held, _ = load_data(tokenizer, config.objective, config.data, config.eval_data, config.seq_len, config.validation)
         log("evaluating the base model once, as the reference row")
         measured = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base", progress=progress)
         write_text(settings.out / "base-items.jsonl", "".join(json.dumps(i) + "\n" for i in measured.pop("items")))

@@ -258,11 +258,11 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     require_causal_lm(loaded, "compare")
     if any(strategy.advise for strategy in settings.strategies):
         # the advisor's pick on this model and the comparison's training data becomes the plan
-        from freezetune.training.advisor import advise
-        from freezetune.training.session import load_data
+        from freezetune.advice.advisor import advise
+        from freezetune.data.loading import load_data
 
         config = settings.base_config
-        examples = load_data(config, loaded.tokenizer)[0].examples
+        examples = load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len)[0].examples
         for index, strategy in enumerate(settings.strategies):
             if strategy.advise:
                 plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
@@ -287,9 +287,10 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         if not any(isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records):
             raise FreezetuneError(f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)")
     if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
-        from freezetune.training.session import load_data
+        from freezetune.data.loading import load_data
 
-        load_data(replace(settings.base_config, validation=settings.validation), loaded.tokenizer)  # too few examples fail here
+        config = settings.base_config  # too few examples for the validation split fail here, before anything trains
+        load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len, settings.validation)
     base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256

@@ -89,9 +89,6 @@ class TrainConfig(RunOptions):
         for name in ("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"):
             if getattr(self, name) < 0:
                 raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.batch_size % self.num_processes:
-            raise FreezetuneError(f"--batch-size {self.batch_size} does not divide among {self.num_processes} processes; "
-                                  "the global batch must split evenly")
         if self.fsdp and self.zero_stage:
             raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
         if self.max_steps == 0 and self.epochs <= 0:
@@ -108,11 +105,8 @@ class TrainConfig(RunOptions):
             raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
         parse_size(self.cache_ram, "--cache-ram")
         parse_size(self.cache_limit, "--cache-limit")
-        if self.parsed_schedule is not None:  # the syntax, before anything loads
-            if self.fsdp or self.zero_stage:
-                raise FreezetuneError(f"--schedule with --{'fsdp' if self.fsdp else 'zero-stage'}: the shards and "
-                                      "partitions are laid out once for a fixed trainable set; train a schedule with "
-                                      "replicas (DDP) or one process")
+        _ = self.parsed_schedule  # its syntax fails here, before anything loads
+        check_layout(self, self.num_processes, "--fsdp" if self.fsdp else "--zero-stage" if self.zero_stage else None)
         if self.log_with:
             from accelerate.utils import is_tensorboard_available, is_wandb_available
 
@@ -145,3 +139,14 @@ class TrainConfig(RunOptions):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> None:
+    """What the processes must allow: checked from the flags before freezetune starts them, and again in
+    each process under a launcher's own settings (torchrun, an accelerate config)."""
+    if config.batch_size % processes:
+        raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {processes} processes; "
+                              "the global batch must split evenly")
+    if config.schedule and sharding:
+        raise FreezetuneError(f"--schedule with {sharding}: the shards and partitions are laid out once for a fixed "
+                              "trainable set; train a schedule with replicas (DDP) or one process")

@@ -95,7 +95,7 @@ def evaluate_model(model, tokenizer, examples: list[Example], config, device, ru
     measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"), head=head)
     sums, tokens = measured.pop("item_loss_sums"), measured.pop("item_tokens")
     result.update({f"eval_{k}": v for k, v in measured.items()})
-    # an item's id is its place in the held-out set, which every seed and strategy shares (session.SPLIT_SEED)
+    # an item's id is its place in the held-out set, which every seed and strategy shares (data/loading.py SPLIT_SEED)
     result["items"] = [{"id": i, "loss_sum": s, "tokens": t} for i, (s, t) in enumerate(zip(sums, tokens))]
     checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:

@@ -40,11 +40,7 @@ from freezetune.training.accelerator import make_accelerator, seed_everything
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.guards import FirstStepGuard
 from freezetune.training.head import checked_head
-from freezetune.training.optimizer import (
-    build_optimizer,
-    build_scheduler,
-    retarget_optimizer,
-)
+from freezetune.training.optimizer import build_optimizer, build_scheduler, retarget_optimizer
 from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.session import Session
@@ -174,6 +170,37 @@ class TrainingLoop:
                 self.session.lock.release()
 
     def _run(self, should_stop: Callable[[], bool], before: dict | None) -> dict:
+        """The recipe: start (resume, the evaluation before); then each step: what trains now, one
+        TrainStep, its record, an evaluation and a checkpoint when due; then the trained tensors and the
+        evaluation after."""
+        start, before = self._start(before)
+        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view) if start == 0 else None
+        reset_peak_memory(self.device)
+        self.runner.train_mode()
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
+        step = start
+        # the bar is closed before any error is printed, so the message gets a line of its own
+        with bar, open(self.metrics_path if self.main else os.devnull, "a") as metrics:
+            self._metrics = metrics if self.main else None
+            while step < self.total_steps:
+                if self._stop_requested(should_stop):
+                    self._checkpoint(step)
+                    bar.close()
+                    self.log(f"stopped at step {step}; continue with --resume {self.session.run_dir}")
+                    return {"status": "interrupted", "step": step, "run_dir": str(self.session.run_dir)}
+                if self.retarget(self.trainable.at(step)) and guard is None:  # the first step's check, for the new set
+                    guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view, light=True)
+                record = self._step(step, guard)
+                guard, step = None, step + 1
+                self._record(record, metrics, bar)
+                self._when_due(step, metrics)
+            bar.close()
+            tensors = self._checkpoint(step)
+            self._metrics = None
+        return self._finish(step, before, tensors)
+
+    def _start(self, before: dict | None) -> tuple[int, dict]:
+        """The step to start from (a resumed run's checkpoint) and the evaluation before training."""
         config, run_dir = self.config, self.session.run_dir
         if self.main:  # what a killed writer of an earlier attempt left behind
             remove_leftovers(run_dir)
@@ -191,42 +218,29 @@ class TrainingLoop:
             self._update_manifest(eval_before=before)
         if config.log_with:
             self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
-        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view) if start == 0 else None
-        reset_peak_memory(self.device)
-        self.runner.train_mode()
-        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
-        step = start
-        # the bar is closed before any error is printed, so the message gets a line of its own
-        with bar, open(self.metrics_path if self.main else os.devnull, "a") as metrics:
-            self._metrics = metrics if self.main else None
-            while step < self.total_steps:
-                if self._stop_requested(should_stop):
-                    self._checkpoint(step)
-                    bar.close()
-                    self.log(f"stopped at step {step}; continue with --resume {run_dir}")
-                    return {"status": "interrupted", "step": step, "run_dir": str(run_dir)}
-                changed = self.retarget(self.trainable.at(step))
-                if changed and guard is None:  # the check of the first step, again for the new set
-                    guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view,
-                                           light=True)
-                record = self._step(step, guard)
-                guard = None
-                step += 1
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if config.log_with:
-                    self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                if config.eval_every and step % config.eval_every == 0 and step < self.total_steps:
-                    result = self.evaluate(f"step {step}")
-                    metrics.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}) + "\n")
-                    self.runner.train_mode()
-                if config.save_every and step % config.save_every == 0 and step < self.total_steps:
-                    self._checkpoint(step)
-            bar.close()
-            tensors = self._checkpoint(step)
-            self._metrics = None
+        return start, before
+
+    def _record(self, record: dict, metrics, bar) -> None:
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        if self.config.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def _when_due(self, step: int, metrics) -> None:
+        """--eval-every and --save-every, after ``step`` steps (the last step's are the run's end)."""
+        config = self.config
+        if config.eval_every and step % config.eval_every == 0 and step < self.total_steps:
+            result = self.evaluate(f"step {step}")
+            metrics.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}) + "\n")
+            self.runner.train_mode()
+        if config.save_every and step % config.save_every == 0 and step < self.total_steps:
+            self._checkpoint(step)
+
+    def _finish(self, step: int, before: dict, tensors: dict[str, torch.Tensor]) -> dict:
+        """The trained tensors, the evaluation after, every item's record, the manifest marked finished."""
+        run_dir = self.session.run_dir
         if self.main:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
@@ -240,7 +254,7 @@ class TrainingLoop:
             write_json(run_dir / "eval.json", {"before": before, "after": after})
             self._update_manifest(status="finished", steps=step, trained_names=self.trainable.trained_names)
         self.accelerator.wait_for_everyone()
-        if config.log_with:
+        if self.config.log_with:
             self.accelerator.end_training()
         return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
 

@@ -8,15 +8,10 @@ from pathlib import Path
 
 import torch
 
-from freezetune.config.run import TrainConfig
-from freezetune.data.examples import (
-    TokenizedData,
-    cpt_examples,
-    sft_examples,
-    split_holdout,
-)
-from freezetune.data.files import content_hash, read_records
-from freezetune.data.tasks import dispatch_task, stdlib_docstrings
+from freezetune.config.run import TrainConfig, check_layout
+from freezetune.data.examples import TokenizedData
+from freezetune.data.files import content_hash
+from freezetune.data.loading import load_data
 from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
@@ -65,42 +60,6 @@ class Session:
     sharding: FsdpSettings | ZeroSettings | None = None
     cache_train: bool = True  # False: the run ends within one epoch, so only the held-out rows are cached
     lock: FolderLock | None = None  # the run folder, held by this process (the main one) until the run ends
-
-
-SPLIT_SEED = 0  # held-out and validation splits never follow --seed: every seed and strategy is scored on the same items
-
-
-def load_data(config: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData, list[str]]:
-    """Train and eval examples; the built-in task or corpus when no data file is given."""
-    tokenize = sft_examples if config.objective == "sft" else cpt_examples
-    notes = []
-    if config.data is None:
-        if config.objective == "sft":
-            train_records, eval_records = dispatch_task()
-            notes.append(f"data: built-in dispatch task, {len(train_records)} train / {len(eval_records)} held-out")
-        else:
-            docs = stdlib_docstrings()
-            train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
-            notes.append(f"data: standard-library docstrings, {len(train_records)} train / "
-                         f"{len(eval_records)} held-out documents")
-        train, held = tokenize(train_records, tokenizer, config.seq_len), tokenize(eval_records, tokenizer, config.seq_len)
-    else:
-        train = tokenize(read_records(config.data), tokenizer, config.seq_len)
-        if config.eval_data:
-            held = tokenize(read_records(config.eval_data), tokenizer, config.seq_len)
-        else:
-            train, held = split_holdout(train, 0.05, SPLIT_SEED)
-            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data (the same for every seed)")
-    notes += train.notes + held.notes
-    if config.validation:  # score on a seeded slice of the training data; the held-out split stays unseen
-        if config.validation >= len(train.examples):
-            raise FreezetuneError(f"--validation {config.validation} leaves no training example "
-                                  f"(the training data has {len(train.examples)})")
-        train, held = split_holdout(train, 0.0, SPLIT_SEED, count=config.validation)
-        notes.append(f"eval: {len(held.examples)} training examples carved out as the validation split")
-    if not held.examples:
-        raise FreezetuneError("no evaluation example: give --eval-data or more --data")
-    return train, held, notes
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -171,9 +130,7 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
     config.validate()
     world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
-    if config.batch_size % world:
-        raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {world} processes; "
-                              "the global batch must split evenly")
+    check_layout(config, world, type(sharding).__name__.replace("Settings", "") if sharding is not None else None)
     plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
     main_process = process_state().is_main_process
@@ -192,14 +149,12 @@ def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
     apply_plan(loaded.model, resolved)
     dtypes = store_in_training_precision(loaded.model, config.precision, sharded=sharding is not None)
     if sharding is not None:
-        if config.schedule:
-            raise FreezetuneError(f"--schedule under {type(sharding).__name__.replace('Settings', '')}: shards and partitions "
-                                  "are laid out once for a fixed trainable set; train a schedule with replicas (DDP)")
         check_sharding(sharding, loaded.model, resolved, config.precision)
     schedule = config.parsed_schedule
     if schedule is not None:
         schedule.check(resolved)  # a schedule the plan cannot hold fails before the run folder exists
-    train, held, notes = load_data(config, loaded.tokenizer)
+    train, held, notes = load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len,
+                                   config.validation)
     if len(train.examples) < config.batch_size:  # epochs use full batches only
         raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch "
                               f"(--batch-size {config.batch_size})")
