@@ -135,3 +135,51 @@ def world(trained, tmp_path):
     """A fresh copy of the user's folder for one test to damage."""
     shutil.copytree(trained, tmp_path / "user")
     return tmp_path / "user"
+
+
+# Tests that took over about 8 s here (pytest --durations=0): several processes, real training runs.
+# `make test-fast` leaves them out, except one of each kind (KEPT_FAST), so every module still runs there.
+SLOW = {
+    "test_a_failing_strategy_is_reported_and_the_others_finish",
+    "test_a_killed_schedule_resumes_exactly_mid_phase",
+    "test_a_rerun_with_other_settings_never_reuses_a_stale_run",
+    "test_a_second_compare_on_one_folder_is_refused",
+    "test_a_second_train_on_a_running_run_is_refused_with_the_holders_pid",
+    "test_a_sharded_run_replays_the_prefix_cache_like_one_process",
+    "test_a_two_process_run_resumes_with_one_process",
+    "test_accelerate_launch_with_the_shipped_sharding_configs",
+    "test_an_interrupted_comparison_picks_up_where_it_stopped",
+    "test_bad_comparisons_stop_before_training",
+    "test_checkpoints_resume_across_layouts",
+    "test_compare_never_uses_a_damaged_retain_set_and_builds_it_again",
+    "test_compare_reads_a_yaml_config_with_a_strategy_list",
+    "test_compare_runs_the_advised_plan_as_one_more_strategy",
+    "test_compare_searches_rates_repeats_seeds_and_writes_the_report",
+    "test_console_script_exit_status",
+    "test_ctrl_c_twice_exits_130_without_a_traceback_and_the_run_resumes",
+    "test_each_process_caches_only_its_own_shard",
+    "test_each_strategy_reports_the_peak_memory_of_its_own_process",
+    "test_frozen_tensors_hold_no_gradient_and_no_optimizer_state_under_fsdp",
+    "test_report_command_rerenders_from_run_folders",
+    "test_schedules_are_compare_strategies",
+    "test_sigkill_at_random_moments_then_resume_gives_the_same_losses",
+    "test_sigkill_mid_training_then_resume_gives_the_same_losses",
+    "test_train_on_the_embedded_model_with_the_built_in_task",
+    "test_two_processes_follow_a_lisa_schedule_as_one_does",
+    "test_two_processes_match_one_and_write_one_checkpoint",
+    "test_two_processes_with_accumulation_train_the_same_model_on_every_backend",
+    "test_two_sharded_processes_match_one_plain_process",
+}
+KEPT_FAST = {
+    "tests/test_compare.py::test_a_failing_strategy_is_reported_and_the_others_finish",  # runner, worker, report
+    "tests/test_distributed.py::test_two_processes_match_one_and_write_one_checkpoint",  # DDP under torchrun
+    "tests/test_sharding.py::test_two_sharded_processes_match_one_plain_process[fsdp-plan]",  # FSDP2
+    "tests/test_sharding.py::test_two_sharded_processes_match_one_plain_process[zero2-plan]",  # DeepSpeed ZeRO
+    "tests/test_cli.py::test_console_script_exit_status",  # the process entry (python -m freezetune)
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.originalname in SLOW and item.nodeid not in KEPT_FAST:
+            item.add_marker(pytest.mark.slow)
