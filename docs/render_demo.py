@@ -21,7 +21,7 @@ BEGIN, END = "<!-- demo:begin", "<!-- demo:end -->"
 def render(results: dict) -> str:
     """The table the demo's report.md shows, where and how it was measured, and the verdict's lines."""
     minutes = results["invocation_wall_s"] / 60
-    return (f"{measured_line(results['provenance'])} The whole `make demo` comparison took {minutes:.1f} minutes.\n\n"
+    return (f"{measured_line(results['provenance'])} Its `freezetune compare` took {minutes:.1f} minutes.\n\n"
             + markdown_table(([results["base"]] if results["base"] else []) + results["runs"])
             + "\n" + "".join(f"> {line}\n>\n" for line in results["recommendation"]).rstrip(">\n") + "\n")
 
