@@ -121,3 +121,23 @@ def test_help_comes_from_the_typed_options(capsys):
     for flag in ("--seq-len", "--batch-size", "--dtype", "--json", "--format", "--cache-dir"):
         assert flag in out
     assert "{axolotl,llama-factory}" in out
+
+
+def test_a_start_up_ctrl_c_that_an_import_swallowed_still_stops_before_training():
+    import signal as signals
+
+    from freezetune.cli.console import StartUpInterrupt
+    from freezetune.runs.stop import StopFlag
+
+    handler = StartUpInterrupt()
+    previous = signals.signal(signals.SIGINT, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            handler(signals.SIGINT, None)  # raised at once; suppose a library's import caught it
+        with pytest.raises(KeyboardInterrupt), StopFlag():  # the loop's handler sees it had fired
+            pass
+        handler.fired = False
+        with StopFlag() as stop:  # no interrupt: the loop takes SIGINT over as usual
+            assert not stop.requested
+    finally:
+        signals.signal(signals.SIGINT, previous)

@@ -8,7 +8,19 @@ import signal
 import sys
 
 
+class StartUpInterrupt:
+    """SIGINT before a run's loop takes it over: raise at once, and remember it, because a library
+    that catches everything during its import can swallow the KeyboardInterrupt (runs/stop.py looks)."""
+
+    fired = False
+
+    def __call__(self, signum, frame):
+        self.fired = True
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, StartUpInterrupt())
     try:
         from freezetune.cli.commands import main as run
 

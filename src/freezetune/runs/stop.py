@@ -21,6 +21,8 @@ class StopFlag:
               "saves a checkpoint first, an evaluation under way finishes); a second signal stops at once", file=sys.stderr)
 
     def __enter__(self) -> StopFlag:
+        if getattr(signal.getsignal(signal.SIGINT), "fired", False):  # a start-up Ctrl-C an import swallowed
+            raise KeyboardInterrupt
         self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
