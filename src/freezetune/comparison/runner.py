@@ -21,7 +21,7 @@ from freezetune.comparison.strategies import (
     run_config,
     validate,
 )
-from freezetune.comparison.worker import finished, release_memory
+from freezetune.comparison.worker import STOPPED, finished, release_memory
 from freezetune.data.examples import pad_token_id
 from freezetune.data.loading import load_data
 from freezetune.distributed.processes import die_with_parent
@@ -106,7 +106,7 @@ def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str
         raise
     if code == 0:
         return "done"
-    if code in (3, 130) or forwarded:
+    if code in (STOPPED, 130) or forwarded:
         return "stopped"
     return f"its worker process ended with {f'signal {signal.Signals(-code).name}' if code < 0 else f'status {code}'}"
 

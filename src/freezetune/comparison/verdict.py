@@ -155,8 +155,7 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
               if all(m in tables[r["strategy"]] for r in done)}
     _annotate(done, tables, noises)
     cost = "retain_kl" if all("retain_kl" in tables[r["strategy"]] for r in done) else "peak_memory_bytes"
-    given = margins or {}
-    margins = {m: _margin(m, done, given) for m in (metric, cost) if m in MARGINS}
+    bounds = {m: _margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS}  # in each metric's units
     quality_tests = _tests(done, tables, metric, noises)
     cost_tests = _tests(done, tables, cost, noises) if cost in MARGINS else []
     for test in quality_tests:
@@ -168,7 +167,7 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
     dominates, separated = set(), set()
     for a, b in itertools.combinations(done, 2):
         q, c = by_pair.get((a["strategy"], b["strategy"], "quality")), by_pair.get((a["strategy"], b["strategy"], "forgetting"))
-        winner = _pair_outcome(q, c, a, b, metric, cost, margins)
+        winner = _pair_outcome(q, c, a, b, metric, cost, bounds)
         if winner:
             dominates.add((a["strategy"], b["strategy"]) if winner == "a" else (b["strategy"], a["strategy"]))
         apart = (q is not None and _better(q, LOWER_IS_BETTER[metric]) != 0) or (c is not None and _better(c, True) != 0) \
@@ -215,7 +214,7 @@ def decide(rows: list[dict], metric: str = "eval_loss", metric_reason: str = "",
     return {**verdict, "cost_metric": cost, "tests": tests,
             "frontier": [r["strategy"] for r in frontier], "indistinguishable": [g for g in groups if len(g) > 1],
             "best": best["strategy"], "gentlest": gentlest["strategy"], "dominated": dominated, "hints": hints,
-            "margins": margins, "sentence": sentence}
+            "margins": bounds, "sentence": sentence}
 
 
 def _hints(top: list[dict], tables: dict, noises: dict, metric: str, tests: int, seeds: int) -> list[str]:
