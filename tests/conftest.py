@@ -137,6 +137,13 @@ def world(trained, tmp_path):
     return tmp_path / "user"
 
 
+@pytest.fixture
+def retain_text(tmp_path):
+    path = tmp_path / "retain.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. Def function returns value. " * 20)
+    return path
+
+
 # Tests that took over about 8 s here (pytest --durations=0): several processes, real training runs.
 # `make test-fast` leaves them out, except one of each kind (KEPT_FAST), so every module still runs there.
 SLOW = {
