@@ -46,7 +46,7 @@ from freezetune.distributed.backends import Replicated
 from freezetune.runs.provenance import provenance
 from freezetune.training.accelerator import make_accelerator
 from freezetune.training.head import TargetHead
-from freezetune.training.optimizer import build_optimizer, build_scheduler
+from freezetune.training.optimizer import build_lr_scheduler, build_optimizer
 from freezetune.training.peak_memory import peak_memory_bytes
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.prefix_cache import PrefixCache
@@ -115,8 +115,8 @@ class Bench:
             head = None if path.startswith("naive") or path.endswith("allhead") else TargetHead(self.model)
             backend = Replicated(self.accelerator)
             model, optimizer = backend.wrap(self.model, lambda m: build_optimizer(m, LR, 0.0))
-            scheduler = build_scheduler(optimizer, warmup=0, total=10_000)
-            self.steps[path] = TrainStep(model, backend, runner, scheduler, self.accelerator, self.device, world=1, head=head)
+            lr_scheduler = build_lr_scheduler(optimizer, warmup=0, total=10_000)
+            self.steps[path] = TrainStep(model, backend, runner, lr_scheduler, self.accelerator, self.device, world=1, head=head)
         return self.steps[path]
 
     def step(self, path: str, index: int) -> float:

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from freezetune.cli.commands import main
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.training.optimizer import (
+    build_lr_scheduler,
     build_optimizer,
-    build_scheduler,
     retarget_optimizer,
 )
 
@@ -41,18 +41,18 @@ def test_the_schedule_keeps_every_block_at_its_multiple_and_a_retarget_adds_bloc
     for name, param in model.named_parameters():
         param.requires_grad = ".layers.3." in name
     optimizer = build_optimizer(model, 1e-3, 0.0, layer_decay=0.5)
-    scheduler = build_scheduler(optimizer, warmup=2, total=10)
+    lr_scheduler = build_lr_scheduler(optimizer, warmup=2, total=10)
     for _ in range(3):
         optimizer.step()
-        scheduler.step()
+        lr_scheduler.step()
     for name, param in model.named_parameters():  # unfreeze block 1 mid-run, as gradual unfreezing will
         param.requires_grad = ".layers.3." in name or ".layers.1." in name
-    retarget_optimizer(optimizer, scheduler, model, 0.0, layer_decay=0.5)
+    retarget_optimizer(optimizer, lr_scheduler, model, 0.0, layer_decay=0.5)
     rates = _rate_of(optimizer)
     top = next(p for n, p in model.named_parameters() if ".layers.3.mlp" in n)
     lower = next(p for n, p in model.named_parameters() if ".layers.1.mlp" in n)
     assert rates[id(lower)] == pytest.approx(rates[id(top)] * 0.25)
-    scheduler.step()
+    lr_scheduler.step()
     rates = _rate_of(optimizer)
     assert rates[id(lower)] == pytest.approx(rates[id(top)] * 0.25) and rates[id(top)] < 1e-3
 

@@ -19,7 +19,7 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
                          out=str(tmp_path / "run"), batch_size=4, seq_len=64, lr=1e-2, warmup=1, max_steps=10,
                          eval_generate=0, plan="freeze all; train mlp@top 1", prefix_cache="memory")
     trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
-    model, optimizer = trainer.module, trainer.scheduler.optimizer
+    model, optimizer = trainer.module, trainer.lr_scheduler.optimizer
     params = dict(model.named_parameters())
     trainer.runner.train_mode()
     trainer._step(0, None)
@@ -28,7 +28,8 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
     assert [g["name"] for g in optimizer.param_groups] == ["decay"]  # no 1-d tensor trains yet
 
     # block 2 (with its norms) trains from the next step on, block 3 stops
-    trainer.retarget(resolve(FreezePlan.parse("freeze all; train layers 2"), find_anatomy(model)))
+    assert trainer.trainable.move_to(resolve(FreezePlan.parse("freeze all; train layers 2"), find_anatomy(model)),
+                                     trainer.retarget)
     # the cache keeps block 2's outputs (depth 3) apart from block 1's (depth 2): none is replayed at the new depth
     first = trainer.micro_batches(0)[0]
     assert trainer.runner.depth == 2 and trainer.runner.cache.keys()
@@ -48,5 +49,5 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
 
     # a static plan passes through the seam and changes nothing
     groups = [list(g["params"]) for g in optimizer.param_groups]
-    trainer.retarget(trainer.resolved)
+    assert not trainer.trainable.move_to(trainer.resolved, trainer.retarget)
     assert [list(g["params"]) for g in optimizer.param_groups] == groups

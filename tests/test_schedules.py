@@ -54,10 +54,10 @@ def test_lisa_draws_seeded_blocks_and_drops_the_moments_of_those_that_rest(tiny_
                          eval_generate=0, plan="train all; freeze embeddings", schedule="lisa layers=1 every=2",
                          prefix_cache="off")
     trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
-    optimizer, params = trainer.scheduler.optimizer, dict(trainer.module.named_parameters())
+    optimizer, params = trainer.lr_scheduler.optimizer, dict(trainer.module.named_parameters())
     seen = []
     for step in range(12):
-        trainer.retarget(trainer.trainable.at(step))
+        trainer.trainable.advance(step, trainer.retarget)
         block = trainer._step(step, None)["active_blocks"]  # what metrics.jsonl records for the step
         assert len(block) == 1
         seen.append(block[0])
@@ -287,3 +287,37 @@ def test_plan_previews_a_schedules_phases_and_its_peak(tiny_chat_model_dir, caps
     text = capsys.readouterr().out
     assert "schedule: lisa layers=2 every=3 (LISA's draws for --seed 0)" in text
     assert "peak training memory estimate over the phases:" in text
+
+
+def test_the_trainable_set_retargets_only_when_the_set_changes_and_rearms_the_check(tiny_llama):
+    """The engine the loop and FreezeCallback share: a phase that keeps the set applies nothing; a change
+    applies once, drops the moments of what rests, and asks for a light first-step check."""
+    from freezetune.training.trainable_set import TrainableSet
+
+    universe = resolve(FreezePlan.parse("freeze embeddings"), find_anatomy(tiny_llama))
+    for name, param in tiny_llama.named_parameters():
+        param.requires_grad = name in set(universe.trainable_names())
+    optimizer = torch.optim.AdamW([p for p in tiny_llama.parameters() if p.requires_grad])
+    tiny_llama(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    trainable, applied = TrainableSet(universe, Schedule.parse("gradual every=2 start=1 step=1"), seed=0), []
+
+    def apply(plan):
+        applied.append(plan.trainable_names())
+        for name, param in tiny_llama.named_parameters():
+            param.requires_grad = name in set(plan.trainable_names())
+        return optimizer
+
+    assert trainable.take_check() == "full" and trainable.take_check() is None
+    assert trainable.advance(0, apply) and trainable.take_check() == "light"
+    top = trainable_blocks_of(applied[-1])
+    assert top == {3}
+    held = {n for n, p in tiny_llama.named_parameters() if p in optimizer.state}
+    assert held and all(n in set(applied[-1]) for n in held)  # the resting tensors' moments went
+    assert not trainable.advance(1, apply) and trainable.take_check() is None and len(applied) == 1
+    assert trainable.advance(2, apply) and trainable_blocks_of(applied[-1]) == {2, 3}
+    assert trainable.take_check() == "light"
+
+
+def trainable_blocks_of(names):
+    return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}

@@ -25,6 +25,7 @@ from freezetune.options.commands import MARGIN_HELP, parse_margins
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
+from freezetune.plans.schedule import Schedule
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
 
@@ -42,7 +43,8 @@ class Strategy:
     lr: float | None = None  # given as lr=X inside the strategy: no search
     advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
     budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
-    schedule: str | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
+    schedule: Schedule | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
+    rules: FreezePlan | None = None  # ``plan`` parsed, once: the checks use it, the workers get its text
 
     @property
     def slug(self) -> str:
@@ -72,17 +74,14 @@ def parse_strategy(text: str) -> Strategy:
     if not words:
         raise FreezetuneError("empty --strategy")
     if words[0] in ("gradual", "lisa"):
-        from freezetune.plans.schedule import Schedule
-
         schedule, _, plan = text.partition(" over ")
         try:
-            schedule = Schedule.parse(schedule.strip()).render()
-            FreezePlan.parse(plan.strip() or "train all")
+            schedule, rules = Schedule.parse(schedule.strip()), FreezePlan.parse(plan.strip() or "train all")
         except FreezetuneError as exc:
             raise FreezetuneError(f"--strategy '{name}': {exc}") from None
-        return Strategy(name, "plan", plan.strip() or "train all", lr=rate, schedule=schedule)
+        return Strategy(name, "plan", plan.strip() or "train all", lr=rate, schedule=schedule, rules=rules)
     if text.strip() == "full":
-        return Strategy(name, "full", "train all", lr=rate)
+        return Strategy(name, "full", "train all", lr=rate, rules=FreezePlan.parse("train all"))
     if words[0] == "advise":
         budget = None
         for word in words[1:]:
@@ -106,8 +105,8 @@ def parse_strategy(text: str) -> Strategy:
             and not text.endswith((".yaml", ".yml", ".json", ".txt")):
         raise FreezetuneError(f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
                               "advise [budget=SIZE], or a freeze plan (its rules start with freeze or train)")
-    FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
-    return Strategy(name, "plan", text.strip(), lr=rate)
+    rules = FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
+    return Strategy(name, "plan", text.strip(), lr=rate, rules=rules)
 
 
 @dataclass
@@ -235,7 +234,8 @@ def run_config(settings: CompareSettings, strategy: Strategy, rate: float, seed:
     """One seed's reported run at ``rate``; ``seed`` None: the search run of ``rate`` (shorter, on the validation split)."""
     group = settings.out / "runs" / strategy.slug
     run_dir = group / f"seed-{seed}" if seed is not None else group / "search" / f"lr-{rate:g}"
-    values = dict(model=settings.model, plan=strategy.plan, schedule=strategy.schedule, lr=rate, out=str(run_dir),
+    schedule = strategy.schedule.render() if strategy.schedule else None  # the worker's spec is text: JSON
+    values = dict(model=settings.model, plan=strategy.plan, schedule=schedule, lr=rate, out=str(run_dir),
                   seed=settings.seeds[0],
                   resume=str(run_dir) if checkpoint_dirs(run_dir) else None, show_generations=0, lora_r=0)
     if seed is None:  # scored on the validation split by its loss alone: no answers to generate
@@ -266,16 +266,15 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         for index, strategy in enumerate(settings.strategies):
             if strategy.advise:
                 plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
-                settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan)
+                settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan,
+                                                     rules=FreezePlan.parse(plan))
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
         if strategy.kind == "plan":
             try:
-                resolved = resolve(FreezePlan.parse(strategy.plan), anatomy)
+                resolved = resolve(strategy.rules, anatomy)
                 if strategy.schedule:
-                    from freezetune.plans.schedule import Schedule
-
-                    Schedule.parse(strategy.schedule).check(resolved)
+                    strategy.schedule.check(resolved)
             except FreezetuneError as exc:
                 raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
     if settings.retain is not None:

@@ -15,7 +15,6 @@ from freezetune.errors import FreezetuneError
 from freezetune.hf.freeze import FreezeHandle
 from freezetune.plans.schedule import Schedule
 from freezetune.training.guards import FirstStepGuard
-from freezetune.training.optimizer import drop_resting_moments
 from freezetune.training.trainable_set import TrainableSet
 
 
@@ -28,29 +27,26 @@ class FreezeCallback(TrainerCallback):
         if self.schedule is not None:
             self.schedule.check(handle.universe)
         self.trainable = TrainableSet(handle.universe, self.schedule, seed)  # the phases, as `train` follows them
-        self.first, self.still, self.rate = True, False, None
+        self.still, self.rate = False, None
         self.guard: FirstStepGuard | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.schedule is not None and (getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)):
             raise FreezetuneError("FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
                                   "their optimizer state once for a fixed set; drop the schedule or train without them")
+        if self.handle.resolved is not self.handle.universe:  # a second train() starts from the whole plan too
+            self.handle.retarget(self.handle.universe)
         self.trainable = TrainableSet(self.handle.universe, self.schedule, self.trainable.seed)
-        self.first = True
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        changed = False
-        phase = self.trainable.phase
-        plan = self.trainable.at(state.global_step)
-        if self.schedule is not None and self.trainable.phase != phase:
-            before = set(self.handle.resolved.trainable_names())
+        def retarget(plan):
             self.handle.retarget(plan)
-            changed = set(self.handle.resolved.trainable_names()) != before
-            if changed and optimizer is not None:
-                drop_resting_moments(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps torch's
-        if self.first or changed:  # the first step, and the first of each new set, are checked
-            self.guard = self._guard(light=not self.first)
-            self.first = False
+            return optimizer  # the Trainer's AdamW already holds every tensor of the plan: only moments go
+
+        self.trainable.advance(state.global_step, retarget)
+        check = self.trainable.take_check()  # the first step, and the first of each new set, are checked
+        if check is not None:
+            self.guard = self._guard(light=check == "light")
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.guard is not None:

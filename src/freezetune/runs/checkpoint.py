@@ -106,7 +106,7 @@ def stage_rng(run_dir: Path, step: int, rank: int) -> None:
     save_rng(root / f".{rng_name(rank)}.step-{step}.partial")
 
 
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict, scheduler,
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict, lr_scheduler,
                     state: dict, processes: int = 1) -> Path:
     """``tensors`` and ``optimizer``: from trainable_state and optimizer_state; the processes' random
     states: from stage_rng. Main process only."""
@@ -117,7 +117,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     with staged_dir(target, replace=True) as staging:
         save_file(tensors, str(staging / "trainable.safetensors"), metadata={"format": "pt"})
         save_file(moments, str(staging / "optimizer.safetensors"), metadata={"format": "pt"})
-        (staging / "optimizer.json").write_text(json.dumps({**described, "scheduler": scheduler.state_dict()}, indent=2))
+        (staging / "optimizer.json").write_text(json.dumps({**described, "scheduler": lr_scheduler.state_dict()}, indent=2))
         for rank in range(processes):
             os.replace(root / f".{rng_name(rank)}.step-{step}.partial", staging / rng_name(rank))
         files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(staging.iterdir())}
@@ -170,14 +170,14 @@ def intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
     raise FreezetuneError(f"{run_dir}: no intact checkpoint to resume from")
 
 
-def load_checkpoint(checkpoint: Path, scheduler, rank: int) -> tuple[dict, dict[str, torch.Tensor], dict]:
+def load_checkpoint(checkpoint: Path, lr_scheduler, rank: int) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """The schedule and this process's random state back. Returns the state, the trained tensors and
     the optimizer state, which the backend puts in place (it knows where its weights and state live)."""
     state = json.loads((checkpoint / "state.json").read_text())
     tensors = read_tensors(checkpoint / "trainable.safetensors")
     described = json.loads((checkpoint / "optimizer.json").read_text())
     optimizer = _join_optimizer(read_tensors(checkpoint / "optimizer.safetensors"), described)
-    scheduler.load_state_dict(described["scheduler"])
+    lr_scheduler.load_state_dict(described["scheduler"])
     # a run resumed with more processes than it saved: the new ones take the main process's state
     own = checkpoint / rng_name(rank)
     load_rng(own if own.is_file() else checkpoint / rng_name(0))

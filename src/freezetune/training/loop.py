@@ -40,7 +40,7 @@ from freezetune.training.accelerator import make_accelerator, seed_everything
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.guards import FirstStepGuard
 from freezetune.training.head import checked_head
-from freezetune.training.optimizer import build_optimizer, build_scheduler, retarget_optimizer
+from freezetune.training.optimizer import build_lr_scheduler, build_optimizer, retarget_optimizer
 from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.session import Session
@@ -81,18 +81,18 @@ class TrainingLoop:
         self.model, optimizer = self.backend.wrap(
             self.model,
             lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay))
-        # the scheduler stays unprepared: accelerate would step it once per process, but the global batch,
+        # the lr_scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
-        self.scheduler = build_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
+        self.lr_scheduler = build_lr_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
         self.head, note = None, "head: every position (--head-positions all)"
         if self.config.head_positions == "targets":
             first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
             self.head, note = checked_head(self.module, self.model, first, self.accelerator,
                                            sharded=self.backend.gathers_everywhere)
         self.session.notes.append(note)
-        self.train_step = TrainStep(self.model, self.backend, self.runner, self.scheduler, self.accelerator,
+        self.train_step = TrainStep(self.model, self.backend, self.runner, self.lr_scheduler, self.accelerator,
                                     self.device, self.world, self.head)
-        self.retarget(self.trainable.at(0))  # the seam schedules change the trainable set through
+        self.trainable.advance(0, self.retarget)  # a schedule's first phase
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self._metrics = None  # the open metrics file, while run() runs
 
@@ -107,10 +107,11 @@ class TrainingLoop:
             intact_checkpoint(self.session.run_dir, self.log)
         self.accelerator.wait_for_everyone()
         last = checkpoint_dirs(self.session.run_dir)[-1]
-        state, tensors, optimizer = load_checkpoint(last, self.scheduler, self.rank)
+        state, tensors, optimizer = load_checkpoint(last, self.lr_scheduler, self.rank)
         step = state["step"]
         # the optimizer state saved is that of the set the last step trained; the loop moves on from there
-        self.retarget(self.trainable.at(max(step - 1, 0)))
+        self.trainable.advance(max(step - 1, 0), self.retarget)
+        self.trainable.take_check()  # the run was checked when it started
         self.trainable.add_trained(tensors)
         self.runner.mark_trained(tensors)  # a prefix trained before the kill is no longer the cached one
         self.backend.restore(self.module, tensors, optimizer, last)
@@ -143,7 +144,7 @@ class TrainingLoop:
                 self._metrics.flush()
                 os.fsync(self._metrics.fileno())
             try:
-                save_checkpoint(self.session.run_dir, step, tensors, optimizer, self.scheduler,
+                save_checkpoint(self.session.run_dir, step, tensors, optimizer, self.lr_scheduler,
                                 {"total_steps": self.total_steps, "processes": self.world,
                                  "backend": type(self.backend).__name__, **self.trainable.state()}, self.world)
             except (OSError, SafetensorError) as exc:
@@ -174,7 +175,6 @@ class TrainingLoop:
         TrainStep, its record, an evaluation and a checkpoint when due; then the trained tensors and the
         evaluation after."""
         start, before = self._start(before)
-        guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view) if start == 0 else None
         reset_peak_memory(self.device)
         self.runner.train_mode()
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -188,10 +188,9 @@ class TrainingLoop:
                     bar.close()
                     self.log(f"stopped at step {step}; continue with --resume {self.session.run_dir}")
                     return {"status": "interrupted", "step": step, "run_dir": str(self.session.run_dir)}
-                if self.retarget(self.trainable.at(step)) and guard is None:  # the first step's check, for the new set
-                    guard = FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view, light=True)
-                record = self._step(step, guard)
-                guard, step = None, step + 1
+                self.trainable.advance(step, self.retarget)
+                record = self._step(step, self._guard(self.trainable.take_check()))
+                step += 1
                 self._record(record, metrics, bar)
                 self._when_due(step, metrics)
             bar.close()
@@ -258,18 +257,21 @@ class TrainingLoop:
             self.accelerator.end_training()
         return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
 
-    def retarget(self, resolved: ResolvedPlan) -> bool:
-        """Change what trains, at a step boundary: requires_grad, the optimizer's groups, the prefix
-        runner's depth. A static plan passes through and changes nothing. Returns whether it changed."""
-        names = resolved.trainable_names()
-        if names == self.names:
-            return False
+    def retarget(self, resolved: ResolvedPlan) -> torch.optim.Optimizer:
+        """Change what trains, at a step boundary (TrainableSet.advance calls it when the set changes):
+        requires_grad, the optimizer's groups, the prefix runner's depth."""
         optimizer = self.backend.retarget(self.module, resolved)
-        retarget_optimizer(optimizer, self.scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
+        retarget_optimizer(optimizer, self.lr_scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
         self.runner.retarget(resolved)
         self.runner.train_mode()
-        self.names, self.resolved = names, resolved
-        return True
+        self.names, self.resolved = resolved.trainable_names(), resolved
+        return optimizer
+
+    def _guard(self, check: str | None) -> FirstStepGuard | None:
+        """The first-step check ``TrainableSet.take_check`` asked for, over what trains now."""
+        if check is None:
+            return None
+        return FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view, light=check == "light")
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
         return micro_batches(self.session.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,

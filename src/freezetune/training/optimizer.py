@@ -51,7 +51,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, laye
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def build_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then cosine decay to 0 at ``total``; every group keeps its own peak rate."""
     def factor(step: int) -> float:
         if step < warmup:
@@ -64,19 +64,18 @@ def build_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_schedu
 
 def drop_resting_moments(optimizer: torch.optim.Optimizer) -> None:
     """Forget the moments of every tensor in the groups that no longer trains: a block that comes back
-    starts afresh (carrying them over is the leak LISA implementations are known for)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if not param.requires_grad:
-                optimizer.state.pop(param, None)
+    starts afresh (carrying them over is the leak LISA implementations are known for). Read from the state
+    itself, so it holds after the groups were pointed at the new set. ``optimizer`` may be accelerate's wrapper."""
+    state = getattr(optimizer, "optimizer", optimizer).state
+    for param in [p for p in state if not p.requires_grad]:
+        del state[param]
 
 
-def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch.nn.Module, weight_decay: float,
+def retarget_optimizer(optimizer: torch.optim.Optimizer, lr_scheduler, model: torch.nn.Module, weight_decay: float,
                        layer_decay: float = 1.0) -> None:
     """Point the groups at the tensors whose requires_grad is set now, in the model's order."""
-    drop_resting_moments(optimizer)
     # the run's peak rate, recovered from any group: each group's base rate is it times the group's multiple
-    peak = scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
+    peak = lr_scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
     fresh_groups = _groups(model, weight_decay, layer_decay)
     named = {g["name"] for g in fresh_groups}
     for group in optimizer.param_groups:
@@ -88,7 +87,7 @@ def retarget_optimizer(optimizer: torch.optim.Optimizer, scheduler, model: torch
             group["params"] = fresh["params"]
         elif fresh["params"]:  # a kind of tensor that did not train before: a group, and the schedule's share of it
             base = peak * fresh["lr_scale"]
-            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            factor = lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch)
             optimizer.add_param_group({**fresh, "lr": base * factor, "initial_lr": base})
-            scheduler.base_lrs.append(base)
-            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            lr_scheduler.base_lrs.append(base)
+            lr_scheduler.lr_lambdas.append(lr_scheduler.lr_lambdas[0])

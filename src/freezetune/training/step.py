@@ -55,9 +55,9 @@ class TrainStep:
     """``model``: what the backend wrapped (DDP, FSDP2, DeepSpeed engine or the model itself);
     ``runner``: the prefix runner, or None for a model left as transformers built it."""
 
-    def __init__(self, model, backend, runner, scheduler, accelerator, device: torch.device, world: int, head=None):
+    def __init__(self, model, backend, runner, lr_scheduler, accelerator, device: torch.device, world: int, head=None):
         """``head``: a TargetHead (training/head.py) that projects only the target positions, or None."""
-        self.model, self.backend, self.runner, self.scheduler = model, backend, runner, scheduler
+        self.model, self.backend, self.runner, self.lr_scheduler = model, backend, runner, lr_scheduler
         self.accelerator, self.device, self.world, self.head = accelerator, device, world, head
 
     def _sum(self, *values: float) -> list[float]:
@@ -106,10 +106,10 @@ class TrainStep:
             raise NonFiniteLoss(f"the loss is {measured['loss']}")
         if guard is not None:
             guard.check_gradients()
-        rates = self.scheduler.get_last_lr()  # each group's rate for this step
+        rates = self.lr_scheduler.get_last_lr()  # each group's rate for this step
         lr = rates[0]
         self.backend.step(max_grad_norm)
-        self.scheduler.step()
+        self.lr_scheduler.step()
         if guard is not None:
             guard.check_update(max(rates))
         elapsed = time.perf_counter() - started
