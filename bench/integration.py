@@ -50,8 +50,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="steps per trainer per round (the first is set-up)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "integration.json"))
+    parser.add_argument(
+        "--steps", type=int, default=3, help="steps per trainer per round (the first is set-up)"
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "integration.json")
+    )
     args = parser.parse_args()
 
     rows = [{"text": record.fields["text"]} for record in stdlib_docstrings()[:400]]
@@ -60,18 +64,41 @@ def main() -> None:
         for name in ("trl_default", "freeze"):
             loaded = load_model("smollm2-135m")
             model = loaded.model
-            for param_name, param in model.named_parameters():  # the hand-frozen script both start from
+            for (
+                param_name,
+                param,
+            ) in model.named_parameters():  # the hand-frozen script both start from
                 block = param_name.split(".")[2] if param_name.startswith("model.layers.") else None
-                param.requires_grad_(not (param_name.startswith("model.embed_tokens") or
-                                          (block is not None and int(block) < FROZEN)))
+                param.requires_grad_(
+                    not (
+                        param_name.startswith("model.embed_tokens")
+                        or (block is not None and int(block) < FROZEN)
+                    )
+                )
             if name == "freeze":
                 freeze(model, PLAN)  # the one line
-            config = SFTConfig(output_dir=str(Path(tmp) / name), max_steps=args.steps, per_device_train_batch_size=4,
-                               learning_rate=1e-5, logging_steps=10**6, save_strategy="no", report_to="none",
-                               use_cpu=True, max_length=256, packing=True, dataloader_num_workers=0, disable_tqdm=True)
+            config = SFTConfig(
+                output_dir=str(Path(tmp) / name),
+                max_steps=args.steps,
+                per_device_train_batch_size=4,
+                learning_rate=1e-5,
+                logging_steps=10**6,
+                save_strategy="no",
+                report_to="none",
+                use_cpu=True,
+                max_length=256,
+                packing=True,
+                dataloader_num_workers=0,
+                disable_tqdm=True,
+            )
             timers[name] = StepTimer()
-            trainers[name] = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                                        processing_class=loaded.tokenizer, callbacks=[timers[name]])
+            trainers[name] = SFTTrainer(
+                model=model,
+                args=config,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=loaded.tokenizer,
+                callbacks=[timers[name]],
+            )
         checkpointing = trainers["trl_default"].args.gradient_checkpointing
         times = {name: [] for name in trainers}
         for _ in range(args.rounds):
@@ -80,17 +107,31 @@ def main() -> None:
                 trainer.train()
                 times[name] += timers[name].times[1:]
     median = {name: statistics.median(values) for name, values in times.items()}
-    result = {"provenance": provenance(), "measured": "SFTTrainer.train steps", "model": "smollm2-135m", "device": "cpu",
-              "threads": torch.get_num_threads(),
-              "data": "stdlib docstrings, packed to 256 tokens", "batch_size": 4, "max_length": 256,
-              "gradient_checkpointing": checkpointing, "frozen": f"embeddings + blocks 0-{FROZEN - 1}", "plan": PLAN,
-              "steps": {name: {"step_time_s": median[name], "step_times_s": values} for name, values in times.items()},
-              "ratios": {"trl_default_over_freeze": median["trl_default"] / median["freeze"]}}
+    result = {
+        "provenance": provenance(),
+        "measured": "SFTTrainer.train steps",
+        "model": "smollm2-135m",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "data": "stdlib docstrings, packed to 256 tokens",
+        "batch_size": 4,
+        "max_length": 256,
+        "gradient_checkpointing": checkpointing,
+        "frozen": f"embeddings + blocks 0-{FROZEN - 1}",
+        "plan": PLAN,
+        "steps": {
+            name: {"step_time_s": median[name], "step_times_s": values}
+            for name, values in times.items()
+        },
+        "ratios": {"trl_default_over_freeze": median["trl_default"] / median["freeze"]},
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name in times:
         print(f"{name:<12} median step {median[name]:.2f} s over {len(times[name])} steps")
-    print(f"trl_default_over_freeze {result['ratios']['trl_default_over_freeze']:.2f}\nwrote {args.out}")
+    print(
+        f"trl_default_over_freeze {result['ratios']['trl_default_over_freeze']:.2f}\nwrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

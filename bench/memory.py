@@ -24,8 +24,14 @@ import torch
 
 from freezetune.runs.provenance import provenance
 
-SHAPE = dict(hidden_size=1280, intermediate_size=3456, num_hidden_layers=24, num_attention_heads=20,
-             num_key_value_heads=20, tie_word_embeddings=False)
+SHAPE = dict(
+    hidden_size=1280,
+    intermediate_size=3456,
+    num_hidden_layers=24,
+    num_attention_heads=20,
+    num_key_value_heads=20,
+    tie_word_embeddings=False,
+)
 STRATEGIES = {"full": "train all", "freeze bottom 75%": "freeze bottom 75%"}
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 SEQ_LEN, BATCH, STEPS = 128, 2, 3
@@ -57,25 +63,49 @@ def child(folder: Path, strategy: str, precision: str) -> dict:
     from freezetune.training.session import open_session
 
     before = current_rss_bytes() if not torch.cuda.is_available() else 0
-    config = TrainConfig(model=str(folder / "model"), data=str(folder / "train.jsonl"), eval_data=str(folder / "eval.jsonl"),
-                         out=str(folder / "runs" / f"{strategy}-{precision}".replace(" ", "-").replace("%", "")),
-                         plan=STRATEGIES[strategy], precision=precision, seq_len=SEQ_LEN, batch_size=BATCH,
-                         max_steps=STEPS, eval_generate=0, prefix_cache="off", save_every=0, show_generations=0)
+    config = TrainConfig(
+        model=str(folder / "model"),
+        data=str(folder / "train.jsonl"),
+        eval_data=str(folder / "eval.jsonl"),
+        out=str(folder / "runs" / f"{strategy}-{precision}".replace(" ", "-").replace("%", "")),
+        plan=STRATEGIES[strategy],
+        precision=precision,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        max_steps=STEPS,
+        eval_generate=0,
+        prefix_cache="off",
+        save_every=0,
+        show_generations=0,
+    )
     session = open_session(config)
-    estimate = describe(session.resolved, "llama", SEQ_LEN, BATCH, PRECISIONS[precision])["memory_estimate_bytes"]
+    estimate = describe(session.resolved, "llama", SEQ_LEN, BATCH, PRECISIONS[precision])[
+        "memory_estimate_bytes"
+    ]
     TrainingLoop(session, log=lambda message: None, progress=False).run()
-    metrics = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()
+    ]
     measured = max(r["peak_memory_bytes"] for r in metrics if "peak_memory_bytes" in r) - before
     dtypes = json.loads((Path(config.out) / "manifest.json").read_text())["dtypes"]
-    return {"strategy": strategy, "precision": precision, "estimate_bytes": estimate["total"], "measured_bytes": measured,
-            "estimate": estimate, "dtypes": dtypes, "params": session.resolved.total_params,
-            "trainable_params": session.resolved.trainable_params}
+    return {
+        "strategy": strategy,
+        "precision": precision,
+        "estimate_bytes": estimate["total"],
+        "measured_bytes": measured,
+        "estimate": estimate,
+        "dtypes": dtypes,
+        "params": session.resolved.total_params,
+        "trainable_params": session.resolved.trainable_params,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
-    parser.add_argument("--child", nargs=3, metavar=("FOLDER", "STRATEGY", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("FOLDER", "STRATEGY", "PRECISION"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(Path(args.child[0]), args.child[1], args.child[2])))
@@ -85,21 +115,39 @@ def main() -> None:
         build(Path(tmp))
         for precision in PRECISIONS:
             for strategy in STRATEGIES:
-                out = subprocess.run([sys.executable, __file__, "--child", tmp, strategy, precision], capture_output=True,
-                                     text=True, check=True).stdout
-                row = {"model": f"llama-{json.loads(out.strip().splitlines()[-1])['params'] / 1e9:.2f}B (random, from a config)",
-                       **json.loads(out.strip().splitlines()[-1])}
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", tmp, strategy, precision],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                row = {
+                    "model": f"llama-{json.loads(out.strip().splitlines()[-1])['params'] / 1e9:.2f}B "
+                    "(random, from a config)",
+                    **json.loads(out.strip().splitlines()[-1]),
+                }
                 rows.append(row)
-                print(f"{row['strategy']:<20}{precision:<6}estimate {row['estimate_bytes'] / 2**30:6.2f} GiB   "
-                      f"measured {row['measured_bytes'] / 2**30:6.2f} GiB   "
-                      f"ratio {row['measured_bytes'] / row['estimate_bytes']:.2f}")
+                print(
+                    f"{row['strategy']:<20}{precision:<6}estimate {row['estimate_bytes'] / 2**30:6.2f} GiB   "
+                    f"measured {row['measured_bytes'] / 2**30:6.2f} GiB   "
+                    f"ratio {row['measured_bytes'] / row['estimate_bytes']:.2f}"
+                )
     peak = {(r["strategy"], r["precision"]): r["measured_bytes"] for r in rows}
-    result = {"provenance": provenance(), "device": "cuda" if torch.cuda.is_available() else "cpu", "seq_len": SEQ_LEN,
-              "batch_size": BATCH,
-              "steps": STEPS, "shape": SHAPE, "rows": rows,
-              "ratios": {"bf16_over_fp32_freeze75": peak[("freeze bottom 75%", "bf16")] / peak[("freeze bottom 75%", "fp32")],
-                         "bf16_over_fp32_full": peak[("full", "bf16")] / peak[("full", "fp32")],
-                         "measured_over_estimate": [r["measured_bytes"] / r["estimate_bytes"] for r in rows]}}
+    result = {
+        "provenance": provenance(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "seq_len": SEQ_LEN,
+        "batch_size": BATCH,
+        "steps": STEPS,
+        "shape": SHAPE,
+        "rows": rows,
+        "ratios": {
+            "bf16_over_fp32_freeze75": peak[("freeze bottom 75%", "bf16")]
+            / peak[("freeze bottom 75%", "fp32")],
+            "bf16_over_fp32_full": peak[("full", "bf16")] / peak[("full", "fp32")],
+            "measured_over_estimate": [r["measured_bytes"] / r["estimate_bytes"] for r in rows],
+        },
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["ratios"], indent=2))

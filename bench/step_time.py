@@ -52,8 +52,16 @@ from freezetune.training.prefix import PrefixRunner
 from freezetune.training.prefix_cache import PrefixCache
 from freezetune.training.step import TrainStep, micro_batches
 
-PATHS = ["full", "freeze75", "freeze75_gc", "freeze75_fill", "freeze75_cached", "freeze75_cached_allhead", "naive",
-         "naive_gc"]
+PATHS = [
+    "full",
+    "freeze75",
+    "freeze75_gc",
+    "freeze75_fill",
+    "freeze75_cached",
+    "freeze75_cached_allhead",
+    "naive",
+    "naive_gc",
+]
 CACHED = ("freeze75_fill", "freeze75_cached", "freeze75_cached_allhead")
 PLAN = "freeze bottom 75%"
 LR, MAX_GRAD_NORM = 1e-6, 1.0
@@ -66,8 +74,14 @@ def peak_rss_bytes() -> int:
 
 RANDOM_SHAPES = {
     # TinyLlama-1.1B's shape with SmolLM2's vocabulary, random weights: a ~1B model without any download
-    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4, tie_word_embeddings=False),
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -76,7 +90,9 @@ def random_model(name: str, vocab_size: int) -> torch.nn.Module:
 
     shape = RANDOM_SHAPES.get(name.removeprefix("random:"))
     if shape is None:
-        raise SystemExit(f"unknown random model {name}; one of: {', '.join('random:' + k for k in RANDOM_SHAPES)}")
+        raise SystemExit(
+            f"unknown random model {name}; one of: {', '.join('random:' + k for k in RANDOM_SHAPES)}"
+        )
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(**shape, vocab_size=vocab_size))
 
@@ -87,16 +103,24 @@ class Bench:
         self.device = torch.device(args.device)
         embedded = load_model("smollm2-135m" if args.model.startswith("random:") else args.model)
         tokenizer = embedded.tokenizer
-        model = random_model(args.model, len(tokenizer)) if args.model.startswith("random:") else embedded.model
+        model = (
+            random_model(args.model, len(tokenizer))
+            if args.model.startswith("random:")
+            else embedded.model
+        )
         self.model = model.to(self.device)
         self.anatomy = find_anatomy(self.model)
         train, _ = dispatch_task()
         self.examples = sft_examples(train, tokenizer, args.seq_len).examples
         self.order = BatchOrder(len(self.examples), args.batch_size, seed=0)
         self.pad_id = pad_token_id(tokenizer)
-        self.accelerator = make_accelerator("bf16" if args.precision == "bf16" else "fp32", None, Path("."))
-        self.plans = {"full": resolve(FreezePlan.parse("train all"), self.anatomy),
-                      "freeze": resolve(FreezePlan.parse(PLAN), self.anatomy)}
+        self.accelerator = make_accelerator(
+            "bf16" if args.precision == "bf16" else "fp32", None, Path(".")
+        )
+        self.plans = {
+            "full": resolve(FreezePlan.parse("train all"), self.anatomy),
+            "freeze": resolve(FreezePlan.parse(PLAN), self.anatomy),
+        }
         self.steps: dict[str, TrainStep] = {}
         self.caches: dict[str, PrefixCache] = {}
 
@@ -112,11 +136,24 @@ class Bench:
                 cache = self.caches.setdefault(path, PrefixCache()) if path in CACHED else None
                 runner = PrefixRunner(self.model, self._plan(path), path == "freeze75_gc", cache)
             # freezetune's paths project the targets only, as `train` does; plain transformers and `all` every position
-            head = None if path.startswith("naive") or path.endswith("allhead") else TargetHead(self.model)
+            head = (
+                None
+                if path.startswith("naive") or path.endswith("allhead")
+                else TargetHead(self.model)
+            )
             backend = Replicated(self.accelerator)
             model, optimizer = backend.wrap(self.model, lambda m: build_optimizer(m, LR, 0.0))
             lr_scheduler = build_lr_scheduler(optimizer, warmup=0, total=10_000)
-            self.steps[path] = TrainStep(model, backend, runner, lr_scheduler, self.accelerator, self.device, world=1, head=head)
+            self.steps[path] = TrainStep(
+                model,
+                backend,
+                runner,
+                lr_scheduler,
+                self.accelerator,
+                self.device,
+                world=1,
+                head=head,
+            )
         return self.steps[path]
 
     def step(self, path: str, index: int) -> float:
@@ -133,14 +170,21 @@ class Bench:
         else:
             self.model.train()
             if path == "naive_gc":
-                with warnings.catch_warnings():  # deprecated alias in transformers 5; it is what users call
+                with (
+                    warnings.catch_warnings()
+                ):  # deprecated alias in transformers 5; it is what users call
                     warnings.simplefilter("ignore", FutureWarning)
                     self.model.gradient_checkpointing_enable()
         try:
             micro = micro_batches(self.examples, self.order, index, 1, 0, 1, self.pad_id)
             if path in CACHED[1:] and not self.caches[path].has_all(micro[0].keys):
-                with torch.no_grad(), runner.batch(micro[0].keys, micro[0].lengths):  # epoch 1 filled it
-                    self.model(**{k: v.to(self.device) for k, v in micro[0].batch.items()}, use_cache=False)
+                with (
+                    torch.no_grad(),
+                    runner.batch(micro[0].keys, micro[0].lengths),
+                ):  # epoch 1 filled it
+                    self.model(
+                        **{k: v.to(self.device) for k, v in micro[0].batch.items()}, use_cache=False
+                    )
             self._sync()
             record = train_step(micro, MAX_GRAD_NORM)
             self._sync()
@@ -158,7 +202,9 @@ class Bench:
 
     def target_fraction(self) -> float:
         """Share of the batches' positions the loss is on (what the masked head projects)."""
-        rows = [micro_batches(self.examples, self.order, i, 1, 0, 1, self.pad_id)[0] for i in range(8)]
+        rows = [
+            micro_batches(self.examples, self.order, i, 1, 0, 1, self.pad_id)[0] for i in range(8)
+        ]
         return sum(r.targets for r in rows) / sum(r.batch["input_ids"].numel() for r in rows)
 
     def _sync(self):
@@ -170,26 +216,50 @@ def flop_ideals(anatomy, plan, target_fraction: float) -> dict:
     """Ideal ratios from FLOPs: forward 2N, backward 4N (input-grad 2N + weight-grad 2N) per token; freezetune's
     head projects ``target_fraction`` of the positions, plain transformers' (naive, allhead) all of them."""
     blocks = sum(e.numel for e in anatomy.entries if e.part == "block" and e.name == e.tensor)
-    head = sum(e.numel for e in anatomy.entries if e.part == "head")  # a tied head still costs its matmul
-    trained_blocks = sum(e.numel for e in anatomy.entries if e.part == "block" and e.tensor in plan.trainable)
+    head = sum(
+        e.numel for e in anatomy.entries if e.part == "head"
+    )  # a tied head still costs its matmul
+    trained_blocks = sum(
+        e.numel for e in anatomy.entries if e.part == "block" and e.tensor in plan.trainable
+    )
     head_trains = any(e.tensor in plan.trainable for e in anatomy.entries if e.part == "head")
     f = target_fraction
     full = 6 * blocks + 6 * head * f
-    head_cost = 2 * head + (4 if head_trains else 2) * head  # forward, then input grad (+ weight grad)
+    head_cost = (
+        2 * head + (4 if head_trains else 2) * head
+    )  # forward, then input grad (+ weight grad)
     freeze = 2 * blocks + head_cost * f + 4 * trained_blocks
     cached = 2 * trained_blocks + head_cost * f + 4 * trained_blocks
     cached_allhead = 2 * trained_blocks + head_cost + 4 * trained_blocks
     naive = 2 * blocks + head_cost + 4 * trained_blocks
-    return {"full_over_freeze75": full / freeze, "full_over_freeze75_cached": full / cached,
-            "naive_over_freeze75": naive / freeze, "head_masked_speedup": cached_allhead / cached,
-            "pitfall_full_over_freeze75_autograd_leak": full / (freeze + 2 * (blocks - trained_blocks))}
+    return {
+        "full_over_freeze75": full / freeze,
+        "full_over_freeze75_cached": full / cached,
+        "naive_over_freeze75": naive / freeze,
+        "head_masked_speedup": cached_allhead / cached,
+        "pitfall_full_over_freeze75_autograd_leak": full / (freeze + 2 * (blocks - trained_blocks)),
+    }
 
 
 def measure_memory_cpu(args) -> dict:
     results = {}
     for path in PATHS:
-        command = [sys.executable, __file__, "--only", path, "--model", args.model, "--seq-len", str(args.seq_len),
-                   "--batch-size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            path,
+            "--model",
+            args.model,
+            "--seq-len",
+            str(args.seq_len),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results[path] = json.loads(out.strip().splitlines()[-1])["peak_memory_bytes"]
     return results
@@ -197,20 +267,31 @@ def measure_memory_cpu(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="a model name or path, or random:llama-1b")
-    parser.add_argument("--seq-len", type=int, default=256, help="the run's --seq-len (built-in task examples are shorter)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a model name or path, or random:llama-1b"
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=256,
+        help="the run's --seq-len (built-in task examples are shorter)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
-    parser.add_argument("--only", choices=PATHS, help=argparse.SUPPRESS)  # child process: one path, memory only
+    parser.add_argument(
+        "--only", choices=PATHS, help=argparse.SUPPRESS
+    )  # child process: one path, memory only
     args = parser.parse_args()
 
     before_model = peak_rss_bytes()
     bench = Bench(args)
-    if args.only:  # memory of one path alone (CPU): two steps, so optimizer state exists at the peak
+    if (
+        args.only
+    ):  # memory of one path alone (CPU): two steps, so optimizer state exists at the peak
         for index in range(2):
             bench.step(args.only, index)
         print(json.dumps({"peak_memory_bytes": peak_rss_bytes() - before_model}))
@@ -244,11 +325,20 @@ def main() -> None:
     }
     result = {
         "provenance": provenance(),
-        "measured": "train_step", "model": args.model, "device": str(bench.device), "precision": args.precision,
-        "data": "built-in dispatch task (SFT)", "target_fraction": bench.target_fraction(), "seq_len": args.seq_len,
+        "measured": "train_step",
+        "model": args.model,
+        "device": str(bench.device),
+        "precision": args.precision,
+        "data": "built-in dispatch task (SFT)",
+        "target_fraction": bench.target_fraction(),
+        "seq_len": args.seq_len,
         "batch_size": args.batch_size,
-        "steps": args.steps, "threads": torch.get_num_threads(),
-        "paths": {p: {"step_time_s": median[p], "step_times_s": times[p], "peak_memory_bytes": peaks[p]} for p in PATHS},
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "paths": {
+            p: {"step_time_s": median[p], "step_times_s": times[p], "peak_memory_bytes": peaks[p]}
+            for p in PATHS
+        },
         "ratios": ratios,
         "ideal": flop_ideals(bench.anatomy, bench.plans["freeze"], bench.target_fraction()),
     }
@@ -256,7 +346,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'path':<24}{'step s':>9}{'vs freeze75':>13}{'peak MiB':>11}")
     for path in PATHS:
-        print(f"{path:<24}{median[path]:>9.3f}{median[path] / median['freeze75']:>13.2f}{peaks[path] / 2**20:>11.0f}")
+        print(
+            f"{path:<24}{median[path]:>9.3f}{median[path] / median['freeze75']:>13.2f}{peaks[path] / 2**20:>11.0f}"
+        )
     print()
     for name, value in ratios.items():
         ideal = result["ideal"].get(name)

@@ -21,30 +21,51 @@ def _rows(page: str, header: str, rows: list[str]) -> str:
     start = page.index(header + "\n")
     body = page.index("\n", page.index("\n", start) + 1) + 1  # after the header and its |---| line
     end = page.find("\n\n", body)
-    return page[:body] + "\n".join(rows) + page[end if end >= 0 else len(page):]
+    return page[:body] + "\n".join(rows) + page[end if end >= 0 else len(page) :]
 
 
 def _targets(page: str) -> dict[str, str]:
-    return {m[0]: m[1] for m in re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", page, re.MULTILINE)}
+    return {
+        m[0]: m[1] for m in re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", page, re.MULTILINE)
+    }
 
 
 def performance(page: str) -> str:
     step = json.loads((RESULTS / "step_time.json").read_text())
     reference = step["paths"]["freeze75"]["step_time_s"]
-    page = _rows(page, "| path | step s | vs `freeze75` | peak MiB |", [
-        f"| `{path}` | {v['step_time_s']:.2f} | {v['step_time_s'] / reference:.2f} | {v['peak_memory_bytes'] / 2**20:,.0f} |"
-        for path, v in step["paths"].items()])
+    page = _rows(
+        page,
+        "| path | step s | vs `freeze75` | peak MiB |",
+        [
+            f"| `{path}` | {v['step_time_s']:.2f} | {v['step_time_s'] / reference:.2f} "
+            f"| {v['peak_memory_bytes'] / 2**20:,.0f} |"
+            for path, v in step["paths"].items()
+        ],
+    )
     targets = _targets(page)
-    page = _rows(page, "| ratio | measured | target | FLOP ideal |", [
-        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | "
-        f"{step['ideal'][name]:.2f} |" if name in step.get("ideal", {}) else
-        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | — |" for name, value in step["ratios"].items()])
+    page = _rows(
+        page,
+        "| ratio | measured | target | FLOP ideal |",
+        [
+            f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | "
+            f"{step['ideal'][name]:.2f} |"
+            if name in step.get("ideal", {})
+            else f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} | — |"
+            for name, value in step["ratios"].items()
+        ],
+    )
     memory = json.loads((RESULTS / "memory.json").read_text())
     header = "| strategy | precision | stored (frozen / trained) | estimate GiB | measured GiB | measured / estimate |"
-    page = _rows(page, header, [
-        f"| {r['strategy']} | {r['precision']} | {r['dtypes']['frozen']} / {r['dtypes']['trainable']} | "
-        f"{r['estimate_bytes'] / 2**30:.2f} | {r['measured_bytes'] / 2**30:.2f} | "
-        f"{r['measured_bytes'] / r['estimate_bytes']:.2f} |" for r in memory["rows"]])
+    page = _rows(
+        page,
+        header,
+        [
+            f"| {r['strategy']} | {r['precision']} | {r['dtypes']['frozen']} / {r['dtypes']['trainable']} | "
+            f"{r['estimate_bytes'] / 2**30:.2f} | {r['measured_bytes'] / 2**30:.2f} | "
+            f"{r['measured_bytes'] / r['estimate_bytes']:.2f} |"
+            for r in memory["rows"]
+        ],
+    )
     ratio = memory["ratios"]["bf16_over_fp32_freeze75"]
     return re.sub(r"peaks at [0-9.]+× its fp32 peak", f"peaks at {ratio:.2f}× its fp32 peak", page)
 
@@ -52,12 +73,23 @@ def performance(page: str) -> str:
 def integration(page: str) -> str:
     result = json.loads((RESULTS / "integration.json").read_text())
     steps = result["steps"]
-    page = _rows(page, "| script | step s | steps timed |", [
-        f"| {label} | {steps[name]['step_time_s']:.2f} | {len(steps[name]['step_times_s'])} |"
-        for name, label in (("trl_default", "frozen by hand"), ("freeze", "with `freeze()`"))])
+    page = _rows(
+        page,
+        "| script | step s | steps timed |",
+        [
+            f"| {label} | {steps[name]['step_time_s']:.2f} | {len(steps[name]['step_times_s'])} |"
+            for name, label in (("trl_default", "frozen by hand"), ("freeze", "with `freeze()`"))
+        ],
+    )
     targets = _targets(page)
-    return _rows(page, "| ratio | measured | target |", [
-        f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} |" for name, value in result["ratios"].items()])
+    return _rows(
+        page,
+        "| ratio | measured | target |",
+        [
+            f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} |"
+            for name, value in result["ratios"].items()
+        ],
+    )
 
 
 def main() -> None:

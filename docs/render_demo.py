@@ -21,22 +21,26 @@ BEGIN, END = "<!-- demo:begin", "<!-- demo:end -->"
 def render(results: dict) -> str:
     """The table the demo's report.md shows, where and how it was measured, and the verdict's lines."""
     minutes = results["invocation_wall_s"] / 60
-    return (f"{measured_line(results['provenance'])} Its `freezetune compare` took {minutes:.1f} minutes.\n\n"
-            + markdown_table(([results["base"]] if results["base"] else []) + results["runs"])
-            + "\n" + "".join(f"> {line}\n>\n" for line in results["recommendation"]).rstrip(">\n") + "\n")
+    return (
+        f"{measured_line(results['provenance'])} Its `freezetune compare` took {minutes:.1f} minutes.\n\n"
+        + markdown_table(([results["base"]] if results["base"] else []) + results["runs"])
+        + "\n"
+        + "".join(f"> {line}\n>\n" for line in results["recommendation"]).rstrip(">\n")
+        + "\n"
+    )
 
 
 def block(readme: str) -> str:
     """What sits between the markers now (the begin marker's line excluded)."""
     start = readme.index(BEGIN)
-    return readme[readme.index("\n", start) + 1:readme.index(END)]
+    return readme[readme.index("\n", start) + 1 : readme.index(END)]
 
 
 def main() -> None:
     readme = (ROOT / "README.md").read_text()
     fresh = render(json.loads(RESULTS.read_text()))
     start = readme.index("\n", readme.index(BEGIN)) + 1
-    (ROOT / "README.md").write_text(readme[:start] + fresh + readme[readme.index(END):])
+    (ROOT / "README.md").write_text(readme[:start] + fresh + readme[readme.index(END) :])
     print(f"README demo block rewritten from {RESULTS.relative_to(ROOT)}")
 
 

@@ -3,7 +3,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freezetune.errors import PlanError
-from freezetune.plans.language import BLOCK_COMPONENTS, OUTER_COMPONENTS, All, Component, Depth, FreezePlan, Layers, Regex, Rule
+from freezetune.plans.language import (
+    BLOCK_COMPONENTS,
+    OUTER_COMPONENTS,
+    All,
+    Component,
+    Depth,
+    FreezePlan,
+    Layers,
+    Regex,
+    Rule,
+)
 
 
 def parse_one(text):

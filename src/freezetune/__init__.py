@@ -8,9 +8,17 @@ import importlib
 
 # names resolve on first use, so `import freezetune` (and the CLI's start) does not load torch
 _HOMES = {
-    "Anatomy": "plans.anatomy", "find_anatomy": "plans.anatomy", "FreezetuneError": "errors", "PlanError": "errors",
-    "LoadedModel": "models.loading", "load_model": "models.loading", "FreezePlan": "plans.language", "Rule": "plans.language",
-    "ResolvedPlan": "plans.resolution", "apply_plan": "plans.resolution", "resolve": "plans.resolution",
+    "Anatomy": "plans.anatomy",
+    "find_anatomy": "plans.anatomy",
+    "FreezetuneError": "errors",
+    "PlanError": "errors",
+    "LoadedModel": "models.loading",
+    "load_model": "models.loading",
+    "FreezePlan": "plans.language",
+    "Rule": "plans.language",
+    "ResolvedPlan": "plans.resolution",
+    "apply_plan": "plans.resolution",
+    "resolve": "plans.resolution",
 }
 
 

@@ -35,18 +35,33 @@ def snr_scores(model: torch.nn.Module, anatomy: Anatomy) -> list[float]:
     ratios: list[list[float]] = [[] for _ in range(anatomy.num_layers)]
     for entry in anatomy.entries:
         weight = params.get(entry.name)
-        if entry.part != "block" or entry.name != entry.tensor or weight is None or weight.dim() != 2 or min(weight.shape) < 2:
+        if (
+            entry.part != "block"
+            or entry.name != entry.tensor
+            or weight is None
+            or weight.dim() != 2
+            or min(weight.shape) < 2
+        ):
             continue
         matrix = weight.detach().float()
         values = torch.linalg.svdvals(matrix)
         edge = float(matrix.std()) * (math.sqrt(matrix.shape[0]) + math.sqrt(matrix.shape[1]))
         noise = float(values[values <= edge].sum())
-        ratios[entry.layer].append(float(values[values > edge].sum()) / noise if noise > 0 else float(values.sum()))
+        ratios[entry.layer].append(
+            float(values[values > edge].sum()) / noise if noise > 0 else float(values.sum())
+        )
     return [sum(r) / len(r) if r else 0.0 for r in ratios]
 
 
-def gradient_scores(model: torch.nn.Module, anatomy: Anatomy, examples: list[Example], batch_size: int, pad_id: int,
-                    accelerator, batches: int = 4) -> list[float]:
+def gradient_scores(
+    model: torch.nn.Module,
+    anatomy: Anatomy,
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    accelerator,
+    batches: int = 4,
+) -> list[float]:
     """Per block, ||gradient|| / ||weights|| summed over ``batches`` batches through the full model."""
     from freezetune.distributed.backends import Replicated
 
@@ -54,14 +69,28 @@ def gradient_scores(model: torch.nn.Module, anatomy: Anatomy, examples: list[Exa
     for param in model.parameters():
         param.requires_grad_(True)
         param.grad = None
-    step = TrainStep(model, Replicated(accelerator), None, None, accelerator, accelerator.device, world=1)
+    step = TrainStep(
+        model, Replicated(accelerator), None, None, accelerator, accelerator.device, world=1
+    )
     model.train()
-    chosen = [examples[i:i + batch_size] for i in range(0, min(len(examples), batches * batch_size), batch_size)]
-    step.forward_backward([MicroBatch(collate(rows, pad_id), None, [len(r.input_ids) for r in rows]) for rows in chosen])
+    chosen = [
+        examples[i : i + batch_size]
+        for i in range(0, min(len(examples), batches * batch_size), batch_size)
+    ]
+    step.forward_backward(
+        [
+            MicroBatch(collate(rows, pad_id), None, [len(r.input_ids) for r in rows])
+            for rows in chosen
+        ]
+    )
     params = dict(model.named_parameters())
     grads, norms = [0.0] * anatomy.num_layers, [0.0] * anatomy.num_layers
     for entry in anatomy.entries:
-        if entry.part == "block" and entry.name == entry.tensor and params[entry.name].grad is not None:
+        if (
+            entry.part == "block"
+            and entry.name == entry.tensor
+            and params[entry.name].grad is not None
+        ):
             grads[entry.layer] += float(params[entry.name].grad.float().pow(2).sum())
             norms[entry.layer] += float(params[entry.name].detach().float().pow(2).sum())
     for name, param in model.named_parameters():
@@ -79,7 +108,9 @@ def predicted_step_ratio(resolved: ResolvedPlan) -> float:
     names = frozenset(resolved.trainable_names())
     sizes, trained = _block_sizes(anatomy, names)
     head = anatomy.dims.vocab_size * anatomy.dims.hidden_size
-    head_trains = any(e.part == "head" and (e.tensor in names or e.name in names) for e in anatomy.entries)
+    head_trains = any(
+        e.part == "head" and (e.tensor in names or e.name in names) for e in anatomy.entries
+    )
     lowest = anatomy.num_layers - resolved.backward_depth
     plan = sum(sizes) + (3 if head_trains else 2) * head + sum(sizes[lowest:]) + sum(trained)
     return plan / (3 * sum(sizes) + 3 * head)
@@ -94,15 +125,27 @@ class Candidate:
     score: float  # the share of the evidence the plan trains (0 to 1)
 
 
-def candidates(anatomy: Anatomy, evidence: list[float], seq_len: int, batch_size: int, dtype: str) -> list[Candidate]:
+def candidates(
+    anatomy: Anatomy, evidence: list[float], seq_len: int, batch_size: int, dtype: str
+) -> list[Candidate]:
     """Plans of growing size: the top k blocks, their MLPs, their attention, and the k best-evidenced blocks."""
     layers = anatomy.num_layers
-    sizes = sorted({k for k in (1, 2, layers // 8, layers // 4, layers // 2, 3 * layers // 4) if 0 < k < layers})
+    sizes = sorted(
+        {
+            k
+            for k in (1, 2, layers // 8, layers // 4, layers // 2, 3 * layers // 4)
+            if 0 < k < layers
+        }
+    )
     ranked = sorted(range(layers), key=lambda i: -evidence[i])
     texts = []
     for k in sizes:
-        texts += [f"train top {k}", f"train mlp@top {k}", f"train attn@top {k}",
-                  "train layers " + ",".join(str(i) for i in sorted(ranked[:k]))]
+        texts += [
+            f"train top {k}",
+            f"train mlp@top {k}",
+            f"train attn@top {k}",
+            "train layers " + ",".join(str(i) for i in sorted(ranked[:k])),
+        ]
     total = sum(evidence) or 1.0
     found, seen = [], set()
     for text in texts:
@@ -112,13 +155,24 @@ def candidates(anatomy: Anatomy, evidence: list[float], seq_len: int, batch_size
             continue
         seen.add(names)
         share = _trained_share(anatomy, names)
-        memory = estimate_memory(anatomy, resolved.trainable_params, resolved.backward_depth, seq_len, batch_size, dtype)
-        found.append(Candidate(text, resolved.trainable_params, memory["total"], round(predicted_step_ratio(resolved), 4),
-                               round(sum(share[i] * evidence[i] for i in range(layers)) / total, 4)))
+        memory = estimate_memory(
+            anatomy, resolved.trainable_params, resolved.backward_depth, seq_len, batch_size, dtype
+        )
+        found.append(
+            Candidate(
+                text,
+                resolved.trainable_params,
+                memory["total"],
+                round(predicted_step_ratio(resolved), 4),
+                round(sum(share[i] * evidence[i] for i in range(layers)) / total, 4),
+            )
+        )
     return found
 
 
-def _block_sizes(anatomy: Anatomy, names: frozenset[str] = frozenset()) -> tuple[list[int], list[int]]:
+def _block_sizes(
+    anatomy: Anatomy, names: frozenset[str] = frozenset()
+) -> tuple[list[int], list[int]]:
     """Per block, its parameters and how many of them are among ``names``."""
     sizes, trained = [0] * anatomy.num_layers, [0] * anatomy.num_layers
     for entry in anatomy.entries:
@@ -139,17 +193,27 @@ def pick(found: list[Candidate], budget: int) -> Candidate:
     fitting = [c for c in found if c.memory_estimate_bytes <= budget]
     if not fitting:
         smallest = min(found, key=lambda c: c.memory_estimate_bytes)
-        raise FreezetuneError(f"no candidate plan fits the memory budget of {human_bytes(budget)}; the smallest, "
-                              f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}")
+        raise FreezetuneError(
+            f"no candidate plan fits the memory budget of {human_bytes(budget)}; the smallest, "
+            f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}"
+        )
     best = max(fitting, key=lambda c: (c.score, -c.memory_estimate_bytes))
     if best.score <= 0:
-        raise FreezetuneError(f"no candidate within the memory budget of {human_bytes(budget)} trains a block with evidence "
-                              "(the evidence sits in blocks only larger plans reach); raise --memory-budget")
+        raise FreezetuneError(
+            f"no candidate within the memory budget of {human_bytes(budget)} trains a block with evidence "
+            "(the evidence sits in blocks only larger plans reach); raise --memory-budget"
+        )
     return best
 
 
-def advise(loaded, examples: list[Example] | None, budget: int | None, seq_len: int, batch_size: int,
-           dtype: str = "float32") -> dict:
+def advise(
+    loaded,
+    examples: list[Example] | None,
+    budget: int | None,
+    seq_len: int,
+    batch_size: int,
+    dtype: str = "float32",
+) -> dict:
     """The advice for ``loaded`` (models.loading.LoadedModel): evidence per block (gradients too when
     ``examples`` are given), candidates, the pick within ``budget`` (default: half of full fine-tuning's
     estimate) and the sentence saying why. No evidence, or nothing that fits, is a FreezetuneError."""
@@ -159,42 +223,73 @@ def advise(loaded, examples: list[Example] | None, budget: int | None, seq_len: 
 
     anatomy = find_anatomy(loaded.model)
     if anatomy.num_layers < 2:
-        raise FreezetuneError(f"the model has {anatomy.num_layers} block(s): there are no layers to choose between")
+        raise FreezetuneError(
+            f"the model has {anatomy.num_layers} block(s): there are no layers to choose between"
+        )
     snr = snr_scores(loaded.model, anatomy)
     gradient = None
     if examples:
         accelerator = make_accelerator("fp32", None, Path("."))
-        gradient = gradient_scores(loaded.model, anatomy, examples, batch_size, pad_token_id(loaded.tokenizer), accelerator)
+        gradient = gradient_scores(
+            loaded.model, anatomy, examples, batch_size, pad_token_id(loaded.tokenizer), accelerator
+        )
     evidence = gradient or snr
     if not any(score > 0 for score in evidence):
-        raise FreezetuneError("no evidence: every block scored 0 (no 2-d weights, or no gradient reached them)")
+        raise FreezetuneError(
+            "no evidence: every block scored 0 (no 2-d weights, or no gradient reached them)"
+        )
     found = candidates(anatomy, evidence, seq_len, batch_size, dtype)
     full = resolve(FreezePlan.parse("train all"), anatomy)
-    full_bytes = estimate_memory(anatomy, full.trainable_params, full.backward_depth, seq_len, batch_size, dtype)["total"]
+    full_bytes = estimate_memory(
+        anatomy, full.trainable_params, full.backward_depth, seq_len, batch_size, dtype
+    )["total"]
     chosen = pick(found, budget or full_bytes // 2)
     which = "gradients on the data" if gradient else "weight spectra (no data)"
-    within = (f"the memory budget of {human_bytes(budget)}" if budget else
-              f"{human_bytes(full_bytes // 2)} (no memory budget given: half of full fine-tuning's estimate)")
-    reason = (f"'{chosen.plan}' trains the blocks holding {100 * chosen.score:.0f}% of the evidence ({which}), the most "
-              f"of any candidate within {within}; its estimate is {human_bytes(chosen.memory_estimate_bytes)} and its "
-              f"step about {chosen.predicted_step_ratio:.2f}x full's.")
+    within = (
+        f"the memory budget of {human_bytes(budget)}"
+        if budget
+        else f"{human_bytes(full_bytes // 2)} (no memory budget given: half of full fine-tuning's estimate)"
+    )
+    reason = (
+        f"'{chosen.plan}' trains the blocks holding {100 * chosen.score:.0f}% of the evidence ({which}), the most "
+        f"of any candidate within {within}; its estimate is {human_bytes(chosen.memory_estimate_bytes)} and its "
+        f"step about {chosen.predicted_step_ratio:.2f}x full's."
+    )
     params = _block_sizes(anatomy)[0]
-    return {"memory_budget_bytes": budget or full_bytes // 2,
-            "evidence": [{"index": i, "gradient_score": gradient[i] if gradient else None, "snr_score": snr[i],
-                          "params": params[i]} for i in range(anatomy.num_layers)],
-            "candidates": [asdict(c) for c in found], "plan": chosen.plan, "reason": reason}
+    return {
+        "memory_budget_bytes": budget or full_bytes // 2,
+        "evidence": [
+            {
+                "index": i,
+                "gradient_score": gradient[i] if gradient else None,
+                "snr_score": snr[i],
+                "params": params[i],
+            }
+            for i in range(anatomy.num_layers)
+        ],
+        "candidates": [asdict(c) for c in found],
+        "plan": chosen.plan,
+        "reason": reason,
+    }
 
 
 def render_text(info: dict) -> str:
     """The evidence table, the candidates and the pick, for a terminal."""
-    lines = [f"{info['model']}: evidence per block (gradient: {'from ' + info['data'] if info.get('data') else 'no --data'})",
-             f"  {'block':>5}  {'params':>12}  {'snr':>8}  {'gradient':>9}"]
+    lines = [
+        f"{info['model']}: evidence per block "
+        f"(gradient: {'from ' + info['data'] if info.get('data') else 'no --data'})",
+        f"  {'block':>5}  {'params':>12}  {'snr':>8}  {'gradient':>9}",
+    ]
     for row in info["evidence"]:
         grad = f"{row['gradient_score']:.4g}" if row["gradient_score"] is not None else "—"
-        lines.append(f"  {row['index']:>5}  {row['params']:>12,}  {row['snr_score']:>8.4g}  {grad:>9}")
+        lines.append(
+            f"  {row['index']:>5}  {row['params']:>12,}  {row['snr_score']:>8.4g}  {grad:>9}"
+        )
     lines += ["", f"  {'candidate':<44} {'memory':>10} {'step':>6} {'evidence':>9}"]
     for c in info["candidates"]:
         mark = "  <- pick" if c["plan"] == info["plan"] else ""
-        lines.append(f"  {c['plan'][:44]:<44} {c['memory_estimate_bytes'] / 2**30:>7.2f} GiB {c['predicted_step_ratio']:>5.2f}x "
-                     f"{100 * c['score']:>8.1f}%{mark}")
+        lines.append(
+            f"  {c['plan'][:44]:<44} {c['memory_estimate_bytes'] / 2**30:>7.2f} GiB {c['predicted_step_ratio']:>5.2f}x "
+            f"{100 * c['score']:>8.1f}%{mark}"
+        )
     return "\n".join(lines + ["", f"plan: {info['plan']}", info["reason"]])

@@ -19,24 +19,42 @@ def run_cache(options: CacheOptions) -> str:
     root = (Path(options.cache_dir) if options.cache_dir else DEFAULT_CACHE_DIR) / "prefix"
     entries = cache_entries(root)
     if options.action == "clear":
-        cutoff = time.time() - 86400 * options.older_than if options.older_than is not None else float("inf")
+        cutoff = (
+            time.time() - 86400 * options.older_than
+            if options.older_than is not None
+            else float("inf")
+        )
         gone = [e for e in entries if e["used"] < cutoff]
         lines = []
         for entry in gone:
             kept = remove_cache(entry["path"])
-            lines.append(f"removed {Path(entry['path']).name} ({human_bytes(entry['bytes'])})"
-                         + (f"; kept {len(kept)} files freezetune did not write: {', '.join(p.name for p in kept[:3])}"
-                            if kept else ""))
-        lines.append(f"removed {len(gone)} of {len(entries)} prefix caches "
-                     f"({human_bytes(sum(e['bytes'] for e in gone))}) from {root}")
+            lines.append(
+                f"removed {Path(entry['path']).name} ({human_bytes(entry['bytes'])})"
+                + (
+                    f"; kept {len(kept)} files freezetune did not write: {', '.join(p.name for p in kept[:3])}"
+                    if kept
+                    else ""
+                )
+            )
+        lines.append(
+            f"removed {len(gone)} of {len(entries)} prefix caches "
+            f"({human_bytes(sum(e['bytes'] for e in gone))}) from {root}"
+        )
         return "\n".join(lines)
     if not entries:
         return f"no prefix caches in {root}"
     lines = [f"{'cache':<40}{'size':>10}  {'last used':<17}  model / plan"]
     for entry in reversed(entries):  # most recently used first
         meta, used = entry["meta"], time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["used"]))
-        what = "(damaged marker: a run at this key rebuilds it)" if entry["damaged"] else \
-            f"{meta.get('model', '?')} / {meta.get('plan', '?')}"
-        lines.append(f"{Path(entry['path']).name:<40}{human_bytes(entry['bytes']):>10}  {used:<17}  {what}")
-    lines.append(f"{len(entries)} caches, {human_bytes(sum(e['bytes'] for e in entries))} in {root}")
+        what = (
+            "(damaged marker: a run at this key rebuilds it)"
+            if entry["damaged"]
+            else f"{meta.get('model', '?')} / {meta.get('plan', '?')}"
+        )
+        lines.append(
+            f"{Path(entry['path']).name:<40}{human_bytes(entry['bytes']):>10}  {used:<17}  {what}"
+        )
+    lines.append(
+        f"{len(entries)} caches, {human_bytes(sum(e['bytes'] for e in entries))} in {root}"
+    )
     return "\n".join(lines)

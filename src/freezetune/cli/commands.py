@@ -63,11 +63,20 @@ def run_plan(options: PlanOptions) -> str:
         info["notices"].append(f"train, compare and export will not take this model: {problem}")
     if schedule is not None:
         schedule.check(resolved)
-        info["schedule"] = describe_schedule(resolved, schedule, options.max_steps, options.seed, options.seq_len,
-                                             options.batch_size, options.dtype)
+        info["schedule"] = describe_schedule(
+            resolved,
+            schedule,
+            options.max_steps,
+            options.seed,
+            options.seq_len,
+            options.batch_size,
+            options.dtype,
+        )
     if options.json:
         return json.dumps(info, indent=2)
-    return render_text(info) + (render_schedule_text(info, resolved.anatomy.num_layers) if schedule else "")
+    return render_text(info) + (
+        render_schedule_text(info, resolved.anatomy.num_layers) if schedule else ""
+    )
 
 
 def run_advise(options: AdviseOptions) -> str:
@@ -81,8 +90,12 @@ def run_advise(options: AdviseOptions) -> str:
         from freezetune.data.loading import load_data
 
         require_causal_lm(loaded, "advise --data")
-        examples = load_data(loaded.tokenizer, options.objective, options.data, seq_len=options.seq_len)[0].examples
-    info = advisor.advise(loaded, examples, options.budget_bytes(), options.seq_len, options.batch_size, options.dtype)
+        examples = load_data(
+            loaded.tokenizer, options.objective, options.data, seq_len=options.seq_len
+        )[0].examples
+    info = advisor.advise(
+        loaded, examples, options.budget_bytes(), options.seq_len, options.batch_size, options.dtype
+    )
     info = {"model": options.model, "data": options.data, **info}
     return json.dumps(info, indent=2) if options.json else advisor.render_text(info)
 
@@ -98,13 +111,27 @@ def _relaunch(config: TrainConfig, argv: list[str]) -> str:
     """--num-processes N (or sharding) outside a distributed launch: start N processes through torchrun."""
     import subprocess
 
-    args = [a for i, a in enumerate(argv) if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")]
+    args = [
+        a
+        for i, a in enumerate(argv)
+        if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")
+    ]
     args = [a for a in args if not a.startswith("--num-processes=")]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.num_processes}",
-               "-m", "freezetune", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={config.num_processes}",
+        "-m",
+        "freezetune",
+        *args,
+    ]
     code = subprocess.call(command, env={**os.environ, RELAUNCHED: "1"})
     if code:
-        raise FreezetuneError(f"the {config.num_processes}-process run failed (exit status {code}); see the messages above")
+        raise FreezetuneError(
+            f"the {config.num_processes}-process run failed (exit status {code}); see the messages above"
+        )
     return f"finished with {config.num_processes} process{'es' if config.num_processes > 1 else ''}"
 
 
@@ -119,12 +146,19 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
     from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
-    if os.environ.get(RELAUNCHED):  # torchrun puts its workers in a session of their own: they go when it goes
+    if os.environ.get(
+        RELAUNCHED
+    ):  # torchrun puts its workers in a session of their own: they go when it goes
         die_with_parent(signal.SIGKILL)
 
-    sharding = launch_sharding(os.environ, config.fsdp, config.zero_stage)  # before accelerate reads the launch
+    sharding = launch_sharding(
+        os.environ, config.fsdp, config.zero_stage
+    )  # before accelerate reads the launch
     # recorded in the manifest, whichever way it was asked for
-    config.fsdp, config.zero_stage = isinstance(sharding, FsdpSettings), getattr(sharding, "stage", 0)
+    config.fsdp, config.zero_stage = (
+        isinstance(sharding, FsdpSettings),
+        getattr(sharding, "stage", 0),
+    )
     if (config.num_processes > 1 or sharding is not None) and "WORLD_SIZE" not in os.environ:
         return _relaunch(config, argv)
 
@@ -140,16 +174,27 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
     before, after = result["before"], result["after"]
     summary = f"eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
     if "exact_match" in after:
-        summary += f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"
+        summary += (
+            f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"
+        )
     return f"finished {result['step']} steps: {summary}\nrun: {result['run_dir']}"
 
 
 def run_export(options: ExportOptions) -> str:
     from freezetune.training.export import export_run
 
-    out, kept = export_run(Path(options.run), Path(options.out), _cache(options), options.base, options.force,
-                           options.dtype, options.format)
-    return f"exported to {out}" + (f" (kept what you had added there: {', '.join(kept)})" if kept else "")
+    out, kept = export_run(
+        Path(options.run),
+        Path(options.out),
+        _cache(options),
+        options.base,
+        options.force,
+        options.dtype,
+        options.format,
+    )
+    return f"exported to {out}" + (
+        f" (kept what you had added there: {', '.join(kept)})" if kept else ""
+    )
 
 
 def run_generate(options: GenerateOptions) -> str:
@@ -169,11 +214,20 @@ def run_generate(options: GenerateOptions) -> str:
     else:
         ids = tokenizer(options.prompt)["input_ids"]
     if not ids:
-        raise FreezetuneError("--prompt is empty, and with --plain there is nothing to continue; give some text")
+        raise FreezetuneError(
+            "--prompt is empty, and with --plain there is nothing to continue; give some text"
+        )
     torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return generate(loaded.model.to(device), tokenizer, [ids], options.max_new_tokens, device,
-                    temperature=options.temperature, top_p=options.top_p)[0]
+    return generate(
+        loaded.model.to(device),
+        tokenizer,
+        [ids],
+        options.max_new_tokens,
+        device,
+        temperature=options.temperature,
+        top_p=options.top_p,
+    )[0]
 
 
 def run_compare(options: CompareOptions) -> str:
@@ -184,19 +238,34 @@ def run_compare(options: CompareOptions) -> str:
     from freezetune.runs.provenance import provenance
 
     settings = options.settings()
-    metric, why = choose_metric(options.metric, settings.base_config.objective, settings.base_config.eval_generate)
+    metric, why = choose_metric(
+        options.metric, settings.base_config.objective, settings.base_config.eval_generate
+    )
     announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
-    started, where = time.monotonic(), provenance()  # the code as loaded now, whatever the checkout holds later
+    started, where = (
+        time.monotonic(),
+        provenance(),
+    )  # the code as loaded now, whatever the checkout holds later
     with StopFlag() as stop:
-        run_dirs = run_comparison(settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,))
-    report = write_report(run_dirs, settings.out, metric=options.metric, margins=parse_margins(options.margin),
-                          wall_s=time.monotonic() - started, where=where)
+        run_dirs = run_comparison(
+            settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,)
+        )
+    report = write_report(
+        run_dirs,
+        settings.out,
+        metric=options.metric,
+        margins=parse_margins(options.margin),
+        wall_s=time.monotonic() - started,
+        where=where,
+    )
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
     results = json.loads((settings.out / "results.json").read_text())
     if results["runs"] and all(r["status"] == "failed" for r in results["runs"]):
-        raise FreezetuneError(f"every strategy failed ({results['runs'][0]['strategy']}: {results['runs'][0]['reason']}); "
-                              f"see {report}")
+        raise FreezetuneError(
+            f"every strategy failed ({results['runs'][0]['strategy']}: {results['runs'][0]['reason']}); "
+            f"see {report}"
+        )
     advice = results["recommendation"]
     return "\n".join(advice) + f"\nreport: {report}"
 
@@ -205,7 +274,10 @@ def run_report(options: ReportOptions) -> str:
     from freezetune.comparison.report import write_report
 
     margins = parse_margins(options.margin)
-    return f"report: {write_report([Path(r) for r in options.runs], Path(options.out), metric=options.metric, margins=margins)}"
+    runs = [Path(r) for r in options.runs]
+    return (
+        f"report: {write_report(runs, Path(options.out), metric=options.metric, margins=margins)}"
+    )
 
 
 COMMANDS = {
@@ -222,12 +294,16 @@ CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freezetune", description="Fine-tune language models with layer freezing.")
+    parser = argparse.ArgumentParser(
+        prog="freezetune", description="Fine-tune language models with layer freezing."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
         if cls in CONFIG_FILE_COMMANDS:
-            sub.add_argument("--config", help="YAML file of these options; flags given here override it")
+            sub.add_argument(
+                "--config", help="YAML file of these options; flags given here override it"
+            )
         add_options(sub, cls, overrides_only=cls in CONFIG_FILE_COMMANDS)
     return parser
 
@@ -255,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         if cls is TrainConfig:
             options = _train_config(args)
         elif cls is CompareOptions:
-            options = from_namespace(cls, args, read_config_file(cls, Path(args.config)) if args.config else {})
+            options = from_namespace(
+                cls, args, read_config_file(cls, Path(args.config)) if args.config else {}
+            )
         else:
             options = from_namespace(cls, args)
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
@@ -267,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             print(output)
     except FreezetuneError as exc:
         return _fail(args.command, str(exc))
-    except OSError as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
+    except (
+        OSError
+    ) as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args.command, f"{where}{exc.strerror or exc}")
     return 0
@@ -275,5 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(command: str, message: str) -> int:
     sys.stdout.flush()
-    print(f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
+    print(
+        f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr
+    )  # always one line
     return 2

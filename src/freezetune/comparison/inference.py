@@ -60,6 +60,7 @@ class Estimate:
 class SeedNoise:
     """How much a strategy's mean moves from seed to seed: the mean square of its per-seed means (times the
     item count), pooled over every strategy of the comparison, with its degrees of freedom."""
+
     mean_square: float
     df: int
 
@@ -70,7 +71,10 @@ def seed_noise(tables: list[np.ndarray]) -> SeedNoise | None:
     seeds, items = np.asarray(tables[0]).shape
     if seeds < 2:
         return None
-    squares = sum(items * float(((np.asarray(t).mean(axis=1) - np.asarray(t).mean()) ** 2).sum()) for t in tables)
+    squares = sum(
+        items * float(((np.asarray(t).mean(axis=1) - np.asarray(t).mean()) ** 2).sum())
+        for t in tables
+    )
     return SeedNoise(squares / (len(tables) * (seeds - 1)), len(tables) * (seeds - 1))
 
 
@@ -87,12 +91,16 @@ def item_variance(table: np.ndarray) -> float:
     return max(0.0, (ms_item - ms_error) / seeds)
 
 
-def _combine(value: float, seed_part: float, seed_df: int, item_part: float, items: int) -> Estimate:
+def _combine(
+    value: float, seed_part: float, seed_df: int, item_part: float, items: int
+) -> Estimate:
     """Two independent variance terms, and Satterthwaite's degrees of freedom for their sum."""
     total = seed_part + item_part
     if total <= 0:
         return Estimate(value, 0.0, float(seed_df))
-    denominator = seed_part**2 / seed_df + (item_part**2 / (items - 1) if item_part > 0 and items > 1 else 0.0)
+    denominator = seed_part**2 / seed_df + (
+        item_part**2 / (items - 1) if item_part > 0 and items > 1 else 0.0
+    )
     return Estimate(value, math.sqrt(total), total**2 / denominator)
 
 
@@ -102,7 +110,13 @@ def estimate(table: np.ndarray, noise: SeedNoise | None) -> Estimate:
     seeds, items = table.shape
     if noise is None or seeds < 2:
         return Estimate(float(table.mean()), None, None)
-    return _combine(float(table.mean()), noise.mean_square / (items * seeds), noise.df, item_variance(table) / items, items)
+    return _combine(
+        float(table.mean()),
+        noise.mean_square / (items * seeds),
+        noise.df,
+        item_variance(table) / items,
+        items,
+    )
 
 
 def paired(a: np.ndarray, b: np.ndarray, noise: SeedNoise | None) -> Estimate:
@@ -112,8 +126,13 @@ def paired(a: np.ndarray, b: np.ndarray, noise: SeedNoise | None) -> Estimate:
     seeds, items = difference.shape
     if noise is None or seeds < 2:
         return Estimate(float(difference.mean()), None, None)
-    return _combine(float(difference.mean()), 2 * noise.mean_square / (items * seeds), noise.df,
-                    item_variance(difference) / items, items)
+    return _combine(
+        float(difference.mean()),
+        2 * noise.mean_square / (items * seeds),
+        noise.df,
+        item_variance(difference) / items,
+        items,
+    )
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:
@@ -127,8 +146,14 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def seeds_needed(noise: SeedNoise, strategies: int, difference: np.ndarray, gap: float, tests: int,
-                 limit: int = 64) -> int | None:
+def seeds_needed(
+    noise: SeedNoise,
+    strategies: int,
+    difference: np.ndarray,
+    gap: float,
+    tests: int,
+    limit: int = 64,
+) -> int | None:
     """The fewest seeds at which a gap this large would likely (80%) pass a Bonferroni-corrected test over
     ``tests`` pairs, from the noise seen; None when no number up to ``limit`` does it (items are the limit)."""
     seeds, items = np.asarray(difference).shape
@@ -138,7 +163,10 @@ def seeds_needed(noise: SeedNoise, strategies: int, difference: np.ndarray, gap:
     item_part = item_variance(np.asarray(difference, dtype=float)) / items
     for n in range(2, limit + 1):
         guess = _combine(gap, per_seed / n, strategies * (n - 1), item_part, items)
-        if abs(gap) >= (stats.t.ppf(1 - 0.05 / (2 * tests), guess.df) + stats.norm.ppf(0.8)) * guess.se:
+        if (
+            abs(gap)
+            >= (stats.t.ppf(1 - 0.05 / (2 * tests), guess.df) + stats.norm.ppf(0.8)) * guess.se
+        ):
             return n
     return None
 

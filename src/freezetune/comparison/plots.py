@@ -28,12 +28,17 @@ def _layer_order(key: str) -> tuple[int, int]:
 def _error(row: dict, key: str) -> list[list[float]]:
     """Asymmetric error bar: exact match's Wilson interval, else ± the standard deviation over seeds."""
     if key == "exact_match" and row.get("exact_match_lo") is not None:
-        return [[100 * (row["exact_match"] - row["exact_match_lo"])], [100 * (row["exact_match_hi"] - row["exact_match"])]]
+        return [
+            [100 * (row["exact_match"] - row["exact_match_lo"])],
+            [100 * (row["exact_match_hi"] - row["exact_match"])],
+        ]
     spread = row.get(f"{key}_std") or 0.0
     return [[spread], [spread]]
 
 
-def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict], verdict: dict) -> dict[str, str]:
+def render_plots(
+    rows: list[dict], folder: Path, on_frontier: list[dict], verdict: dict
+) -> dict[str, str]:
     """Write PNGs into ``folder``; return name -> base64 PNG for embedding."""
     plt = _figure()
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,28 +69,62 @@ def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict], verdic
             y = 100 * row["exact_match"] if use_em else row["eval_loss"]
             size = 60 + 600 * (row["peak_memory_bytes"] or 0) / peak
             points = ax.scatter(row[x_key], y, s=size, alpha=0.6)
-            ax.errorbar(row[x_key], y, xerr=_error(row, x_key), yerr=_error(row, y_key), fmt="none",
-                        ecolor=points.get_facecolor()[0], capsize=3)
-            ax.annotate(row["strategy"], (row[x_key], y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+            ax.errorbar(
+                row[x_key],
+                y,
+                xerr=_error(row, x_key),
+                yerr=_error(row, y_key),
+                fmt="none",
+                ecolor=points.get_facecolor()[0],
+                capsize=3,
+            )
+            ax.annotate(
+                row["strategy"],
+                (row[x_key], y),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
         line = sorted(on_frontier, key=lambda r: r[x_key])
         if line:
-            ax.plot([r[x_key] for r in line], [100 * r["exact_match"] if use_em else r["eval_loss"] for r in line],
-                    "k--", linewidth=1, label="Pareto frontier")
+            ax.plot(
+                [r[x_key] for r in line],
+                [100 * r["exact_match"] if use_em else r["eval_loss"] for r in line],
+                "k--",
+                linewidth=1,
+                label="Pareto frontier",
+            )
             ax.legend(fontsize=8)
-        ax.set(xlabel="KL divergence from the base on retain text (forgetting)" if forgetting_known else "peak memory (bytes)",
-               ylabel="exact match (%, 95% interval)" if use_em else "eval loss (lower is better, ± sd over seeds)",
-               title="Task quality against forgetting (marker size: peak memory; bars: intervals)")
+        ax.set(
+            xlabel="KL divergence from the base on retain text (forgetting)"
+            if forgetting_known
+            else "peak memory (bytes)",
+            ylabel="exact match (%, 95% interval)"
+            if use_em
+            else "eval loss (lower is better, ± sd over seeds)",
+            title="Task quality against forgetting (marker size: peak memory; bars: intervals)",
+        )
         figures["quality_vs_forgetting"] = fig
 
-    searched = [r for r in rows if any(p.get("val_loss") is not None for p in r.get("lr_search") or [])]
+    searched = [
+        r for r in rows if any(p.get("val_loss") is not None for p in r.get("lr_search") or [])
+    ]
     if searched:
         fig, ax = plt.subplots(figsize=(8, 4))
         for row in searched:
-            points = sorted((p["lr"], p["val_loss"]) for p in row["lr_search"] if p.get("val_loss") is not None)
+            points = sorted(
+                (p["lr"], p["val_loss"]) for p in row["lr_search"] if p.get("val_loss") is not None
+            )
             ax.plot(*zip(*points), "o-", label=row["strategy"])
-            ax.scatter([row["lr"]], [dict(points).get(row["lr"])], s=120, facecolors="none", edgecolors="k")
-        ax.set(xscale="log", xlabel="learning rate", ylabel="validation loss (circled: chosen)",
-               title="Learning-rate search (validation split of the training data)")
+            ax.scatter(
+                [row["lr"]], [dict(points).get(row["lr"])], s=120, facecolors="none", edgecolors="k"
+            )
+        ax.set(
+            xscale="log",
+            xlabel="learning rate",
+            ylabel="validation loss (circled: chosen)",
+            title="Learning-rate search (validation split of the training data)",
+        )
         ax.legend(fontsize=8)
         figures["lr_search"] = fig
 
@@ -107,7 +146,9 @@ def render_plots(rows: list[dict], folder: Path, on_frontier: list[dict], verdic
         fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(drifted)))
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(drifted)), [r["strategy"] for r in drifted])
-        ax.set_xticks(range(len(columns)), [c.replace("layer ", "") for c in columns], rotation=90, fontsize=7)
+        ax.set_xticks(
+            range(len(columns)), [c.replace("layer ", "") for c in columns], rotation=90, fontsize=7
+        )
         ax.set(title="Relative weight change ||dW|| / ||W|| per layer")
         fig.colorbar(image, ax=ax)
         fig.tight_layout()

@@ -28,12 +28,20 @@ def _cell(key: str, row: dict) -> str:
         interval = f" [{100 * lo:.0f}, {100 * hi:.0f}]" if lo is not None else ""
         seeds = f" × {row['seeds_count']} seeds" if (row.get("seeds_count") or 1) > 1 else ""
         items = row.get("exact_match_items")
-        return f"{100 * value:.1f}%{interval} of {items} items{seeds}" if items else f"{100 * value:.1f}%"
+        return (
+            f"{100 * value:.1f}%{interval} of {items} items{seeds}"
+            if items
+            else f"{100 * value:.1f}%"
+        )
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
-        tried = sorted(p["lr"] for p in row.get("lr_search") or [])  # every rate the search tried, extensions included
-        return f"{value:.3g}" + (f" (searched: {', '.join(f'{r:.3g}' for r in tried)})" if row.get("lr_searched") else "")
+        tried = sorted(
+            p["lr"] for p in row.get("lr_search") or []
+        )  # every rate the search tried, extensions included
+        return f"{value:.3g}" + (
+            f" (searched: {', '.join(f'{r:.3g}' for r in tried)})" if row.get("lr_searched") else ""
+        )
     if key in ("peak_memory_bytes", "checkpoint_bytes"):
         return human_bytes(value)
     if key in ("trainable_params", "total_params"):
@@ -43,30 +51,58 @@ def _cell(key: str, row: dict) -> str:
     return str(value)
 
 
-TABLE = {"strategy": "strategy", "status": "status", "lr": "lr", "trainable_params": "trainable",
-         "peak_memory_bytes": "peak memory", "step_time_s": "step s", "wall_time_s": "train s", "search_time_s": "search s",
-         "checkpoint_bytes": "checkpoint", "eval_loss": "eval loss", "exact_match": "exact match [95% CI]",
-         "retain_ppl_delta": "Δ retain ppl", "retain_kl": "KL from base"}
+TABLE = {
+    "strategy": "strategy",
+    "status": "status",
+    "lr": "lr",
+    "trainable_params": "trainable",
+    "peak_memory_bytes": "peak memory",
+    "step_time_s": "step s",
+    "wall_time_s": "train s",
+    "search_time_s": "search s",
+    "checkpoint_bytes": "checkpoint",
+    "eval_loss": "eval loss",
+    "exact_match": "exact match [95% CI]",
+    "retain_ppl_delta": "Δ retain ppl",
+    "retain_kl": "KL from base",
+}
 
 
 def markdown_table(table_rows: list[dict]) -> str:
     """The report's table in Markdown (the README's demo table is this, rendered from a committed results.json)."""
     header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
-    return header + "".join("| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows)
+    return header + "".join(
+        "| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows
+    )
 
 
 def measured_line(where: dict) -> str:
     """One line of provenance for the reader: when, on what, with which code."""
-    code = f"commit {where['commit'][:10]}" + (" with uncommitted changes" if where["uncommitted_changes"] else "") \
-        if where["commit"] else f"freezetune {where['versions']['freezetune']}"
+    code = (
+        f"commit {where['commit'][:10]}"
+        + (" with uncommitted changes" if where["uncommitted_changes"] else "")
+        if where["commit"]
+        else f"freezetune {where['versions']['freezetune']}"
+    )
     known = where["versions"]
-    versions = ", ".join(f"{name} {known[name]}" for name in ("torch", "transformers", "peft") if known.get(name))
-    return f"Measured {where['date']} on {where['gpu'] or where['cpu']} ({where['cpu_cores']} cores), {code}; {versions}."
+    versions = ", ".join(
+        f"{name} {known[name]}" for name in ("torch", "transformers", "peft") if known.get(name)
+    )
+    machine = f"{where['gpu'] or where['cpu']} ({where['cpu_cores']} cores)"
+    return f"Measured {where['date']} on {machine}, {code}; {versions}."
 
 
-def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune comparison", metric: str = "auto",
-                 margins: dict | None = None, wall_s: float | None = None, where: dict | None = None) -> Path:
-    """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config), never their results.
+def write_report(
+    run_dirs: list[Path],
+    out: Path,
+    title: str = "freezetune comparison",
+    metric: str = "auto",
+    margins: dict | None = None,
+    wall_s: float | None = None,
+    where: dict | None = None,
+) -> Path:
+    """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config),
+    never their results.
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
     (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
     started (default: now)."""
@@ -74,28 +110,50 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "freezetune compa
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
     out.mkdir(parents=True, exist_ok=True)
-    config = (read_json(Path(run_dirs[0]) / "manifest.json", missing={}) or {}).get("config") or {} if run_dirs else {}
-    chosen, why = choose_metric(metric, config.get("objective", "sft"), config.get("eval_generate") or 0)
+    config = (
+        (read_json(Path(run_dirs[0]) / "manifest.json", missing={}) or {}).get("config") or {}
+        if run_dirs
+        else {}
+    )
+    chosen, why = choose_metric(
+        metric, config.get("objective", "sft"), config.get("eval_generate") or 0
+    )
     verdict = decide(rows, chosen, why, margins)
-    plots = render_plots(rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict)
+    plots = render_plots(
+        rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict
+    )
     advice = recommend(rows, verdict)
-    results = {"provenance": where or provenance(), "invocation_wall_s": wall_s, "base": base, "runs": rows, "verdict": verdict,
-               "recommendation": advice,
-               "aggregation": "per strategy: eval loss, retain KL and exact match as means over seeds of the same items "
-               "(with _std over seeds, and _ci: a 95% interval over items and seeds from the paired mixed model of "
-               "verdict.tests), peak memory the largest seed's, times the mean"}
+    results = {
+        "provenance": where or provenance(),
+        "invocation_wall_s": wall_s,
+        "base": base,
+        "runs": rows,
+        "verdict": verdict,
+        "recommendation": advice,
+        "aggregation": "per strategy: eval loss, retain KL and exact match as means over seeds of the same items "
+        "(with _std over seeds, and _ci: a 95% interval over items and seeds from the paired mixed model of "
+        "verdict.tests), peak memory the largest seed's, times the mean",
+    }
     write_json(out / "results.json", results)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
-    markdown = (f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n"
-                + "".join(f"- {line}\n" for line in advice))
+    markdown = (
+        f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n"
+        + "".join(f"- {line}\n" for line in advice)
+    )
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>" for r in table_rows)
-    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                     f'<figcaption>{name.replace("_", " ")}</figcaption></figure>' for name, data in plots.items())
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>"
+        for r in table_rows
+    )
+    images = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>"
+        for name, data in plots.items()
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}

@@ -39,7 +39,9 @@ from freezetune.runs.manifest import (
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting
 
-EXTEND_FACTOR = 4  # a search whose best rate sits at its grid's edge tries one more rate this much further out
+EXTEND_FACTOR = (
+    4  # a search whose best rate sits at its grid's edge tries one more rate this much further out
+)
 
 
 def _retain_damage(retain: Path, reference: Path) -> str | None:
@@ -65,22 +67,58 @@ def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
     path = settings.out / "base.json"
     if not path.is_file():
         config = settings.base_config
-        _, held, _ = load_data(tokenizer, config.objective, config.data, config.eval_data, config.seq_len, config.validation)
+        _, held, _ = load_data(
+            tokenizer,
+            config.objective,
+            config.data,
+            config.eval_data,
+            config.seq_len,
+            config.validation,
+        )
         log("evaluating the base model once, as the reference row")
-        measured = evaluate_model(base, tokenizer, held.examples, settings.base_config, device, label="base", progress=progress)
-        write_text(settings.out / "base-items.jsonl", "".join(json.dumps(i) + "\n" for i in measured.pop("items")))
+        measured = evaluate_model(
+            base,
+            tokenizer,
+            held.examples,
+            settings.base_config,
+            device,
+            label="base",
+            progress=progress,
+        )
+        write_text(
+            settings.out / "base-items.jsonl",
+            "".join(json.dumps(i) + "\n" for i in measured.pop("items")),
+        )
         write_json(path, {**measured, "label": "before"})
     retain, reference = settings.out / "retain.json", settings.out / "retain-base.safetensors"
     if reference.is_file() and (why := _retain_damage(retain, reference)):
         for damaged in (p for p in (retain, reference) if p.is_file()):
-            log(f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again")
+            log(
+                f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again"
+            )
     if not reference.is_file():
-        examples = build_retain(base, tokenizer, settings.base_config.seq_len, device, settings.retain, progress=progress)
+        examples = build_retain(
+            base,
+            tokenizer,
+            settings.base_config.seq_len,
+            device,
+            settings.retain,
+            progress=progress,
+        )
         write_json(retain, [vars(e) for e in examples])
-        save_trainable(base_distributions(base, examples, settings.base_config.batch_size, pad_token_id(tokenizer), device,
-                                          progress=progress), reference, {"retain_sha256": file_sha256(retain)})
+        save_trainable(
+            base_distributions(
+                base,
+                examples,
+                settings.base_config.batch_size,
+                pad_token_id(tokenizer),
+                device,
+                progress=progress,
+            ),
+            reference,
+            {"retain_sha256": file_sha256(retain)},
+        )
     return {k: v for k, v in read_json(path).items() if k != "answers"}
-
 
 
 def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str:
@@ -88,8 +126,11 @@ def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str
     passed on as one SIGTERM (the worker checkpoints); an exception here kills the worker."""
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(spec_path, spec)
-    process = subprocess.Popen([sys.executable, "-m", "freezetune.comparison.worker", str(spec_path)],
-                               start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "freezetune.comparison.worker", str(spec_path)],
+        start_new_session=True,
+        preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+    )
     forwarded = False
     try:
         while True:
@@ -127,11 +168,21 @@ def _set_aside_stale(configs, log) -> None:
                 number += 1
             run_dir.rename(aside)
             config.resume = None
-            log(f"{run_dir}: the run there used another {changed}; kept as {aside.name}, training again")
+            log(
+                f"{run_dir}: the run there used another {changed}; kept as {aside.name}, training again"
+            )
 
 
-def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: str, reference: dict, log,
-               should_stop, announce: str | None = None) -> str:
+def _run_group(
+    settings: CompareSettings,
+    strategy: Strategy,
+    configs,
+    measure: str,
+    reference: dict,
+    log,
+    should_stop,
+    announce: str | None = None,
+) -> str:
     """The runs of ``configs`` not yet finished, in worker processes: "kept" (none was left to run),
     "done", "stopped", or why a worker died."""
     _set_aside_stale(configs, log)
@@ -140,9 +191,16 @@ def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: 
         return "kept"
     if announce:
         log(announce)
-    spec = {"strategy": strategy.name, "kind": strategy.kind, "reference": reference,
-            "keep_checkpoints": settings.keep_checkpoints,
-            "retain": {"examples": str(settings.out / "retain.json"), "base": str(settings.out / "retain-base.safetensors")}}
+    spec = {
+        "strategy": strategy.name,
+        "kind": strategy.kind,
+        "reference": reference,
+        "keep_checkpoints": settings.keep_checkpoints,
+        "retain": {
+            "examples": str(settings.out / "retain.json"),
+            "base": str(settings.out / "retain-base.safetensors"),
+        },
+    }
     # a reported run's peak memory is measured, so each gets a fresh process; search runs share one
     batches = [[c] for c in pending] if measure == "reported" else [pending]
     for batch in batches:
@@ -150,17 +208,23 @@ def _run_group(settings: CompareSettings, strategy: Strategy, configs, measure: 
             outcome = "stopped"
             break
         spec["runs"] = [{"config": c.to_dict(), "measure": measure} for c in batch]
-        outcome = _launch(spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop)
+        outcome = _launch(
+            spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop
+        )
         if outcome != "done" and not all(finished(Path(c.out), measure) for c in batch):
             break
-    if all(finished(Path(c.out), measure) for c in pending):  # a stop that came as the worker ended changes nothing
+    if all(
+        finished(Path(c.out), measure) for c in pending
+    ):  # a stop that came as the worker ended changes nothing
         return "done"
     if outcome not in ("done", "stopped"):  # killed (out of memory?): say so in each unfinished run
         for config in pending:
             if not finished(Path(config.out), measure):
                 Path(config.out).mkdir(parents=True, exist_ok=True)
-                write_json(Path(config.out) / "failed.json", {"strategy": strategy.name, "kind": strategy.kind,
-                                                              "reason": outcome})
+                write_json(
+                    Path(config.out) / "failed.json",
+                    {"strategy": strategy.name, "kind": strategy.kind, "reason": outcome},
+                )
     return outcome
 
 
@@ -169,40 +233,65 @@ def _val_loss(run_dir: Path) -> tuple[float | None, str | None]:
     if failed:
         return None, failed.get("reason")
     loss = ((read_json(run_dir / "eval.json") or {}).get("after") or {}).get("eval_loss")
-    return (loss, None) if loss is not None and math.isfinite(loss) else (None, "no finite validation loss")
+    return (
+        (loss, None)
+        if loss is not None and math.isfinite(loss)
+        else (None, "no finite validation loss")
+    )
 
 
 def _search_results(grid: list[float], configs) -> list[dict]:
     results = []
     for rate, config in zip(grid, configs):
         loss, reason = _val_loss(Path(config.out))
-        steps = read_metrics(Path(config.out) / "metrics.jsonl") if (Path(config.out) / "metrics.jsonl").is_file() else []
-        results.append({"lr": rate, "val_loss": loss, "reason": reason, "train_s": sum(m.get("step_time_s", 0) for m in steps)})
+        steps = (
+            read_metrics(Path(config.out) / "metrics.jsonl")
+            if (Path(config.out) / "metrics.jsonl").is_file()
+            else []
+        )
+        results.append(
+            {
+                "lr": rate,
+                "val_loss": loss,
+                "reason": reason,
+                "train_s": sum(m.get("step_time_s", 0) for m in steps),
+            }
+        )
     return results
 
 
-def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict, log, should_stop) -> float | str | None:
+def _choose_rate(
+    settings: CompareSettings, strategy: Strategy, reference: dict, log, should_stop
+) -> float | str | None:
     """The strategy's rate: given, or the search's best by validation loss. None: stopped;
     a string: why the search failed."""
     group = settings.out / "runs" / strategy.slug
     given = settings.given_rate(strategy)
     if given is not None:
         group.mkdir(parents=True, exist_ok=True)
-        write_json(group / "search.json", {"strategy": strategy.name, "chosen": given, "results": []})
+        write_json(
+            group / "search.json", {"strategy": strategy.name, "chosen": given, "results": []}
+        )
         return given
     grid = settings.search_grid(strategy)
-    announce = (f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
-                f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)")
+    announce = (
+        f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
+        f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)"
+    )
     extended: list[float] = []
     while True:
         configs = [run_config(settings, strategy, rate) for rate in grid]
-        outcome = _run_group(settings, strategy, configs, "search", reference, log, should_stop, announce)
+        outcome = _run_group(
+            settings, strategy, configs, "search", reference, log, should_stop, announce
+        )
         if outcome == "stopped":
             return None
         results = _search_results(grid, configs)
         scored = [r for r in results if r["val_loss"] is not None]
         if not scored:
-            return f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
+            return (
+                f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
+            )
         chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
         # the best may lie beyond the grid: extend it that way before choosing, a bounded number of times
         edge = chosen in (grid[0], grid[-1]) and len(grid) > 1
@@ -210,23 +299,53 @@ def _choose_rate(settings: CompareSettings, strategy: Strategy, reference: dict,
             break
         step = EXTEND_FACTOR if chosen == grid[-1] else 1 / EXTEND_FACTOR
         extended.append(float(f"{chosen * step:.3g}"))
-        announce = (f"{strategy.name}: lr {chosen:g} is the {'highest' if step > 1 else 'lowest'} rate tried; "
-                    f"extending the search to {extended[-1]:g}")
+        announce = (
+            f"{strategy.name}: lr {chosen:g} is the {'highest' if step > 1 else 'lowest'} rate tried; "
+            f"extending the search to {extended[-1]:g}"
+        )
         grid = sorted(grid + extended[-1:])
     train_s = sum(r["train_s"] for r in results)
-    write_json(group / "search.json", {"strategy": strategy.name, "grid": grid, "extended": extended,
-                                       "steps": settings.search_steps, "validation": settings.validation,
-                                       "results": results, "chosen": chosen, "train_s": train_s, "at_grid_edge": edge})
-    log(f"{strategy.name}: lr {chosen:g} chosen (validation loss "
-        + ", ".join(f"{r['lr']:g}: {r['val_loss']:.4f}" if r["val_loss"] is not None else f"{r['lr']:g}: failed" for r in results)
+    write_json(
+        group / "search.json",
+        {
+            "strategy": strategy.name,
+            "grid": grid,
+            "extended": extended,
+            "steps": settings.search_steps,
+            "validation": settings.validation,
+            "results": results,
+            "chosen": chosen,
+            "train_s": train_s,
+            "at_grid_edge": edge,
+        },
+    )
+    log(
+        f"{strategy.name}: lr {chosen:g} chosen (validation loss "
+        + ", ".join(
+            f"{r['lr']:g}: {r['val_loss']:.4f}"
+            if r["val_loss"] is not None
+            else f"{r['lr']:g}: failed"
+            for r in results
+        )
         + f"; the search trained for {train_s:.0f} s)"
-        + (f"; it is still the {'highest' if chosen == grid[-1] else 'lowest'} rate after {len(extended)} extension(s), "
-           "so a wider --lr-grid or more --search-extensions may find a better one" if edge else ""))
+        + (
+            f"; it is still the {'highest' if chosen == grid[-1] else 'lowest'} rate "
+            f"after {len(extended)} extension(s), "
+            "so a wider --lr-grid or more --search-extensions may find a better one"
+            if edge
+            else ""
+        )
+    )
     return chosen
 
 
-def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print, progress: bool = True,
-                   should_stop: Callable[[], bool] = lambda: False, notes: tuple[str, ...] = ()) -> list[Path]:
+def run_comparison(
+    settings: CompareSettings,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    notes: tuple[str, ...] = (),
+) -> list[Path]:
     """Run every strategy not yet finished; returns the seed run folders of the strategies reached
     (when ``should_stop`` interrupts, the running worker checkpoints first). ``notes``: said once the
     settings are known to be good."""
@@ -242,9 +361,16 @@ def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print
         lock.release()
 
 
-def _compare(settings: CompareSettings, loaded, base_sha256: str, log, progress: bool, should_stop) -> list[Path]:
-    write_json(settings.out / "compare.json", {"fingerprint": fingerprint(settings, base_sha256, meaning_hashes(loaded.path)),
-                                               "strategies": [s.name for s in settings.strategies]})
+def _compare(
+    settings: CompareSettings, loaded, base_sha256: str, log, progress: bool, should_stop
+) -> list[Path]:
+    write_json(
+        settings.out / "compare.json",
+        {
+            "fingerprint": fingerprint(settings, base_sha256, meaning_hashes(loaded.path)),
+            "strategies": [s.name for s in settings.strategies],
+        },
+    )
     reference = _reference(settings, loaded, log, progress)
     del loaded
     release_memory()
@@ -260,12 +386,17 @@ def _compare(settings: CompareSettings, loaded, base_sha256: str, log, progress:
         if rate is None:
             log(f"{strategy.name}: stopped; run the same command again to continue")
             return run_dirs
-        folders = [settings.out / "runs" / strategy.slug / f"seed-{seed}" for seed in settings.seeds]
+        folders = [
+            settings.out / "runs" / strategy.slug / f"seed-{seed}" for seed in settings.seeds
+        ]
         run_dirs += folders
         if isinstance(rate, str):  # no rate to train with: the strategy's row says why
             for folder in folders:
                 folder.mkdir(parents=True, exist_ok=True)
-                write_json(folder / "failed.json", {"strategy": strategy.name, "kind": strategy.kind, "reason": rate})
+                write_json(
+                    folder / "failed.json",
+                    {"strategy": strategy.name, "kind": strategy.kind, "reason": rate},
+                )
             log(f"{strategy.name}: failed: {rate}")
             continue
         configs = [run_config(settings, strategy, rate, seed) for seed in settings.seeds]

@@ -44,7 +44,9 @@ class Strategy:
     advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
     budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
     schedule: Schedule | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
-    rules: FreezePlan | None = None  # ``plan`` parsed, once: the checks use it, the workers get its text
+    rules: FreezePlan | None = (
+        None  # ``plan`` parsed, once: the checks use it, the workers get its text
+    )
 
     @property
     def slug(self) -> str:
@@ -61,8 +63,10 @@ def _take_rate(text: str) -> tuple[str, float | None]:
     except ValueError:
         rate = -1.0
     if not 0 < rate < float("inf"):
-        raise FreezetuneError(f"--strategy '{text.strip()}': lr must be a positive number, not '{match.group(1)}'")
-    return text[:match.start()], rate
+        raise FreezetuneError(
+            f"--strategy '{text.strip()}': lr must be a positive number, not '{match.group(1)}'"
+        )
+    return text[: match.start()], rate
 
 
 def parse_strategy(text: str) -> Strategy:
@@ -76,10 +80,15 @@ def parse_strategy(text: str) -> Strategy:
     if words[0] in ("gradual", "lisa"):
         schedule, _, plan = text.partition(" over ")
         try:
-            schedule, rules = Schedule.parse(schedule.strip()), FreezePlan.parse(plan.strip() or "train all")
+            schedule, rules = (
+                Schedule.parse(schedule.strip()),
+                FreezePlan.parse(plan.strip() or "train all"),
+            )
         except FreezetuneError as exc:
             raise FreezetuneError(f"--strategy '{name}': {exc}") from None
-        return Strategy(name, "plan", plan.strip() or "train all", lr=rate, schedule=schedule, rules=rules)
+        return Strategy(
+            name, "plan", plan.strip() or "train all", lr=rate, schedule=schedule, rules=rules
+        )
     if text.strip() == "full":
         return Strategy(name, "full", "train all", lr=rate, rules=FreezePlan.parse("train all"))
     if words[0] == "advise":
@@ -87,8 +96,10 @@ def parse_strategy(text: str) -> Strategy:
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key != "budget" or not value:
-                raise FreezetuneError(f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', "
-                                      f"not '{word}'")
+                raise FreezetuneError(
+                    f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', "
+                    f"not '{word}'"
+                )
             budget = parse_size(value, f"--strategy '{name}': budget")
         return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget)
     if words[0] == "lora":
@@ -96,15 +107,27 @@ def parse_strategy(text: str) -> Strategy:
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key not in LORA_WORDS or not value:
-                raise FreezetuneError(f"--strategy '{text}': expected r=N, alpha=N or targets=a,b after 'lora', not '{word}'")
-            if key != "targets" and not (value.isascii() and value.isdigit()):  # '²' is a digit to str, not to int
-                raise FreezetuneError(f"--strategy '{text}': {key} must be a whole number, not '{value}'")
+                raise FreezetuneError(
+                    f"--strategy '{text}': expected r=N, alpha=N or targets=a,b after 'lora', not '{word}'"
+                )
+            if key != "targets" and not (
+                value.isascii() and value.isdigit()
+            ):  # '²' is a digit to str, not to int
+                raise FreezetuneError(
+                    f"--strategy '{text}': {key} must be a whole number, not '{value}'"
+                )
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
         return Strategy(name, "lora", LORA_PLAN, lora, rate)
-    if words[0] not in ("freeze", "train") and not text.lstrip().startswith(("-", "[", "{")) and "\n" not in text \
-            and not text.endswith((".yaml", ".yml", ".json", ".txt")):
-        raise FreezetuneError(f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
-                              "advise [budget=SIZE], or a freeze plan (its rules start with freeze or train)")
+    if (
+        words[0] not in ("freeze", "train")
+        and not text.lstrip().startswith(("-", "[", "{"))
+        and "\n" not in text
+        and not text.endswith((".yaml", ".yml", ".json", ".txt"))
+    ):
+        raise FreezetuneError(
+            f"unknown strategy '{text.strip()}': use full, lora [r=N alpha=N targets=a,b], "
+            "advise [budget=SIZE], or a freeze plan (its rules start with freeze or train)"
+        )
     rules = FreezePlan.parse(text)  # a malformed plan fails here, before anything trains
     return Strategy(name, "plan", text.strip(), lr=rate, rules=rules)
 
@@ -114,33 +137,63 @@ class CompareOptions(RunOptions):
     """Full fine-tuning, LoRA and freeze plans side by side on the same data, seed and step budget."""
 
     # a comparison gives every strategy the same short budget, where train runs epochs by default
-    max_steps: int = opt(20, help="optimizer steps per run (the same budget for every strategy and seed)")
+    max_steps: int = opt(
+        20, help="optimizer steps per run (the same budget for every strategy and seed)"
+    )
     batch_size: int = opt(4, help="examples per micro-batch")
-    eval_generate: int = opt(200, help="held-out examples answered by greedy generation for exact match")
+    eval_generate: int = opt(
+        200, help="held-out examples answered by greedy generation for exact match"
+    )
     max_new_tokens: int = opt(24, help="token limit for each generated answer")
-    seeds: int = opt(2, help="train every strategy with N seeds (data order, LoRA init): the report gives means, "
-                     "spreads and intervals")
-    strategy: list[str] | None = opt(None, help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
-                                     "'advise [budget=8GiB]' (the plan `freezetune advise` picks); 'gradual every=N "
-                                     "[start=K step=S]' or 'lisa layers=K every=T', optionally 'over PLAN'; "
-                                     "give once per strategy "
-                                     "(default: full, lora, freeze bottom 75%%, freeze bottom 50%%)")
-    retain: str | None = opt(None, help="general text for forgetting (.txt or records with 'text'); default: the base "
-                             "model's answers to 52 built-in general prompts")
-    lr_full: float | None = opt(None, help="learning rate of full fine-tuning; default: searched around 5e-5")
+    seeds: int = opt(
+        2,
+        help="train every strategy with N seeds (data order, LoRA init): the report gives means, "
+        "spreads and intervals",
+    )
+    strategy: list[str] | None = opt(
+        None,
+        help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
+        "'advise [budget=8GiB]' (the plan `freezetune advise` picks); 'gradual every=N "
+        "[start=K step=S]' or 'lisa layers=K every=T', optionally 'over PLAN'; "
+        "give once per strategy "
+        "(default: full, lora, freeze bottom 75%%, freeze bottom 50%%)",
+    )
+    retain: str | None = opt(
+        None,
+        help="general text for forgetting (.txt or records with 'text'); default: the base "
+        "model's answers to 52 built-in general prompts",
+    )
+    lr_full: float | None = opt(
+        None, help="learning rate of full fine-tuning; default: searched around 5e-5"
+    )
     lr_lora: float | None = opt(None, help="learning rate of LoRA; default: searched around 1e-3")
-    lr_plan: float | None = opt(None, help="learning rate of freeze plans; default: searched around 2e-4")
-    lr_grid: str = opt("0.25,1,4", help="the search's rates, as multiples of the kind's default (log-spaced)")
+    lr_plan: float | None = opt(
+        None, help="learning rate of freeze plans; default: searched around 2e-4"
+    )
+    lr_grid: str = opt(
+        "0.25,1,4", help="the search's rates, as multiples of the kind's default (log-spaced)"
+    )
     search_steps: int = opt(0, help="optimizer steps of each search run; 0 = half of --max-steps")
-    search_extensions: int = opt(2, help="when the best rate is the grid's highest or lowest, try one more 4x further "
-                                 "out, up to N times per strategy (0: never)")
-    validation: int = opt(64, help="training examples carved out (seeded) to score the search; never the eval split")
+    search_extensions: int = opt(
+        2,
+        help="when the best rate is the grid's highest or lowest, try one more 4x further "
+        "out, up to N times per strategy (0: never)",
+    )
+    validation: int = opt(
+        64, help="training examples carved out (seeded) to score the search; never the eval split"
+    )
     out: str = opt("runs/compare", help="output folder: runs/, report.html, results.json, ...")
-    keep_checkpoints: bool = opt(False, help="keep each finished run's resumable checkpoints (optimizer state); "
-                                 "by default a reported run keeps its trained tensors, metrics and answers only")
-    metric: str = opt("auto", help="the quality metric that ranks, chosen before training: exact_match, eval_loss, or "
-                      "auto (exact match where answers are generated for SFT, else eval loss)",
-                      choices=("auto", "exact_match", "eval_loss"))
+    keep_checkpoints: bool = opt(
+        False,
+        help="keep each finished run's resumable checkpoints (optimizer state); "
+        "by default a reported run keeps its trained tensors, metrics and answers only",
+    )
+    metric: str = opt(
+        "auto",
+        help="the quality metric that ranks, chosen before training: exact_match, eval_loss, or "
+        "auto (exact match where answers are generated for SFT, else eval loss)",
+        choices=("auto", "exact_match", "eval_loss"),
+    )
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
@@ -148,7 +201,9 @@ class CompareOptions(RunOptions):
         if self.seeds < 1:
             raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
         if self.search_steps < 0 or self.validation < 0 or self.search_extensions < 0:
-            raise FreezetuneError("--search-steps, --search-extensions and --validation must be 0 or more")
+            raise FreezetuneError(
+                "--search-steps, --search-extensions and --validation must be 0 or more"
+            )
         for kind in ("full", "lora", "plan"):
             rate = getattr(self, f"lr_{kind}")
             if rate is not None and rate <= 0:
@@ -159,9 +214,17 @@ class CompareOptions(RunOptions):
         try:
             factors = [float(word) for word in self.lr_grid.split(",")]
         except ValueError:
-            raise FreezetuneError(f"--lr-grid '{self.lr_grid}': expected comma-separated multiples like 0.25,1,4") from None
-        if not factors or any(not 0 < f < float("inf") for f in factors) or len(set(factors)) != len(factors):
-            raise FreezetuneError(f"--lr-grid '{self.lr_grid}': the multiples must be positive and distinct")
+            raise FreezetuneError(
+                f"--lr-grid '{self.lr_grid}': expected comma-separated multiples like 0.25,1,4"
+            ) from None
+        if (
+            not factors
+            or any(not 0 < f < float("inf") for f in factors)
+            or len(set(factors)) != len(factors)
+        ):
+            raise FreezetuneError(
+                f"--lr-grid '{self.lr_grid}': the multiples must be positive and distinct"
+            )
         return sorted(factors)
 
     def settings(self) -> CompareSettings:
@@ -169,9 +232,20 @@ class CompareOptions(RunOptions):
         base = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(RunOptions)})
         base.max_new_tokens = self.max_new_tokens
         given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
-        return CompareSettings(self.model, strategies, Path(self.out), base, given, self.retain, self.keep_checkpoints,
-                               [self.seed + i for i in range(self.seeds)], self.grid(),
-                               self.search_steps or max(1, self.max_steps // 2), self.validation, self.search_extensions)
+        return CompareSettings(
+            self.model,
+            strategies,
+            Path(self.out),
+            base,
+            given,
+            self.retain,
+            self.keep_checkpoints,
+            [self.seed + i for i in range(self.seeds)],
+            self.grid(),
+            self.search_steps or max(1, self.max_steps // 2),
+            self.validation,
+            self.search_extensions,
+        )
 
 
 @dataclass
@@ -187,7 +261,9 @@ class CompareSettings:
     lr_grid: list[float] = field(default_factory=lambda: [1.0])  # multiples of DEFAULT_LR[kind]
     search_steps: int = 10
     validation: int = 64
-    search_extensions: int = 2  # how often a search whose best rate is at its grid's edge may go one step further
+    search_extensions: int = (
+        2  # how often a search whose best rate is at its grid's edge may go one step further
+    )
 
     def given_rate(self, strategy: Strategy) -> float | None:
         """The strategy's own lr=, else the kind's --lr-*; None means it is searched."""
@@ -201,10 +277,18 @@ def fingerprint(settings: CompareSettings, base_sha256: str, model_files: dict[s
     """What the base reference and every run share; a rerun with any of it changed is another comparison.
     Each run's own settings (rate, seed, steps, warmup...) are checked run by run (runner.py)."""
     config = settings.base_config
-    return {"model": settings.model, "model_sha256": base_sha256, "model_files": model_files, "objective": config.objective,
-            "data": content_hash(config.data), "eval_data": content_hash(config.eval_data),
-            "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
-            "seq_len": config.seq_len, "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
+    return {
+        "model": settings.model,
+        "model_sha256": base_sha256,
+        "model_files": model_files,
+        "objective": config.objective,
+        "data": content_hash(config.data),
+        "eval_data": content_hash(config.eval_data),
+        "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
+        "seq_len": config.seq_len,
+        "eval_generate": config.eval_generate,
+        "max_new_tokens": config.max_new_tokens,
+    }
 
 
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
@@ -212,34 +296,65 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
     if state_path.is_file():
         earlier = read_json(state_path)
         if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):
-            raise FreezetuneError(f"{state_path}: damaged; it does not say which comparison {settings.out} holds")
+            raise FreezetuneError(
+                f"{state_path}: damaged; it does not say which comparison {settings.out} holds"
+            )
         earlier = earlier["fingerprint"]
         changed = [k for k in pinned if earlier.get(k) != pinned[k]]
-        if "model_sha256" in changed or "model_files" in changed:  # the same --model, but another model
+        if (
+            "model_sha256" in changed or "model_files" in changed
+        ):  # the same --model, but another model
             was, now = earlier.get("model_files"), pinned["model_files"]
-            if "model_sha256" in changed or was is None:  # None: a comparison from before the files were recorded
-                what = "its weights changed" if "model_sha256" in changed else "its config and tokenizer files were recorded"
+            if (
+                "model_sha256" in changed or was is None
+            ):  # None: a comparison from before the files were recorded
+                what = (
+                    "its weights changed"
+                    if "model_sha256" in changed
+                    else "its config and tokenizer files were recorded"
+                )
             else:
-                what = ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n))) + " changed"
-            raise FreezetuneError(f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
-                                  "and base reference may belong to another model: choose another --out")
+                what = (
+                    ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n)))
+                    + " changed"
+                )
+            raise FreezetuneError(
+                f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
+                "and base reference may belong to another model: choose another --out"
+            )
         if changed:
             raise FreezetuneError(
-                f"{settings.out} holds a comparison with another {', '.join(changed)} (--{changed[0].replace('_', '-')}); "
+                f"{settings.out} holds a comparison with another {', '.join(changed)} "
+                f"(--{changed[0].replace('_', '-')}); "
                 "choose another --out"
             )
 
 
-def run_config(settings: CompareSettings, strategy: Strategy, rate: float, seed: int | None = None) -> TrainConfig:
-    """One seed's reported run at ``rate``; ``seed`` None: the search run of ``rate`` (shorter, on the validation split)."""
+def run_config(
+    settings: CompareSettings, strategy: Strategy, rate: float, seed: int | None = None
+) -> TrainConfig:
+    """One seed's reported run at ``rate``; ``seed`` None: the search run of ``rate`` (shorter, on
+    the validation split)."""
     group = settings.out / "runs" / strategy.slug
     run_dir = group / f"seed-{seed}" if seed is not None else group / "search" / f"lr-{rate:g}"
-    schedule = strategy.schedule.render() if strategy.schedule else None  # the worker's spec is text: JSON
-    values = dict(model=settings.model, plan=strategy.plan, schedule=schedule, lr=rate, out=str(run_dir),
-                  seed=settings.seeds[0],
-                  resume=str(run_dir) if checkpoint_dirs(run_dir) else None, show_generations=0, lora_r=0)
+    schedule = (
+        strategy.schedule.render() if strategy.schedule else None
+    )  # the worker's spec is text: JSON
+    values = dict(
+        model=settings.model,
+        plan=strategy.plan,
+        schedule=schedule,
+        lr=rate,
+        out=str(run_dir),
+        seed=settings.seeds[0],
+        resume=str(run_dir) if checkpoint_dirs(run_dir) else None,
+        show_generations=0,
+        lora_r=0,
+    )
     if seed is None:  # scored on the validation split by its loss alone: no answers to generate
-        values.update(max_steps=settings.search_steps, validation=settings.validation, eval_generate=0)
+        values.update(
+            max_steps=settings.search_steps, validation=settings.validation, eval_generate=0
+        )
     else:
         values.update(seed=seed)
     values.update(strategy.lora)
@@ -252,9 +367,14 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         raise FreezetuneError("give at least one --strategy")
     slugs = [s.slug for s in settings.strategies]
     if len(set(slugs)) != len(slugs):
-        raise FreezetuneError(f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'")
+        raise FreezetuneError(
+            f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'"
+        )
     settings.base_config.validate()
-    loaded = load_model(settings.model, Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None)
+    loaded = load_model(
+        settings.model,
+        Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
+    )
     require_causal_lm(loaded, "compare")
     if any(strategy.advise for strategy in settings.strategies):
         # the advisor's pick on this model and the comparison's training data becomes the plan
@@ -262,12 +382,20 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         from freezetune.data.loading import load_data
 
         config = settings.base_config
-        examples = load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len)[0].examples
+        examples = load_data(
+            loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len
+        )[0].examples
         for index, strategy in enumerate(settings.strategies):
             if strategy.advise:
-                plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)["plan"]
-                settings.strategies[index] = replace(strategy, name=f"{strategy.name} → {plan}", plan=plan,
-                                                     rules=FreezePlan.parse(plan))
+                plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)[
+                    "plan"
+                ]
+                settings.strategies[index] = replace(
+                    strategy,
+                    name=f"{strategy.name} → {plan}",
+                    plan=plan,
+                    rules=FreezePlan.parse(plan),
+                )
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
         if strategy.kind == "plan":
@@ -283,13 +411,26 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         from freezetune.data.files import read_records
 
         records = read_records(settings.retain)
-        if not any(isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records):
-            raise FreezetuneError(f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)")
+        if not any(
+            isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records
+        ):
+            raise FreezetuneError(
+                f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
+            )
     if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
         from freezetune.data.loading import load_data
 
-        config = settings.base_config  # too few examples for the validation split fail here, before anything trains
-        load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len, settings.validation)
+        config = (
+            settings.base_config
+        )  # too few examples for the validation split fail here, before anything trains
+        load_data(
+            loaded.tokenizer,
+            config.objective,
+            config.data,
+            config.eval_data,
+            config.seq_len,
+            settings.validation,
+        )
     base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256

@@ -37,7 +37,10 @@ from freezetune.training.loop import TrainingLoop
 from freezetune.training.peak_memory import current_rss_bytes
 from freezetune.training.session import open_session
 
-SEARCH_BEFORE = {"label": "before", "note": "not measured: a learning-rate search run is scored on its validation loss"}
+SEARCH_BEFORE = {
+    "label": "before",
+    "note": "not measured: a learning-rate search run is scored on its validation loss",
+}
 
 
 def finished(run_dir: Path, measure: str) -> bool:
@@ -58,7 +61,9 @@ def release_memory() -> None:
         pass  # not glibc: the next run's peak may include this one's leftovers
 
 
-def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool, runtime: int | None) -> None:
+def _measure_forgetting(
+    spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool, runtime: int | None
+) -> None:
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tuned = load_run(run_dir, cache).model.to(device)
@@ -66,12 +71,23 @@ def _measure_forgetting(spec: dict, config: TrainConfig, run_dir: Path, log, pro
     reference = read_tensors(Path(spec["retain"]["base"]))
     loaded = load_model(config.model, cache)
     pad_id = pad_token_id(loaded.tokenizer)
-    measured = forgetting(tuned, examples, reference, config.batch_size, pad_id, device, progress=progress)
-    write_json(run_dir / "forgetting.json", {"strategy": spec["strategy"], "kind": spec["kind"], **measured,
-                                             "layer_drift": layer_drift(loaded.model.to(device), tuned),
-                                             "runtime_rss_bytes": runtime})
-    log(f"{spec['strategy']} (seed {config.seed}): retain perplexity {measured['retain_ppl_base']:.3f} -> "
-        f"{measured['retain_ppl']:.3f}, KL from base {measured['retain_kl']:.4f}")
+    measured = forgetting(
+        tuned, examples, reference, config.batch_size, pad_id, device, progress=progress
+    )
+    write_json(
+        run_dir / "forgetting.json",
+        {
+            "strategy": spec["strategy"],
+            "kind": spec["kind"],
+            **measured,
+            "layer_drift": layer_drift(loaded.model.to(device), tuned),
+            "runtime_rss_bytes": runtime,
+        },
+    )
+    log(
+        f"{spec['strategy']} (seed {config.seed}): retain perplexity {measured['retain_ppl_base']:.3f} -> "
+        f"{measured['retain_ppl']:.3f}, KL from base {measured['retain_kl']:.4f}"
+    )
 
 
 def _drop_checkpoints(run_dir: Path, name: str, log) -> None:
@@ -80,12 +96,18 @@ def _drop_checkpoints(run_dir: Path, name: str, log) -> None:
     if checkpoints.is_dir():
         size = sum(p.stat().st_size for p in checkpoints.rglob("*") if p.is_file())
         shutil.rmtree(checkpoints)
-        log(f"{name}: dropped the resumable checkpoints of {run_dir.name} ({size / 2**20:.1f} MiB; "
-            "--keep-checkpoints keeps them)")
+        log(
+            f"{name}: dropped the resumable checkpoints of {run_dir.name} ({size / 2**20:.1f} MiB; "
+            "--keep-checkpoints keeps them)"
+        )
 
 
-def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = True,
-               should_stop: Callable[[], bool] = lambda: False) -> str:
+def run_worker(
+    spec: dict,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> str:
     """Train and measure each run of the spec not yet finished: "done", or "stopped" when asked to
     (the running one checkpointed). A failed run leaves failed.json and the next one goes on."""
     # what the interpreter and libraries hold before any model loads: on a CPU the report counts peak RSS
@@ -101,10 +123,14 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
         failure = run_dir / "failed.json"
         failure.unlink(missing_ok=True)
         try:
-            if not finished(run_dir, "search"):  # trained already, only its forgetting left to measure
+            if not finished(
+                run_dir, "search"
+            ):  # trained already, only its forgetting left to measure
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
-                result = TrainingLoop(session, log=log, progress=progress).run(should_stop=should_stop, before=before)
+                result = TrainingLoop(session, log=log, progress=progress).run(
+                    should_stop=should_stop, before=before
+                )
                 del session
                 if result["status"] != "finished":
                     return "stopped"
@@ -112,10 +138,18 @@ def run_worker(spec: dict, log: Callable[[str], None] = print, progress: bool = 
                 _measure_forgetting(spec, config, run_dir, log, progress, runtime)
             if not spec.get("keep_checkpoints"):
                 _drop_checkpoints(run_dir, spec["strategy"], log)
-        except Exception as exc:  # one failed run must not sink the others; its reason goes in the table
-            reason = str(exc).splitlines()[0] if isinstance(exc, FreezetuneError) else f"{type(exc).__name__}: {exc}"
+        except (
+            Exception
+        ) as exc:  # one failed run must not sink the others; its reason goes in the table
+            reason = (
+                str(exc).splitlines()[0]
+                if isinstance(exc, FreezetuneError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(failure, {"strategy": spec["strategy"], "kind": spec["kind"], "reason": reason})
+            write_json(
+                failure, {"strategy": spec["strategy"], "kind": spec["kind"], "reason": reason}
+            )
             if not isinstance(exc, FreezetuneError):
                 (run_dir / "error.log").write_text(traceback.format_exc())
             log(f"{spec['strategy']}: {run_dir.name} failed: {reason}")

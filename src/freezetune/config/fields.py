@@ -10,11 +10,23 @@ from freezetune.errors import FreezetuneError
 
 
 def opt(default=dataclasses.MISSING, *, help: str, choices=None, positional: bool = False):
-    return field(default=default, metadata={"help": help, "choices": choices, "positional": positional})
+    return field(
+        default=default, metadata={"help": help, "choices": choices, "positional": positional}
+    )
 
 
 SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
-UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str, flag: str) -> int:
@@ -24,5 +36,7 @@ def parse_size(text: str, flag: str) -> int:
         try:
             return int(float(text))
         except ValueError:
-            raise FreezetuneError(f"{flag} '{text}': expected a size such as 8GiB, 512MiB or 2e9 (bytes)") from None
+            raise FreezetuneError(
+                f"{flag} '{text}': expected a size such as 8GiB, 512MiB or 2e9 (bytes)"
+            ) from None
     return int(float(match.group(1)) * UNITS[(match.group(2) or "b").lower()])

@@ -22,73 +22,152 @@ LORA_PLAN = r"train re:.*\.lora_[AB]\..*"  # peft's adapter matrices, nothing of
 class RunOptions:
     """What every run of a model on data is given, whichever command starts it (train, compare)."""
 
-    model: str = opt("smollm2-135m", help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache")
-    objective: str = opt("sft", help="sft: prompt/response records, loss on responses; cpt: raw text, packed",
-                         choices=("sft", "cpt"))
-    data: str | None = opt(None, help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: "
-                           "the built-in dispatch task (sft) or stdlib docstrings (cpt)")
-    eval_data: str | None = opt(None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data")
-    seq_len: int = opt(256, help="maximum tokens per example (SFT truncates, CPT packs to this length)")
+    model: str = opt(
+        "smollm2-135m",
+        help="embedded model name, HF model folder, .gguf file, or a hub id in the local HF cache",
+    )
+    objective: str = opt(
+        "sft",
+        help="sft: prompt/response records, loss on responses; cpt: raw text, packed",
+        choices=("sft", "cpt"),
+    )
+    data: str | None = opt(
+        None,
+        help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: "
+        "the built-in dispatch task (sft) or stdlib docstrings (cpt)",
+    )
+    eval_data: str | None = opt(
+        None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data"
+    )
+    seq_len: int = opt(
+        256, help="maximum tokens per example (SFT truncates, CPT packs to this length)"
+    )
     batch_size: int = opt(8, help="examples per micro-batch")
     max_steps: int = opt(0, help="optimizer steps to run; 0 = run --epochs")
-    warmup: int | None = opt(None, help="linear warmup steps before the cosine decay; default: --warmup-ratio of the steps")
-    warmup_ratio: float = opt(0.1, help="warmup as a fraction of the run's steps, when --warmup is not given")
+    warmup: int | None = opt(
+        None,
+        help="linear warmup steps before the cosine decay; default: --warmup-ratio of the steps",
+    )
+    warmup_ratio: float = opt(
+        0.1, help="warmup as a fraction of the run's steps, when --warmup is not given"
+    )
     seed: int = opt(0, help="seed for data order, initialisation and sampling")
-    eval_generate: int = opt(40, help="held-out SFT examples to answer by greedy generation for exact match; 0 = none")
-    cache_dir: str | None = opt(None, help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)")
+    eval_generate: int = opt(
+        40, help="held-out SFT examples to answer by greedy generation for exact match; 0 = none"
+    )
+    cache_dir: str | None = opt(
+        None,
+        help="where converted GGUF models and prefix caches live (default ~/.cache/freezetune)",
+    )
 
 
 @dataclass
 class TrainConfig(RunOptions):
     """Fine-tune a model under a freeze plan (full fine-tuning is the plan 'train all')."""
 
-    plan: str | None = opt(None, help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; "
-                           "with LoRA: train the adapters only)")
-    lora_r: int = opt(0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)")
+    plan: str | None = opt(
+        None,
+        help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; "
+        "with LoRA: train the adapters only)",
+    )
+    lora_r: int = opt(
+        0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)"
+    )
     lora_alpha: int = opt(16, help="LoRA alpha")
-    lora_targets: str = opt("all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names")
+    lora_targets: str = opt(
+        "all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names"
+    )
     grad_accum: int = opt(1, help="micro-batches per optimizer step")
     epochs: float = opt(2.0, help="passes over the training data when --max-steps is 0")
     lr: float = opt(2e-4, help="peak learning rate (AdamW)")
-    layer_lr_decay: float = opt(1.0, help="layer-wise rate decay G: block i trains at lr*G^(top-i), the embeddings as "
-                                "block 0, the final norm and head as the top block; 1 = one rate for all")
-    schedule: str | None = opt(None, help="change what trains during the run, inside the plan: 'gradual every=N [start=K] "
-                               "[step=S]' (unfreeze downward) or 'lisa layers=K every=T' (K blocks drawn per period)")
+    layer_lr_decay: float = opt(
+        1.0,
+        help="layer-wise rate decay G: block i trains at lr*G^(top-i), the embeddings as "
+        "block 0, the final norm and head as the top block; 1 = one rate for all",
+    )
+    schedule: str | None = opt(
+        None,
+        help="change what trains during the run, inside the plan: 'gradual every=N [start=K] "
+        "[step=S]' (unfreeze downward) or 'lisa layers=K every=T' (K blocks drawn per period)",
+    )
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
     precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
-    validation: int = opt(0, help="evaluate on N training examples carved out (seeded), not on the held-out split; 0 = off")
+    validation: int = opt(
+        0,
+        help="evaluate on N training examples carved out (seeded), not on the held-out split; 0 = off",
+    )
     eval_every: int = opt(0, help="evaluate every N steps; 0 = only before and after training")
-    save_every: int = opt(50, help="write a resumable checkpoint every N steps; 0 = only at the end")
-    gradient_checkpointing: bool = opt(False, help="recompute activations of the trained blocks only (never the frozen prefix)")
-    head_positions: str = opt("targets", help="where the output head runs: targets (only where the loss is, its "
-                              "cross-entropy in chunks) or all (every position, as transformers does)",
-                              choices=("targets", "all"))
-    prefix_cache: str = opt("auto", help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto "
-                            "(by size)", choices=CACHE_MODES)
-    cache_ram: str = opt("2GiB", help="RAM the prefix cache may hold; auto goes to disk above it, and a disk cache "
-                         "streams its shards within it")
-    cache_limit: str = opt("50GiB", help="size cap of the prefix-cache folder: least recently used caches are removed "
-                           "before a run writes a new one")
+    save_every: int = opt(
+        50, help="write a resumable checkpoint every N steps; 0 = only at the end"
+    )
+    gradient_checkpointing: bool = opt(
+        False, help="recompute activations of the trained blocks only (never the frozen prefix)"
+    )
+    head_positions: str = opt(
+        "targets",
+        help="where the output head runs: targets (only where the loss is, its "
+        "cross-entropy in chunks) or all (every position, as transformers does)",
+        choices=("targets", "all"),
+    )
+    prefix_cache: str = opt(
+        "auto",
+        help="reuse the frozen prefix's output across epochs: off, memory, disk, or auto (by size)",
+        choices=CACHE_MODES,
+    )
+    cache_ram: str = opt(
+        "2GiB",
+        help="RAM the prefix cache may hold; auto goes to disk above it, and a disk cache "
+        "streams its shards within it",
+    )
+    cache_limit: str = opt(
+        "50GiB",
+        help="size cap of the prefix-cache folder: least recently used caches are removed "
+        "before a run writes a new one",
+    )
     resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
     out: str | None = opt(None, help="run folder to write (default runs/<model>-<time>)")
-    log_with: str | None = opt(None, help="also log to an accelerate tracker", choices=("tensorboard", "wandb"))
+    log_with: str | None = opt(
+        None, help="also log to an accelerate tracker", choices=("tensorboard", "wandb")
+    )
     show_generations: int = opt(3, help="generations to print before and after training")
     max_new_tokens: int = opt(48, help="token limit for generations")
-    num_processes: int = opt(1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch")
-    fsdp: bool = opt(False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)")
-    zero_stage: int = opt(0, help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, "
-                          "3 also the weights; 0 = off", choices=(0, 1, 2, 3))
+    num_processes: int = opt(
+        1, help="train with N processes (torchrun + DDP); --batch-size stays the global batch"
+    )
+    fsdp: bool = opt(
+        False,
+        help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per block)",
+    )
+    zero_stage: int = opt(
+        0,
+        help="DeepSpeed ZeRO instead: 1 partitions the optimizer state, 2 also the gradients, "
+        "3 also the weights; 0 = off",
+        choices=(0, 1, 2, 3),
+    )
 
     def validate(self) -> None:
         if self.seq_len < 2:  # before the data: a shorter limit would blame the records
-            raise FreezetuneError(f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {self.seq_len}")
+            raise FreezetuneError(
+                f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {self.seq_len}"
+            )
         for name in ("batch_size", "grad_accum", "num_processes"):
             if getattr(self, name) < 1:
-                raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"):
+                raise FreezetuneError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        for name in (
+            "max_steps",
+            "validation",
+            "eval_every",
+            "save_every",
+            "eval_generate",
+            "show_generations",
+        ):
             if getattr(self, name) < 0:
-                raise FreezetuneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+                raise FreezetuneError(
+                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
+                )
         if self.fsdp and self.zero_stage:
             raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
         if self.max_steps == 0 and self.epochs <= 0:
@@ -106,14 +185,24 @@ class TrainConfig(RunOptions):
         parse_size(self.cache_ram, "--cache-ram")
         parse_size(self.cache_limit, "--cache-limit")
         _ = self.parsed_schedule  # its syntax fails here, before anything loads
-        check_layout(self, self.num_processes, "--fsdp" if self.fsdp else "--zero-stage" if self.zero_stage else None)
+        check_layout(
+            self,
+            self.num_processes,
+            "--fsdp" if self.fsdp else "--zero-stage" if self.zero_stage else None,
+        )
         if self.log_with:
             from accelerate.utils import is_tensorboard_available, is_wandb_available
 
-            available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[self.log_with]()
-            if not available:  # accelerate would drop the tracker with a log line; the user asked for it
-                raise FreezetuneError(f"--log-with {self.log_with} needs the {self.log_with} package: "
-                                      f"pip install {self.log_with}")
+            available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[
+                self.log_with
+            ]()
+            if (
+                not available
+            ):  # accelerate would drop the tracker with a log line; the user asked for it
+                raise FreezetuneError(
+                    f"--log-with {self.log_with} needs the {self.log_with} package: "
+                    f"pip install {self.log_with}"
+                )
 
     def total_steps(self, num_train: int) -> int:
         """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
@@ -126,7 +215,9 @@ class TrainConfig(RunOptions):
 
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup when given, else --warmup-ratio of the run: 20 steps warm up for 2, not half the run."""
-        return self.warmup if self.warmup is not None else math.ceil(self.warmup_ratio * total_steps)
+        return (
+            self.warmup if self.warmup is not None else math.ceil(self.warmup_ratio * total_steps)
+        )
 
     @functools.cached_property
     def parsed_schedule(self) -> Schedule | None:
@@ -145,8 +236,12 @@ def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> N
     """What the processes must allow: checked from the flags before freezetune starts them, and again in
     each process under a launcher's own settings (torchrun, an accelerate config)."""
     if config.batch_size % processes:
-        raise FreezetuneError(f"--batch-size {config.batch_size} does not divide among {processes} processes; "
-                              "the global batch must split evenly")
+        raise FreezetuneError(
+            f"--batch-size {config.batch_size} does not divide among {processes} processes; "
+            "the global batch must split evenly"
+        )
     if config.schedule and sharding:
-        raise FreezetuneError(f"--schedule with {sharding}: the shards and partitions are laid out once for a fixed "
-                              "trainable set; train a schedule with replicas (DDP) or one process")
+        raise FreezetuneError(
+            f"--schedule with {sharding}: the shards and partitions are laid out once for a fixed "
+            "trainable set; train a schedule with replicas (DDP) or one process"
+        )

@@ -43,14 +43,18 @@ class TokenizedData:
         return sum(len(e.input_ids) for e in self.examples)
 
 
-def _string_field(record: Record, name: str, errors: list[str], required: bool = True) -> str | None:
+def _string_field(
+    record: Record, name: str, errors: list[str], required: bool = True
+) -> str | None:
     value = record.fields.get(name)
     if value is None:
         if required:
             errors.append(f"{record.where}: field '{name}' is missing")
         return None
     if not isinstance(value, str):
-        errors.append(f"{record.where}: field '{name}' must be a string, got {type(value).__name__}")
+        errors.append(
+            f"{record.where}: field '{name}' must be a string, got {type(value).__name__}"
+        )
         return None
     if required and not value.strip():
         errors.append(f"{record.where}: field '{name}' is empty")
@@ -66,8 +70,14 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
             errors.append(f"{record.where}: field 'messages' must be a non-empty list")
             return None
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-                errors.append(f"{record.where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}")
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in ROLES
+                or not isinstance(message.get("content"), str)
+            ):
+                errors.append(
+                    f"{record.where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}"
+                )
                 return None
         if messages[-1]["role"] != "assistant":
             errors.append(f"{record.where}: field 'messages' must end with an assistant message")
@@ -82,7 +92,10 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
         prompt = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     if fields.get("prompt") is not None or fields.get("completion") is not None:
-        prompt, completion = _string_field(record, "prompt", errors), _string_field(record, "completion", errors)
+        prompt, completion = (
+            _string_field(record, "prompt", errors),
+            _string_field(record, "completion", errors),
+        )
         if prompt is None or completion is None:
             return None
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
@@ -103,12 +116,16 @@ def _chat_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        before = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not before.startswith(rendered) or not through.startswith(before):
-            raise FreezetuneError("the tokenizer's chat template does not render conversations turn by turn")
-        context = _encode(tokenizer, before[len(rendered):])
-        response = _encode(tokenizer, through[len(before):])
+            raise FreezetuneError(
+                "the tokenizer's chat template does not render conversations turn by turn"
+            )
+        context = _encode(tokenizer, before[len(rendered) :])
+        response = _encode(tokenizer, through[len(before) :])
         ids += context
         labels += [IGNORE] * len(context)
         prompt_ids = list(ids)
@@ -121,7 +138,9 @@ def _chat_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
 def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
     if len(messages) != 2:
         raise FreezetuneError("'messages' records need a tokenizer with a chat template")
-    prompt = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _encode(tokenizer, messages[0]["content"])
+    prompt = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _encode(
+        tokenizer, messages[0]["content"]
+    )
     response = _encode(tokenizer, messages[1]["content"]) + [tokenizer.eos_token_id]
     return prompt + response, [IGNORE] * len(prompt) + response, prompt
 
@@ -143,7 +162,9 @@ def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
                 data.dropped += 1
                 continue
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        data.examples.append(Example(ids, labels, record.where, prompt_ids, messages[-1]["content"], last_user))
+        data.examples.append(
+            Example(ids, labels, record.where, prompt_ids, messages[-1]["content"], last_user)
+        )
     _finish(data, "SFT", seq_len)
     return data
 
@@ -160,7 +181,7 @@ def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
         raise FreezetuneError(f"{len(errors)} malformed record(s): " + "; ".join(errors[:5]))
     data = TokenizedData([])
     for start in range(0, len(stream) - 1, seq_len):
-        block = stream[start:start + seq_len]
+        block = stream[start : start + seq_len]
         if len(block) >= 2:  # a one-token block predicts nothing
             data.examples.append(Example(block, list(block), f"block {len(data.examples)}"))
     _finish(data, "CPT", seq_len)
@@ -169,23 +190,36 @@ def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
 
 def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
     if not data.examples and data.dropped:
-        raise FreezetuneError(f"no usable {kind} example: all {data.dropped} lost their whole response to --seq-len {seq_len}; "
-                              "raise --seq-len")
+        raise FreezetuneError(
+            f"no usable {kind} example: all {data.dropped} lost their whole response to --seq-len {seq_len}; "
+            "raise --seq-len"
+        )
     if not data.examples:
-        raise FreezetuneError(f"no usable {kind} example: the data holds no record with text to learn from")
+        raise FreezetuneError(
+            f"no usable {kind} example: the data holds no record with text to learn from"
+        )
     if data.truncated:
-        lost = f"; {data.dropped} lost their whole response and were skipped" if data.dropped else ""
-        data.notes.append(f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}")
+        lost = (
+            f"; {data.dropped} lost their whole response and were skipped" if data.dropped else ""
+        )
+        data.notes.append(
+            f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}"
+        )
 
 
-def split_holdout(data: TokenizedData, fraction: float, seed: int,
-                  count: int | None = None) -> tuple[TokenizedData, TokenizedData]:
+def split_holdout(
+    data: TokenizedData, fraction: float, seed: int, count: int | None = None
+) -> tuple[TokenizedData, TokenizedData]:
     """Hold out a seeded fraction (or ``count``) of examples for evaluation."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)
-    cut = count if count is not None else max(1, int(len(order) * fraction)) if len(order) > 1 else 0
+    cut = (
+        count if count is not None else max(1, int(len(order) * fraction)) if len(order) > 1 else 0
+    )
     held, kept = set(order[:cut]), order[cut:]
-    train = TokenizedData([data.examples[i] for i in sorted(kept)], data.truncated, data.dropped, data.notes)
+    train = TokenizedData(
+        [data.examples[i] for i in sorted(kept)], data.truncated, data.dropped, data.notes
+    )
     return train, TokenizedData([data.examples[i] for i in sorted(held)])
 
 

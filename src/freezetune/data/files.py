@@ -48,8 +48,10 @@ def _locate_jsonl_error(path: Path) -> str:
                     continue
                 first = types.setdefault(key, (type(value), number))
                 if first[0] is not type(value):
-                    return (f"{path} line {number}: field '{key}' is {type(value).__name__}, "
-                            f"but line {first[1]} has {first[0].__name__}")
+                    return (
+                        f"{path} line {number}: field '{key}' is {type(value).__name__}, "
+                        f"but line {first[1]} has {first[0].__name__}"
+                    )
     return ""
 
 
@@ -61,8 +63,10 @@ def _utf8_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise FreezetuneError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
-                              "save the file as UTF-8") from None
+        raise FreezetuneError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def read_records(path_text: str) -> list[Record]:
@@ -76,13 +80,17 @@ def read_records(path_text: str) -> list[Record]:
         try:
             table = datasets.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as exc:
-            raise FreezetuneError(f"{path_text} is not a dataset folder saved by `datasets` ({exc})") from None
+            raise FreezetuneError(
+                f"{path_text} is not a dataset folder saved by `datasets` ({exc})"
+            ) from None
         if isinstance(table, datasets.DatasetDict):
             table = table["train"] if "train" in table else next(iter(table.values()))
         return [Record(dict(row), f"{path} row {i}") for i, row in enumerate(table)]
     suffix = path.suffix.lower()
     if suffix not in LOADERS:
-        raise FreezetuneError(f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder")
+        raise FreezetuneError(
+            f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder"
+        )
     if suffix != ".parquet" and not _utf8_text(path).strip():
         return []  # the caller says "no usable example", naming the data
     logger = logging.getLogger("datasets")
@@ -91,7 +99,9 @@ def read_records(path_text: str) -> list[Record]:
         # a .txt file is one document of raw text (continued pre-training), not one record per line
         options = {"sample_by": "document"} if suffix == ".txt" else {}
         logger.setLevel(logging.CRITICAL)  # it logs its own parse errors; ours below names the line
-        table = datasets.load_dataset(LOADERS[suffix], data_files=str(path), split="train", **options)
+        table = datasets.load_dataset(
+            LOADERS[suffix], data_files=str(path), split="train", **options
+        )
     except Exception as exc:  # pyarrow and datasets raise many types for a malformed file
         detail = _locate_jsonl_error(path) if suffix in (".jsonl", ".json") else ""
         first = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -11,11 +11,18 @@ from freezetune.data.files import read_records
 from freezetune.data.tasks import dispatch_task, stdlib_docstrings
 from freezetune.errors import FreezetuneError
 
-SPLIT_SEED = 0  # held-out and validation splits never follow --seed: every seed and strategy is scored on the same items
+# held-out and validation splits never follow --seed: every seed and strategy is scored on the same items
+SPLIT_SEED = 0
 
 
-def load_data(tokenizer, objective: str = "sft", data: str | None = None, eval_data: str | None = None, seq_len: int = 256,
-              validation: int = 0) -> tuple[TokenizedData, TokenizedData, list[str]]:
+def load_data(
+    tokenizer,
+    objective: str = "sft",
+    data: str | None = None,
+    eval_data: str | None = None,
+    seq_len: int = 256,
+    validation: int = 0,
+) -> tuple[TokenizedData, TokenizedData, list[str]]:
     """Train and eval examples, and notes for the log: ``data`` (else the built-in task for SFT, the standard
     library's docstrings for CPT), held out by ``eval_data`` or 5% of ``data``; ``validation`` > 0 scores on that
     many training examples instead."""
@@ -24,27 +31,43 @@ def load_data(tokenizer, objective: str = "sft", data: str | None = None, eval_d
     if data is None:
         if objective == "sft":
             train_records, eval_records = dispatch_task()
-            notes.append(f"data: built-in dispatch task, {len(train_records)} train / {len(eval_records)} held-out")
+            notes.append(
+                f"data: built-in dispatch task, {len(train_records)} train / {len(eval_records)} held-out"
+            )
         else:
             docs = stdlib_docstrings()
-            train_records, eval_records = docs[: int(len(docs) * 0.95)], docs[int(len(docs) * 0.95):]
-            notes.append(f"data: standard-library docstrings, {len(train_records)} train / "
-                         f"{len(eval_records)} held-out documents")
-        train, held = tokenize(train_records, tokenizer, seq_len), tokenize(eval_records, tokenizer, seq_len)
+            train_records, eval_records = (
+                docs[: int(len(docs) * 0.95)],
+                docs[int(len(docs) * 0.95) :],
+            )
+            notes.append(
+                f"data: standard-library docstrings, {len(train_records)} train / "
+                f"{len(eval_records)} held-out documents"
+            )
+        train, held = (
+            tokenize(train_records, tokenizer, seq_len),
+            tokenize(eval_records, tokenizer, seq_len),
+        )
     else:
         train = tokenize(read_records(data), tokenizer, seq_len)
         if eval_data:
             held = tokenize(read_records(eval_data), tokenizer, seq_len)
         else:
             train, held = split_holdout(train, 0.05, SPLIT_SEED)
-            notes.append(f"eval: no --eval-data, holding out {len(held.examples)} examples of --data (the same for every seed)")
+            notes.append(
+                f"eval: no --eval-data, holding out {len(held.examples)} examples of --data (the same for every seed)"
+            )
     notes += train.notes + held.notes
     if validation:  # score on a seeded slice of the training data; the held-out split stays unseen
         if validation >= len(train.examples):
-            raise FreezetuneError(f"--validation {validation} leaves no training example "
-                                  f"(the training data has {len(train.examples)})")
+            raise FreezetuneError(
+                f"--validation {validation} leaves no training example "
+                f"(the training data has {len(train.examples)})"
+            )
         train, held = split_holdout(train, 0.0, SPLIT_SEED, count=validation)
-        notes.append(f"eval: {len(held.examples)} training examples carved out as the validation split")
+        notes.append(
+            f"eval: {len(held.examples)} training examples carved out as the validation split"
+        )
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
     return train, held, notes

@@ -33,8 +33,13 @@ class BatchOrder:
     def _shuffled(self, epoch: int) -> list[list[int]]:
         if self._epoch[0] != epoch:  # one seeded shuffle per slot and epoch
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch = (epoch, [[slot[i] for i in torch.randperm(len(slot), generator=generator).tolist()]
-                                   for slot in self.slots])
+            self._epoch = (
+                epoch,
+                [
+                    [slot[i] for i in torch.randperm(len(slot), generator=generator).tolist()]
+                    for slot in self.slots
+                ],
+            )
         return self._epoch[1]
 
     def global_batch(self, index: int) -> list[int]:
@@ -45,9 +50,9 @@ class BatchOrder:
     def share(self, index: int, rank: int, world: int) -> list[int]:
         """The examples process ``rank`` of ``world`` runs in micro-batch ``index``."""
         width = self.batch_size // world
-        return self.global_batch(index)[rank * width:(rank + 1) * width]
+        return self.global_batch(index)[rank * width : (rank + 1) * width]
 
     def shard(self, rank: int, world: int) -> list[int]:
         """Every example process ``rank`` may ever run: its slots."""
         width = self.batch_size // world
-        return sorted(i for slot in self.slots[rank * width:(rank + 1) * width] for i in slot)
+        return sorted(i for slot in self.slots[rank * width : (rank + 1) * width] for i in slot)

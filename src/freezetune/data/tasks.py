@@ -17,16 +17,88 @@ from freezetune.data.files import Record
 
 INSTRUCTION = "Extract the order as: name=...; city=...; qty=...; color=...; item=...; day=..."
 
-FIRST = ["Alice", "Bruno", "Chen", "Dmitri", "Elena", "Farah", "Goran", "Hana", "Ivan", "Julia", "Kofi",
-         "Lena", "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Victor",
-         "Wen", "Ximena", "Yusuf", "Zoe"]
-LAST = ["Moreno", "Okafor", "Lindqvist", "Tanaka", "Novak", "Haddad", "Silva", "Kowalski", "Dubois",
-        "Rossi", "Nguyen", "Schmidt", "Costa", "Petrov", "Mensah", "Ortiz"]
-CITIES = ["Lyon", "Oslo", "Porto", "Kyoto", "Accra", "Quito", "Graz", "Cork", "Turin", "Busan", "Lagos",
-          "Perth", "Leeds", "Malmo", "Split", "Haifa", "Cusco", "Dakar"]
-ITEMS = {"mug": "mugs", "notebook": "notebooks", "lamp": "lamps", "scarf": "scarves", "backpack": "backpacks",
-         "umbrella": "umbrellas", "kettle": "kettles", "candle": "candles", "towel": "towels",
-         "chair": "chairs", "blanket": "blankets", "teapot": "teapots", "pillow": "pillows", "basket": "baskets"}
+FIRST = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dmitri",
+    "Elena",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoe",
+]
+LAST = [
+    "Moreno",
+    "Okafor",
+    "Lindqvist",
+    "Tanaka",
+    "Novak",
+    "Haddad",
+    "Silva",
+    "Kowalski",
+    "Dubois",
+    "Rossi",
+    "Nguyen",
+    "Schmidt",
+    "Costa",
+    "Petrov",
+    "Mensah",
+    "Ortiz",
+]
+CITIES = [
+    "Lyon",
+    "Oslo",
+    "Porto",
+    "Kyoto",
+    "Accra",
+    "Quito",
+    "Graz",
+    "Cork",
+    "Turin",
+    "Busan",
+    "Lagos",
+    "Perth",
+    "Leeds",
+    "Malmo",
+    "Split",
+    "Haifa",
+    "Cusco",
+    "Dakar",
+]
+ITEMS = {
+    "mug": "mugs",
+    "notebook": "notebooks",
+    "lamp": "lamps",
+    "scarf": "scarves",
+    "backpack": "backpacks",
+    "umbrella": "umbrellas",
+    "kettle": "kettles",
+    "candle": "candles",
+    "towel": "towels",
+    "chair": "chairs",
+    "blanket": "blankets",
+    "teapot": "teapots",
+    "pillow": "pillows",
+    "basket": "baskets",
+}
 COLORS = ["red", "blue", "green", "black", "white", "yellow", "orange", "purple", "grey", "pink"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
@@ -49,7 +121,9 @@ def _order(rng: random.Random) -> tuple[str, str]:
     item = rng.choice(sorted(ITEMS))
     qty = rng.randint(1, 10) if rng.random() < 0.8 else rng.randint(11, 24)
     name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-    fields = dict(name=name, city=rng.choice(CITIES), color=rng.choice(COLORS), day=rng.choice(DAYS))
+    fields = dict(
+        name=name, city=rng.choice(CITIES), color=rng.choice(COLORS), day=rng.choice(DAYS)
+    )
     spoken_qty = NUMBER_WORDS[qty - 1] if qty <= 10 and rng.random() < 0.4 else str(qty)
     items = ITEMS[item] if qty > 1 else item
     sentence = rng.choice(TEMPLATES).format(qty=spoken_qty, items=items, **fields)
@@ -57,8 +131,11 @@ def _order(rng: random.Random) -> tuple[str, str]:
     return sentence, answer
 
 
-def _split(draw, instruction: str, name: str, train_size: int, eval_size: int, seed: int) -> tuple[list[Record], list[Record]]:
+def _split(
+    draw, instruction: str, name: str, train_size: int, eval_size: int, seed: int
+) -> tuple[list[Record], list[Record]]:
     """Train and held-out records from ``draw(rng)``; no held-out sentence appears in training."""
+
     def make(count: int, rng: random.Random, seen: set[str], split: str) -> list[Record]:
         records = []
         while len(records) < count:
@@ -66,8 +143,12 @@ def _split(draw, instruction: str, name: str, train_size: int, eval_size: int, s
             if sentence in seen:
                 continue
             seen.add(sentence)
-            records.append(Record({"prompt": f"{instruction}\n\n{sentence}", "completion": answer},
-                                  f"built-in {name} {split} #{len(records)}"))
+            records.append(
+                Record(
+                    {"prompt": f"{instruction}\n\n{sentence}", "completion": answer},
+                    f"built-in {name} {split} #{len(records)}",
+                )
+            )
         return records
 
     seen: set[str] = set()
@@ -75,7 +156,9 @@ def _split(draw, instruction: str, name: str, train_size: int, eval_size: int, s
     return train, make(eval_size, random.Random(seed + 1), seen, "eval")
 
 
-def order_task(train_size: int = 400, eval_size: int = 60, seed: int = 1234) -> tuple[list[Record], list[Record]]:
+def order_task(
+    train_size: int = 400, eval_size: int = 60, seed: int = 1234
+) -> tuple[list[Record], list[Record]]:
     """(train, held-out) prompt/completion records of the order-extraction task."""
     return _split(_order, INSTRUCTION, "order task", train_size, eval_size, seed)
 
@@ -114,21 +197,53 @@ def _dispatch(rng: random.Random) -> tuple[str, str]:
     decoy = rng.choice([c for c in CITIES if c != city])
     where = rng.choice([f"to {city}", f"to {city}", f"from our {decoy} shop to {city}"])
     goods = f"{spoken} {said_color} {ITEMS[item] if qty > 1 else item}"
-    sentence = rng.choice([f"{rng.choice(FIRST)} needs {goods} sent {where}, arriving {said_day}.",
-                           f"Please ship {goods} {where} for {said_day}.",
-                           f"For {said_day}: {goods} {where}."])
+    sentence = rng.choice(
+        [
+            f"{rng.choice(FIRST)} needs {goods} sent {where}, arriving {said_day}.",
+            f"Please ship {goods} {where} for {said_day}.",
+            f"For {said_day}: {goods} {where}.",
+        ]
+    )
     return sentence, f"{qty} x {color} {item} to {city} on {DAYS[day]}"
 
 
-def dispatch_task(train_size: int = 600, eval_size: int = 200, seed: int = 4321) -> tuple[list[Record], list[Record]]:
+def dispatch_task(
+    train_size: int = 600, eval_size: int = 200, seed: int = 4321
+) -> tuple[list[Record], list[Record]]:
     """(train, held-out) records of the dispatch task: read the real quantity, colour, city and day."""
     return _split(_dispatch, DISPATCH_INSTRUCTION, "dispatch task", train_size, eval_size, seed)
 
 
 STDLIB_MODULES = [
-    "argparse", "bisect", "calendar", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal",
-    "difflib", "enum", "fractions", "functools", "heapq", "itertools", "json", "logging", "pathlib", "queue",
-    "random", "re", "shutil", "statistics", "string", "tempfile", "textwrap", "threading", "typing", "zipfile",
+    "argparse",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "itertools",
+    "json",
+    "logging",
+    "pathlib",
+    "queue",
+    "random",
+    "re",
+    "shutil",
+    "statistics",
+    "string",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "zipfile",
 ]
 
 
@@ -138,8 +253,10 @@ def stdlib_docstrings() -> list[Record]:
     for module_name in STDLIB_MODULES:
         module = importlib.import_module(module_name)
         objects = [("", module)] + sorted(
-            (name, obj) for name, obj in vars(module).items()
-            if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+            (name, obj)
+            for name, obj in vars(module).items()
+            if not name.startswith("_")
+            and (inspect.isclass(obj) or inspect.isfunction(obj))
             and getattr(obj, "__module__", None) == module_name
         )
         for name, obj in objects:

@@ -56,7 +56,9 @@ class Replicated:
         if max_grad_norm:
             self._clip(max_grad_norm)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # None, not zeros: momentum must not move frozen weights
+        self.optimizer.zero_grad(
+            set_to_none=True
+        )  # None, not zeros: momentum must not move frozen weights
 
     def _clip(self, max_grad_norm: float) -> None:
         self.accelerator.clip_grad_norm_(self.model.parameters(), max_grad_norm)
@@ -77,13 +79,18 @@ class Replicated:
         must follow (training/optimizer.py moves them)."""
         handler = self.accelerator.ddp_handler
         if self.accelerator.num_processes > 1 and not (handler and handler.find_unused_parameters):
-            # DDP's reducer waits for the gradients of the set it wrapped; only a search for unused ones follows a change
-            raise FreezetuneError("changing the trainable set under DDP needs the model wrapped with "
-                                  "find_unused_parameters (make_accelerator(changing_set=True))")
+            # DDP's reducer waits for the gradients of the set it wrapped; only a search for unused
+            # ones follows a change
+            raise FreezetuneError(
+                "changing the trainable set under DDP needs the model wrapped with "
+                "find_unused_parameters (make_accelerator(changing_set=True))"
+            )
         apply_plan(model, resolved)
         return getattr(self.optimizer, "optimizer", self.optimizer)
 
-    def restore(self, model: nn.Module, tensors: dict[str, torch.Tensor], saved: dict, where: Path) -> None:
+    def restore(
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], saved: dict, where: Path
+    ) -> None:
         """Put a checkpoint's trained tensors into ``model`` and its optimizer state into the optimizer."""
         apply_trainable(model, tensors, where)
         load_optimizer_state(self.optimizer, model, saved, where)
@@ -94,7 +101,9 @@ class Fsdp(Replicated):
 
     gathers_everywhere = True
 
-    def __init__(self, accelerator, settings: FsdpSettings, resolved, device: torch.device, bf16: bool):
+    def __init__(
+        self, accelerator, settings: FsdpSettings, resolved, device: torch.device, bf16: bool
+    ):
         super().__init__(accelerator)
         self.settings, self.resolved, self.device, self.bf16 = settings, resolved, device, bf16
 
@@ -104,7 +113,9 @@ class Fsdp(Replicated):
         return self.model, self.optimizer
 
     def retarget(self, model, resolved):
-        raise FreezetuneError("changing the trainable set during a run is not supported under FSDP yet")
+        raise FreezetuneError(
+            "changing the trainable set during a run is not supported under FSDP yet"
+        )
 
     def _clip(self, max_grad_norm: float) -> None:
         # torch's clipping reduces the norm over the shards; accelerate's would look for its own wrapper
@@ -126,7 +137,9 @@ class Zero(Replicated):
         import deepspeed
 
         optimizer = make_optimizer(model)
-        self.groups = [[p for p in group["params"]] for group in optimizer.param_groups]  # before ZeRO flattens them
+        self.groups = [
+            [p for p in group["params"]] for group in optimizer.param_groups
+        ]  # before ZeRO flattens them
         ds_config = {
             "train_micro_batch_size_per_gpu": self.config.batch_size // self.world,
             "gradient_accumulation_steps": self.config.grad_accum,
@@ -136,7 +149,9 @@ class Zero(Replicated):
             "bf16": {"enabled": self.bf16},
             "steps_per_print": 2**62,
         }
-        self.model, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config
+        )
         self.client = optimizer
         return self.model, optimizer
 
@@ -147,7 +162,9 @@ class Zero(Replicated):
             self.model.step()  # inside the accumulation: only counts the micro-step
 
     def retarget(self, model, resolved):
-        raise FreezetuneError("changing the trainable set during a run is not supported under DeepSpeed ZeRO yet")
+        raise FreezetuneError(
+            "changing the trainable set during a run is not supported under DeepSpeed ZeRO yet"
+        )
 
     def grad(self, param):
         from deepspeed.utils import safe_get_full_grad
@@ -193,10 +210,17 @@ class Zero(Replicated):
         named, state = self._named_groups(model), {}
         for group in named if step is not None else []:  # no state before the first step
             for name, param in group:  # a collective per tensor, in the same order on every process
-                state[name] = {"step": step.clone(),
-                               **{k: safe_get_full_optimizer_state(param, k).cpu() for k in ("exp_avg", "exp_avg_sq")}}
-        groups = [{**{k: v for k, v in live.items() if k != "params"}, "params": [n for n, _ in group]}
-                  for live, group in zip(self.client.param_groups, named)]
+                state[name] = {
+                    "step": step.clone(),
+                    **{
+                        k: safe_get_full_optimizer_state(param, k).cpu()
+                        for k in ("exp_avg", "exp_avg_sq")
+                    },
+                }
+        groups = [
+            {**{k: v for k, v in live.items() if k != "params"}, "params": [n for n, _ in group]}
+            for live, group in zip(self.client.param_groups, named)
+        ]
         return {"state": state, "param_groups": groups}
 
     def restore(self, model, tensors, saved, where):
@@ -210,25 +234,37 @@ class Zero(Replicated):
         check_same_groups(saved, [[n for n, _ in group] for group in named], where)
         params = dict(model.named_parameters())
         # stage 3: gather the working copies whole, write them, repartition them on leaving
-        with deepspeed.zero.GatheredParameters([params[n] for n in tensors], modifier_rank=0,
-                                               enabled=self.settings.stage == 3):
+        with deepspeed.zero.GatheredParameters(
+            [params[n] for n in tensors], modifier_rank=0, enabled=self.settings.stage == 3
+        ):
             apply_trainable(model, tensors, where)
         for group in named:
             for name, param in group:
-                safe_set_full_fp32_param(param, tensors[name].to(param.device, torch.float32))  # ZeRO's master copy
+                safe_set_full_fp32_param(
+                    param, tensors[name].to(param.device, torch.float32)
+                )  # ZeRO's master copy
         if not saved["state"]:
             return
         step = next(iter(saved["state"].values()))["step"]
         stage3 = self.settings.stage == 3
-        for flat in self.optimizer.fp32_partitioned_groups_flat if stage3 else self.optimizer.single_partition_of_fp32_groups:
+        for flat in (
+            self.optimizer.fp32_partitioned_groups_flat
+            if stage3
+            else self.optimizer.single_partition_of_fp32_groups
+        ):
             # AdamW creates its state on the first step; a resumed run needs it before then
-            self.client.state[flat] = {"step": step.clone(), "exp_avg": torch.zeros_like(flat),
-                                       "exp_avg_sq": torch.zeros_like(flat)}
+            self.client.state[flat] = {
+                "step": step.clone(),
+                "exp_avg": torch.zeros_like(flat),
+                "exp_avg_sq": torch.zeros_like(flat),
+            }
         self._link_state()
         for group in named:
             for name, param in group:
                 for key in ("exp_avg", "exp_avg_sq"):
-                    safe_set_full_optimizer_state(param, saved["state"][name][key].to(param.device), key)
+                    safe_set_full_optimizer_state(
+                        param, saved["state"][name][key].to(param.device), key
+                    )
         for live, old in zip(self.client.param_groups, saved["param_groups"]):
             live.update({k: v for k, v in old.items() if k != "params"})
 

@@ -31,8 +31,12 @@ from freezetune.plans.resolution import ResolvedPlan
 
 @dataclass(frozen=True)
 class FsdpSettings:
-    reshard_after_forward: bool = True  # False: keep gathered parameters from forward to backward (faster, more memory)
-    wrap_classes: tuple[str, ...] = ()  # the launch config's transformer_layer_cls_to_wrap; must name the blocks
+    reshard_after_forward: bool = (
+        True  # False: keep gathered parameters from forward to backward (faster, more memory)
+    )
+    wrap_classes: tuple[
+        str, ...
+    ] = ()  # the launch config's transformer_layer_cls_to_wrap; must name the blocks
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,16 @@ class ZeroSettings:
     stage: int = 2
 
 
-def check_sharding(settings: FsdpSettings | ZeroSettings, model: nn.Module, resolved: ResolvedPlan, precision: str) -> None:
+def check_sharding(
+    settings: FsdpSettings | ZeroSettings, model: nn.Module, resolved: ResolvedPlan, precision: str
+) -> None:
     """Refuse what the sharding cannot do with this model and plan, before the run folder exists."""
     if precision == "fp16":
         kind = "FSDP" if isinstance(settings, FsdpSettings) else "DeepSpeed"
-        raise FreezetuneError(f"{kind} with fp16 would need a loss scaler across the shards, which freezetune does "
-                              "not run; use --precision bf16 (or fp32)")
+        raise FreezetuneError(
+            f"{kind} with fp16 would need a loss scaler across the shards, which freezetune does "
+            "not run; use --precision bf16 (or fp32)"
+        )
     if isinstance(settings, ZeroSettings):
         import importlib.util
 
@@ -61,22 +69,38 @@ def check_sharding(settings: FsdpSettings | ZeroSettings, model: nn.Module, reso
     if settings.wrap_classes and block not in settings.wrap_classes:
         raise FreezetuneError(
             f"FSDP config: fsdp_transformer_layer_cls_to_wrap {','.join(settings.wrap_classes)} does not name this "
-            f"model's block class {block}; freezetune makes one unit per {block} (leave the field out, or name {block})")
+            f"model's block class {block}; freezetune makes one unit per {block} (leave the field out, or name {block})"
+        )
 
 
-def shard_model(model: nn.Module, resolved: ResolvedPlan, settings: FsdpSettings, device: torch.device,
-                bf16: bool) -> nn.Module:
+def shard_model(
+    model: nn.Module,
+    resolved: ResolvedPlan,
+    settings: FsdpSettings,
+    device: torch.device,
+    bf16: bool,
+) -> nn.Module:
     """Shard ``model`` in place, one FSDP2 unit per block, after the plan has frozen its tensors."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not dist.is_initialized():
-        raise FreezetuneError("FSDP needs a distributed launch: --num-processes N, torchrun, or accelerate launch")
+        raise FreezetuneError(
+            "FSDP needs a distributed launch: --num-processes N, torchrun, or accelerate launch"
+        )
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # bf16: gather and compute in bf16, but reduce gradients in fp32 so small updates are not rounded away
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    options = {"mesh": mesh, "reshard_after_forward": settings.reshard_after_forward, "mp_policy": policy}
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
+    options = {
+        "mesh": mesh,
+        "reshard_after_forward": settings.reshard_after_forward,
+        "mp_policy": policy,
+    }
     for block in model.get_submodule(resolved.anatomy.blocks_path):
         fully_shard(block, **options)
     fully_shard(model, **options)
@@ -84,6 +108,7 @@ def shard_model(model: nn.Module, resolved: ResolvedPlan, settings: FsdpSettings
 
 
 # --- tensors that may be sharded --------------------------------------------------------------
+
 
 def is_sharded(tensor: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
@@ -108,4 +133,6 @@ def like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         return whole.to(param.device)
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(whole.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    return distribute_tensor(
+        whole.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+    )

@@ -15,7 +15,9 @@ from freezetune.distributed.sharding import full, like
 from freezetune.errors import FreezetuneError
 
 
-def trainable_state(model: torch.nn.Module, names: list[str], read=lambda p: full(p.detach())) -> dict[str, torch.Tensor]:
+def trainable_state(
+    model: torch.nn.Module, names: list[str], read=lambda p: full(p.detach())
+) -> dict[str, torch.Tensor]:
     """Whole tensors on the CPU; ``read`` gives a parameter's whole value (backends.Replicated.value).
     Under sharding a collective: every process calls it, the main one writes."""
     params = dict(model.named_parameters())
@@ -27,12 +29,16 @@ def apply_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pa
     params = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(params))
     if unknown:
-        raise FreezetuneError(f"{path}: tensor {unknown[0]} is not a parameter of {type(model).__name__}")
+        raise FreezetuneError(
+            f"{path}: tensor {unknown[0]} is not a parameter of {type(model).__name__}"
+        )
     with torch.no_grad():
         for name, tensor in tensors.items():
             if params[name].shape != tensor.shape:
-                raise FreezetuneError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
-                                      f"the model has {tuple(params[name].shape)}")
+                raise FreezetuneError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                    f"the model has {tuple(params[name].shape)}"
+                )
             params[name].copy_(like(tensor, params[name]))
 
 
@@ -45,17 +51,23 @@ def optimizer_state(optimizer, model: torch.nn.Module) -> dict:
     for group, live in zip(saved["param_groups"], optimizer.param_groups):
         index.update(zip(group["params"], (names[id(p)] for p in live["params"])))
     return {
-        "state": {index[i]: {k: full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-                  for i, s in saved["state"].items()},
-        "param_groups": [{**g, "params": [index[i] for i in g["params"]]} for g in saved["param_groups"]],
+        "state": {
+            index[i]: {k: full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+            for i, s in saved["state"].items()
+        },
+        "param_groups": [
+            {**g, "params": [index[i] for i in g["params"]]} for g in saved["param_groups"]
+        ],
     }
 
 
 def check_same_groups(saved: dict, live: list[list[str]], where: Path) -> None:
     """The saved optimizer state must cover the tensors this run trains, group by group."""
     if [g["params"] for g in saved["param_groups"]] != live:
-        raise FreezetuneError(f"{where}: the optimizer state covers other tensors than this run trains "
-                              "(a checkpoint of another plan, or of an older freezetune)")
+        raise FreezetuneError(
+            f"{where}: the optimizer state covers other tensors than this run trains "
+            "(a checkpoint of another plan, or of an older freezetune)"
+        )
 
 
 def load_optimizer_state(optimizer, model: torch.nn.Module, saved: dict, where: Path) -> None:
@@ -63,12 +75,19 @@ def load_optimizer_state(optimizer, model: torch.nn.Module, saved: dict, where: 
     params = dict(model.named_parameters())
     names = {id(p): n for n, p in params.items()}
     current = optimizer.state_dict()
-    check_same_groups(saved, [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups], where)
+    check_same_groups(
+        saved, [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups], where
+    )
     state = {}
     for group, old in zip(current["param_groups"], saved["param_groups"]):
         for index, name in zip(group["params"], old["params"]):
             if name in saved["state"]:  # 0-dim values (AdamW's step) stay as they are
-                state[index] = {k: like(v, params[name]) if torch.is_tensor(v) and v.dim() else v
-                                for k, v in saved["state"][name].items()}
-    groups = [{**old, "params": group["params"]} for group, old in zip(current["param_groups"], saved["param_groups"])]
+                state[index] = {
+                    k: like(v, params[name]) if torch.is_tensor(v) and v.dim() else v
+                    for k, v in saved["state"][name].items()
+                }
+    groups = [
+        {**old, "params": group["params"]}
+        for group, old in zip(current["param_groups"], saved["param_groups"])
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})

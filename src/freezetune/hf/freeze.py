@@ -31,8 +31,14 @@ from freezetune.training.prefix_cache import PrefixCache
 
 log = logging.getLogger("freezetune")
 MARK = "_freezetune_handle"  # in the model's __dict__ while a handle holds it
-TAKEN_OVER = ("activation_checkpointing_enable", "activation_checkpointing_disable", "gradient_checkpointing_enable",
-              "gradient_checkpointing_disable", "enable_input_require_grads", "train")
+TAKEN_OVER = (
+    "activation_checkpointing_enable",
+    "activation_checkpointing_disable",
+    "gradient_checkpointing_enable",
+    "gradient_checkpointing_disable",
+    "enable_input_require_grads",
+    "train",
+)
 
 
 def checkpointing_on(model: nn.Module) -> bool:
@@ -46,12 +52,23 @@ def checkpointing_on(model: nn.Module) -> bool:
 class FreezeHandle:
     """What ``freeze`` changed on a model, and the way back."""
 
-    def __init__(self, model: nn.Module, resolved: ResolvedPlan, gradient_checkpointing: bool, prefix_cache: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        resolved: ResolvedPlan,
+        gradient_checkpointing: bool,
+        prefix_cache: bool,
+    ):
         self.model, self.resolved, self.universe = model, resolved, resolved
         self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self.had_checkpointing = checkpointing_on(model)
-        if self.had_checkpointing:  # transformers' own, with its input-grad hook: replaced by ours below
-            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        if (
+            self.had_checkpointing
+        ):  # transformers' own, with its input-grad hook: replaced by ours below
+            (
+                getattr(model, "activation_checkpointing_disable", None)
+                or model.gradient_checkpointing_disable
+            )()
             disable = getattr(model, "disable_input_require_grads", None)
             if disable is not None and getattr(model, "_require_grads_hook", None) is not None:
                 disable()
@@ -60,9 +77,15 @@ class FreezeHandle:
         self.runner = PrefixRunner(model, resolved, gradient_checkpointing, self.cache).install()
         self._originals = {name: model.__dict__.get(name) for name in TAKEN_OVER}
         model.__dict__[MARK] = self  # a second freeze() on this model is refused until remove()
-        model.activation_checkpointing_enable = model.gradient_checkpointing_enable = self._checkpointing_on
-        model.activation_checkpointing_disable = model.gradient_checkpointing_disable = self._checkpointing_off
-        model.enable_input_require_grads = lambda: None  # non-reentrant checkpointing needs no grad-requiring input
+        model.activation_checkpointing_enable = model.gradient_checkpointing_enable = (
+            self._checkpointing_on
+        )
+        model.activation_checkpointing_disable = model.gradient_checkpointing_disable = (
+            self._checkpointing_off
+        )
+        model.enable_input_require_grads = lambda: (
+            None
+        )  # non-reentrant checkpointing needs no grad-requiring input
         model.train = self._train
         self._wrap_forward()
         self.preview = render_text(describe(resolved, type(model).__name__))
@@ -109,17 +132,27 @@ class FreezeHandle:
         self.model.forward = forward
 
     def _keys(self, input_ids, attention_mask):
-        if self.cache is None or input_ids is None or not self.model.training or not torch.is_grad_enabled():
+        if (
+            self.cache is None
+            or input_ids is None
+            or not self.model.training
+            or not torch.is_grad_enabled()
+        ):
             return None, None
         if attention_mask is None:
             lengths = [input_ids.shape[1]] * input_ids.shape[0]
         else:
             lengths = attention_mask.sum(dim=1).tolist()
             # the runner stores each row's first `length` positions: only right padding lines up
-            if any(int(attention_mask[row, :length].sum()) != length for row, length in enumerate(lengths)):
+            if any(
+                int(attention_mask[row, :length].sum()) != length
+                for row, length in enumerate(lengths)
+            ):
                 return None, None
-        keys = [hashlib.sha256(input_ids[row, :length].cpu().numpy().tobytes()).hexdigest()[:32]
-                for row, length in enumerate(lengths)]
+        keys = [
+            hashlib.sha256(input_ids[row, :length].cpu().numpy().tobytes()).hexdigest()[:32]
+            for row, length in enumerate(lengths)
+        ]
         return keys, [int(length) for length in lengths]
 
     def retarget(self, resolved: ResolvedPlan) -> None:
@@ -144,11 +177,19 @@ class FreezeHandle:
         for name, param in self.model.named_parameters():
             param.requires_grad_(self.requires_grad[name])
         if self.had_checkpointing:
-            (getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable)()
+            (
+                getattr(self.model, "activation_checkpointing_enable", None)
+                or self.model.gradient_checkpointing_enable
+            )()
 
 
-def freeze(model: nn.Module, plan: str | FreezePlan, *, gradient_checkpointing: bool | None = None,
-           prefix_cache: bool = False) -> FreezeHandle:
+def freeze(
+    model: nn.Module,
+    plan: str | FreezePlan,
+    *,
+    gradient_checkpointing: bool | None = None,
+    prefix_cache: bool = False,
+) -> FreezeHandle:
     """Apply ``plan`` to an already loaded model and install the prefix runner.
 
     ``gradient_checkpointing``: checkpoint the trained blocks (None: as the model had it; a Trainer
@@ -159,13 +200,21 @@ def freeze(model: nn.Module, plan: str | FreezePlan, *, gradient_checkpointing: 
     """
     plan = FreezePlan.from_argument(plan) if isinstance(plan, str) else plan
     earlier = model.__dict__.get(MARK)
-    if earlier is not None:  # two runners on one model: blocks marked trainable that no gradient reaches
-        raise FreezetuneError(f"freeze(): this model already has a handle (plan '{earlier.resolved.plan.render()}'); "
-                              "call its remove() first, or its retarget() to change what trains")
+    if (
+        earlier is not None
+    ):  # two runners on one model: blocks marked trainable that no gradient reaches
+        raise FreezetuneError(
+            f"freeze(): this model already has a handle (plan '{earlier.resolved.plan.render()}'); "
+            "call its remove() first, or its retarget() to change what trains"
+        )
     resolved = resolve(plan, find_anatomy(model))
     if gradient_checkpointing is None:
         gradient_checkpointing = checkpointing_on(model)
     handle = FreezeHandle(model, resolved, gradient_checkpointing, prefix_cache)
-    log.info("freezetune: %s trainable of %s parameters (%s)", f"{resolved.trainable_params:,}",
-             f"{resolved.total_params:,}", plan.render())
+    log.info(
+        "freezetune: %s trainable of %s parameters (%s)",
+        f"{resolved.trainable_params:,}",
+        f"{resolved.total_params:,}",
+        plan.render(),
+    )
     return handle

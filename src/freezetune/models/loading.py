@@ -50,7 +50,9 @@ class LoadedModel:
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             except (OSError, ValueError) as exc:
-                raise FreezetuneError(f"model {self.name}: no usable tokenizer in {self.path} ({exc})") from None
+                raise FreezetuneError(
+                    f"model {self.name}: no usable tokenizer in {self.path} ({exc})"
+                ) from None
         return self._tokenizer
 
 
@@ -93,9 +95,13 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
         except Exception as exc:  # the GGUF reader raises many types for a bad file
-            raise FreezetuneError(f"{gguf} is not a GGUF model transformers can read: {exc}") from None
+            raise FreezetuneError(
+                f"{gguf} is not a GGUF model transformers can read: {exc}"
+            ) from None
         # the weights are already de-quantized to float32; drop the GGUF marker so they save as usual
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -105,7 +111,9 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         try:
             os.replace(staging, target)
         except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion: a real failure
+            if not (
+                target / "config.json"
+            ).is_file():  # not a concurrent conversion: a real failure
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -149,11 +157,16 @@ def check_weight_files(path: Path) -> None:
             with safe_open(str(file), "pt") as handle:
                 handle.keys()
         except (SafetensorError, OSError) as exc:
-            raise FreezetuneError(f"{file}: damaged weight file ({str(exc).splitlines()[0]})") from None
+            raise FreezetuneError(
+                f"{file}: damaged weight file ({str(exc).splitlines()[0]})"
+            ) from None
 
 
-def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None,
-               dtype: torch.dtype | str = torch.float32) -> LoadedModel:
+def load_model(
+    name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    dtype: torch.dtype | str = torch.float32,
+) -> LoadedModel:
     """Load a model from a local source, as the class its config declares (a causal LM by default);
     ``dtype`` "auto": as the checkpoint stores it."""
     import transformers
@@ -166,11 +179,16 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None,
         raise FreezetuneError(f"{name}: unreadable config.json in {path}: {exc}") from None
     # the config's own `architectures` keeps an encoder (BERT) from becoming a causal LM
     declared = [getattr(transformers, a, None) for a in (config.architectures or [])]
-    candidates = [c for c in declared if c is not None] + [transformers.AutoModelForCausalLM, transformers.AutoModel]
+    candidates = [c for c in declared if c is not None] + [
+        transformers.AutoModelForCausalLM,
+        transformers.AutoModel,
+    ]
     errors = []
     for model_class in candidates:
         try:
-            model = model_class.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+            model = model_class.from_pretrained(
+                path, config=config, dtype=dtype, local_files_only=True
+            )
             return LoadedModel(name=name, path=path, model=model)
         except ValueError as exc:  # "Unrecognized configuration class" for this auto class
             errors.append(str(exc).splitlines()[0])
@@ -182,8 +200,10 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: Path | None = None,
                 raise
             # torch.load with weights_only: a truncated archive, or a pickle that would run code, fails here
             first = str(exc).splitlines()[0][:160]
-            raise FreezetuneError(f"{pickled[0]}: damaged weight file, or one that holds more than tensors "
-                                  f"(nothing in it ran): {first}") from None
+            raise FreezetuneError(
+                f"{pickled[0]}: damaged weight file, or one that holds more than tensors "
+                f"(nothing in it ran): {first}"
+            ) from None
     raise FreezetuneError(f"{name}: transformers cannot build this model: {errors[-1]}")
 
 
@@ -195,7 +215,11 @@ def causal_lm_problem(model: torch.nn.Module) -> str | None:
     name, config = type(inner).__name__, getattr(inner, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         return f"{name} is an encoder-decoder model"
-    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    causal = {
+        n
+        for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        for n in ((v,) if isinstance(v, str) else v)
+    }
     if name in causal:
         return None
     what = "a masked LM (encoder-only)" if "MaskedLM" in name else "not a causal language model"
@@ -205,5 +229,7 @@ def causal_lm_problem(model: torch.nn.Module) -> str | None:
 def require_causal_lm(loaded: LoadedModel, command: str) -> None:
     problem = causal_lm_problem(loaded.model)
     if problem:
-        raise FreezetuneError(f"model {loaded.name}: {problem}; {command} takes decoder-only causal LMs "
-                              "(AutoModelForCausalLM: Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-2, GPT-NeoX, OPT, Mixtral, ...)")
+        raise FreezetuneError(
+            f"model {loaded.name}: {problem}; {command} takes decoder-only causal LMs "
+            "(AutoModelForCausalLM: Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-2, GPT-NeoX, OPT, Mixtral, ...)"
+        )

@@ -10,9 +10,11 @@ from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
 
 MODEL_HELP = "embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache"
-MARGIN_HELP = ("how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
-               "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% (points); "
-               "a plain number is in the metric's own units (defaults: those three)")
+MARGIN_HELP = (
+    "how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
+    "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% (points); "
+    "a plain number is in the metric's own units (defaults: those three)"
+)
 MARGIN_METRICS = ("eval_loss", "exact_match", "retain_kl")
 
 
@@ -24,11 +26,15 @@ def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
         name, _, size = text.partition("=")
         name, size = name.strip(), size.strip()
         if name not in MARGIN_METRICS:
-            raise FreezetuneError(f"--margin '{text}': expected METRIC=SIZE with METRIC one of {', '.join(MARGIN_METRICS)}")
+            raise FreezetuneError(
+                f"--margin '{text}': expected METRIC=SIZE with METRIC one of {', '.join(MARGIN_METRICS)}"
+            )
         try:
             value = float(size.removesuffix("%")) / (100 if size.endswith("%") else 1)
         except ValueError:
-            raise FreezetuneError(f"--margin '{text}': SIZE must be a number or a percentage such as 2%") from None
+            raise FreezetuneError(
+                f"--margin '{text}': SIZE must be a number or a percentage such as 2%"
+            ) from None
         if not 0 <= value < float("inf"):
             raise FreezetuneError(f"--margin '{text}': the size must be 0 or more")
         relative = size.endswith("%") and name != "exact_match"
@@ -41,32 +47,49 @@ class PlanOptions:
     """Preview which parameters a plan trains, per layer, with a training-memory estimate."""
 
     model: str = opt(help=MODEL_HELP, positional=True)
-    plan: str = opt(help="plan text such as 'freeze bottom 75%%', or a .yaml/.json/.txt plan file", positional=True)
+    plan: str = opt(
+        help="plan text such as 'freeze bottom 75%%', or a .yaml/.json/.txt plan file",
+        positional=True,
+    )
     seq_len: int = opt(512, help="sequence length for the memory estimate")
     batch_size: int = opt(4, help="micro-batch size for the memory estimate")
     dtype: str = opt("float32", help="training precision for the memory estimate", choices=DTYPES)
     json: bool = opt(False, help="print one JSON object instead of the table")
-    schedule: str | None = opt(None, help="preview a schedule inside the plan: its phases and peak memory "
-                               "('gradual every=N [start=K step=S]' or 'lisa layers=K every=T')")
-    max_steps: int = opt(0, help="with --schedule: the run's steps (0: gradual until complete, four LISA periods)")
+    schedule: str | None = opt(
+        None,
+        help="preview a schedule inside the plan: its phases and peak memory "
+        "('gradual every=N [start=K step=S]' or 'lisa layers=K every=T')",
+    )
+    max_steps: int = opt(
+        0, help="with --schedule: the run's steps (0: gradual until complete, four LISA periods)"
+    )
     seed: int = opt(0, help="with --schedule: the seed LISA draws its blocks with")
-    format: str | None = opt(None, help="print the trainable set in another tool's config format", choices=FORMATS)
-    cache_dir: str | None = opt(None, help="where converted GGUF models are cached (default ~/.cache/freezetune; "
-                                "env FREEZETUNE_CACHE)")
+    format: str | None = opt(
+        None, help="print the trainable set in another tool's config format", choices=FORMATS
+    )
+    cache_dir: str | None = opt(
+        None,
+        help="where converted GGUF models are cached (default ~/.cache/freezetune; "
+        "env FREEZETUNE_CACHE)",
+    )
 
     def validate(self) -> None:
         check_sizes(self)
         if self.max_steps < 0:
             raise FreezetuneError(f"--max-steps must be 0 or more, got {self.max_steps}")
         if self.schedule and self.format:
-            raise FreezetuneError("--format writes one fixed trainable set; a --schedule changes it during the run")
+            raise FreezetuneError(
+                "--format writes one fixed trainable set; a --schedule changes it during the run"
+            )
 
 
 def check_sizes(options) -> None:
     """The sizes a memory estimate is made for (plan, advise)."""
     for name in ("seq_len", "batch_size"):
         if getattr(options, name) < 1:
-            raise FreezetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
+            raise FreezetuneError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}"
+            )
 
 
 @dataclass
@@ -74,11 +97,22 @@ class AdviseOptions:
     """Propose which layers to train from evidence (weight spectra, gradients on your data) within a memory budget."""
 
     model: str = opt(help=MODEL_HELP, positional=True)
-    data: str | None = opt(None, help="your training data: adds a gradient probe (a few batches, no weight moves)")
-    objective: str = opt("sft", help="how --data is read: sft (prompt/response) or cpt (raw text)", choices=("sft", "cpt"))
-    memory_budget: str | None = opt(None, help="the largest training-memory estimate to accept, e.g. 8GiB (default: half "
-                                    "of full fine-tuning's estimate)")
-    seq_len: int = opt(512, help="sequence length for the memory estimates (and the probe's truncation)")
+    data: str | None = opt(
+        None, help="your training data: adds a gradient probe (a few batches, no weight moves)"
+    )
+    objective: str = opt(
+        "sft",
+        help="how --data is read: sft (prompt/response) or cpt (raw text)",
+        choices=("sft", "cpt"),
+    )
+    memory_budget: str | None = opt(
+        None,
+        help="the largest training-memory estimate to accept, e.g. 8GiB (default: half "
+        "of full fine-tuning's estimate)",
+    )
+    seq_len: int = opt(
+        512, help="sequence length for the memory estimates (and the probe's truncation)"
+    )
     batch_size: int = opt(4, help="micro-batch size for the memory estimates and the probe")
     dtype: str = opt("float32", help="training precision for the memory estimates", choices=DTYPES)
     json: bool = opt(False, help="print one JSON object instead of the tables")
@@ -90,7 +124,11 @@ class AdviseOptions:
             raise FreezetuneError(f"--memory-budget must be positive, got {self.memory_budget}")
 
     def budget_bytes(self) -> int | None:
-        return parse_size(self.memory_budget, "--memory-budget") if self.memory_budget is not None else None
+        return (
+            parse_size(self.memory_budget, "--memory-budget")
+            if self.memory_budget is not None
+            else None
+        )
 
 
 @dataclass
@@ -99,12 +137,24 @@ class ExportOptions:
 
     run: str = opt(help="run folder written by `freezetune train`", positional=True)
     out: str = opt(help="folder to write; it must be new or empty")
-    base: str | None = opt(None, help="load the base model from here instead of the manifest's name (must hash the same)")
-    force: bool = opt(False, help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)")
-    dtype: str = opt("auto", help="dtype of the exported weights; auto = the base model's own (a bf16 base stays bf16)",
-                     choices=("auto", "float32", "bfloat16", "float16"))
-    format: str = opt("hf", help="hf: a merged model folder; peft: a LoRA run's adapters for PeftModel.from_pretrained",
-                      choices=("hf", "peft"))
+    base: str | None = opt(
+        None,
+        help="load the base model from here instead of the manifest's name (must hash the same)",
+    )
+    force: bool = opt(
+        False,
+        help="replace --out if it holds an earlier freezetune export (nothing else is ever replaced)",
+    )
+    dtype: str = opt(
+        "auto",
+        help="dtype of the exported weights; auto = the base model's own (a bf16 base stays bf16)",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    format: str = opt(
+        "hf",
+        help="hf: a merged model folder; peft: a LoRA run's adapters for PeftModel.from_pretrained",
+        choices=("hf", "peft"),
+    )
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
@@ -116,11 +166,17 @@ class GenerateOptions:
     """Generate from a run folder or a model, for a quick look (greedy unless --temperature is set)."""
 
     source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
-    prompt: str = opt(help="user message (rendered with the chat template when the tokenizer has one, unless --plain)")
-    plain: bool = opt(False, help="continue the prompt as plain text, without the chat template (e.g. after cpt)")
+    prompt: str = opt(
+        help="user message (rendered with the chat template when the tokenizer has one, unless --plain)"
+    )
+    plain: bool = opt(
+        False, help="continue the prompt as plain text, without the chat template (e.g. after cpt)"
+    )
     max_new_tokens: int = opt(64, help="token limit")
     temperature: float = opt(0.0, help="sampling temperature; 0 = greedy")
-    top_p: float = opt(1.0, help="nucleus sampling: keep the smallest set of tokens whose probability reaches this")
+    top_p: float = opt(
+        1.0, help="nucleus sampling: keep the smallest set of tokens whose probability reaches this"
+    )
     seed: int = opt(0, help="seed for sampling")
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
@@ -128,7 +184,9 @@ class GenerateOptions:
         if self.max_new_tokens < 1:
             raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise FreezetuneError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+            raise FreezetuneError(
+                f"--temperature must be 0 (greedy) or more, got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise FreezetuneError(f"--top-p must be in (0, 1], got {self.top_p}")
 
@@ -139,9 +197,12 @@ class ReportOptions:
 
     runs: list[str] = opt(help="run folders (written by `train` or `compare`)", positional=True)
     out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
-    metric: str = opt("auto", help="the quality metric that ranks: exact_match, eval_loss, or auto (from the runs' task: "
-                      "exact match where answers were generated for SFT, else eval loss)",
-                      choices=("auto", "exact_match", "eval_loss"))
+    metric: str = opt(
+        "auto",
+        help="the quality metric that ranks: exact_match, eval_loss, or auto (from the runs' task: "
+        "exact match where answers were generated for SFT, else eval loss)",
+        choices=("auto", "exact_match", "eval_loss"),
+    )
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
@@ -152,10 +213,17 @@ class ReportOptions:
 class CacheOptions:
     """List or clear the prefix caches (the frozen prefix's outputs that disk caching keeps)."""
 
-    action: str = opt(help="list: each cache with its size, last use, model and plan; clear: remove them",
-                      positional=True, choices=("list", "clear"))
-    older_than: float | None = opt(None, help="with clear: only caches last used more than this many days ago")
-    cache_dir: str | None = opt(None, help="the cache folder (default ~/.cache/freezetune; env FREEZETUNE_CACHE)")
+    action: str = opt(
+        help="list: each cache with its size, last use, model and plan; clear: remove them",
+        positional=True,
+        choices=("list", "clear"),
+    )
+    older_than: float | None = opt(
+        None, help="with clear: only caches last used more than this many days ago"
+    )
+    cache_dir: str | None = opt(
+        None, help="the cache folder (default ~/.cache/freezetune; env FREEZETUNE_CACHE)"
+    )
 
     def validate(self) -> None:
         if self.action not in ("list", "clear"):  # positional: argparse does not check its choices

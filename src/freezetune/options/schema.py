@@ -42,20 +42,41 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
             many = typing.get_origin(base) is list
             parser.add_argument(item.name, nargs="+" if many else None, help=meta["help"])
         elif typing.get_origin(base) is list:  # given once per value: values may hold commas
-            parser.add_argument(flag, dest=item.name, action="append", default=default, help=meta["help"])
+            parser.add_argument(
+                flag, dest=item.name, action="append", default=default, help=meta["help"]
+            )
         elif base is bool:
-            parser.add_argument(flag, dest=item.name, action="store_true", default=default, help=meta["help"])
+            parser.add_argument(
+                flag, dest=item.name, action="store_true", default=default, help=meta["help"]
+            )
         else:
             required = item.default is dataclasses.MISSING
-            default_text = "" if item.default is None or required else f" (default {item.default})".replace("%", "%%")
-            parser.add_argument(flag, dest=item.name, type=base, default=None if required else default,
-                                required=required, choices=meta.get("choices"), help=meta["help"] + default_text)
+            default_text = (
+                ""
+                if item.default is None or required
+                else f" (default {item.default})".replace("%", "%%")
+            )
+            parser.add_argument(
+                flag,
+                dest=item.name,
+                type=base,
+                default=None if required else default,
+                required=required,
+                choices=meta.get("choices"),
+                help=meta["help"] + default_text,
+            )
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None = None):
     """Build ``cls`` from dataclass defaults, then ``base`` (a config file), then the namespace."""
     values = dict(base or {})
-    values.update({f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)})
+    values.update(
+        {
+            f.name: getattr(namespace, f.name)
+            for f in dataclasses.fields(cls)
+            if hasattr(namespace, f.name)
+        }
+    )
     return cls(**values)
 
 
@@ -66,11 +87,15 @@ def read_config_file(cls: type, path: Path) -> dict:
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise FreezetuneError(f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise FreezetuneError(
+            f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}"
+        ) from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
-        raise FreezetuneError(f"config file {path} line {root.start_mark.line + 1}: expected a mapping of options")
+        raise FreezetuneError(
+            f"config file {path} line {root.start_mark.line + 1}: expected a mapping of options"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
@@ -96,14 +121,18 @@ def _coerce(value, kind, item, where: str):
     if target is float and isinstance(value, float) and not math.isfinite(value):
         raise FreezetuneError(f"{where}: '{item.name}' must be a finite number, got {value!r}")
     if target is float and isinstance(value, float) and abs(value) > FLOAT32_MAX:
-        raise FreezetuneError(f"{where}: '{item.name}' {value:g} is beyond the largest float32 ({FLOAT32_MAX:.3g})")
+        raise FreezetuneError(
+            f"{where}: '{item.name}' {value:g} is beyond the largest float32 ({FLOAT32_MAX:.3g})"
+        )
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
         raise FreezetuneError(f"{where}: '{item.name}' must be {target.__name__}, got {value!r}")
     choices = item.metadata.get("choices")
     if choices and value not in choices:
-        raise FreezetuneError(f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}")
+        raise FreezetuneError(
+            f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}"
+        )
     return value
 
 
@@ -112,7 +141,13 @@ def check_finite(options) -> None:
     for item in dataclasses.fields(options):
         value = getattr(options, item.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise FreezetuneError(f"--{item.name.replace('_', '-')} must be a finite number, got {value}")
-        if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # torch keeps rates and norms as float32 tensors
-            raise FreezetuneError(f"--{item.name.replace('_', '-')} {value:g} is beyond the largest float32 "
-                                  f"({FLOAT32_MAX:.3g}); give a smaller number")
+            raise FreezetuneError(
+                f"--{item.name.replace('_', '-')} must be a finite number, got {value}"
+            )
+        if (
+            isinstance(value, float) and abs(value) > FLOAT32_MAX
+        ):  # torch keeps rates and norms as float32 tensors
+            raise FreezetuneError(
+                f"--{item.name.replace('_', '-')} {value:g} is beyond the largest float32 "
+                f"({FLOAT32_MAX:.3g}); give a smaller number"
+            )

@@ -1,1 +1,2 @@
-"""Freeze plans: the model's anatomy, the plan language, resolution to tensors, preview, other tools' formats, memory estimate."""
+"""Freeze plans: the model's anatomy, the plan language, resolution to tensors, preview, other
+tools' formats, memory estimate."""

@@ -86,7 +86,9 @@ class Anatomy:
 
 def _is_norm(module: nn.Module) -> bool:
     # LayerNorm, RMSNorm, LlamaRMSNorm, T5LayerNorm, GroupNorm...: all say "norm" in the class name
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+    return (
+        isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+    )
 
 
 def _decoder_path(model: nn.Module) -> str | None:
@@ -167,7 +169,9 @@ def _dims(model: nn.Module) -> Dims:
 
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     weight = getattr(embedding, "weight", None)
-    hidden = pick("hidden_size", "n_embd", "d_model") or (int(weight.shape[1]) if weight is not None else 0)
+    hidden = pick("hidden_size", "n_embd", "d_model") or (
+        int(weight.shape[1]) if weight is not None else 0
+    )
     vocab = pick("vocab_size") or (int(weight.shape[0]) if weight is not None else 0)
     heads = pick("num_attention_heads", "n_head", "num_heads") or max(1, hidden // 64)
     return Dims(hidden_size=hidden, num_heads=heads, vocab_size=vocab)
@@ -179,20 +183,25 @@ def find_anatomy(model: nn.Module) -> Anatomy:
     blocks_path = found[0] if found else None
     num_layers = len(found[1]) if found else 0
     final_norms = _final_norm_paths(model, blocks_path) if blocks_path else set()
-    input_embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    input_ids = {id(p) for p in input_embedding.parameters()} if input_embedding is not None else set()
+    input_embedding = (
+        model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    )
+    input_ids = (
+        {id(p) for p in input_embedding.parameters()} if input_embedding is not None else set()
+    )
 
     named = list(model.named_parameters(remove_duplicate=False))
     block_prefix = (blocks_path + ".") if blocks_path else None
     first_block_at = next(
-        (i for i, (n, _) in enumerate(named) if block_prefix and n.startswith(block_prefix)), len(named)
+        (i for i, (n, _) in enumerate(named) if block_prefix and n.startswith(block_prefix)),
+        len(named),
     )
     canonical: dict[int, str] = {}
     entries = []
     for position, (name, param) in enumerate(named):
         tensor = canonical.setdefault(id(param), name)
         if block_prefix and name.startswith(block_prefix):
-            index, _, within = name[len(block_prefix):].partition(".")
+            index, _, within = name[len(block_prefix) :].partition(".")
             role, expert = _block_role(model, name, within)
             entries.append(Entry(name, tensor, param.numel(), "block", int(index), role, expert))
             continue
@@ -207,7 +216,11 @@ def find_anatomy(model: nn.Module) -> Anatomy:
 
     children: tuple[str, ...] = ()
     if found:
-        children = tuple(name for name, child in found[1][0].named_children() if any(True for _ in child.parameters()))
+        children = tuple(
+            name
+            for name, child in found[1][0].named_children()
+            if any(True for _ in child.parameters())
+        )
     return Anatomy(
         model_class=type(model).__name__,
         blocks_path=blocks_path,

@@ -42,11 +42,21 @@ def _llama_factory_layer_ids(num_layers: int, layers: int, llama_pro: bool) -> r
     if llama_pro:
         stride = num_layers // layers
         return range(stride - 1, num_layers + stride - 1, stride)
-    return range(max(0, num_layers - layers), num_layers) if layers > 0 else range(min(-layers, num_layers))
+    return (
+        range(max(0, num_layers - layers), num_layers)
+        if layers > 0
+        else range(min(-layers, num_layers))
+    )
 
 
-def _llama_factory_select(names: list[str], num_layers: int, layers: int, modules: list[str], extras: list[str],
-                          llama_pro: bool = False):
+def _llama_factory_select(
+    names: list[str],
+    num_layers: int,
+    layers: int,
+    modules: list[str],
+    extras: list[str],
+    llama_pro: bool = False,
+):
     """LLaMA-Factory's freeze selection, as its adapter code does it (substring matching)."""
     ids = _llama_factory_layer_ids(num_layers, layers, llama_pro)
     hidden, non_hidden = set(), set()
@@ -78,7 +88,9 @@ def _llama_factory_layers(trained: list[int], num_layers: int) -> tuple[int, boo
         return count, False
     if trained == list(range(count)):
         return -count, False
-    if num_layers % count == 0 and trained == list(_llama_factory_layer_ids(num_layers, count, True)):
+    if num_layers % count == 0 and trained == list(
+        _llama_factory_layer_ids(num_layers, count, True)
+    ):
         return count, True  # every (L/count)-th layer, ending at the top
     raise FreezetuneError(
         "cannot express this plan for LLaMA-Factory: it trains a contiguous run of top or bottom layers, "
@@ -91,12 +103,24 @@ def _llama_factory_config(resolved: ResolvedPlan) -> tuple[dict, set[str] | None
     trained = [r["index"] for r in resolved.layer_rows() if r["trainable_params"]]
     layers, llama_pro = _llama_factory_layers(trained, anatomy.num_layers)
     modules = _llama_factory_modules(resolved, trained) if trained else ["all"]
-    extras = sorted({
-        e.name.split(".")[-2] for e in anatomy.entries
-        if e.part != "block" and e.name == e.tensor and resolved.is_trainable(e) and "." in e.name
-    })
-    selected = _llama_factory_select(_canonical_names(resolved), anatomy.num_layers, layers, modules, extras, llama_pro)
-    config = {"finetuning_type": "freeze", "freeze_trainable_layers": layers, "freeze_trainable_modules": ",".join(modules)}
+    extras = sorted(
+        {
+            e.name.split(".")[-2]
+            for e in anatomy.entries
+            if e.part != "block"
+            and e.name == e.tensor
+            and resolved.is_trainable(e)
+            and "." in e.name
+        }
+    )
+    selected = _llama_factory_select(
+        _canonical_names(resolved), anatomy.num_layers, layers, modules, extras, llama_pro
+    )
+    config = {
+        "finetuning_type": "freeze",
+        "freeze_trainable_layers": layers,
+        "freeze_trainable_modules": ",".join(modules),
+    }
     if llama_pro:
         config["use_llama_pro"] = True
     if extras:
@@ -109,12 +133,16 @@ def to_llama_factory(resolved: ResolvedPlan) -> str:
     try:
         _check("LLaMA-Factory", selected, resolved)
     except FreezetuneError as exc:
-        raise FreezetuneError(f"{exc}{_substring_reason(resolved, extras, selected)}{_nearest(resolved, extras)}") from None
+        raise FreezetuneError(
+            f"{exc}{_substring_reason(resolved, extras, selected)}{_nearest(resolved, extras)}"
+        ) from None
     text = yaml.safe_dump(config, sort_keys=False)
     if config.get("use_llama_pro"):
         stride = resolved.anatomy.num_layers // config["freeze_trainable_layers"]
-        text = ("# use_llama_pro is named for LLaMA-Pro's block expansion; with freeze_trainable_layers it trains\n"
-                f"# one layer in every {stride}, ending at the top, which is exactly this plan\n") + text
+        text = (
+            "# use_llama_pro is named for LLaMA-Pro's block expansion; with freeze_trainable_layers it trains\n"
+            f"# one layer in every {stride}, ending at the top, which is exactly this plan\n"
+        ) + text
     return text
 
 
@@ -122,7 +150,9 @@ def _substring_reason(resolved: ResolvedPlan, extras: list[str], selected: set[s
     """Which extra module name is a substring of tensor names inside the blocks, and of how many."""
     prefix, wanted = f"{resolved.anatomy.blocks_path}.", set(resolved.trainable_names())
     for extra in extras:
-        inside = sorted(n for n in (selected or ()) if n.startswith(prefix) and extra in n and n not in wanted)
+        inside = sorted(
+            n for n in (selected or ()) if n.startswith(prefix) and extra in n and n not in wanted
+        )
         if inside:
             return f", because '{extra}' is also a substring of {len(inside)} tensor names inside the blocks"
     return ""
@@ -133,9 +163,15 @@ def _nearest(resolved: ResolvedPlan, extras: list[str]) -> str:
     from freezetune.plans.language import FreezePlan
     from freezetune.plans.resolution import resolve
 
-    parts = {e.name.split(".")[-2]: e.part for e in resolved.anatomy.entries if e.part != "block" and "." in e.name}
+    parts = {
+        e.name.split(".")[-2]: e.part
+        for e in resolved.anatomy.entries
+        if e.part != "block" and "." in e.name
+    }
     wanted = set(resolved.trainable_names())
-    over = [x for x in extras if any(x in n and n not in wanted for n in _canonical_names(resolved))]
+    over = [
+        x for x in extras if any(x in n and n not in wanted for n in _canonical_names(resolved))
+    ]
     dropped = [parts[x] for x in over if parts.get(x) in ("norm", "head", "embeddings")]
     if not dropped:
         return ""
@@ -146,7 +182,8 @@ def _nearest(resolved: ResolvedPlan, extras: list[str]) -> str:
         _check("LLaMA-Factory", selected, nearer)
     except FreezetuneError:
         return ""
-    return f"; the nearest plan it can express is '{text}' (freeze_trainable_layers: {config['freeze_trainable_layers']})"
+    layers = config["freeze_trainable_layers"]
+    return f"; the nearest plan it can express is '{text}' (freeze_trainable_layers: {layers})"
 
 
 def _llama_factory_modules(resolved: ResolvedPlan, trained: list[int]) -> list[str]:
@@ -155,7 +192,7 @@ def _llama_factory_modules(resolved: ResolvedPlan, trained: list[int]) -> list[s
     states: dict[int, dict[str, set[bool]]] = {layer: {} for layer in trained}
     for entry in resolved.anatomy.entries:
         if entry.part == "block" and entry.layer in states and entry.name == entry.tensor:
-            child = entry.name[len(prefix):].split(".")[1]
+            child = entry.name[len(prefix) :].split(".")[1]
             states[entry.layer].setdefault(child, set()).add(resolved.is_trainable(entry))
     per_layer = {}
     for layer, children in states.items():
@@ -182,7 +219,9 @@ def _check(tool: str, selected: set[str] | None, resolved: ResolvedPlan) -> None
     if selected == wanted:
         return
     if selected is None:
-        raise FreezetuneError(f"cannot express this plan for {tool}: it would reject the module names it needs")
+        raise FreezetuneError(
+            f"cannot express this plan for {tool}: it would reject the module names it needs"
+        )
     extra, missing = sorted(selected - wanted), sorted(wanted - selected)
     detail = []
     if extra:

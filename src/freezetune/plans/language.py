@@ -149,15 +149,21 @@ class FreezePlan:
         rules = []
         for number, item in enumerate(items, start=1):
             if isinstance(item, dict) and len(item) == 1:
-                (action, selector), = item.items()
+                ((action, selector),) = item.items()
                 item = f"{action} {selector}"
             if not isinstance(item, str):
-                raise PlanError(f"{source}: rule {number} must be a string like 'freeze bottom 75%', got {item!r}")
+                raise PlanError(
+                    f"{source}: rule {number} must be a string like 'freeze bottom 75%', got {item!r}"
+                )
             if "\n" in item.strip() or ";" in item:
-                raise PlanError(f"{source}: rule {number} '{item}' holds more than one rule; give one rule per item")
+                raise PlanError(
+                    f"{source}: rule {number} '{item}' holds more than one rule; give one rule per item"
+                )
             rules.append(_parse_rule(item.strip(), number, None))
         if not rules:
-            raise PlanError(f"{source}: empty plan: write at least one rule, e.g. 'freeze bottom 75%'")
+            raise PlanError(
+                f"{source}: empty plan: write at least one rule, e.g. 'freeze bottom 75%'"
+            )
         return cls(tuple(rules))
 
     @classmethod
@@ -179,7 +185,9 @@ class FreezePlan:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
             first_line = str(exc).strip().splitlines()[0]
-            raise PlanError(f"plan file {path}: not valid {path.suffix[1:].upper()}: {first_line}") from None
+            raise PlanError(
+                f"plan file {path}: not valid {path.suffix[1:].upper()}: {first_line}"
+            ) from None
         if isinstance(data, dict) and set(data) == {"plan"}:
             data = data["plan"]
         if isinstance(data, str):
@@ -239,20 +247,30 @@ def _parse_selector(text: str) -> Selector:
         name, _, where_text = text.partition("@")
         name = name.strip().lower()
         if name in OUTER_COMPONENTS:
-            raise ValueError(f"'{name}' lies outside the blocks, so it takes no '@' depth; write '{name}' alone")
+            raise ValueError(
+                f"'{name}' lies outside the blocks, so it takes no '@' depth; write '{name}' alone"
+            )
         if name not in BLOCK_COMPONENTS:
-            raise ValueError(f"unknown component '{name}' before '@'; one of: {', '.join(BLOCK_COMPONENTS)}")
+            raise ValueError(
+                f"unknown component '{name}' before '@'; one of: {', '.join(BLOCK_COMPONENTS)}"
+            )
         where = _parse_depth(where_text.strip())
         if where is None:
-            raise ValueError(f"after '@' comes a depth like 'layers 20-29' or 'top 4', not '{where_text.strip()}'")
+            raise ValueError(
+                f"after '@' comes a depth like 'layers 20-29' or 'top 4', not '{where_text.strip()}'"
+            )
         return Component(name, where)
     if text.lower() in OUTER_COMPONENTS + BLOCK_COMPONENTS:
         return Component(text.lower())
     depth = _parse_depth(text)
     if depth is not None:
         return depth
-    known = "all, bottom N[%], top N[%], layers SPEC, " + ", ".join(OUTER_COMPONENTS + BLOCK_COMPONENTS)
-    raise ValueError(f"unknown selector '{text}'; expected one of: {known}, COMPONENT@DEPTH, re:REGEX")
+    known = "all, bottom N[%], top N[%], layers SPEC, " + ", ".join(
+        OUTER_COMPONENTS + BLOCK_COMPONENTS
+    )
+    raise ValueError(
+        f"unknown selector '{text}'; expected one of: {known}, COMPONENT@DEPTH, re:REGEX"
+    )
 
 
 def _parse_depth(text: str) -> Depth | Layers | None:
@@ -287,7 +305,9 @@ def _parse_layers(spec: str) -> Layers:
         elif _RANGE.fullmatch(item):
             low, high = (int(v) for v in _RANGE.fullmatch(item).groups())
             if low > high:
-                raise ValueError(f"'layers {spec}': range {low}-{high} runs backwards; write {high}-{low}")
+                raise ValueError(
+                    f"'layers {spec}': range {low}-{high} runs backwards; write {high}-{low}"
+                )
             items.append((low, high))
         else:
             raise ValueError(f"'layers {spec}': '{item}' is not an index or a range like 0-21")

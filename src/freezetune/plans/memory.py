@@ -27,7 +27,12 @@ def _frozen_bytes(dtype: str) -> int:
 
 
 def estimate_memory(
-    anatomy: Anatomy, trainable_params: int, backward_depth: int, seq_len: int, batch_size: int, dtype: str
+    anatomy: Anatomy,
+    trainable_params: int,
+    backward_depth: int,
+    seq_len: int,
+    batch_size: int,
+    dtype: str,
 ) -> dict[str, int]:
     """Bytes by kind for one training step; ``total`` is their sum."""
     frozen_b = _frozen_bytes(dtype)

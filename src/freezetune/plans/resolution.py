@@ -52,11 +52,15 @@ class ResolvedPlan:
         return [t for t in self.anatomy.tensors if t in self.trainable]
 
     def layer_rows(self) -> list[dict]:
-        rows = [{"index": i, "params": 0, "trainable_params": 0} for i in range(self.anatomy.num_layers)]
+        rows = [
+            {"index": i, "params": 0, "trainable_params": 0} for i in range(self.anatomy.num_layers)
+        ]
         for entry in self.anatomy.entries:
             if entry.part == "block" and entry.name == entry.tensor:
                 rows[entry.layer]["params"] += entry.numel
-                rows[entry.layer]["trainable_params"] += entry.numel if self.is_trainable(entry) else 0
+                rows[entry.layer]["trainable_params"] += (
+                    entry.numel if self.is_trainable(entry) else 0
+                )
         for row in rows:
             row["state"] = _state(row["trainable_params"], row["params"])
         return rows
@@ -71,20 +75,26 @@ class ResolvedPlan:
             params = sum(e.numel for e in entries)
             trainable = sum(e.numel for e in entries if self.is_trainable(e))
             here = {e.name for e in entries}
-            tied = sorted({a for e in entries for a in self.anatomy.aliases(e.tensor) if a not in here})
-            rows.append({
-                "part": part,
-                "params": params,
-                "trainable_params": trainable,
-                "state": _state(trainable, params),
-                "tied_to": tied,
-                "names": [e.name for e in entries],
-            })
+            tied = sorted(
+                {a for e in entries for a in self.anatomy.aliases(e.tensor) if a not in here}
+            )
+            rows.append(
+                {
+                    "part": part,
+                    "params": params,
+                    "trainable_params": trainable,
+                    "state": _state(trainable, params),
+                    "tied_to": tied,
+                    "names": [e.name for e in entries],
+                }
+            )
         return rows
 
     @property
     def lowest_trainable_layer(self) -> int | None:
-        layers = [e.layer for e in self.anatomy.entries if e.part == "block" and self.is_trainable(e)]
+        layers = [
+            e.layer for e in self.anatomy.entries if e.part == "block" and self.is_trainable(e)
+        ]
         return min(layers) if layers else None
 
     @property
@@ -111,21 +121,33 @@ def block_indices(where: Depth | Layers, num_layers: int, rule: Rule) -> list[in
     if isinstance(where, Depth):
         count = where.count * num_layers // 100 if where.percent else where.count
         if where.percent and count == 0:
-            raise rule.error(f"{where.render()} of {num_layers} blocks is 0 blocks; use a larger percentage")
+            raise rule.error(
+                f"{where.render()} of {num_layers} blocks is 0 blocks; use a larger percentage"
+            )
         if count > num_layers:
-            raise rule.error(f"{where.end} {count}: out of range, the model has {num_layers} blocks")
-        return list(range(count)) if where.end == "bottom" else list(range(num_layers - count, num_layers))
+            raise rule.error(
+                f"{where.end} {count}: out of range, the model has {num_layers} blocks"
+            )
+        return (
+            list(range(count))
+            if where.end == "bottom"
+            else list(range(num_layers - count, num_layers))
+        )
     if where.slice is not None:
         indices = list(range(num_layers))[slice(*where.slice)]
         if not indices:
-            raise rule.error(f"'{where.render()}' selects no blocks of {num_layers} (0-{num_layers - 1})")
+            raise rule.error(
+                f"'{where.render()}' selects no blocks of {num_layers} (0-{num_layers - 1})"
+            )
         return indices
     indices: list[int] = []
     for item in where.items:
         low, high = item if isinstance(item, tuple) else (item, item)
         for index in (low, high):
             if not -num_layers <= index < num_layers:
-                raise rule.error(f"layer {index} is out of range: the model has {num_layers} blocks (0-{num_layers - 1})")
+                raise rule.error(
+                    f"layer {index} is out of range: the model has {num_layers} blocks (0-{num_layers - 1})"
+                )
         indices.extend(range(low % num_layers, high % num_layers + 1))
     return sorted(set(indices))
 
@@ -160,8 +182,11 @@ def _select_structural(rule: Rule, anatomy: Anatomy) -> list[Entry]:
     layers = set(block_indices(where, anatomy.num_layers, rule)) if where is not None else None
     role = {"attn": "attn", "mlp": "mlp", "norms": "norm"}.get(component)
     matched = [
-        e for e in anatomy.entries
-        if e.part == "block" and (layers is None or e.layer in layers) and (role is None or e.role == role)
+        e
+        for e in anatomy.entries
+        if e.part == "block"
+        and (layers is None or e.layer in layers)
+        and (role is None or e.role == role)
     ]
     if isinstance(selector, Depth) and selector.end == "bottom":
         # the input embeddings sit below block 0, so a frozen bottom includes them

@@ -24,7 +24,10 @@ from freezetune.plans.language import Depth, FreezePlan, Layers, Rule
 from freezetune.plans.resolution import ResolvedPlan, resolve
 
 FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T'"
-KEYS = {"gradual": ({"every"}, {"every", "start", "step"}), "lisa": ({"layers", "every"}, {"layers", "every"})}
+KEYS = {
+    "gradual": ({"every"}, {"every", "start", "step"}),
+    "lisa": ({"layers", "every"}, {"layers", "every"}),
+}
 
 
 @dataclass(frozen=True)
@@ -40,21 +43,31 @@ class Schedule:
         """The text form, or a one-line error that says what is wrong and what is expected."""
         words = text.split()
         if not words or words[0].lower() not in KEYS:
-            raise FreezetuneError(f"--schedule '{text}': unknown schedule {words[0] if words else '(empty)'!r}; use {FORMS}")
+            raise FreezetuneError(
+                f"--schedule '{text}': unknown schedule {words[0] if words else '(empty)'!r}; use {FORMS}"
+            )
         kind = words[0].lower()
         required, allowed = KEYS[kind]
         values: dict[str, int] = {}
         for word in words[1:]:
             key, sep, value = word.partition("=")
             if not sep or key not in allowed:
-                raise FreezetuneError(f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
-                                      f"({', '.join(f'{k}=N' for k in sorted(allowed))})")
-            if not (value.isascii() and value.isdigit()) or int(value) < 1:  # '²' is a digit to str, not to int
-                raise FreezetuneError(f"--schedule '{text}': {key} must be a whole number of at least 1, got {value!r}")
+                raise FreezetuneError(
+                    f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
+                    f"({', '.join(f'{k}=N' for k in sorted(allowed))})"
+                )
+            if (
+                not (value.isascii() and value.isdigit()) or int(value) < 1
+            ):  # '²' is a digit to str, not to int
+                raise FreezetuneError(
+                    f"--schedule '{text}': {key} must be a whole number of at least 1, got {value!r}"
+                )
             values[key] = int(value)
         missing = sorted(required - set(values))
         if missing:
-            raise FreezetuneError(f"--schedule '{text}': {kind} needs {', '.join(f'{k}=N' for k in missing)}")
+            raise FreezetuneError(
+                f"--schedule '{text}': {kind} needs {', '.join(f'{k}=N' for k in missing)}"
+            )
         return cls(kind, **values)
 
     def render(self) -> str:
@@ -70,38 +83,52 @@ class Schedule:
         """The plan's trainable blocks (what the schedule moves through), or a one-line error."""
         blocks = trainable_blocks(universe)
         if not blocks:
-            raise FreezetuneError(f"--schedule '{self.render()}': the plan '{universe.plan.render()}' trains no block, "
-                                  "so there is nothing to schedule")
+            raise FreezetuneError(
+                f"--schedule '{self.render()}': the plan '{universe.plan.render()}' trains no block, "
+                "so there is nothing to schedule"
+            )
         count = self.layers if self.kind == "lisa" else self.start
         name = "layers" if self.kind == "lisa" else "start"
         if count > len(blocks):
-            raise FreezetuneError(f"--schedule '{self.render()}': {name}={count}, but the plan trains only "
-                                  f"{len(blocks)} blocks")
+            raise FreezetuneError(
+                f"--schedule '{self.render()}': {name}={count}, but the plan trains only "
+                f"{len(blocks)} blocks"
+            )
         return blocks
 
     def active(self, universe: ResolvedPlan, phase: int, seed: int) -> list[int]:
         """The plan's blocks that train in ``phase``."""
         blocks = self.check(universe)
-        if self.kind == "lisa":  # a generator of its own per period: the draw depends on nothing else
+        if (
+            self.kind == "lisa"
+        ):  # a generator of its own per period: the draw depends on nothing else
             return sorted(random.Random(f"lisa:{seed}:{phase}").sample(blocks, self.layers))
-        return blocks[-min(len(blocks), self.start + phase * self.step):]
+        return blocks[-min(len(blocks), self.start + phase * self.step) :]
 
     def complete(self, universe: ResolvedPlan, phase: int) -> bool:
         """Gradual only: whether the unfreezing has reached the plan's lowest block by ``phase``."""
-        return self.kind == "gradual" and self.start + phase * self.step >= len(self.check(universe))
+        return self.kind == "gradual" and self.start + phase * self.step >= len(
+            self.check(universe)
+        )
 
     def plan_at(self, universe: ResolvedPlan, phase: int, seed: int) -> ResolvedPlan:
         """The resolved plan of ``phase``: the universe plus the one rule that freezes what rests."""
         blocks, active = self.check(universe), self.active(universe, phase, seed)
         if self.kind == "gradual":
-            return universe if self.complete(universe, phase) else _freezing(universe, Depth("bottom", active[0]))
+            return (
+                universe
+                if self.complete(universe, phase)
+                else _freezing(universe, Depth("bottom", active[0]))
+            )
         resting = [b for b in blocks if b not in active]
         return _freezing(universe, Layers(items=tuple(resting))) if resting else universe
 
     def phases(self, universe: ResolvedPlan, total_steps: int, seed: int) -> list[dict]:
         """Consecutive steps with the same blocks, as ``{"steps": [first, last], "blocks": [...], "resolved": ...}``;
         ``total_steps`` 0 lists gradual until it is complete and four LISA periods."""
-        count = total_steps or (self.every * (4 if self.kind == "lisa" else self._phases_to_complete(universe)))
+        count = total_steps or (
+            self.every * (4 if self.kind == "lisa" else self._phases_to_complete(universe))
+        )
         out: list[dict] = []
         for phase in range(-(-count // self.every)):
             first, last = phase * self.every, min(count, (phase + 1) * self.every) - 1
@@ -109,7 +136,13 @@ class Schedule:
             if out and out[-1]["blocks"] == blocks:
                 out[-1]["steps"][1] = last
                 continue
-            out.append({"steps": [first, last], "blocks": blocks, "resolved": self.plan_at(universe, phase, seed)})
+            out.append(
+                {
+                    "steps": [first, last],
+                    "blocks": blocks,
+                    "resolved": self.plan_at(universe, phase, seed),
+                }
+            )
         if not total_steps and self.kind == "gradual":
             out[-1]["steps"][1] = None  # the complete plan trains to the end of the run
         return out

@@ -45,18 +45,28 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_trainable(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_trainable(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Written with its own checksum in the header, so a copy anywhere can be checked (read_tensors does)."""
     with staged_file(path) as staging:
-        save_file(tensors, str(staging), metadata={"format": "pt", **(metadata or {}), CHECKSUM: tensors_sha256(tensors)})
+        save_file(
+            tensors,
+            str(staging),
+            metadata={"format": "pt", **(metadata or {}), CHECKSUM: tensors_sha256(tensors)},
+        )
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), "pt") as opened:
             return opened.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error type for a truncated or garbled file
-        raise FreezetuneError(f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    except (
+        Exception
+    ) as exc:  # safetensors raises its own error type for a truncated or garbled file
+        raise FreezetuneError(
+            f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})"
+        ) from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -65,16 +75,27 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except Exception as exc:
-        raise FreezetuneError(f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})") from None
+        raise FreezetuneError(
+            f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})"
+        ) from None
     if expected is not None and tensors_sha256(tensors) != expected:
-        raise FreezetuneError(f"{path} is damaged: its tensors do not match the checksum written with them")
+        raise FreezetuneError(
+            f"{path} is damaged: its tensors do not match the checksum written with them"
+        )
     return tensors
 
 
 def _split_optimizer(optimizer: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {f"{name}{SEP}{key}": value.contiguous() for name, state in optimizer["state"].items()
-               for key, value in state.items() if torch.is_tensor(value)}
-    plain = {name: {k: v for k, v in state.items() if not torch.is_tensor(v)} for name, state in optimizer["state"].items()}
+    tensors = {
+        f"{name}{SEP}{key}": value.contiguous()
+        for name, state in optimizer["state"].items()
+        for key, value in state.items()
+        if torch.is_tensor(value)
+    }
+    plain = {
+        name: {k: v for k, v in state.items() if not torch.is_tensor(v)}
+        for name, state in optimizer["state"].items()
+    }
     return tensors, {"plain_state": plain, "param_groups": optimizer["param_groups"]}
 
 
@@ -83,19 +104,28 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], described: dict) -> dict:
     for key, value in tensors.items():
         name, _, field = key.rpartition(SEP)
         state.setdefault(name, {})[field] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in described["param_groups"]]
+    groups = [
+        {**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in described["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 
 # --- checkpoints ------------------------------------------------------------------------------
+
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Published checkpoints, oldest first (staging and set-aside folders have other names)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir()
-            if p.is_dir() and p.name.startswith("step-") and p.name[5:].isascii() and p.name[5:].isdigit()]
+    done = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith("step-")
+        and p.name[5:].isascii()
+        and p.name[5:].isdigit()
+    ]
     return sorted(done, key=lambda p: int(p.name[5:]))
 
 
@@ -106,8 +136,15 @@ def stage_rng(run_dir: Path, step: int, rank: int) -> None:
     save_rng(root / f".{rng_name(rank)}.step-{step}.partial")
 
 
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict, lr_scheduler,
-                    state: dict, processes: int = 1) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    optimizer: dict,
+    lr_scheduler,
+    state: dict,
+    processes: int = 1,
+) -> Path:
     """``tensors`` and ``optimizer``: from trainable_state and optimizer_state; the processes' random
     states: from stage_rng. Main process only."""
     root = Path(run_dir) / "checkpoints"
@@ -117,11 +154,18 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     with staged_dir(target, replace=True) as staging:
         save_file(tensors, str(staging / "trainable.safetensors"), metadata={"format": "pt"})
         save_file(moments, str(staging / "optimizer.safetensors"), metadata={"format": "pt"})
-        (staging / "optimizer.json").write_text(json.dumps({**described, "scheduler": lr_scheduler.state_dict()}, indent=2))
+        (staging / "optimizer.json").write_text(
+            json.dumps({**described, "scheduler": lr_scheduler.state_dict()}, indent=2)
+        )
         for rank in range(processes):
             os.replace(root / f".{rng_name(rank)}.step-{step}.partial", staging / rng_name(rank))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(staging.iterdir())}
-        (staging / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=2))
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(staging.iterdir())
+        }
+        (staging / "state.json").write_text(
+            json.dumps({"step": step, **state, "files": files}, indent=2)
+        )
     for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -133,8 +177,11 @@ def damage(checkpoint: Path) -> str | None:
         state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
         files, step = state["files"], int(state["step"])
     except FileNotFoundError:
-        old = " (written by an older freezetune, whose pickled optimizer.pt is no longer loaded)" \
-            if (checkpoint / "optimizer.pt").exists() else ""
+        old = (
+            " (written by an older freezetune, whose pickled optimizer.pt is no longer loaded)"
+            if (checkpoint / "optimizer.pt").exists()
+            else ""
+        )
         return f"state.json is missing{old}"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return "state.json is damaged"
@@ -170,7 +217,9 @@ def intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
     raise FreezetuneError(f"{run_dir}: no intact checkpoint to resume from")
 
 
-def load_checkpoint(checkpoint: Path, lr_scheduler, rank: int) -> tuple[dict, dict[str, torch.Tensor], dict]:
+def load_checkpoint(
+    checkpoint: Path, lr_scheduler, rank: int
+) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """The schedule and this process's random state back. Returns the state, the trained tensors and
     the optimizer state, which the backend puts in place (it knows where its weights and state live)."""
     state = json.loads((checkpoint / "state.json").read_text())

@@ -37,7 +37,9 @@ def publish(staging: Path, target: Path) -> None:
 def staged_file(path: Path):
     """Yield a staging name beside ``path`` to write to; it is fsynced and becomes ``path`` only if the
     block finishes, and is removed if it does not."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}{STAGING_MARK}")  # processes of one run never share it
+    staging = path.with_name(
+        f".{path.name}.{os.getpid()}{STAGING_MARK}"
+    )  # processes of one run never share it
     try:
         yield staging
         fsync_path(staging)
@@ -97,7 +99,9 @@ def staged_dir(target: Path, replace: bool = False):
 def set_aside(path: Path) -> Path:
     """Rename a damaged file to NAME.damaged (then .damaged-1, ...): kept for a look, never read again."""
     number = 0
-    while (aside := path.with_name(f"{path.name}.damaged" + (f"-{number}" if number else ""))).exists():
+    while (
+        aside := path.with_name(f"{path.name}.damaged" + (f"-{number}" if number else ""))
+    ).exists():
         number += 1
     os.replace(path, aside)
     return aside
@@ -111,7 +115,9 @@ def remove_leftovers(folder: Path) -> list[Path]:
     for path in found:
         if f".old{STAGING_MARK}-" in path.name:  # swapped out by staged_dir(replace=True)
             original = folder / path.name[1:].split(f".old{STAGING_MARK}-")[0]
-            if not original.exists():  # the writer died between the two renames: the old one is the good one
+            if (
+                not original.exists()
+            ):  # the writer died between the two renames: the old one is the good one
                 os.replace(path, original)
                 continue
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

@@ -48,7 +48,11 @@ def _holder(fd: int) -> dict:
 
 def _describe(holder: dict) -> str:
     started = holder.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+        if isinstance(started, (int, float))
+        else "?"
+    )
     return f"pid {holder.get('pid', '?')}, started {when}"
 
 
@@ -64,15 +68,25 @@ class FolderLock:
             holder = _holder(self.fd)
             pid = holder.get("pid")
             if isinstance(pid, int) and _dying(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)  # a holder killed a moment ago: the kernel releases its lock once it is gone
+                time.sleep(
+                    0.1
+                )  # a holder killed a moment ago: the kernel releases its lock once it is gone
                 continue
             self.release(held=False)
-            raise FreezetuneError(f"{self.folder} is in use by another freezetune process ({_describe(holder)}); "
-                                  f"one {what} at a time: wait for it, or stop it") from None
+            raise FreezetuneError(
+                f"{self.folder} is in use by another freezetune process ({_describe(holder)}); "
+                f"one {what} at a time: wait for it, or stop it"
+            ) from None
         previous = _holder(self.fd)
-        if previous.get("pid") and previous.get("pid") != os.getpid():  # it ended without releasing: killed
-            state = "no longer running" if not _alive(int(previous["pid"])) else "no longer holding it"
-            self.notice = f"notice: {self.folder}: took over the lock of {_describe(previous)}, {state}"
+        if (
+            previous.get("pid") and previous.get("pid") != os.getpid()
+        ):  # it ended without releasing: killed
+            state = (
+                "no longer running" if not _alive(int(previous["pid"])) else "no longer holding it"
+            )
+            self.notice = (
+                f"notice: {self.folder}: took over the lock of {_describe(previous)}, {state}"
+            )
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         os.write(self.fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())

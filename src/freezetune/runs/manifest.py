@@ -20,8 +20,17 @@ from freezetune.runs.durable import write_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # files beside the weights that change the model's behaviour, hashed one by one so a mismatch is named
-MEANING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
+MEANING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 def model_hash(path: Path, cache_dir: Path | str | None = None) -> str:
@@ -59,7 +68,11 @@ def model_hash(path: Path, cache_dir: Path | str | None = None) -> str:
 
 def meaning_hashes(path: Path) -> dict[str, str]:
     """sha256 of each config and tokenizer file the folder has."""
-    return {name: file_sha256(Path(path) / name) for name in MEANING_FILES if (Path(path) / name).is_file()}
+    return {
+        name: file_sha256(Path(path) / name)
+        for name in MEANING_FILES
+        if (Path(path) / name).is_file()
+    }
 
 
 def versions() -> dict[str, str]:
@@ -68,8 +81,13 @@ def versions() -> dict[str, str]:
 
     from freezetune import __version__
 
-    return {"freezetune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
+    return {
+        "freezetune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def read_json(path: Path, missing=None):
@@ -89,7 +107,9 @@ def read_manifest(run_dir: Path) -> dict:
         raise FreezetuneError(f"{run_dir} is not a freezetune run: no manifest.json")
     manifest = read_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model"), dict):
-        raise FreezetuneError(f"{path}: damaged, it lacks the 'base_model' entry every run manifest has")
+        raise FreezetuneError(
+            f"{path}: damaged, it lacks the 'base_model' entry every run manifest has"
+        )
     return manifest
 
 
@@ -108,11 +128,15 @@ def check_base(manifest: dict, base_sha256: str, base_path: Path, run_dir: Path)
             f"but the model loaded has sha256 {base_sha256[:12]}…; refusing to mix them"
         )
     now = meaning_hashes(base_path)
-    for name, expected in (base.get("files") or {}).items():  # manifests before this check have none
+    for name, expected in (
+        base.get("files") or {}
+    ).items():  # manifests before this check have none
         if now.get(name) != expected:
             state = "is missing" if name not in now else "has changed"
-            raise FreezetuneError(f"{run_dir}: the base model's {name} {state} since the run was trained "
-                                  f"({Path(base_path) / name}); the same weights would mean a different model")
+            raise FreezetuneError(
+                f"{run_dir}: the base model's {name} {state} since the run was trained "
+                f"({Path(base_path) / name}); the same weights would mean a different model"
+            )
 
 
 def read_metrics(path: Path, warn=None) -> list[dict]:
@@ -129,11 +153,17 @@ def read_metrics(path: Path, warn=None) -> list[dict]:
                 raise ValueError("no step")
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if any(rest.strip() for rest in lines[number:]):
-                raise FreezetuneError(f"{path} line {number}: damaged, not a metrics record") from None
+                raise FreezetuneError(
+                    f"{path} line {number}: damaged, not a metrics record"
+                ) from None
             if warn is None:
-                raise FreezetuneError(f"{path} line {number}: half-written (the run was killed while logging); "
-                                      "`train --resume` drops it") from None
-            warn(f"warning: {path} line {number} is half-written (the run was killed while logging); dropped")
+                raise FreezetuneError(
+                    f"{path} line {number}: half-written (the run was killed while logging); "
+                    "`train --resume` drops it"
+                ) from None
+            warn(
+                f"warning: {path} line {number} is half-written (the run was killed while logging); dropped"
+            )
             break
         records.append(record)
     return records

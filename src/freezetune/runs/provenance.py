@@ -23,7 +23,9 @@ RESULT_FOLDERS = ("bench/results", "docs/results")
 def _git(where: Path, *args: str) -> str | None:
     """A git answer about the checkout at ``where``; None outside one (an installed wheel) or without git."""
     try:
-        done = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -53,10 +55,29 @@ def provenance(code: Path | None = None) -> dict:
     code = code or Path(__file__).parent
     commit = _git(code, "rev-parse", "HEAD")
     # results files are what measurements write, not code: a benchmark run after another is still clean
-    changes = _git(code, "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                   *(f":(top,exclude){folder}" for folder in RESULT_FOLDERS)) if commit else None
+    changes = (
+        _git(
+            code,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":(top)",
+            *(f":(top,exclude){folder}" for folder in RESULT_FOLDERS),
+        )
+        if commit
+        else None
+    )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     installed = {name: _installed(name) for name in ("peft", "safetensors", "numpy", "trl")}
-    return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None, "versions": {**versions(), **installed},
-            "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "platform": platform.platform(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "commit": commit,
+        "uncommitted_changes": bool(changes) if commit else None,
+        "versions": {**versions(), **installed},
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

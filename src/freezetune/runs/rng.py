@@ -22,11 +22,19 @@ def rng_name(rank: int) -> str:
 def save_rng(path: Path) -> None:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+    }
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    plain = {"python": [version, list(mt), gauss], "numpy": [kind, int(pos), int(has_gauss), float(cached)]}
-    save_file(tensors, str(path), metadata={"plain": json.dumps(plain)})  # fsynced with its checkpoint folder
+    plain = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+    }
+    save_file(
+        tensors, str(path), metadata={"plain": json.dumps(plain)}
+    )  # fsynced with its checkpoint folder
 
 
 def load_rng(path: Path) -> None:
@@ -38,7 +46,9 @@ def load_rng(path: Path) -> None:
     version, mt, gauss = plain["python"]
     random.setstate((version, tuple(mt), gauss))
     kind, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(
+        (kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[f"cuda.{i}"] for i in range(len([k for k in tensors if k.startswith("cuda.")]))]
     if cuda and torch.cuda.is_available():

@@ -17,11 +17,16 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\nfreezetune: {signal.Signals(signum).name} received; stopping at the next step boundary (training "
-              "saves a checkpoint first, an evaluation under way finishes); a second signal stops at once", file=sys.stderr)
+        print(
+            f"\nfreezetune: {signal.Signals(signum).name} received; stopping at the next step boundary (training "
+            "saves a checkpoint first, an evaluation under way finishes); a second signal stops at once",
+            file=sys.stderr,
+        )
 
     def __enter__(self) -> StopFlag:
-        if getattr(signal.getsignal(signal.SIGINT), "fired", False):  # a start-up Ctrl-C an import swallowed
+        if getattr(
+            signal.getsignal(signal.SIGINT), "fired", False
+        ):  # a start-up Ctrl-C an import swallowed
             raise KeyboardInterrupt
         self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self

@@ -24,30 +24,50 @@ from freezetune.training.prefix import prefix_depth, prefix_touched
 from freezetune.training.prefix_cache import DiskPrefixCache, PrefixCache
 
 
-def _cache_key(base_sha256: str, resolved: ResolvedPlan, config: TrainConfig, train, held, dtype, model,
-               model_path: Path) -> tuple[str, dict]:
+def _cache_key(
+    base_sha256: str,
+    resolved: ResolvedPlan,
+    config: TrainConfig,
+    train,
+    held,
+    dtype,
+    model,
+    model_path: Path,
+) -> tuple[str, dict]:
     """Everything that changes block k-1's output: the weights, config.json (rope scaling, sliding window...),
     the attention implementation, the precision, the plan's prefix, the examples and the library versions."""
     config_json = Path(model_path) / "config.json"
-    meta = {"base_model_sha256": base_sha256, "config_json_sha256": file_sha256(config_json) if config_json.is_file() else None,
-            "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
-            "precision": config.precision, "dtype": str(dtype), "plan": resolved.plan.render(),
-            "prefix_depth": prefix_depth(resolved), "schedule": config.schedule, "seq_len": config.seq_len,
-            "model": config.model, "versions": {k: v for k, v in versions().items() if k in ("torch", "transformers")}}
+    meta = {
+        "base_model_sha256": base_sha256,
+        "config_json_sha256": file_sha256(config_json) if config_json.is_file() else None,
+        "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "precision": config.precision,
+        "dtype": str(dtype),
+        "plan": resolved.plan.render(),
+        "prefix_depth": prefix_depth(resolved),
+        "schedule": config.schedule,
+        "seq_len": config.seq_len,
+        "model": config.model,
+        "versions": {k: v for k, v in versions().items() if k in ("torch", "transformers")},
+    }
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for example in train.examples + held.examples:
         digest.update(json.dumps(example.input_ids).encode())
     return digest.hexdigest()[:24], meta
 
 
-def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int) -> tuple[list[int], int]:
+def schedule_depths(
+    config: TrainConfig, resolved: ResolvedPlan, num_train: int
+) -> tuple[list[int], int]:
     """The frozen-prefix depths the run can cache at (0 means no prefix), and how many of a schedule's
     phases cannot: their prefix holds blocks an earlier phase trained, so its outputs are no longer the base's."""
     if not config.schedule:
         return [prefix_depth(resolved)], 0
     trained: set[str] = set()
     depths, stale = set(), 0
-    for phase in config.parsed_schedule.phases(resolved, config.total_steps(num_train), config.seed):
+    for phase in config.parsed_schedule.phases(
+        resolved, config.total_steps(num_train), config.seed
+    ):
         depth = prefix_depth(phase["resolved"])
         trained |= phase["resolved"].trainable
         if depth and prefix_touched(resolved.anatomy, trained, depth):
@@ -60,25 +80,48 @@ def schedule_depths(config: TrainConfig, resolved: ResolvedPlan, num_train: int)
 def router_loss(model) -> bool:
     """Whether the model adds a load-balancing loss over every MoE layer's router to its loss."""
     config = getattr(model, "config", None)
-    return bool(getattr(config, "output_router_logits", False)) and bool(getattr(config, "router_aux_loss_coef", 1.0))
+    return bool(getattr(config, "output_router_logits", False)) and bool(
+        getattr(config, "router_aux_loss_coef", 1.0)
+    )
 
 
-def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, train, held, dtype,
-                 loaded: LoadedModel) -> tuple[PrefixCache | None, str]:
+def choose_cache(
+    config: TrainConfig,
+    resolved: ResolvedPlan,
+    base_sha256: str,
+    train,
+    held,
+    dtype,
+    loaded: LoadedModel,
+) -> tuple[PrefixCache | None, str]:
     usable, stale = schedule_depths(config, resolved, len(train.examples))
     depths = [d for d in usable if d > 0]
     depth = max(depths, default=0)
-    stale_note = (f"; {stale} of the schedule's phases train below a frozen prefix they return to, and there the cache "
-                  "is neither read nor written (it would replay outputs of weights that have since trained)") if stale else ""
+    stale_note = (
+        (
+            f"; {stale} of the schedule's phases train below a frozen prefix they return to, and there the cache "
+            "is neither read nor written (it would replay outputs of weights that have since trained)"
+        )
+        if stale
+        else ""
+    )
     if config.prefix_cache == "off":
         return None, "prefix cache: off"
     if router_loss(loaded.model) and depth:
-        return None, ("prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer, "
-                      "and a replay would skip those of the frozen blocks; set output_router_logits false to cache)")
+        return None, (
+            "prefix cache: off (the model's load-balancing loss covers the routers of every MoE layer, "
+            "and a replay would skip those of the frozen blocks; set output_router_logits false to cache)"
+        )
     if depth == 0 and stale:
-        return None, "prefix cache: none (every frozen prefix the schedule reaches holds blocks it trained earlier)"
+        return (
+            None,
+            "prefix cache: none (every frozen prefix the schedule reaches holds blocks it trained earlier)",
+        )
     if depth == 0:
-        return None, "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)"
+        return (
+            None,
+            "prefix cache: none (no frozen prefix: the backward pass reaches block 0 or the embeddings)",
+        )
     state = process_state()
     # each process caches its own shard of the training data (data/order.py) and the whole held-out set;
     # a run that ends within one epoch never sees a training row twice, so it caches the held-out set only
@@ -86,7 +129,12 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     examples = int(len(train.examples) * share) + len(held.examples)
     tokens = int(train.num_tokens * share) + held.num_tokens
     # each depth a schedule visits keeps its own entries
-    size = tokens * resolved.anatomy.dims.hidden_size * torch.tensor([], dtype=dtype).element_size() * len(depths)
+    size = (
+        tokens
+        * resolved.anatomy.dims.hidden_size
+        * torch.tensor([], dtype=dtype).element_size()
+        * len(depths)
+    )
     budget = parse_size(config.cache_ram, "--cache-ram")
     mode = config.prefix_cache
     if mode == "auto":
@@ -94,17 +142,33 @@ def choose_cache(config: TrainConfig, resolved: ResolvedPlan, base_sha256: str, 
     path, removed = None, []
     cache = PrefixCache()
     if mode == "disk":
-        shard = f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
+        shard = (
+            f"-rank{state.process_index}of{state.num_processes}" if state.num_processes > 1 else ""
+        )
         root = (Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR) / "prefix"
-        key, meta = _cache_key(base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path)
+        key, meta = _cache_key(
+            base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path
+        )
         path = root / f"{key}{shard}"
         removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
-        cache = DiskPrefixCache(path, budget, meta, warn=lambda message: None)  # its notices join the run's notes
+        cache = DiskPrefixCache(
+            path, budget, meta, warn=lambda message: None
+        )  # its notices join the run's notes
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""
     only = "" if share else " (the held-out set only: the run ends within its first epoch)"
-    blocks = f"the {depth} frozen blocks" if len(depths) == 1 else f"the frozen prefix at each of {len(depths)} depths"
-    evicted = f"; removed {len(removed)} least recently used caches to stay under --cache-limit" if removed else ""
-    return cache, (f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
-                   f"{size / 2**20:.1f} MiB {where}{reused}{evicted}{stale_note}")
+    blocks = (
+        f"the {depth} frozen blocks"
+        if len(depths) == 1
+        else f"the frozen prefix at each of {len(depths)} depths"
+    )
+    evicted = (
+        f"; removed {len(removed)} least recently used caches to stay under --cache-limit"
+        if removed
+        else ""
+    )
+    return cache, (
+        f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
+        f"{size / 2**20:.1f} MiB {where}{reused}{evicted}{stale_note}"
+    )

@@ -15,12 +15,16 @@ from pathlib import Path
 from freezetune.training.prefix_cache import MARKER, read_marker
 
 # the names a disk cache writes; staging copies start with '.' and end in '.partial' (runs/durable.py)
-OWN_FILE = re.compile(r"^(\.)?(freezetune-prefix-cache\.json|index\.json|shard-\d{6}\.safetensors)"
-                      r"(\.damaged(-\d+)?|\.\d+\.partial|\.partial)?$")
+OWN_FILE = re.compile(
+    r"^(\.)?(freezetune-prefix-cache\.json|index\.json|shard-\d{6}\.safetensors)"
+    r"(\.damaged(-\d+)?|\.\d+\.partial|\.partial)?$"
+)
 
 
 def _own_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and OWN_FILE.match(p.name)]
+    return [
+        p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and OWN_FILE.match(p.name)
+    ]
 
 
 def cache_entries(root: Path) -> list[dict]:
@@ -34,16 +38,25 @@ def cache_entries(root: Path) -> list[dict]:
         marker = read_marker(path)
         files = _own_files(path)
         stamps = [p.stat().st_mtime for p in (path / "index.json", path / MARKER) if p.is_file()]
-        found.append({"path": path, "bytes": sum(p.stat().st_size for p in files), "used": max(stamps),
-                      "meta": marker["meta"] if marker else {}, "damaged": marker is None})
+        found.append(
+            {
+                "path": path,
+                "bytes": sum(p.stat().st_size for p in files),
+                "used": max(stamps),
+                "meta": marker["meta"] if marker else {},
+                "damaged": marker is None,
+            }
+        )
     return sorted(found, key=lambda entry: entry["used"])
 
 
 def remove_cache(path: Path) -> list[Path]:
     """Delete the cache's own files, then its folder if nothing else is left; returns what was kept."""
     path = Path(path)
-    for file in sorted(_own_files(path), key=lambda p: p.name == MARKER):  # the marker last: a half-removed
-        file.unlink(missing_ok=True)                                          # cache is still recognised
+    for file in sorted(
+        _own_files(path), key=lambda p: p.name == MARKER
+    ):  # the marker last: a half-removed
+        file.unlink(missing_ok=True)  # cache is still recognised
     kept = sorted(path.iterdir())
     if not kept:
         path.rmdir()

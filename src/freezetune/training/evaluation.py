@@ -14,11 +14,26 @@ from freezetune.training.prefix import PrefixRunner
 
 def batches(count: int, size: int, progress: str | None):
     """Start indices of ``count`` items in batches of ``size``, with a transient bar named ``progress``."""
-    return tqdm(range(0, count, size), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+    return tqdm(
+        range(0, count, size),
+        desc=progress,
+        disable=progress is None,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
-def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch_size: int, pad_id: int,
-              device, key_prefix: str = "eval", progress: str | None = None, head=None) -> dict:
+def eval_loss(
+    model,
+    runner: PrefixRunner | None,
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    device,
+    key_prefix: str = "eval",
+    progress: str | None = None,
+    head=None,
+) -> dict:
     """Mean next-token loss over every target token of ``examples`` (not a mean of batch means), and each
     example's loss sum and target count.
     ``head``: a TargetHead (training/head.py) projecting only the targets."""
@@ -28,21 +43,35 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
     total, count, item_sums, item_tokens = 0.0, 0, [], []
     with torch.no_grad():
         for start in batches(len(examples), batch_size, progress):
-            chunk = examples[start:start + batch_size]
+            chunk = examples[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             keys = [f"{key_prefix}:{start + i}" for i in range(len(chunk))]
             lengths = [len(e.input_ids) for e in chunk]
             targets = batch["labels"][:, 1:]
-            with (runner.batch(keys, lengths) if runner else contextlib.nullcontext(),
-                  head.targets(batch["labels"], per_row=True) if targeted else contextlib.nullcontext()):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            with (
+                runner.batch(keys, lengths) if runner else contextlib.nullcontext(),
+                head.targets(batch["labels"], per_row=True)
+                if targeted
+                else contextlib.nullcontext(),
+            ):
+                logits = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                ).logits
             if targeted:
                 sums = logits.float()  # already each row's summed loss of its targets
             else:
-                sums = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                    ignore_index=IGNORE, reduction="none",
-                ).reshape(len(chunk), -1).sum(dim=1)
+                sums = (
+                    torch.nn.functional.cross_entropy(
+                        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                        targets.reshape(-1),
+                        ignore_index=IGNORE,
+                        reduction="none",
+                    )
+                    .reshape(len(chunk), -1)
+                    .sum(dim=1)
+                )
             item_sums += sums.tolist()
             item_tokens += (targets != IGNORE).sum(dim=1).tolist()
             total += float(sums.sum())
@@ -51,30 +80,53 @@ def eval_loss(model, runner: PrefixRunner | None, examples: list[Example], batch
         model.train()
     loss = total / max(count, 1)
     # per item, so that a comparison can pair items across strategies and seeds (comparison/inference.py)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "item_loss_sums": item_sums,
-            "item_tokens": item_tokens}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "tokens": count,
+        "item_loss_sums": item_sums,
+        "item_tokens": item_tokens,
+    }
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int = 16,
-             temperature: float = 0.0, top_p: float = 1.0, progress: str | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    device,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    progress: str | None = None,
+) -> list[str]:
     """Continuations of token-id prompts (left-padded in batches), decoded without specials:
     greedy, or sampled when ``temperature`` > 0 (from torch's global generator)."""
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     pad_id = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
     texts = []
     with torch.no_grad():
         for start in batches(len(prompts), batch_size, progress):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             width = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, prompt in enumerate(chunk):
-                ids[row, width - len(prompt):] = torch.tensor(prompt)
-                mask[row, width - len(prompt):] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+                ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                mask[row, width - len(prompt) :] = 1
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                **sampling,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     if was_training:
         model.train()
@@ -82,32 +134,71 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(len(references), 1)
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(
+        len(references), 1
+    )
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], config, device, runner: PrefixRunner | None = None,
-                   label: str = "", progress: bool = False, head=None) -> dict:
+def evaluate_model(
+    model,
+    tokenizer,
+    examples: list[Example],
+    config,
+    device,
+    runner: PrefixRunner | None = None,
+    label: str = "",
+    progress: bool = False,
+    head=None,
+) -> dict:
     """Eval loss and perplexity; for SFT also exact match by greedy generation on the first
     ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
     pad_id = pad_token_id(tokenizer)
     result = {"label": label}
     name = (lambda what: f"{label} {what}".strip()) if progress else (lambda what: None)
-    measured = eval_loss(model, runner, examples, config.batch_size, pad_id, device, progress=name("eval loss"), head=head)
+    measured = eval_loss(
+        model,
+        runner,
+        examples,
+        config.batch_size,
+        pad_id,
+        device,
+        progress=name("eval loss"),
+        head=head,
+    )
     sums, tokens = measured.pop("item_loss_sums"), measured.pop("item_tokens")
     result.update({f"eval_{k}": v for k, v in measured.items()})
     # an item's id is its place in the held-out set, which every seed and strategy shares (data/loading.py SPLIT_SEED)
-    result["items"] = [{"id": i, "loss_sum": s, "tokens": t} for i, (s, t) in enumerate(zip(sums, tokens))]
+    result["items"] = [
+        {"id": i, "loss_sum": s, "tokens": t} for i, (s, t) in enumerate(zip(sums, tokens))
+    ]
     checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:
         chosen = checkable[: config.eval_generate]
-        answers = generate(model, tokenizer, [e.prompt_ids for _, e in chosen], config.max_new_tokens, device, batch_size=32,
-                           progress=name("answers"))  # wider batches: greedy decoding is per-step overhead on a CPU
+        answers = generate(
+            model,
+            tokenizer,
+            [e.prompt_ids for _, e in chosen],
+            config.max_new_tokens,
+            device,
+            batch_size=32,
+            progress=name("answers"),
+        )  # wider batches: greedy decoding is per-step overhead on a CPU
         result["exact_match"] = exact_match(answers, [e.reference for _, e in chosen])
         result["exact_match_examples"] = len(chosen)
-        every = [{"id": i, "prompt": e.prompt_text, "reference": e.reference, "output": a,
-                  "correct": a.strip() == e.reference.strip()} for (i, e), a in zip(chosen, answers)]
+        every = [
+            {
+                "id": i,
+                "prompt": e.prompt_text,
+                "reference": e.reference,
+                "output": a,
+                "correct": a.strip() == e.reference.strip(),
+            }
+            for (i, e), a in zip(chosen, answers)
+        ]
         for answer in every:
             result["items"][answer["id"]]["correct"] = answer["correct"]
         result["generations"] = every[: config.show_generations]
-        result["answers"] = every  # all of them, so that a score can be audited (the loop writes them apart)
+        result["answers"] = (
+            every  # all of them, so that a score can be audited (the loop writes them apart)
+        )
     return result

@@ -26,19 +26,27 @@ from freezetune.training.lora import merge_lora, wrap_lora
 EXPORT_MARK = "freezetune-export.json"  # what the export came from; also what marks a folder as ours to replace
 
 
-def load_run(run_dir: Path, cache_dir: Path | None = None, base: str | None = None, merge: bool = True) -> LoadedModel:
+def load_run(
+    run_dir: Path, cache_dir: Path | None = None, base: str | None = None, merge: bool = True
+) -> LoadedModel:
     """The run's base model (or ``base``, which must hash the same) with its trained tensors; a LoRA run's
     adapters are folded into the weights unless ``merge`` is False (then the model is peft's)."""
     manifest = read_manifest(run_dir)
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.is_file():
-        raise FreezetuneError(f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)")
-    trained = _read_trained(Path(run_dir), weights)  # before the model loads: a damaged file fails at once
+        raise FreezetuneError(
+            f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)"
+        )
+    trained = _read_trained(
+        Path(run_dir), weights
+    )  # before the model loads: a damaged file fails at once
     loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
     check_base(manifest, model_hash(loaded.path, cache_dir), loaded.path, run_dir)
     config = manifest.get("config") or {}
     if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
-        loaded.model = wrap_lora(loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"])
+        loaded.model = wrap_lora(
+            loaded.model, config["lora_r"], config["lora_alpha"], config["lora_targets"]
+        )
         apply_trainable(loaded.model, trained, weights)
         loaded.model = merge_lora(loaded.model) if merge else loaded.model
     else:
@@ -54,8 +62,10 @@ def _read_trained(run_dir: Path, weights: Path) -> dict[str, torch.Tensor]:
         last = checkpoint_dirs(run_dir)[-1:]
         if not last or damage(last[0]) is not None:
             raise
-        raise FreezetuneError(f"{exc}; its last checkpoint holds the same tensors, intact: copy "
-                              f"{last[0] / 'trainable.safetensors'} over it") from None
+        raise FreezetuneError(
+            f"{exc}; its last checkpoint holds the same tensors, intact: copy "
+            f"{last[0] / 'trainable.safetensors'} over it"
+        ) from None
 
 
 def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
@@ -74,22 +84,38 @@ def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
     if (out_dir / "manifest.json").is_file():
         raise FreezetuneError(f"--out {out_dir} is a run folder; choose a new folder")
     if not force:
-        raise FreezetuneError(f"--out {out_dir} already holds files; choose a new folder, or pass --force "
-                              "to replace an earlier export")
+        raise FreezetuneError(
+            f"--out {out_dir} already holds files; choose a new folder, or pass --force "
+            "to replace an earlier export"
+        )
     if not (out_dir / EXPORT_MARK).is_file():
-        raise FreezetuneError(f"--out {out_dir} is not an earlier freezetune export (no {EXPORT_MARK}); "
-                              "--force replaces only those")
+        raise FreezetuneError(
+            f"--out {out_dir} is not an earlier freezetune export (no {EXPORT_MARK}); "
+            "--force replaces only those"
+        )
 
 
 def base_dtype(model_path: Path) -> torch.dtype:
     """The dtype the base checkpoint declares in its config.json (fp32 when it declares none)."""
     config = json.loads((Path(model_path) / "config.json").read_text())
-    name = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype") or "float32"
+    name = (
+        config.get("dtype")
+        or config.get("torch_dtype")
+        or (config.get("text_config") or {}).get("dtype")
+        or "float32"
+    )
     return getattr(torch, str(name).removeprefix("torch."), torch.float32)
 
 
-def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base: str | None = None,
-               force: bool = False, dtype: str = "auto", form: str = "hf") -> tuple[Path, list[str]]:
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    cache_dir: Path | None = None,
+    base: str | None = None,
+    force: bool = False,
+    dtype: str = "auto",
+    form: str = "hf",
+) -> tuple[Path, list[str]]:
     """Merge the trained tensors into the base model and write a folder `from_pretrained` loads, in the base's
     dtype unless ``dtype`` says otherwise (merging happens in fp32 either way). ``form`` "peft": a LoRA run's
     adapters as peft saves them (adapter_config.json, adapter_model.safetensors), for PeftModel.from_pretrained.
@@ -97,28 +123,46 @@ def export_run(run_dir: Path, out_dir: Path, cache_dir: Path | None = None, base
     out_dir = Path(out_dir)
     manifest = read_manifest(run_dir)
     if form == "peft" and not (manifest.get("config") or {}).get("lora_r"):
-        raise FreezetuneError(f"--format peft: {run_dir} trained the base model's own tensors (plan "
-                              f"'{'; '.join(manifest.get('plan') or [])}'), and a PEFT adapter holds LoRA matrices only; "
-                              "export it as an HF model folder (the default format)")
+        raise FreezetuneError(
+            f"--format peft: {run_dir} trained the base model's own tensors (plan "
+            f"'{'; '.join(manifest.get('plan') or [])}'), and a PEFT adapter holds LoRA matrices only; "
+            "export it as an HF model folder (the default format)"
+        )
     check_export_target(out_dir, run_dir, force)  # before loading: a wrong --out fails at once
     loaded = load_run(run_dir, cache_dir, base, merge=form != "peft")
     require_causal_lm(loaded, "export")
     if out_dir.exists() and out_dir.resolve() == Path(loaded.path).resolve():
-        raise FreezetuneError(f"--out {out_dir} is the base model's folder; exporting there would replace the model "
-                              "every run of it is tied to")
+        raise FreezetuneError(
+            f"--out {out_dir} is the base model's folder; exporting there would replace the model "
+            "every run of it is tied to"
+        )
     if form != "peft":  # adapters stay fp32, as peft keeps them; the base is not written at all
         loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
     try:
-        with staged_dir(out_dir, replace=True) as staging:  # replace: only what check_export_target allowed
+        with staged_dir(
+            out_dir, replace=True
+        ) as staging:  # replace: only what check_export_target allowed
             loaded.model.save_pretrained(staging)
             loaded.tokenizer.save_pretrained(staging)
-            written = [*_files_in(staging), EXPORT_MARK]  # the marker lists them: a later --force replaces only these
-            write_json(staging / EXPORT_MARK, {"run": str(Path(run_dir).resolve()), "base_model": manifest["base_model"],
-                                               "plan": manifest.get("plan"), "files": written})
+            written = [
+                *_files_in(staging),
+                EXPORT_MARK,
+            ]  # the marker lists them: a later --force replaces only these
+            write_json(
+                staging / EXPORT_MARK,
+                {
+                    "run": str(Path(run_dir).resolve()),
+                    "base_model": manifest["base_model"],
+                    "plan": manifest.get("plan"),
+                    "files": written,
+                },
+            )
             kept = _carry_user_files(out_dir, staging)
     except SafetensorError as exc:  # safetensors' writer reports a full disk in its own error type
-        raise FreezetuneError(f"--out {out_dir}: writing the export failed ({str(exc).splitlines()[0]}); "
-                              "nothing there was replaced") from None
+        raise FreezetuneError(
+            f"--out {out_dir}: writing the export failed ({str(exc).splitlines()[0]}); "
+            "nothing there was replaced"
+        ) from None
     return out_dir, kept
 
 
@@ -137,8 +181,10 @@ def _carry_user_files(old: Path, new: Path) -> list[str]:
     kept = [rel for rel in _files_in(old) if rel not in ours]
     for rel in kept:
         if (new / rel).exists():
-            raise FreezetuneError(f"--out {old}: {rel} was not written by the earlier export, and this export writes "
-                                  "a file of that name; move it out first")
+            raise FreezetuneError(
+                f"--out {old}: {rel} was not written by the earlier export, and this export writes "
+                "a file of that name; move it out first"
+            )
         (new / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(old / rel, new / rel)
     return kept

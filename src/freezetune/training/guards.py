@@ -28,9 +28,12 @@ def _digest(tensor: torch.Tensor) -> tuple[int, int]:
     bits = flat.view(INTS[flat.element_size()])
     total = weighted = torch.zeros((), dtype=torch.int64, device=flat.device)
     for start in range(0, bits.numel(), CHUNK):
-        piece = bits[start:start + CHUNK].to(torch.int64)
+        piece = bits[start : start + CHUNK].to(torch.int64)
         total = total + piece.sum()
-        weighted = weighted + (piece * torch.arange(start + 1, start + 1 + piece.numel(), device=flat.device)).sum()
+        weighted = (
+            weighted
+            + (piece * torch.arange(start + 1, start + 1 + piece.numel(), device=flat.device)).sum()
+        )
     return int(total), int(weighted)
 
 
@@ -46,8 +49,14 @@ def _some(names: list[str]) -> str:
 
 
 class FirstStepGuard:
-    def __init__(self, model: torch.nn.Module, trainable: set[str], grad=lambda param: param.grad,
-                 view=lambda param: local(param.detach()), light: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        trainable: set[str],
+        grad=lambda param: param.grad,
+        view=lambda param: local(param.detach()),
+        light: bool = False,
+    ):
         """``grad`` and ``view``: a parameter's gradient and value where the backend keeps them (ZeRO holds
         gradients outside .grad; under FSDP each process checks its own shards). ``light`` (a schedule's
         new set, checked again): frozen tensors by their version counter, which every in-place write,
@@ -55,13 +64,17 @@ class FirstStepGuard:
         self.params = dict(model.named_parameters())
         self.trainable = trainable
         self.grad, self.view = grad, view
-        self.before = {name: _digest(view(p)) if name in trainable or not light else p._version
-                       for name, p in self.params.items()}
+        self.before = {
+            name: _digest(view(p)) if name in trainable or not light else p._version
+            for name, p in self.params.items()
+        }
         self.light = light
         self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
-        grads = {n: self.grad(p) for n, p in self.params.items()}  # once each: under ZeRO every read is a collective
+        grads = {
+            n: self.grad(p) for n, p in self.params.items()
+        }  # once each: under ZeRO every read is a collective
         missing = [n for n in self.params if n in self.trainable and grads[n] is None]
         if missing:
             raise FreezetuneError(
@@ -71,17 +84,30 @@ class FirstStepGuard:
         self.zero_gradient = {n for n in self.trainable if not bool(local(grads[n]).any())}
         leaked = [n for n in self.params if n not in self.trainable and grads[n] is not None]
         if leaked:
-            raise FreezetuneError(f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied")
+            raise FreezetuneError(
+                f"first step: frozen tensor {_some(leaked)} received a gradient; the plan was not applied"
+            )
 
     def check_update(self, lr: float | None = None) -> None:
         """``lr``: the largest rate of the step; a tensor it could not visibly move (a long warmup's first
         step, below the float resolution of the tensor's largest element) is not held against the plan."""
-        moved = [n for n, p in self.params.items()
-                 if n not in self.trainable and (p._version if self.light else _digest(self.view(p))) != self.before[n]]
+        moved = [
+            n
+            for n, p in self.params.items()
+            if n not in self.trainable
+            and (p._version if self.light else _digest(self.view(p))) != self.before[n]
+        ]
         if moved:
-            raise FreezetuneError(f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further")
-        still = [n for n, p in self.params.items()
-                 if n in self.trainable and n not in self.zero_gradient and _digest(self.view(p)) == self.before[n]]
+            raise FreezetuneError(
+                f"first step: frozen tensor {_some(moved)} changed; stopping before it drifts further"
+            )
+        still = [
+            n
+            for n, p in self.params.items()
+            if n in self.trainable
+            and n not in self.zero_gradient
+            and _digest(self.view(p)) == self.before[n]
+        ]
         still = [n for n in still if lr is None or lr >= _resolution(self.view(self.params[n]))]
         if still:
             raise FreezetuneError(

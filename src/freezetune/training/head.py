@@ -30,20 +30,31 @@ from freezetune.data.examples import IGNORE
 CHUNK_BYTES = 256 << 20
 
 
-def _loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+def _loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")
 
 
-def chunked_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     targets: torch.Tensor, recompute: bool = True) -> torch.Tensor:
+def chunked_loss_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    recompute: bool = True,
+) -> torch.Tensor:
     """sum over rows of cross_entropy(hidden @ weight.T + bias, targets), one chunk of rows at a time.
     ``recompute`` False: keep every chunk's logits for the backward (a sharded head is not whole then)."""
     rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
-    recompute = recompute and torch.is_grad_enabled() and len(targets) > rows  # one chunk: nothing to save
+    recompute = (
+        recompute and torch.is_grad_enabled() and len(targets) > rows
+    )  # one chunk: nothing to save
     total = None
     for start in range(0, len(targets), rows):
-        piece = (hidden[start:start + rows], weight, bias, targets[start:start + rows])
-        part = checkpoint(_loss_sum, *piece, use_reentrant=False) if recompute else _loss_sum(*piece)
+        piece = (hidden[start : start + rows], weight, bias, targets[start : start + rows])
+        part = (
+            checkpoint(_loss_sum, *piece, use_reentrant=False) if recompute else _loss_sum(*piece)
+        )
         total = part if total is None else total + part
     return total
 
@@ -60,7 +71,10 @@ class TargetHead:
 
     def problem(self) -> str | None:
         """Why the head cannot be restricted to the targets on this model, or None."""
-        if not isinstance(self.layer, nn.Linear) or type(self.layer).forward is not nn.Linear.forward:
+        if (
+            not isinstance(self.layer, nn.Linear)
+            or type(self.layer).forward is not nn.Linear.forward
+        ):
             return f"the output layer is a {type(self.layer).__name__}, not a plain linear layer"
         config = getattr(self.model, "config", None)
         if getattr(config, "final_logit_softcapping", None):
@@ -97,14 +111,30 @@ class TargetHead:
         labels = self._labels[:, 1:].to(hidden.device)  # position t predicts token t+1
         keep = labels != IGNORE
         if self._per_row:
-            return torch.stack([chunked_loss_sum(hidden[r, :-1][keep[r]], self.layer.weight, self.layer.bias, labels[r][keep[r]],
-                                                 False) if keep[r].any() else hidden.new_zeros((), dtype=torch.float32)
-                                for r in range(hidden.shape[0])])
+            return torch.stack(
+                [
+                    chunked_loss_sum(
+                        hidden[r, :-1][keep[r]],
+                        self.layer.weight,
+                        self.layer.bias,
+                        labels[r][keep[r]],
+                        False,
+                    )
+                    if keep[r].any()
+                    else hidden.new_zeros((), dtype=torch.float32)
+                    for r in range(hidden.shape[0])
+                ]
+            )
         # hidden.sum() * 0 keeps the graph whole when a micro-batch has no target (DDP needs every backward)
         total = hidden.sum().float() * 0.0
         if keep.any():
-            total = total + chunked_loss_sum(hidden[:, :-1][keep], self.layer.weight, self.layer.bias, labels[keep],
-                                             self.recompute)
+            total = total + chunked_loss_sum(
+                hidden[:, :-1][keep],
+                self.layer.weight,
+                self.layer.bias,
+                labels[keep],
+                self.recompute,
+            )
         return total.reshape(1)
 
     def agrees(self, model: nn.Module, batch: dict[str, torch.Tensor], tolerance: float) -> bool:
@@ -112,9 +142,13 @@ class TargetHead:
         if not self.installed:
             return False
         with torch.no_grad():
-            own = model(**batch, use_cache=False).loss  # _labels is None: the plain head, the model's loss
+            own = model(
+                **batch, use_cache=False
+            ).loss  # _labels is None: the plain head, the model's loss
             with self.targets(batch["labels"]):
-                summed = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+                summed = model(
+                    **{k: v for k, v in batch.items() if k != "labels"}, use_cache=False
+                ).logits
         count = int((batch["labels"][:, 1:] != IGNORE).sum())
         if count == 0:
             return True
@@ -122,8 +156,9 @@ class TargetHead:
         return abs(mean - float(own)) <= tolerance * max(1.0, abs(float(own)))
 
 
-def checked_head(module: nn.Module, model, batch: dict[str, torch.Tensor], accelerator,
-                 sharded: bool = False) -> tuple[TargetHead | None, str]:
+def checked_head(
+    module: nn.Module, model, batch: dict[str, torch.Tensor], accelerator, sharded: bool = False
+) -> tuple[TargetHead | None, str]:
     """A TargetHead on ``module`` once ``model`` (what the step calls: the module or its wrapper) gives the
     same loss through it as its own on ``batch``; else None. With a note for the run's log either way."""
     head = TargetHead(module, recompute=not sharded)
@@ -135,6 +170,11 @@ def checked_head(module: nn.Module, model, batch: dict[str, torch.Tensor], accel
         agrees = head.agrees(model, batch, tolerance)
     if not agrees:
         head.remove()
-        return None, (f"head: every position (the loss over the target positions alone did not match "
-                      f"{type(module).__name__}'s own loss on the first batch)")
-    return head, "head: target positions only, cross-entropy in chunks (the loss matched the model's own on the first batch)"
+        return None, (
+            f"head: every position (the loss over the target positions alone did not match "
+            f"{type(module).__name__}'s own loss on the first batch)"
+        )
+    return (
+        head,
+        "head: target positions only, cross-entropy in chunks (the loss matched the model's own on the first batch)",
+    )

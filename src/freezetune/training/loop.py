@@ -52,8 +52,12 @@ class TrainingLoop:
     def __init__(self, session: Session, log: Callable[[str], None] = print, progress: bool = True):
         self.session = session
         self.config = session.config
-        self.accelerator = make_accelerator(self.config.precision, self.config.log_with, session.run_dir,
-                                            changing_set=bool(self.config.schedule))
+        self.accelerator = make_accelerator(
+            self.config.precision,
+            self.config.log_with,
+            session.run_dir,
+            changing_set=bool(self.config.schedule),
+        )
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.log = log if self.main else (lambda message: None)  # one voice, not one per process
@@ -63,35 +67,63 @@ class TrainingLoop:
         self.model = session.loaded.model.to(self.device)
         self.tokenizer = session.loaded.tokenizer
         self.pad_id = pad_token_id(self.tokenizer)
-        self.runner = PrefixRunner(self.model, session.resolved, self.config.gradient_checkpointing, session.cache).install()
+        self.runner = PrefixRunner(
+            self.model, session.resolved, self.config.gradient_checkpointing, session.cache
+        ).install()
         if session.cache is not None:
             session.cache.warn = self.log  # damage found mid-run is said where the run's notes are
-        with self.accelerator.autocast():  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
+        with (
+            self.accelerator.autocast()
+        ):  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
             self.runner.probe(self.device)
-        self.resolved = session.resolved  # what trains now (the session's plan, or a phase of it); retarget() changes it
+        self.resolved = (
+            session.resolved
+        )  # what trains now (the session's plan, or a phase of it); retarget() changes it
         self.names = self.resolved.trainable_names()
         schedule = self.config.parsed_schedule
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
         self.trainable = TrainableSet(session.resolved, schedule, self.config.seed)
-        self.order = BatchOrder(len(session.train.examples), self.config.batch_size, self.config.seed)
+        self.order = BatchOrder(
+            len(session.train.examples), self.config.batch_size, self.config.seed
+        )
         check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.total_steps(len(session.train.examples))
         self.backend = make_backend(self.accelerator, session, self.world)
-        self.module = self.model  # the model itself, under whatever wrapper the backend puts around it
+        self.module = (
+            self.model
+        )  # the model itself, under whatever wrapper the backend puts around it
         self.model, optimizer = self.backend.wrap(
             self.model,
-            lambda model: build_optimizer(model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay))
+            lambda model: build_optimizer(
+                model, self.config.lr, self.config.weight_decay, self.config.layer_lr_decay
+            ),
+        )
         # the lr_scheduler stays unprepared: accelerate would step it once per process, but the global batch,
         # and so the schedule, does not depend on how many processes share it
-        self.lr_scheduler = build_lr_scheduler(optimizer, self.config.warmup_steps(self.total_steps), self.total_steps)
+        self.lr_scheduler = build_lr_scheduler(
+            optimizer, self.config.warmup_steps(self.total_steps), self.total_steps
+        )
         self.head, note = None, "head: every position (--head-positions all)"
         if self.config.head_positions == "targets":
             first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
-            self.head, note = checked_head(self.module, self.model, first, self.accelerator,
-                                           sharded=self.backend.gathers_everywhere)
+            self.head, note = checked_head(
+                self.module,
+                self.model,
+                first,
+                self.accelerator,
+                sharded=self.backend.gathers_everywhere,
+            )
         self.session.notes.append(note)
-        self.train_step = TrainStep(self.model, self.backend, self.runner, self.lr_scheduler, self.accelerator,
-                                    self.device, self.world, self.head)
+        self.train_step = TrainStep(
+            self.model,
+            self.backend,
+            self.runner,
+            self.lr_scheduler,
+            self.accelerator,
+            self.device,
+            self.world,
+            self.head,
+        )
         self.trainable.advance(0, self.retarget)  # a schedule's first phase
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self._metrics = None  # the open metrics file, while run() runs
@@ -99,8 +131,17 @@ class TrainingLoop:
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
         with self.accelerator.autocast():  # in the training precision, as the weights are stored
-            return evaluate_model(self.module, self.tokenizer, self.session.eval.examples, self.config, self.device, self.runner,
-                                  label, progress=self.progress, head=self.head)
+            return evaluate_model(
+                self.module,
+                self.tokenizer,
+                self.session.eval.examples,
+                self.config,
+                self.device,
+                self.runner,
+                label,
+                progress=self.progress,
+                head=self.head,
+            )
 
     def _resume(self) -> int:
         if self.main:  # one process checks the checksums and sets damaged checkpoints aside
@@ -113,12 +154,18 @@ class TrainingLoop:
         self.trainable.advance(max(step - 1, 0), self.retarget)
         self.trainable.take_check()  # the run was checked when it started
         self.trainable.add_trained(tensors)
-        self.runner.mark_trained(tensors)  # a prefix trained before the kill is no longer the cached one
+        self.runner.mark_trained(
+            tensors
+        )  # a prefix trained before the kill is no longer the cached one
         self.backend.restore(self.module, tensors, optimizer, last)
-        if self.main and self.metrics_path.exists():  # a killed run may have logged past its last checkpoint
+        if (
+            self.main and self.metrics_path.exists()
+        ):  # a killed run may have logged past its last checkpoint
             kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
             write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.log(f"resuming {self.session.run_dir} from {last.name} (step {step} of {self.total_steps})")
+        self.log(
+            f"resuming {self.session.run_dir} from {last.name} (step {step} of {self.total_steps})"
+        )
         return step
 
     def _checkpoint(self, step: int) -> dict[str, torch.Tensor]:
@@ -132,7 +179,11 @@ class TrainingLoop:
                 self.session.cache.save()  # each process keeps the cache of its own shard of the data
             except FreezetuneError as exc:
                 done = checkpoint_dirs(self.session.run_dir)
-                kept = f"the previous checkpoint {done[-1]} is kept; resume from it" if done else "no checkpoint was written yet"
+                kept = (
+                    f"the previous checkpoint {done[-1]} is kept; resume from it"
+                    if done
+                    else "no checkpoint was written yet"
+                )
                 raise FreezetuneError(f"step {step}: {exc}; {kept}") from None
         self.accelerator.wait_for_everyone()
         tensors = {}
@@ -140,27 +191,52 @@ class TrainingLoop:
             tensors = trainable_state(self.module, self.trainable.trained_names, self.backend.value)
             optimizer = self.backend.optimizer_state(self.module)
         if self.main:
-            if self._metrics is not None:  # the metrics a checkpoint covers are on the disk before it is
+            if (
+                self._metrics is not None
+            ):  # the metrics a checkpoint covers are on the disk before it is
                 self._metrics.flush()
                 os.fsync(self._metrics.fileno())
             try:
-                save_checkpoint(self.session.run_dir, step, tensors, optimizer, self.lr_scheduler,
-                                {"total_steps": self.total_steps, "processes": self.world,
-                                 "backend": type(self.backend).__name__, **self.trainable.state()}, self.world)
+                save_checkpoint(
+                    self.session.run_dir,
+                    step,
+                    tensors,
+                    optimizer,
+                    self.lr_scheduler,
+                    {
+                        "total_steps": self.total_steps,
+                        "processes": self.world,
+                        "backend": type(self.backend).__name__,
+                        **self.trainable.state(),
+                    },
+                    self.world,
+                )
             except (OSError, SafetensorError) as exc:
                 done = checkpoint_dirs(self.session.run_dir)
-                kept = f"the previous checkpoint {done[-1]} is kept" if done else "no earlier checkpoint exists"
-                raise FreezetuneError(f"cannot write the checkpoint of step {step} in {self.session.run_dir / 'checkpoints'}: "
-                                      f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}") from None
+                kept = (
+                    f"the previous checkpoint {done[-1]} is kept"
+                    if done
+                    else "no earlier checkpoint exists"
+                )
+                raise FreezetuneError(
+                    f"cannot write the checkpoint of step {step} in {self.session.run_dir / 'checkpoints'}: "
+                    f"{getattr(exc, 'strerror', None) or str(exc).splitlines()[0]}; {kept}"
+                ) from None
         self.accelerator.wait_for_everyone()
         return tensors
 
     def _stop_requested(self, should_stop: Callable[[], bool]) -> bool:
         """A signal may reach one process first; all of them must stop at the same step."""
         wanted = torch.tensor([float(should_stop())], device=self.device)
-        return bool(self.accelerator.reduce(wanted, "sum").item()) if self.world > 1 else bool(wanted.item())
+        return (
+            bool(self.accelerator.reduce(wanted, "sum").item())
+            if self.world > 1
+            else bool(wanted.item())
+        )
 
-    def run(self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None) -> dict:
+    def run(
+        self, should_stop: Callable[[], bool] = lambda: False, before: dict | None = None
+    ) -> dict:
         """Train to the end (or until ``should_stop``). ``before``: the base model's evaluation when the
         caller already has it (a comparison evaluates the base once for all its runs). The run folder's
         lock is let go when it returns, however it returns."""
@@ -177,7 +253,13 @@ class TrainingLoop:
         start, before = self._start(before)
         reset_peak_memory(self.device)
         self.runner.train_mode()
-        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=start,
+            desc="train",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         step = start
         # the bar is closed before any error is printed, so the message gets a line of its own
         with bar, open(self.metrics_path if self.main else os.devnull, "a") as metrics:
@@ -186,8 +268,14 @@ class TrainingLoop:
                 if self._stop_requested(should_stop):
                     self._checkpoint(step)
                     bar.close()
-                    self.log(f"stopped at step {step}; continue with --resume {self.session.run_dir}")
-                    return {"status": "interrupted", "step": step, "run_dir": str(self.session.run_dir)}
+                    self.log(
+                        f"stopped at step {step}; continue with --resume {self.session.run_dir}"
+                    )
+                    return {
+                        "status": "interrupted",
+                        "step": step,
+                        "run_dir": str(self.session.run_dir),
+                    }
                 self.trainable.advance(step, self.retarget)
                 record = self._step(step, self._guard(self.trainable.take_check()))
                 step += 1
@@ -212,18 +300,24 @@ class TrainingLoop:
         if before is None:
             before = self.evaluate("before")
             self._show(before)
-        before = {k: v for k, v in before.items() if k not in ("answers", "items")}  # the run keeps its own only
+        before = {
+            k: v for k, v in before.items() if k not in ("answers", "items")
+        }  # the run keeps its own only
         if self.main:
             self._update_manifest(eval_before=before)
         if config.log_with:
-            self.accelerator.init_trackers("freezetune", config={k: v for k, v in config.to_dict().items() if v is not None})
+            self.accelerator.init_trackers(
+                "freezetune", config={k: v for k, v in config.to_dict().items() if v is not None}
+            )
         return start, before
 
     def _record(self, record: dict, metrics, bar) -> None:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         if self.config.log_with:
-            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            self.accelerator.log(
+                {k: v for k, v in record.items() if k != "step"}, step=record["step"]
+            )
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
 
@@ -232,7 +326,12 @@ class TrainingLoop:
         config = self.config
         if config.eval_every and step % config.eval_every == 0 and step < self.total_steps:
             result = self.evaluate(f"step {step}")
-            metrics.write(json.dumps({"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}) + "\n")
+            metrics.write(
+                json.dumps(
+                    {"step": step, **{k: v for k, v in result.items() if k.startswith("eval_")}}
+                )
+                + "\n"
+            )
             self.runner.train_mode()
         if config.save_every and step % config.save_every == 0 and step < self.total_steps:
             self._checkpoint(step)
@@ -247,21 +346,37 @@ class TrainingLoop:
         answers, items = after.pop("answers", []), after.pop("items", [])
         if self.main:
             if answers:  # every answer behind the exact match, one per line, so that the score can be checked
-                write_text(run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
+                write_text(
+                    run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers)
+                )
             # every held-out item's loss (and correctness): what a comparison's paired statistics are computed from
             write_text(run_dir / "eval-items.jsonl", "".join(json.dumps(i) + "\n" for i in items))
             write_json(run_dir / "eval.json", {"before": before, "after": after})
-            self._update_manifest(status="finished", steps=step, trained_names=self.trainable.trained_names)
+            self._update_manifest(
+                status="finished", steps=step, trained_names=self.trainable.trained_names
+            )
         self.accelerator.wait_for_everyone()
         if self.config.log_with:
             self.accelerator.end_training()
-        return {"status": "finished", "step": step, "run_dir": str(run_dir), "before": before, "after": after}
+        return {
+            "status": "finished",
+            "step": step,
+            "run_dir": str(run_dir),
+            "before": before,
+            "after": after,
+        }
 
     def retarget(self, resolved: ResolvedPlan) -> torch.optim.Optimizer:
         """Change what trains, at a step boundary (TrainableSet.advance calls it when the set changes):
         requires_grad, the optimizer's groups, the prefix runner's depth."""
         optimizer = self.backend.retarget(self.module, resolved)
-        retarget_optimizer(optimizer, self.lr_scheduler, self.module, self.config.weight_decay, self.config.layer_lr_decay)
+        retarget_optimizer(
+            optimizer,
+            self.lr_scheduler,
+            self.module,
+            self.config.weight_decay,
+            self.config.layer_lr_decay,
+        )
         self.runner.retarget(resolved)
         self.runner.train_mode()
         self.names, self.resolved = resolved.trainable_names(), resolved
@@ -271,21 +386,43 @@ class TrainingLoop:
         """The first-step check ``TrainableSet.take_check`` asked for, over what trains now."""
         if check is None:
             return None
-        return FirstStepGuard(self.module, set(self.names), self.backend.grad, self.backend.view, light=check == "light")
+        return FirstStepGuard(
+            self.module,
+            set(self.names),
+            self.backend.grad,
+            self.backend.view,
+            light=check == "light",
+        )
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
-        return micro_batches(self.session.train.examples, self.order, step, self.config.grad_accum, self.rank, self.world,
-                             self.pad_id, cached=self.session.cache_train)
+        return micro_batches(
+            self.session.train.examples,
+            self.order,
+            step,
+            self.config.grad_accum,
+            self.rank,
+            self.world,
+            self.pad_id,
+            cached=self.session.cache_train,
+        )
 
     def _step(self, step: int, guard) -> dict:
         try:
             record = self.train_step(self.micro_batches(step), self.config.max_grad_norm, guard)
         except NonFiniteLoss as exc:
             done = checkpoint_dirs(self.session.run_dir)
-            kept = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint is {done[-1]}"
+                if done
+                else "no checkpoint was written yet"
+            )
             raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None
-        return {"step": step + 1, **record, "peak_memory_bytes": peak_memory_bytes(self.device),
-                "active_blocks": trainable_blocks(self.resolved)}
+        return {
+            "step": step + 1,
+            **record,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "active_blocks": trainable_blocks(self.resolved),
+        }
 
     def _show(self, result: dict) -> None:
         line = f"{result['label']}: eval loss {result['eval_loss']:.4f} (perplexity {result['eval_perplexity']:.2f})"
@@ -295,7 +432,9 @@ class TrainingLoop:
         for g in result.get("generations", []):
             first, *more = g["output"].splitlines() or [""]
             shown = first + (" …" if more else "")
-            self.log(f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}")
+            self.log(
+                f"  prompt:    {g['prompt'].splitlines()[-1]}\n  expected:  {g['reference']}\n  generated: {shown}"
+            )
 
     def _update_manifest(self, **fields) -> None:
         update_manifest(self.session.run_dir, **fields)

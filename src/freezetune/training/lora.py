@@ -13,11 +13,19 @@ def wrap_lora(model: nn.Module, rank: int, alpha: int, targets: str) -> nn.Modul
     """Add LoRA adapters (dropout 0, no bias), as peft names them: ...lora_A.default.weight."""
     from peft import LoraConfig, get_peft_model
 
-    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
+    target_modules = (
+        targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    )
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none"
+    )
     try:
-        with warnings.catch_warnings():  # peft reads a transformers property that now warns; nothing for the user to do
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with (
+            warnings.catch_warnings()
+        ):  # peft reads a transformers property that now warns; nothing for the user to do
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
             return get_peft_model(model, config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise FreezetuneError(f"--lora-targets {targets}: {str(exc).splitlines()[0]}") from None

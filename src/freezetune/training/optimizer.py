@@ -25,8 +25,12 @@ def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[int, float]
     top = max(anatomy.num_layers - 1, 0)
     params = dict(model.named_parameters())
     neighbour = {"embeddings": 0, "norm": top, "head": top}
-    return {id(params[e.name]): layer_decay ** (top - (e.layer if e.part == "block" else neighbour[e.part]))
-            for e in anatomy.entries if e.name == e.tensor and e.name in params}
+    return {
+        id(params[e.name]): layer_decay
+        ** (top - (e.layer if e.part == "block" else neighbour[e.part]))
+        for e in anatomy.entries
+        if e.name == e.tensor and e.name in params
+    }
 
 
 def _groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -38,21 +42,38 @@ def _groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.
     for scale in sorted({scales.get(id(p), 1.0) for p in trainable}, reverse=True):
         members = [p for p in trainable if scales.get(id(p), 1.0) == scale]
         suffix = "" if not scales else f"@{scale:.6g}"
-        groups += [{"name": f"decay{suffix}", "params": [p for p in members if p.dim() >= 2], "weight_decay": weight_decay,
-                    "lr_scale": scale},
-                   {"name": f"no_decay{suffix}", "params": [p for p in members if p.dim() < 2], "weight_decay": 0.0,
-                    "lr_scale": scale}]
+        groups += [
+            {
+                "name": f"decay{suffix}",
+                "params": [p for p in members if p.dim() >= 2],
+                "weight_decay": weight_decay,
+                "lr_scale": scale,
+            },
+            {
+                "name": f"no_decay{suffix}",
+                "params": [p for p in members if p.dim() < 2],
+                "weight_decay": 0.0,
+                "lr_scale": scale,
+            },
+        ]
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0
+) -> torch.optim.AdamW:
     """Norms and biases (1-d tensors) are not decayed; an empty group is left out."""
-    groups = [{**g, "lr": lr * g["lr_scale"]} for g in _groups(model, weight_decay, layer_decay) if g["params"]]
+    groups = [
+        {**g, "lr": lr * g["lr_scale"]}
+        for g in _groups(model, weight_decay, layer_decay)
+        if g["params"]
+    ]
     return torch.optim.AdamW(groups, lr=lr)
 
 
 def build_lr_scheduler(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then cosine decay to 0 at ``total``; every group keeps its own peak rate."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup  # never 0, so the first step already moves the weights
@@ -71,8 +92,13 @@ def drop_resting_moments(optimizer: torch.optim.Optimizer) -> None:
         del state[param]
 
 
-def retarget_optimizer(optimizer: torch.optim.Optimizer, lr_scheduler, model: torch.nn.Module, weight_decay: float,
-                       layer_decay: float = 1.0) -> None:
+def retarget_optimizer(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    model: torch.nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+) -> None:
     """Point the groups at the tensors whose requires_grad is set now, in the model's order."""
     # the run's peak rate, recovered from any group: each group's base rate is it times the group's multiple
     peak = lr_scheduler.base_lrs[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
@@ -80,12 +106,16 @@ def retarget_optimizer(optimizer: torch.optim.Optimizer, lr_scheduler, model: to
     named = {g["name"] for g in fresh_groups}
     for group in optimizer.param_groups:
         if group.get("name") not in named:
-            group["params"] = []  # a rate no tensor trains at now (a resting block's): kept, empty, for the next time
+            group[
+                "params"
+            ] = []  # a rate no tensor trains at now (a resting block's): kept, empty, for the next time
     for fresh in fresh_groups:
         group = next((g for g in optimizer.param_groups if g.get("name") == fresh["name"]), None)
         if group is not None:
             group["params"] = fresh["params"]
-        elif fresh["params"]:  # a kind of tensor that did not train before: a group, and the schedule's share of it
+        elif fresh[
+            "params"
+        ]:  # a kind of tensor that did not train before: a group, and the schedule's share of it
             base = peak * fresh["lr_scale"]
             factor = lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch)
             optimizer.add_param_group({**fresh, "lr": base * factor, "initial_lr": base})

@@ -25,13 +25,19 @@ def training_precision(precision: str) -> str:
     return precision
 
 
-def store_in_training_precision(model: torch.nn.Module, precision: str, sharded: bool) -> dict[str, str]:
+def store_in_training_precision(
+    model: torch.nn.Module, precision: str, sharded: bool
+) -> dict[str, str]:
     """Cast frozen tensors to the 16-bit type of ``precision`` and trained ones to fp32, in place.
     Returns the dtypes now stored, for the manifest."""
     mixed = MIXED.get(training_precision(precision))
     with torch.no_grad():
         for param in model.parameters():
-            target = mixed if (mixed is not None and not param.requires_grad and not sharded) else torch.float32
+            target = (
+                mixed
+                if (mixed is not None and not param.requires_grad and not sharded)
+                else torch.float32
+            )
             if param.dtype != target and param.is_floating_point():
                 param.data = param.data.to(target)
     return stored_dtypes(model)
@@ -39,8 +45,15 @@ def store_in_training_precision(model: torch.nn.Module, precision: str, sharded:
 
 def stored_dtypes(model: torch.nn.Module) -> dict[str, str]:
     """The dtypes of the frozen and of the trained tensors ("none" where there are none)."""
+
     def kinds(trained: bool) -> str:
-        found = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad == trained})
+        found = sorted(
+            {
+                str(p.dtype).removeprefix("torch.")
+                for p in model.parameters()
+                if p.requires_grad == trained
+            }
+        )
         return "/".join(found) or "none"
 
     return {"frozen": kinds(False), "trainable": kinds(True)}

@@ -40,13 +40,20 @@ def prefix_depth(resolved: ResolvedPlan) -> int:
 def prefix_touched(anatomy: Anatomy, trained: set[str] | frozenset[str], depth: int) -> bool:
     """Whether any of the ``trained`` tensors feeds the output of the bottom ``depth`` blocks (a tied head
     counts: it is the embeddings)."""
-    return any(e.tensor in trained and (e.part == "embeddings" or (e.part == "block" and e.layer < depth))
-               for e in anatomy.entries)
+    return any(
+        e.tensor in trained and (e.part == "embeddings" or (e.part == "block" and e.layer < depth))
+        for e in anatomy.entries
+    )
 
 
 class PrefixRunner:
-    def __init__(self, model: nn.Module, resolved: ResolvedPlan, gradient_checkpointing: bool = False,
-                 cache: PrefixCache | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        resolved: ResolvedPlan,
+        gradient_checkpointing: bool = False,
+        cache: PrefixCache | None = None,
+    ):
         self.model = model
         self.resolved = resolved
         path = resolved.anatomy.blocks_path
@@ -55,14 +62,18 @@ class PrefixRunner:
         self.gradient_checkpointing = gradient_checkpointing
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
-        self.trained: set[str] = set()  # every tensor a retarget has set training: what moved away from the base
+        self.trained: set[str] = (
+            set()
+        )  # every tensor a retarget has set training: what moved away from the base
         self._originals: dict[int, object] = {}
         self._keys: list[str] | None = None
         self._lengths: list[int] | None = None
         self._replay = False
         self._output_is_tuple: bool | None = None
         self.frozen_blocks = [
-            i for i, block in enumerate(self.blocks) if not any(p.requires_grad for p in block.parameters())
+            i
+            for i, block in enumerate(self.blocks)
+            if not any(p.requires_grad for p in block.parameters())
         ]
 
     # --- installation -------------------------------------------------------------------
@@ -80,7 +91,9 @@ class PrefixRunner:
         self.resolved, self.depth = resolved, prefix_depth(resolved)
         self.trained.update(resolved.trainable)
         self._choose_cache()
-        self.frozen_blocks = [i for i, b in enumerate(self.blocks) if not any(p.requires_grad for p in b.parameters())]
+        self.frozen_blocks = [
+            i for i, b in enumerate(self.blocks) if not any(p.requires_grad for p in b.parameters())
+        ]
         self.install()
 
     def mark_trained(self, names) -> None:
@@ -90,7 +103,9 @@ class PrefixRunner:
 
     def _choose_cache(self) -> None:
         """The cache serves this depth only while its prefix is still the base model's (module doc)."""
-        untouched = self.depth > 0 and not prefix_touched(self.resolved.anatomy, self.trained, self.depth)
+        untouched = self.depth > 0 and not prefix_touched(
+            self.resolved.anatomy, self.trained, self.depth
+        )
         self.cache = self.shared_cache if untouched else None
 
     def remove(self) -> None:
@@ -127,8 +142,14 @@ class PrefixRunner:
         for index in self.frozen_blocks:
             self.blocks[index].eval()
         if self.depth > 0:
-            embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-            for module in ([embeddings] if embeddings is not None else []) + self._dropouts_below_blocks():
+            embeddings = (
+                self.model.get_input_embeddings()
+                if hasattr(self.model, "get_input_embeddings")
+                else None
+            )
+            for module in (
+                [embeddings] if embeddings is not None else []
+            ) + self._dropouts_below_blocks():
                 module.eval()
 
     # --- per batch ----------------------------------------------------------------------
@@ -136,10 +157,13 @@ class PrefixRunner:
         """Learn the blocks' output form (tensor or tuple) with a 2-token forward, before replaying a
         cache that was loaded from disk and so never saw a real forward in this process."""
         if self.shared_cache is not None and self._output_is_tuple is None and len(self.blocks):
+
             def learn(module, inputs, output):
                 self._output_is_tuple = isinstance(output, tuple)
 
-            hook = self.blocks[0].register_forward_hook(learn)  # also at depth 0, which a schedule may leave
+            hook = self.blocks[0].register_forward_hook(
+                learn
+            )  # also at depth 0, which a schedule may leave
             try:
                 with torch.no_grad():
                     self.model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
@@ -152,7 +176,9 @@ class PrefixRunner:
 
         Yields True when the batch is replayed from the cache (blocks below k skipped)."""
         caching = self.cache is not None and keys is not None
-        keys = [f"{key}@{self.depth}" for key in keys] if caching else None  # valid at this depth only
+        keys = (
+            [f"{key}@{self.depth}" for key in keys] if caching else None
+        )  # valid at this depth only
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
         try:

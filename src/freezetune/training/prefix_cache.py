@@ -44,7 +44,9 @@ class PrefixCache:
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
         self.loaded_from_disk = False
-        self.notices: list[str] = []  # what opening the cache found (damage set aside), for the run's log
+        self.notices: list[
+            str
+        ] = []  # what opening the cache found (damage set aside), for the run's log
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -78,7 +80,11 @@ def read_marker(folder: Path) -> dict | None:
         marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(marker, dict) and marker.get("key") == Path(folder).name and isinstance(marker.get("meta"), dict)
+    ok = (
+        isinstance(marker, dict)
+        and marker.get("key") == Path(folder).name
+        and isinstance(marker.get("meta"), dict)
+    )
     return marker if ok and marker.get("sha256") == _checksum(marker["meta"]) else None
 
 
@@ -86,8 +92,13 @@ class DiskPrefixCache(PrefixCache):
     """The same entries in a folder of shards (module doc); at most ``ram_budget`` bytes of them in RAM.
     ``warn`` hears of damage found while the run goes on (a shard that fails its checksum)."""
 
-    def __init__(self, folder: Path, ram_budget: int, meta: dict | None = None,
-                 warn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        ram_budget: int,
+        meta: dict | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         super().__init__()
         self.folder, self.ram_budget = Path(folder), ram_budget
         self.warn = warn or logging.getLogger("freezetune").warning
@@ -98,12 +109,17 @@ class DiskPrefixCache(PrefixCache):
         self._open: tuple[str, object] | None = None  # the one shard held open for reading
         self.folder.mkdir(parents=True, exist_ok=True)
         marker = read_marker(self.folder)
-        if marker is None:  # a new cache, or one whose marker is damaged: nothing in it can be trusted
+        if (
+            marker is None
+        ):  # a new cache, or one whose marker is damaged: nothing in it can be trusted
             if (self.folder / MARKER).exists():
                 self._set_aside(self.folder / MARKER, "its marker is damaged")
             if (self.folder / "index.json").exists():
                 self._set_aside(self.folder / "index.json", "it has no intact marker")
-            write_json(self.folder / MARKER, {"key": self.folder.name, "meta": meta or {}, "sha256": _checksum(meta or {})})
+            write_json(
+                self.folder / MARKER,
+                {"key": self.folder.name, "meta": meta or {}, "sha256": _checksum(meta or {})},
+            )
         self._read_index()
         self.loaded_from_disk = bool(self.index)
 
@@ -116,19 +132,26 @@ class DiskPrefixCache(PrefixCache):
             shards = saved["shards"]
             if saved["sha256"] != _checksum(shards):
                 raise ValueError("checksum")
-            listed = {name: (str(info["sha256"]), [str(k) for k in info["keys"]]) for name, info in shards.items()}
+            listed = {
+                name: (str(info["sha256"]), [str(k) for k in info["keys"]])
+                for name, info in shards.items()
+            }
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self._set_aside(path, "it is damaged")
             return
         for name, (digest, keys) in listed.items():
-            if SHARD.match(name) and (self.folder / name).is_file():  # a shard gone from under the index is skipped
+            if (
+                SHARD.match(name) and (self.folder / name).is_file()
+            ):  # a shard gone from under the index is skipped
                 self.sums[name] = digest
                 self.index.update({key: name for key in keys})
 
     def _set_aside(self, path: Path, why: str) -> None:
         aside = set_aside(path)
-        message = (f"warning: prefix cache {self.folder.name}: {path.name} set aside as {aside.name} ({why}); "
-                   "its entries are computed again")
+        message = (
+            f"warning: prefix cache {self.folder.name}: {path.name} set aside as {aside.name} ({why}); "
+            "its entries are computed again"
+        )
         self.notices.append(message)
         self.warn(message)
 
@@ -136,7 +159,10 @@ class DiskPrefixCache(PrefixCache):
         return list(self.index) + list(self.tensors)
 
     def has_all(self, keys: list[str]) -> bool:
-        return all(key in self.tensors or (key in self.index and self._intact(self.index[key])) for key in keys)
+        return all(
+            key in self.tensors or (key in self.index and self._intact(self.index[key]))
+            for key in keys
+        )
 
     def _intact(self, shard: str) -> bool:
         """Whether ``shard`` holds what the index says; a damaged one is set aside and its keys dropped."""
@@ -204,12 +230,16 @@ class DiskPrefixCache(PrefixCache):
         except (OSError, SafetensorError) as exc:
             staging.unlink(missing_ok=True)
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-            raise FreezetuneError(f"cannot write the prefix cache in {self.folder}: {reason}") from None
+            raise FreezetuneError(
+                f"cannot write the prefix cache in {self.folder}: {reason}"
+            ) from None
         self.tensors.clear()
         self._pending_bytes = 0
 
     def _write_index(self) -> None:
-        shards: dict[str, dict] = {name: {"sha256": digest, "keys": []} for name, digest in self.sums.items()}
+        shards: dict[str, dict] = {
+            name: {"sha256": digest, "keys": []} for name, digest in self.sums.items()
+        }
         for key, shard in self.index.items():
             shards[shard]["keys"].append(key)
         write_json(self.folder / "index.json", {"shards": shards, "sha256": _checksum(shards)})

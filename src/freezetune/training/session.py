@@ -42,8 +42,18 @@ from freezetune.training.precision import (
 )
 from freezetune.training.prefix_cache import PrefixCache
 
-RESUME_MAY_CHANGE = {"resume", "out", "log_with", "show_generations", "cache_dir", "num_processes", "fsdp", "zero_stage",
-                     "cache_ram", "cache_limit"}
+RESUME_MAY_CHANGE = {
+    "resume",
+    "out",
+    "log_with",
+    "show_generations",
+    "cache_dir",
+    "num_processes",
+    "fsdp",
+    "zero_stage",
+    "cache_ram",
+    "cache_limit",
+}
 
 
 @dataclass
@@ -58,8 +68,12 @@ class Session:
     cache: PrefixCache | None
     notes: list[str]
     sharding: FsdpSettings | ZeroSettings | None = None
-    cache_train: bool = True  # False: the run ends within one epoch, so only the held-out rows are cached
-    lock: FolderLock | None = None  # the run folder, held by this process (the main one) until the run ends
+    cache_train: bool = (
+        True  # False: the run ends within one epoch, so only the held-out rows are cached
+    )
+    lock: FolderLock | None = (
+        None  # the run folder, held by this process (the main one) until the run ends
+    )
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -71,7 +85,9 @@ def _run_dir(config: TrainConfig) -> Path:
             raise FreezetuneError(f"--out {path} is a file, not a folder")
         if (path / "manifest.json").exists():
             if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
-                raise FreezetuneError(f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out")
+                raise FreezetuneError(
+                    f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out"
+                )
         return path
     slug = Path(config.model).name.replace(".gguf", "")
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -80,16 +96,27 @@ def _run_dir(config: TrainConfig) -> Path:
 def changed_setting(saved: dict, config: TrainConfig, keys) -> str | None:
     """The first of ``keys`` that would change a run's results and on which ``config`` differs from the
     run's saved config (a resume, or a comparison deciding whether a run can be reused)."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a run saved before an option existed had its default
-    return next((key for key in keys if key not in RESUME_MAY_CHANGE
-                 and getattr(config, key) != saved.get(key, defaults.get(key))), None)
+    defaults = {
+        f.name: f.default for f in fields(TrainConfig)
+    }  # a run saved before an option existed had its default
+    return next(
+        (
+            key
+            for key in keys
+            if key not in RESUME_MAY_CHANGE
+            and getattr(config, key) != saved.get(key, defaults.get(key))
+        ),
+        None,
+    )
 
 
 def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     """The config of the run being resumed; a flag that would change its results is refused."""
     manifest = read_manifest(Path(config.resume))
     if not checkpoint_dirs(Path(config.resume)):
-        raise FreezetuneError(f"--resume {config.resume}: the run holds no checkpoint to continue from")
+        raise FreezetuneError(
+            f"--resume {config.resume}: the run holds no checkpoint to continue from"
+        )
     saved = dict(manifest["config"])
     key = changed_setting(saved, config, sorted(given))
     if key is not None:
@@ -108,12 +135,16 @@ def data_hashes(config: TrainConfig) -> dict[str, str | None]:
     return {"data": content_hash(config.data), "eval_data": content_hash(config.eval_data)}
 
 
-def check_resumable(manifest: dict, run_dir: Path, config: TrainConfig, base_sha256: str, base_path: Path) -> None:
+def check_resumable(
+    manifest: dict, run_dir: Path, config: TrainConfig, base_sha256: str, base_path: Path
+) -> None:
     """A resumed run must continue what it started: unfinished, on the same base model (weights, config and
     tokenizer files) and the same data; each refusal names what changed."""
     if manifest.get("status") == "finished":
-        raise FreezetuneError(f"--resume {run_dir}: the run has finished ({manifest.get('steps')} steps); nothing is "
-                              "left to continue (its results stay as they are; start a new run with --out)")
+        raise FreezetuneError(
+            f"--resume {run_dir}: the run has finished ({manifest.get('steps')} steps); nothing is "
+            "left to continue (its results stay as they are; start a new run with --out)"
+        )
     try:
         check_base(manifest, base_sha256, base_path, run_dir)
     except FreezetuneError as exc:
@@ -121,74 +152,134 @@ def check_resumable(manifest: dict, run_dir: Path, config: TrainConfig, base_sha
     saved = manifest.get("data_sha256") or {}  # runs from before this check recorded none
     for key, now in data_hashes(config).items():
         if key in saved and saved[key] != now:
-            raise FreezetuneError(f"--resume {run_dir}: the content of --{key.replace('_', '-')} {getattr(config, key)} "
-                                  "has changed since the run started; a resumed run must see the data it started with")
+            raise FreezetuneError(
+                f"--resume {run_dir}: the content of --{key.replace('_', '-')} {getattr(config, key)} "
+                "has changed since the run started; a resumed run must see the data it started with"
+            )
 
 
-def open_session(config: TrainConfig, dtype: torch.dtype = torch.float32,
-                 sharding: FsdpSettings | ZeroSettings | None = None) -> Session:
+def open_session(
+    config: TrainConfig,
+    dtype: torch.dtype = torch.float32,
+    sharding: FsdpSettings | ZeroSettings | None = None,
+) -> Session:
     """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
     config.validate()
-    world = process_state().num_processes  # under torchrun / accelerate launch: the real process count
-    check_layout(config, world, type(sharding).__name__.replace("Settings", "") if sharding is not None else None)
-    plan = FreezePlan.from_argument(config.plan_text)  # a typo in the plan fails before the model loads
+    world = (
+        process_state().num_processes
+    )  # under torchrun / accelerate launch: the real process count
+    check_layout(
+        config,
+        world,
+        type(sharding).__name__.replace("Settings", "") if sharding is not None else None,
+    )
+    plan = FreezePlan.from_argument(
+        config.plan_text
+    )  # a typo in the plan fails before the model loads
     run_dir = _run_dir(config)
     main_process = process_state().is_main_process
     lock = lock_folder(run_dir, "training run") if config.resume and main_process else None
     # mixed precision loads the checkpoint as stored (a bf16 7B is 14 GB, not 28): trained tensors become fp32 below
     stored = "auto" if training_precision(config.precision) in MIXED else torch.float32
-    loaded = load_model(config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored)
+    loaded = load_model(
+        config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored
+    )
     require_causal_lm(loaded, "train")
     base_sha256 = model_hash(loaded.path, config.cache_dir)
     if config.resume:
         check_resumable(read_manifest(run_dir), run_dir, config, base_sha256, loaded.path)
     if config.lora_r:
-        torch.manual_seed(config.seed)  # peft draws the A matrices at random: the seed must decide them, not earlier work
-        loaded.model = wrap_lora(loaded.model, config.lora_r, config.lora_alpha, config.lora_targets)
+        torch.manual_seed(
+            config.seed
+        )  # peft draws the A matrices at random: the seed must decide them, not earlier work
+        loaded.model = wrap_lora(
+            loaded.model, config.lora_r, config.lora_alpha, config.lora_targets
+        )
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
-    dtypes = store_in_training_precision(loaded.model, config.precision, sharded=sharding is not None)
+    dtypes = store_in_training_precision(
+        loaded.model, config.precision, sharded=sharding is not None
+    )
     if sharding is not None:
         check_sharding(sharding, loaded.model, resolved, config.precision)
     schedule = config.parsed_schedule
     if schedule is not None:
-        schedule.check(resolved)  # a schedule the plan cannot hold fails before the run folder exists
-    train, held, notes = load_data(loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len,
-                                   config.validation)
+        schedule.check(
+            resolved
+        )  # a schedule the plan cannot hold fails before the run folder exists
+    train, held, notes = load_data(
+        loaded.tokenizer,
+        config.objective,
+        config.data,
+        config.eval_data,
+        config.seq_len,
+        config.validation,
+    )
     if len(train.examples) < config.batch_size:  # epochs use full batches only
-        raise FreezetuneError(f"{len(train.examples)} training examples are fewer than one batch "
-                              f"(--batch-size {config.batch_size})")
+        raise FreezetuneError(
+            f"{len(train.examples)} training examples are fewer than one batch "
+            f"(--batch-size {config.batch_size})"
+        )
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume and not main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)  # the main process writes the manifest; the others only their shards
+        run_dir.mkdir(
+            parents=True, exist_ok=True
+        )  # the main process writes the manifest; the others only their shards
     elif not config.resume:
         lock = lock_folder(run_dir, "training run")  # before anything in it is touched
         _run_dir(config)  # again, now that no other process can be writing there
         # a run that stopped before its first checkpoint left nothing worth keeping: start it over
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        write_json(run_dir / "manifest.json", {
-            "status": "running",
-            "base_model": {"name": config.model, "path": str(loaded.path), "sha256": base_sha256,
-                           "files": meaning_hashes(loaded.path), "class": type(loaded.model).__name__},
-            "plan": resolved.plan.to_list(),
-            "trainable_names": resolved.trainable_names(),
-            "schedule": schedule.render() if schedule else None,
-            "trainable_params": resolved.trainable_params,
-            "total_params": resolved.total_params,
-            "config": config.to_dict(),
-            "data_sha256": data_hashes(config),
-            "versions": versions(),
-            "dtypes": dtypes,
-        })
+        write_json(
+            run_dir / "manifest.json",
+            {
+                "status": "running",
+                "base_model": {
+                    "name": config.model,
+                    "path": str(loaded.path),
+                    "sha256": base_sha256,
+                    "files": meaning_hashes(loaded.path),
+                    "class": type(loaded.model).__name__,
+                },
+                "plan": resolved.plan.to_list(),
+                "trainable_names": resolved.trainable_names(),
+                "schedule": schedule.render() if schedule else None,
+                "trainable_params": resolved.trainable_params,
+                "total_params": resolved.total_params,
+                "config": config.to_dict(),
+                "data_sha256": data_hashes(config),
+                "versions": versions(),
+                "dtypes": dtypes,
+            },
+        )
     over = f"{world} processes" if world > 1 else "1 process"
     if isinstance(sharding, FsdpSettings):
-        notes.append(f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}")
+        notes.append(
+            f"sharding: FSDP2 over {over}, one unit per block of {resolved.anatomy.num_layers}"
+        )
     elif isinstance(sharding, ZeroSettings):
-        shared = {1: "the trained tensors' optimizer state", 2: "the trained tensors' optimizer state and gradients",
-                  3: "the trained tensors' optimizer state and gradients, and all weights"}[sharding.stage]
-        notes.append(f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}")
+        shared = {
+            1: "the trained tensors' optimizer state",
+            2: "the trained tensors' optimizer state and gradients",
+            3: "the trained tensors' optimizer state and gradients, and all weights",
+        }[sharding.stage]
+        notes.append(
+            f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}"
+        )
     notes += [lock.notice] if lock is not None and lock.notice else []
-    return Session(config, loaded, base_sha256, resolved, train, held, run_dir, cache, notes, sharding,
-                   config.reaches_second_epoch(len(train.examples)), lock)
+    return Session(
+        config,
+        loaded,
+        base_sha256,
+        resolved,
+        train,
+        held,
+        run_dir,
+        cache,
+        notes,
+        sharding,
+        config.reaches_second_epoch(len(train.examples)),
+        lock,
+    )

@@ -38,8 +38,16 @@ class MicroBatch:
         return int((self.batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def micro_batches(examples: list[Example], order: BatchOrder, step: int, grad_accum: int, rank: int, world: int,
-                  pad_id: int, cached: bool = True) -> list[MicroBatch]:
+def micro_batches(
+    examples: list[Example],
+    order: BatchOrder,
+    step: int,
+    grad_accum: int,
+    rank: int,
+    world: int,
+    pad_id: int,
+    cached: bool = True,
+) -> list[MicroBatch]:
     """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which).
     ``cached``: give the rows their prefix-cache keys (False: they are never stored)."""
     out = []
@@ -55,16 +63,33 @@ class TrainStep:
     """``model``: what the backend wrapped (DDP, FSDP2, DeepSpeed engine or the model itself);
     ``runner``: the prefix runner, or None for a model left as transformers built it."""
 
-    def __init__(self, model, backend, runner, lr_scheduler, accelerator, device: torch.device, world: int, head=None):
+    def __init__(
+        self,
+        model,
+        backend,
+        runner,
+        lr_scheduler,
+        accelerator,
+        device: torch.device,
+        world: int,
+        head=None,
+    ):
         """``head``: a TargetHead (training/head.py) that projects only the target positions, or None."""
-        self.model, self.backend, self.runner, self.lr_scheduler = model, backend, runner, lr_scheduler
+        self.model, self.backend, self.runner, self.lr_scheduler = (
+            model,
+            backend,
+            runner,
+            lr_scheduler,
+        )
         self.accelerator, self.device, self.world, self.head = accelerator, device, world, head
 
     def _sum(self, *values: float) -> list[float]:
         """Sums over all processes, in one all-reduce however many values."""
         if self.world == 1:
             return [float(v) for v in values]
-        summed = self.accelerator.reduce(torch.tensor([float(v) for v in values], device=self.device), "sum")
+        summed = self.accelerator.reduce(
+            torch.tensor([float(v) for v in values], device=self.device), "sum"
+        )
         return summed.tolist()
 
     def forward_backward(self, micro: list[MicroBatch]) -> dict:
@@ -73,16 +98,28 @@ class TrainStep:
         counts = [m.targets for m in micro]
         (total,) = self._sum(sum(counts))
         if total == 0:
-            raise FreezetuneError("a training step holds no target token: every answer was cut off by --seq-len")
+            raise FreezetuneError(
+                "a training step holds no target token: every answer was cut off by --seq-len"
+            )
         loss_sum, attended = 0.0, 0
         targeted = self.head is not None and self.head.installed
         for index, (m, count) in enumerate(zip(micro, counts)):
             batch = {k: v.to(self.device) for k, v in m.batch.items()}
-            around = self.runner.batch(m.keys, m.lengths) if self.runner is not None else contextlib.nullcontext()
-            if targeted:  # the model returns the summed loss of the targets as its logits (training/head.py)
+            around = (
+                self.runner.batch(m.keys, m.lengths)
+                if self.runner is not None
+                else contextlib.nullcontext()
+            )
+            if (
+                targeted
+            ):  # the model returns the summed loss of the targets as its logits (training/head.py)
                 with around, self.head.targets(batch["labels"]), self.accelerator.autocast():
-                    summed = self.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits.sum()
-                scaled = summed * (self.world / total)  # the step's token mean, times what the backends average over
+                    summed = self.model(
+                        **{k: v for k, v in batch.items() if k != "labels"}, use_cache=False
+                    ).logits.sum()
+                scaled = summed * (
+                    self.world / total
+                )  # the step's token mean, times what the backends average over
                 loss_sum += summed.item()
             else:
                 with around, self.accelerator.autocast():
@@ -113,5 +150,10 @@ class TrainStep:
         if guard is not None:
             guard.check_update(max(rates))
         elapsed = time.perf_counter() - started
-        return {"loss": measured["loss"], "lr": lr, "tokens": measured["tokens"],
-                "tokens_per_s": measured["tokens"] / elapsed, "step_time_s": elapsed}
+        return {
+            "loss": measured["loss"],
+            "lr": lr,
+            "tokens": measured["tokens"],
+            "tokens_per_s": measured["tokens"] / elapsed,
+            "step_time_s": elapsed,
+        }

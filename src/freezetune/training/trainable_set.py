@@ -25,16 +25,22 @@ class TrainableSet:
         self.phase: int | None = None
         self.current = universe
         self._trained: set[str] = set() if schedule else set(universe.trainable_names())
-        self.applied = universe.trainable_names()  # what the model has set training: the whole plan, at first
+        self.applied = (
+            universe.trainable_names()
+        )  # what the model has set training: the whole plan, at first
         self.check: str | None = "full"  # the first-step check the coming step gets
 
-    def advance(self, step: int, apply: Callable[[ResolvedPlan], torch.optim.Optimizer | None]) -> bool:
+    def advance(
+        self, step: int, apply: Callable[[ResolvedPlan], torch.optim.Optimizer | None]
+    ) -> bool:
         """Bring the model to step ``step``'s set. ``apply`` (the driver's retarget: requires_grad, its
         optimizer's groups, the prefix runner) runs only when what trains changes, and returns the optimizer
         whose moments of the tensors that now rest are dropped. The new set's first step is checked again."""
         return self.move_to(self.at(step), apply)
 
-    def move_to(self, plan: ResolvedPlan, apply: Callable[[ResolvedPlan], torch.optim.Optimizer | None]) -> bool:
+    def move_to(
+        self, plan: ResolvedPlan, apply: Callable[[ResolvedPlan], torch.optim.Optimizer | None]
+    ) -> bool:
         """``advance``'s move, to any plan inside the universe: whether what trains changed."""
         names = plan.trainable_names()
         if names == self.applied:
@@ -80,5 +86,11 @@ class TrainableSet:
         """For a checkpoint's state.json: the schedule's position (recomputable, recorded to be checked)."""
         if self.schedule is None:
             return {}
-        return {"schedule": {"text": self.schedule.render(), "phase": self.phase, "active_blocks": self.active_blocks,
-                             "plan": self.current.plan.render()}}
+        return {
+            "schedule": {
+                "text": self.schedule.render(),
+                "phase": self.phase,
+                "active_blocks": self.active_blocks,
+                "plan": self.current.plan.render(),
+            }
+        }
