@@ -81,7 +81,7 @@ RANDOM_SHAPES = {
         num_attention_heads=32,
         num_key_value_heads=4,
         tie_word_embeddings=False,
-    ),
+    )
 }
 
 
@@ -170,18 +170,15 @@ class Bench:
         else:
             self.model.train()
             if path == "naive_gc":
-                with (
-                    warnings.catch_warnings()
-                ):  # deprecated alias in transformers 5; it is what users call
+                # deprecated alias in transformers 5; it is what users call
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     self.model.gradient_checkpointing_enable()
         try:
             micro = micro_batches(self.examples, self.order, index, 1, 0, 1, self.pad_id)
             if path in CACHED[1:] and not self.caches[path].has_all(micro[0].keys):
-                with (
-                    torch.no_grad(),
-                    runner.batch(micro[0].keys, micro[0].lengths),
-                ):  # epoch 1 filled it
+                # epoch 1 filled it
+                with torch.no_grad(), runner.batch(micro[0].keys, micro[0].lengths):
                     self.model(
                         **{k: v.to(self.device) for k, v in micro[0].batch.items()}, use_cache=False
                     )
@@ -216,18 +213,16 @@ def flop_ideals(anatomy, plan, target_fraction: float) -> dict:
     """Ideal ratios from FLOPs: forward 2N, backward 4N (input-grad 2N + weight-grad 2N) per token; freezetune's
     head projects ``target_fraction`` of the positions, plain transformers' (naive, allhead) all of them."""
     blocks = sum(e.numel for e in anatomy.entries if e.part == "block" and e.name == e.tensor)
-    head = sum(
-        e.numel for e in anatomy.entries if e.part == "head"
-    )  # a tied head still costs its matmul
+    # a tied head still costs its matmul
+    head = sum(e.numel for e in anatomy.entries if e.part == "head")
     trained_blocks = sum(
         e.numel for e in anatomy.entries if e.part == "block" and e.tensor in plan.trainable
     )
     head_trains = any(e.tensor in plan.trainable for e in anatomy.entries if e.part == "head")
     f = target_fraction
     full = 6 * blocks + 6 * head * f
-    head_cost = (
-        2 * head + (4 if head_trains else 2) * head
-    )  # forward, then input grad (+ weight grad)
+    # forward, then input grad (+ weight grad)
+    head_cost = 2 * head + (4 if head_trains else 2) * head
     freeze = 2 * blocks + head_cost * f + 4 * trained_blocks
     cached = 2 * trained_blocks + head_cost * f + 4 * trained_blocks
     cached_allhead = 2 * trained_blocks + head_cost + 4 * trained_blocks
@@ -282,16 +277,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
-    parser.add_argument(
-        "--only", choices=PATHS, help=argparse.SUPPRESS
-    )  # child process: one path, memory only
+    # child process: one path, memory only
+    parser.add_argument("--only", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     before_model = peak_rss_bytes()
     bench = Bench(args)
-    if (
-        args.only
-    ):  # memory of one path alone (CPU): two steps, so optimizer state exists at the peak
+    # memory of one path alone (CPU): two steps, so optimizer state exists at the peak
+    if args.only:
         for index in range(2):
             bench.step(args.only, index)
         print(json.dumps({"peak_memory_bytes": peak_rss_bytes() - before_model}))

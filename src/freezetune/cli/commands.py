@@ -23,12 +23,7 @@ from freezetune.options.commands import (
     ReportOptions,
     parse_margins,
 )
-from freezetune.options.schema import (
-    add_options,
-    check_finite,
-    from_namespace,
-    read_config_file,
-)
+from freezetune.options.schema import add_options, check_finite, from_namespace, read_config_file
 from freezetune.runs.stop import StopFlag
 
 
@@ -137,23 +132,17 @@ def _relaunch(config: TrainConfig, argv: list[str]) -> str:
 
 def run_train(config: TrainConfig, argv: list[str]) -> str:
     """`freezetune train`: one run folder with manifest, trained tensors, metrics and eval."""
-    from freezetune.distributed.processes import (
-        die_with_parent,
-        launch_sharding,
-        process_state,
-    )
+    from freezetune.distributed.processes import die_with_parent, launch_sharding, process_state
     from freezetune.distributed.sharding import FsdpSettings
     from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
-    if os.environ.get(
-        RELAUNCHED
-    ):  # torchrun puts its workers in a session of their own: they go when it goes
+    # torchrun puts its workers in a session of their own: they go when it goes
+    if os.environ.get(RELAUNCHED):
         die_with_parent(signal.SIGKILL)
 
-    sharding = launch_sharding(
-        os.environ, config.fsdp, config.zero_stage
-    )  # before accelerate reads the launch
+    # before accelerate reads the launch
+    sharding = launch_sharding(os.environ, config.fsdp, config.zero_stage)
     # recorded in the manifest, whichever way it was asked for
     config.fsdp, config.zero_stage = (
         isinstance(sharding, FsdpSettings),
@@ -242,10 +231,8 @@ def run_compare(options: CompareOptions) -> str:
         options.metric, settings.base_config.objective, settings.base_config.eval_generate
     )
     announce = f"quality metric: {metric.replace('_', ' ')} ({why})"  # fixed before anything trains
-    started, where = (
-        time.monotonic(),
-        provenance(),
-    )  # the code as loaded now, whatever the checkout holds later
+    # the code as loaded now, whatever the checkout holds later
+    started, where = (time.monotonic(), provenance())
     with StopFlag() as stop:
         run_dirs = run_comparison(
             settings, log=_log, should_stop=lambda: stop.requested, notes=(announce,)
@@ -355,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(command: str, message: str) -> int:
     sys.stdout.flush()
-    print(
-        f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr
-    )  # always one line
+    # always one line
+    print(f"freezetune {command}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2

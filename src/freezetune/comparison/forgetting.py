@@ -15,13 +15,7 @@ import math
 
 import torch
 
-from freezetune.data.examples import (
-    IGNORE,
-    Example,
-    collate,
-    cpt_examples,
-    sft_examples,
-)
+from freezetune.data.examples import IGNORE, Example, collate, cpt_examples, sft_examples
 from freezetune.data.files import Record, read_records
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy

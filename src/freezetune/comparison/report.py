@@ -36,9 +36,8 @@ def _cell(key: str, row: dict) -> str:
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
-        tried = sorted(
-            p["lr"] for p in row.get("lr_search") or []
-        )  # every rate the search tried, extensions included
+        # every rate the search tried, extensions included
+        tried = sorted(p["lr"] for p in row.get("lr_search") or [])
         return f"{value:.3g}" + (
             f" (searched: {', '.join(f'{r:.3g}' for r in tried)})" if row.get("lr_searched") else ""
         )

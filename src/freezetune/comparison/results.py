@@ -47,11 +47,8 @@ FIELDS = [
     "retain_kl_std",
     "run_dir",
 ]
-SPREAD = (
-    "eval_loss",
-    "retain_kl",
-    "retain_ppl_delta",
-)  # reported as mean and standard deviation over seeds
+# reported as mean and standard deviation over seeds
+SPREAD = ("eval_loss", "retain_kl", "retain_ppl_delta")
 
 
 def read_object(path: Path) -> dict | None:
@@ -94,9 +91,8 @@ def read_run(run_dir: Path) -> dict:
         read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     )
     steps = [m for m in metrics if "loss" in m]
-    timed = (
-        steps[1:] or steps
-    )  # the first step pays one-time costs (allocation, the first-step guard)
+    # the first step pays one-time costs (allocation, the first-step guard)
+    timed = steps[1:] or steps
     evaluation = (read_object(run_dir / "eval.json") or {}).get("after") or {}
     weights = run_dir / "trainable.safetensors"
     peak = max((m["peak_memory_bytes"] for m in steps), default=None)

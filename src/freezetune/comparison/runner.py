@@ -30,12 +30,7 @@ from freezetune.models.loading import file_sha256
 from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
 from freezetune.runs.durable import set_aside, write_json, write_text
 from freezetune.runs.lock import lock_folder
-from freezetune.runs.manifest import (
-    meaning_hashes,
-    read_json,
-    read_manifest,
-    read_metrics,
-)
+from freezetune.runs.manifest import meaning_hashes, read_json, read_manifest, read_metrics
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting
 
@@ -213,9 +208,8 @@ def _run_group(
         )
         if outcome != "done" and not all(finished(Path(c.out), measure) for c in batch):
             break
-    if all(
-        finished(Path(c.out), measure) for c in pending
-    ):  # a stop that came as the worker ended changes nothing
+    # a stop that came as the worker ended changes nothing
+    if all(finished(Path(c.out), measure) for c in pending):
         return "done"
     if outcome not in ("done", "stopped"):  # killed (out of memory?): say so in each unfinished run
         for config in pending:

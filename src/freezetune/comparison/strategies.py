@@ -110,9 +110,8 @@ def parse_strategy(text: str) -> Strategy:
                 raise FreezetuneError(
                     f"--strategy '{text}': expected r=N, alpha=N or targets=a,b after 'lora', not '{word}'"
                 )
-            if key != "targets" and not (
-                value.isascii() and value.isdigit()
-            ):  # '²' is a digit to str, not to int
+            # '²' is a digit to str, not to int
+            if key != "targets" and not (value.isascii() and value.isdigit()):
                 raise FreezetuneError(
                     f"--strategy '{text}': {key} must be a whole number, not '{value}'"
                 )
@@ -301,13 +300,11 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
             )
         earlier = earlier["fingerprint"]
         changed = [k for k in pinned if earlier.get(k) != pinned[k]]
-        if (
-            "model_sha256" in changed or "model_files" in changed
-        ):  # the same --model, but another model
+        # the same --model, but another model
+        if "model_sha256" in changed or "model_files" in changed:
             was, now = earlier.get("model_files"), pinned["model_files"]
-            if (
-                "model_sha256" in changed or was is None
-            ):  # None: a comparison from before the files were recorded
+            # None: a comparison from before the files were recorded
+            if "model_sha256" in changed or was is None:
                 what = (
                     "its weights changed"
                     if "model_sha256" in changed
@@ -337,9 +334,8 @@ def run_config(
     the validation split)."""
     group = settings.out / "runs" / strategy.slug
     run_dir = group / f"seed-{seed}" if seed is not None else group / "search" / f"lr-{rate:g}"
-    schedule = (
-        strategy.schedule.render() if strategy.schedule else None
-    )  # the worker's spec is text: JSON
+    # the worker's spec is text: JSON
+    schedule = strategy.schedule.render() if strategy.schedule else None
     values = dict(
         model=settings.model,
         plan=strategy.plan,
@@ -420,9 +416,8 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
         from freezetune.data.loading import load_data
 
-        config = (
-            settings.base_config
-        )  # too few examples for the validation split fail here, before anything trains
+        # too few examples for the validation split fail here, before anything trains
+        config = settings.base_config
         load_data(
             loaded.tokenizer,
             config.objective,

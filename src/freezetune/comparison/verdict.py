@@ -223,9 +223,8 @@ def decide(
         if all("retain_kl" in tables[r["strategy"]] for r in done)
         else "peak_memory_bytes"
     )
-    bounds = {
-        m: _margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS
-    }  # in each metric's units
+    # in each metric's units
+    bounds = {m: _margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS}
     quality_tests = _tests(done, tables, metric, noises)
     cost_tests = _tests(done, tables, cost, noises) if cost in MARGINS else []
     for test in quality_tests:
@@ -359,9 +358,8 @@ def _hints(
         return []
     a, b = top
     every = [tables[name][metric] for name in tables if metric in tables[name]]
-    noise = noises.get(metric) or seed_noise(
-        every
-    )  # some runs without per-item records: the others' noise
+    # some runs without per-item records: the others' noise
+    noise = noises.get(metric) or seed_noise(every)
     difference = tables[a["strategy"]][metric] - tables[b["strategy"]][metric]
     gap = float(difference.mean())
     if (

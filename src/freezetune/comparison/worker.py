@@ -123,9 +123,8 @@ def run_worker(
         failure = run_dir / "failed.json"
         failure.unlink(missing_ok=True)
         try:
-            if not finished(
-                run_dir, "search"
-            ):  # trained already, only its forgetting left to measure
+            # trained already, only its forgetting left to measure
+            if not finished(run_dir, "search"):
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
                 result = TrainingLoop(session, log=log, progress=progress).run(

@@ -196,9 +196,8 @@ class TrainConfig(RunOptions):
             available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[
                 self.log_with
             ]()
-            if (
-                not available
-            ):  # accelerate would drop the tracker with a log line; the user asked for it
+            # accelerate would drop the tracker with a log line; the user asked for it
+            if not available:
                 raise FreezetuneError(
                     f"--log-with {self.log_with} needs the {self.log_with} package: "
                     f"pip install {self.log_with}"

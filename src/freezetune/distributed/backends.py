@@ -14,13 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from freezetune.distributed.sharding import (
-    FsdpSettings,
-    ZeroSettings,
-    full,
-    local,
-    shard_model,
-)
+from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, full, local, shard_model
 from freezetune.distributed.state import (
     apply_trainable,
     check_same_groups,
@@ -56,9 +50,8 @@ class Replicated:
         if max_grad_norm:
             self._clip(max_grad_norm)
         self.optimizer.step()
-        self.optimizer.zero_grad(
-            set_to_none=True
-        )  # None, not zeros: momentum must not move frozen weights
+        # None, not zeros: momentum must not move frozen weights
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _clip(self, max_grad_norm: float) -> None:
         self.accelerator.clip_grad_norm_(self.model.parameters(), max_grad_norm)
@@ -137,9 +130,8 @@ class Zero(Replicated):
         import deepspeed
 
         optimizer = make_optimizer(model)
-        self.groups = [
-            [p for p in group["params"]] for group in optimizer.param_groups
-        ]  # before ZeRO flattens them
+        # before ZeRO flattens them
+        self.groups = [[p for p in group["params"]] for group in optimizer.param_groups]
         ds_config = {
             "train_micro_batch_size_per_gpu": self.config.batch_size // self.world,
             "gradient_accumulation_steps": self.config.grad_accum,
@@ -225,10 +217,7 @@ class Zero(Replicated):
 
     def restore(self, model, tensors, saved, where):
         import deepspeed
-        from deepspeed.utils import (
-            safe_set_full_fp32_param,
-            safe_set_full_optimizer_state,
-        )
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
         named = self._named_groups(model)
         check_same_groups(saved, [[n for n, _ in group] for group in named], where)
@@ -240,9 +229,8 @@ class Zero(Replicated):
             apply_trainable(model, tensors, where)
         for group in named:
             for name, param in group:
-                safe_set_full_fp32_param(
-                    param, tensors[name].to(param.device, torch.float32)
-                )  # ZeRO's master copy
+                # ZeRO's master copy
+                safe_set_full_fp32_param(param, tensors[name].to(param.device, torch.float32))
         if not saved["state"]:
             return
         step = next(iter(saved["state"].values()))["step"]

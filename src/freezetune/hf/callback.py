@@ -26,9 +26,8 @@ class FreezeCallback(TrainerCallback):
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         if self.schedule is not None:
             self.schedule.check(handle.universe)
-        self.trainable = TrainableSet(
-            handle.universe, self.schedule, seed
-        )  # the phases, as `train` follows them
+        # the phases, as `train` follows them
+        self.trainable = TrainableSet(handle.universe, self.schedule, seed)
         self.still, self.rate = False, None
         self.guard: FirstStepGuard | None = None
 
@@ -40,9 +39,8 @@ class FreezeCallback(TrainerCallback):
                 "FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
                 "their optimizer state once for a fixed set; drop the schedule or train without them"
             )
-        if (
-            self.handle.resolved is not self.handle.universe
-        ):  # a second train() starts from the whole plan too
+        # a second train() starts from the whole plan too
+        if self.handle.resolved is not self.handle.universe:
             self.handle.retarget(self.handle.universe)
         self.trainable = TrainableSet(self.handle.universe, self.schedule, self.trainable.seed)
 
@@ -52,9 +50,8 @@ class FreezeCallback(TrainerCallback):
             return optimizer  # the Trainer's AdamW already holds every tensor of the plan: only moments go
 
         self.trainable.advance(state.global_step, retarget)
-        check = (
-            self.trainable.take_check()
-        )  # the first step, and the first of each new set, are checked
+        # the first step, and the first of each new set, are checked
+        check = self.trainable.take_check()
         if check is not None:
             self.guard = self._guard(light=check == "light")
 
@@ -66,9 +63,8 @@ class FreezeCallback(TrainerCallback):
             self.still = self.rate == 0  # warmup's first step moves nothing
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if (
-            self.guard is not None and not self.still
-        ):  # else: checked after the first step that can move weights
+        # else: checked after the first step that can move weights
+        if self.guard is not None and not self.still:
             self._checked(lambda: self.guard.check_update(self.rate))
             self.guard = None
 

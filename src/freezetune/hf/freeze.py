@@ -62,9 +62,8 @@ class FreezeHandle:
         self.model, self.resolved, self.universe = model, resolved, resolved
         self.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self.had_checkpointing = checkpointing_on(model)
-        if (
-            self.had_checkpointing
-        ):  # transformers' own, with its input-grad hook: replaced by ours below
+        # transformers' own, with its input-grad hook: replaced by ours below
+        if self.had_checkpointing:
             (
                 getattr(model, "activation_checkpointing_disable", None)
                 or model.gradient_checkpointing_disable
@@ -83,9 +82,8 @@ class FreezeHandle:
         model.activation_checkpointing_disable = model.gradient_checkpointing_disable = (
             self._checkpointing_off
         )
-        model.enable_input_require_grads = lambda: (
-            None
-        )  # non-reentrant checkpointing needs no grad-requiring input
+        # non-reentrant checkpointing needs no grad-requiring input
+        model.enable_input_require_grads = lambda: None
         model.train = self._train
         self._wrap_forward()
         self.preview = render_text(describe(resolved, type(model).__name__))
@@ -200,9 +198,8 @@ def freeze(
     """
     plan = FreezePlan.from_argument(plan) if isinstance(plan, str) else plan
     earlier = model.__dict__.get(MARK)
-    if (
-        earlier is not None
-    ):  # two runners on one model: blocks marked trainable that no gradient reaches
+    # two runners on one model: blocks marked trainable that no gradient reaches
+    if earlier is not None:
         raise FreezetuneError(
             f"freeze(): this model already has a handle (plan '{earlier.resolved.plan.render()}'); "
             "call its remove() first, or its retarget() to change what trains"

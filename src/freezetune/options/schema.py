@@ -144,9 +144,8 @@ def check_finite(options) -> None:
             raise FreezetuneError(
                 f"--{item.name.replace('_', '-')} must be a finite number, got {value}"
             )
-        if (
-            isinstance(value, float) and abs(value) > FLOAT32_MAX
-        ):  # torch keeps rates and norms as float32 tensors
+        # torch keeps rates and norms as float32 tensors
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
             raise FreezetuneError(
                 f"--{item.name.replace('_', '-')} {value:g} is beyond the largest float32 "
                 f"({FLOAT32_MAX:.3g}); give a smaller number"

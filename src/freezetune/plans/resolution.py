@@ -18,15 +18,7 @@ from torch import nn
 
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy, Entry
-from freezetune.plans.language import (
-    All,
-    Component,
-    Depth,
-    FreezePlan,
-    Layers,
-    Regex,
-    Rule,
-)
+from freezetune.plans.language import All, Component, Depth, FreezePlan, Layers, Regex, Rule
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,8 @@ class Schedule:
                     f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
                     f"({', '.join(f'{k}=N' for k in sorted(allowed))})"
                 )
-            if (
-                not (value.isascii() and value.isdigit()) or int(value) < 1
-            ):  # '²' is a digit to str, not to int
+            # '²' is a digit to str, not to int
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 raise FreezetuneError(
                     f"--schedule '{text}': {key} must be a whole number of at least 1, got {value!r}"
                 )
@@ -99,9 +98,8 @@ class Schedule:
     def active(self, universe: ResolvedPlan, phase: int, seed: int) -> list[int]:
         """The plan's blocks that train in ``phase``."""
         blocks = self.check(universe)
-        if (
-            self.kind == "lisa"
-        ):  # a generator of its own per period: the draw depends on nothing else
+        # a generator of its own per period: the draw depends on nothing else
+        if self.kind == "lisa":
             return sorted(random.Random(f"lisa:{seed}:{phase}").sample(blocks, self.layers))
         return blocks[-min(len(blocks), self.start + phase * self.step) :]
 

@@ -37,9 +37,8 @@ def publish(staging: Path, target: Path) -> None:
 def staged_file(path: Path):
     """Yield a staging name beside ``path`` to write to; it is fsynced and becomes ``path`` only if the
     block finishes, and is removed if it does not."""
-    staging = path.with_name(
-        f".{path.name}.{os.getpid()}{STAGING_MARK}"
-    )  # processes of one run never share it
+    # processes of one run never share it
+    staging = path.with_name(f".{path.name}.{os.getpid()}{STAGING_MARK}")
     try:
         yield staging
         fsync_path(staging)
@@ -115,9 +114,8 @@ def remove_leftovers(folder: Path) -> list[Path]:
     for path in found:
         if f".old{STAGING_MARK}-" in path.name:  # swapped out by staged_dir(replace=True)
             original = folder / path.name[1:].split(f".old{STAGING_MARK}-")[0]
-            if (
-                not original.exists()
-            ):  # the writer died between the two renames: the old one is the good one
+            # the writer died between the two renames: the old one is the good one
+            if not original.exists():
                 os.replace(path, original)
                 continue
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

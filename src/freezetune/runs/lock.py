@@ -68,9 +68,8 @@ class FolderLock:
             holder = _holder(self.fd)
             pid = holder.get("pid")
             if isinstance(pid, int) and _dying(pid) and time.monotonic() < deadline:
-                time.sleep(
-                    0.1
-                )  # a holder killed a moment ago: the kernel releases its lock once it is gone
+                # a holder killed a moment ago: the kernel releases its lock once it is gone
+                time.sleep(0.1)
                 continue
             self.release(held=False)
             raise FreezetuneError(
@@ -78,9 +77,8 @@ class FolderLock:
                 f"one {what} at a time: wait for it, or stop it"
             ) from None
         previous = _holder(self.fd)
-        if (
-            previous.get("pid") and previous.get("pid") != os.getpid()
-        ):  # it ended without releasing: killed
+        # it ended without releasing: killed
+        if previous.get("pid") and previous.get("pid") != os.getpid():
             state = (
                 "no longer running" if not _alive(int(previous["pid"])) else "no longer holding it"
             )

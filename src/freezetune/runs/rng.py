@@ -32,9 +32,8 @@ def save_rng(path: Path) -> None:
         "python": [version, list(mt), gauss],
         "numpy": [kind, int(pos), int(has_gauss), float(cached)],
     }
-    save_file(
-        tensors, str(path), metadata={"plain": json.dumps(plain)}
-    )  # fsynced with its checkpoint folder
+    # fsynced with its checkpoint folder
+    save_file(tensors, str(path), metadata={"plain": json.dumps(plain)})
 
 
 def load_rng(path: Path) -> None:

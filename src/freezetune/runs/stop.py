@@ -24,9 +24,8 @@ class StopFlag:
         )
 
     def __enter__(self) -> StopFlag:
-        if getattr(
-            signal.getsignal(signal.SIGINT), "fired", False
-        ):  # a start-up Ctrl-C an import swallowed
+        # a start-up Ctrl-C an import swallowed
+        if getattr(signal.getsignal(signal.SIGINT), "fired", False):
             raise KeyboardInterrupt
         self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self

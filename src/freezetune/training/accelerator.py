@@ -35,10 +35,8 @@ def make_accelerator(
         project_dir=str(run_dir),
         kwargs_handlers=handlers,
     )
-    if accelerator.distributed_type.value in (
-        "FSDP",
-        "DEEPSPEED",
-    ):  # the CLI's launch_sharding takes these over
+    # the CLI's launch_sharding takes these over
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
         raise FreezetuneError(
             f"accelerate is set up for {accelerator.distributed_type.value}; freezetune shards the model "
             "itself: pass FsdpSettings to open_session (distributed.processes.launch_sharding reads a launch)"

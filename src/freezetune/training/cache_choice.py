@@ -151,9 +151,8 @@ def choose_cache(
         )
         path = root / f"{key}{shard}"
         removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
-        cache = DiskPrefixCache(
-            path, budget, meta, warn=lambda message: None
-        )  # its notices join the run's notes
+        # its notices join the run's notes
+        cache = DiskPrefixCache(path, budget, meta, warn=lambda message: None)
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""

@@ -53,9 +53,8 @@ def cache_entries(root: Path) -> list[dict]:
 def remove_cache(path: Path) -> list[Path]:
     """Delete the cache's own files, then its folder if nothing else is left; returns what was kept."""
     path = Path(path)
-    for file in sorted(
-        _own_files(path), key=lambda p: p.name == MARKER
-    ):  # the marker last: a half-removed
+    # the marker last: a half-removed
+    for file in sorted(_own_files(path), key=lambda p: p.name == MARKER):
         file.unlink(missing_ok=True)  # cache is still recognised
     kept = sorted(path.iterdir())
     if not kept:

@@ -174,6 +174,7 @@ def evaluate_model(
     checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:
         chosen = checkable[: config.eval_generate]
+        # wider batches: greedy decoding is per-step overhead on a CPU
         answers = generate(
             model,
             tokenizer,
@@ -182,7 +183,7 @@ def evaluate_model(
             device,
             batch_size=32,
             progress=name("answers"),
-        )  # wider batches: greedy decoding is per-step overhead on a CPU
+        )
         result["exact_match"] = exact_match(answers, [e.reference for _, e in chosen])
         result["exact_match_examples"] = len(chosen)
         every = [

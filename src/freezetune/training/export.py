@@ -37,9 +37,8 @@ def load_run(
         raise FreezetuneError(
             f"{run_dir} has no trainable.safetensors: the run has not finished (resume it first)"
         )
-    trained = _read_trained(
-        Path(run_dir), weights
-    )  # before the model loads: a damaged file fails at once
+    # before the model loads: a damaged file fails at once
+    trained = _read_trained(Path(run_dir), weights)
     loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
     check_base(manifest, model_hash(loaded.path, cache_dir), loaded.path, run_dir)
     config = manifest.get("config") or {}
@@ -144,10 +143,8 @@ def export_run(
         ) as staging:  # replace: only what check_export_target allowed
             loaded.model.save_pretrained(staging)
             loaded.tokenizer.save_pretrained(staging)
-            written = [
-                *_files_in(staging),
-                EXPORT_MARK,
-            ]  # the marker lists them: a later --force replaces only these
+            # the marker lists them: a later --force replaces only these
+            written = [*_files_in(staging), EXPORT_MARK]
             write_json(
                 staging / EXPORT_MARK,
                 {

@@ -72,9 +72,8 @@ class FirstStepGuard:
         self.zero_gradient: set[str] = set()
 
     def check_gradients(self) -> None:
-        grads = {
-            n: self.grad(p) for n, p in self.params.items()
-        }  # once each: under ZeRO every read is a collective
+        # once each: under ZeRO every read is a collective
+        grads = {n: self.grad(p) for n, p in self.params.items()}
         missing = [n for n in self.params if n in self.trainable and grads[n] is None]
         if missing:
             raise FreezetuneError(

@@ -46,9 +46,8 @@ def chunked_loss_sum(
     """sum over rows of cross_entropy(hidden @ weight.T + bias, targets), one chunk of rows at a time.
     ``recompute`` False: keep every chunk's logits for the backward (a sharded head is not whole then)."""
     rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
-    recompute = (
-        recompute and torch.is_grad_enabled() and len(targets) > rows
-    )  # one chunk: nothing to save
+    # one chunk: nothing to save
+    recompute = recompute and torch.is_grad_enabled() and len(targets) > rows
     total = None
     for start in range(0, len(targets), rows):
         piece = (hidden[start : start + rows], weight, bias, targets[start : start + rows])

@@ -72,13 +72,11 @@ class TrainingLoop:
         ).install()
         if session.cache is not None:
             session.cache.warn = self.log  # damage found mid-run is said where the run's notes are
-        with (
-            self.accelerator.autocast()
-        ):  # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
+        # frozen weights may be bf16 beside fp32 trained ones: autocast pairs them
+        with self.accelerator.autocast():
             self.runner.probe(self.device)
-        self.resolved = (
-            session.resolved
-        )  # what trains now (the session's plan, or a phase of it); retarget() changes it
+        # what trains now (the session's plan, or a phase of it); retarget() changes it
+        self.resolved = session.resolved
         self.names = self.resolved.trainable_names()
         schedule = self.config.parsed_schedule
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
@@ -89,9 +87,8 @@ class TrainingLoop:
         check_same_plan(self.accelerator, self.names)
         self.total_steps = self.config.total_steps(len(session.train.examples))
         self.backend = make_backend(self.accelerator, session, self.world)
-        self.module = (
-            self.model
-        )  # the model itself, under whatever wrapper the backend puts around it
+        # the model itself, under whatever wrapper the backend puts around it
+        self.module = self.model
         self.model, optimizer = self.backend.wrap(
             self.model,
             lambda model: build_optimizer(
@@ -154,13 +151,11 @@ class TrainingLoop:
         self.trainable.advance(max(step - 1, 0), self.retarget)
         self.trainable.take_check()  # the run was checked when it started
         self.trainable.add_trained(tensors)
-        self.runner.mark_trained(
-            tensors
-        )  # a prefix trained before the kill is no longer the cached one
+        # a prefix trained before the kill is no longer the cached one
+        self.runner.mark_trained(tensors)
         self.backend.restore(self.module, tensors, optimizer, last)
-        if (
-            self.main and self.metrics_path.exists()
-        ):  # a killed run may have logged past its last checkpoint
+        # a killed run may have logged past its last checkpoint
+        if self.main and self.metrics_path.exists():
             kept = [r for r in read_metrics(self.metrics_path, warn=self.log) if r["step"] <= step]
             write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         self.log(
@@ -191,9 +186,8 @@ class TrainingLoop:
             tensors = trainable_state(self.module, self.trainable.trained_names, self.backend.value)
             optimizer = self.backend.optimizer_state(self.module)
         if self.main:
-            if (
-                self._metrics is not None
-            ):  # the metrics a checkpoint covers are on the disk before it is
+            # the metrics a checkpoint covers are on the disk before it is
+            if self._metrics is not None:
                 self._metrics.flush()
                 os.fsync(self._metrics.fileno())
             try:
@@ -300,9 +294,8 @@ class TrainingLoop:
         if before is None:
             before = self.evaluate("before")
             self._show(before)
-        before = {
-            k: v for k, v in before.items() if k not in ("answers", "items")
-        }  # the run keeps its own only
+        # the run keeps its own only
+        before = {k: v for k, v in before.items() if k not in ("answers", "items")}
         if self.main:
             self._update_manifest(eval_before=before)
         if config.log_with:

@@ -20,9 +20,8 @@ def wrap_lora(model: nn.Module, rank: int, alpha: int, targets: str) -> nn.Modul
         r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none"
     )
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # peft reads a transformers property that now warns; nothing for the user to do
+        # peft reads a transformers property that now warns; nothing for the user to do
+        with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
             )

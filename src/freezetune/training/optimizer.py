@@ -113,9 +113,8 @@ def retarget_optimizer(
         group = next((g for g in optimizer.param_groups if g.get("name") == fresh["name"]), None)
         if group is not None:
             group["params"] = fresh["params"]
-        elif fresh[
-            "params"
-        ]:  # a kind of tensor that did not train before: a group, and the schedule's share of it
+        # a kind of tensor that did not train before: a group, and the schedule's share of it
+        elif fresh["params"]:
             base = peak * fresh["lr_scale"]
             factor = lr_scheduler.lr_lambdas[0](lr_scheduler.last_epoch)
             optimizer.add_param_group({**fresh, "lr": base * factor, "initial_lr": base})

@@ -62,9 +62,8 @@ class PrefixRunner:
         self.gradient_checkpointing = gradient_checkpointing
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
-        self.trained: set[str] = (
-            set()
-        )  # every tensor a retarget has set training: what moved away from the base
+        # every tensor a retarget has set training: what moved away from the base
+        self.trained: set[str] = set()
         self._originals: dict[int, object] = {}
         self._keys: list[str] | None = None
         self._lengths: list[int] | None = None
@@ -161,9 +160,8 @@ class PrefixRunner:
             def learn(module, inputs, output):
                 self._output_is_tuple = isinstance(output, tuple)
 
-            hook = self.blocks[0].register_forward_hook(
-                learn
-            )  # also at depth 0, which a schedule may leave
+            # also at depth 0, which a schedule may leave
+            hook = self.blocks[0].register_forward_hook(learn)
             try:
                 with torch.no_grad():
                     self.model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
@@ -176,9 +174,8 @@ class PrefixRunner:
 
         Yields True when the batch is replayed from the cache (blocks below k skipped)."""
         caching = self.cache is not None and keys is not None
-        keys = (
-            [f"{key}@{self.depth}" for key in keys] if caching else None
-        )  # valid at this depth only
+        # valid at this depth only
+        keys = [f"{key}@{self.depth}" for key in keys] if caching else None
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
         try:

@@ -109,9 +109,8 @@ class DiskPrefixCache(PrefixCache):
         self._open: tuple[str, object] | None = None  # the one shard held open for reading
         self.folder.mkdir(parents=True, exist_ok=True)
         marker = read_marker(self.folder)
-        if (
-            marker is None
-        ):  # a new cache, or one whose marker is damaged: nothing in it can be trusted
+        # a new cache, or one whose marker is damaged: nothing in it can be trusted
+        if marker is None:
             if (self.folder / MARKER).exists():
                 self._set_aside(self.folder / MARKER, "its marker is damaged")
             if (self.folder / "index.json").exists():
@@ -140,9 +139,8 @@ class DiskPrefixCache(PrefixCache):
             self._set_aside(path, "it is damaged")
             return
         for name, (digest, keys) in listed.items():
-            if (
-                SHARD.match(name) and (self.folder / name).is_file()
-            ):  # a shard gone from under the index is skipped
+            # a shard gone from under the index is skipped
+            if SHARD.match(name) and (self.folder / name).is_file():
                 self.sums[name] = digest
                 self.index.update({key: name for key in keys})
 

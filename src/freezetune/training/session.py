@@ -15,31 +15,17 @@ from freezetune.data.loading import load_data
 from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
-from freezetune.models.loading import (
-    LoadedModel,
-    load_model,
-    require_causal_lm,
-)
+from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
 from freezetune.runs.checkpoint import checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
-from freezetune.runs.manifest import (
-    check_base,
-    meaning_hashes,
-    model_hash,
-    read_manifest,
-    versions,
-)
+from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
-from freezetune.training.precision import (
-    MIXED,
-    store_in_training_precision,
-    training_precision,
-)
+from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
 from freezetune.training.prefix_cache import PrefixCache
 
 RESUME_MAY_CHANGE = {
@@ -96,9 +82,8 @@ def _run_dir(config: TrainConfig) -> Path:
 def changed_setting(saved: dict, config: TrainConfig, keys) -> str | None:
     """The first of ``keys`` that would change a run's results and on which ``config`` differs from the
     run's saved config (a resume, or a comparison deciding whether a run can be reused)."""
-    defaults = {
-        f.name: f.default for f in fields(TrainConfig)
-    }  # a run saved before an option existed had its default
+    # a run saved before an option existed had its default
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     return next(
         (
             key
@@ -165,17 +150,15 @@ def open_session(
 ) -> Session:
     """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
     config.validate()
-    world = (
-        process_state().num_processes
-    )  # under torchrun / accelerate launch: the real process count
+    # under torchrun / accelerate launch: the real process count
+    world = process_state().num_processes
     check_layout(
         config,
         world,
         type(sharding).__name__.replace("Settings", "") if sharding is not None else None,
     )
-    plan = FreezePlan.from_argument(
-        config.plan_text
-    )  # a typo in the plan fails before the model loads
+    # a typo in the plan fails before the model loads
+    plan = FreezePlan.from_argument(config.plan_text)
     run_dir = _run_dir(config)
     main_process = process_state().is_main_process
     lock = lock_folder(run_dir, "training run") if config.resume and main_process else None
@@ -189,9 +172,8 @@ def open_session(
     if config.resume:
         check_resumable(read_manifest(run_dir), run_dir, config, base_sha256, loaded.path)
     if config.lora_r:
-        torch.manual_seed(
-            config.seed
-        )  # peft draws the A matrices at random: the seed must decide them, not earlier work
+        # peft draws the A matrices at random: the seed must decide them, not earlier work
+        torch.manual_seed(config.seed)
         loaded.model = wrap_lora(
             loaded.model, config.lora_r, config.lora_alpha, config.lora_targets
         )
@@ -204,9 +186,8 @@ def open_session(
         check_sharding(sharding, loaded.model, resolved, config.precision)
     schedule = config.parsed_schedule
     if schedule is not None:
-        schedule.check(
-            resolved
-        )  # a schedule the plan cannot hold fails before the run folder exists
+        # a schedule the plan cannot hold fails before the run folder exists
+        schedule.check(resolved)
     train, held, notes = load_data(
         loaded.tokenizer,
         config.objective,
@@ -224,9 +205,8 @@ def open_session(
     notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume and not main_process:
-        run_dir.mkdir(
-            parents=True, exist_ok=True
-        )  # the main process writes the manifest; the others only their shards
+        # the main process writes the manifest; the others only their shards
+        run_dir.mkdir(parents=True, exist_ok=True)
     elif not config.resume:
         lock = lock_folder(run_dir, "training run")  # before anything in it is touched
         _run_dir(config)  # again, now that no other process can be writing there

@@ -110,16 +110,14 @@ class TrainStep:
                 if self.runner is not None
                 else contextlib.nullcontext()
             )
-            if (
-                targeted
-            ):  # the model returns the summed loss of the targets as its logits (training/head.py)
+            # the model returns the summed loss of the targets as its logits (training/head.py)
+            if targeted:
                 with around, self.head.targets(batch["labels"]), self.accelerator.autocast():
                     summed = self.model(
                         **{k: v for k, v in batch.items() if k != "labels"}, use_cache=False
                     ).logits.sum()
-                scaled = summed * (
-                    self.world / total
-                )  # the step's token mean, times what the backends average over
+                # the step's token mean, times what the backends average over
+                scaled = summed * (self.world / total)
                 loss_sum += summed.item()
             else:
                 with around, self.accelerator.autocast():

@@ -25,9 +25,8 @@ class TrainableSet:
         self.phase: int | None = None
         self.current = universe
         self._trained: set[str] = set() if schedule else set(universe.trainable_names())
-        self.applied = (
-            universe.trainable_names()
-        )  # what the model has set training: the whole plan, at first
+        # what the model has set training: the whole plan, at first
+        self.applied = universe.trainable_names()
         self.check: str | None = "full"  # the first-step check the coming step gets
 
     def advance(
