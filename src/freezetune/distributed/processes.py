@@ -140,3 +140,12 @@ def check_same_plan(accelerator, names: list[str]) -> None:
             f"the processes resolved different plans (trainable-set hashes {sorted(set(everyone))}); "
             "give every process the same model and plan"
         )
+
+
+def stop_agreed(accelerator, wanted: bool) -> bool:
+    """Whether any process wants to stop: a signal may reach one process first, and all of them must
+    stop at the same step."""
+    if accelerator.num_processes == 1:
+        return wanted
+    flag = torch.tensor([float(wanted)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item())

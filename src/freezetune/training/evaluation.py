@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from freezetune.data.examples import IGNORE, Example, collate, pad_token_id
+from freezetune.runs.durable import write_json, write_text
 from freezetune.training.prefix import PrefixRunner
 
 
@@ -203,3 +206,32 @@ def evaluate_model(
             every  # all of them, so that a score can be audited (the loop writes them apart)
         )
     return result
+
+
+def describe_evaluation(result: dict) -> str:
+    """An evaluation as the run's log shows it: loss, perplexity, exact match, a few generations."""
+    line = f"{result['label']}: eval loss {result['eval_loss']:.4f} "
+    line += f"(perplexity {result['eval_perplexity']:.2f})"
+    if "exact_match" in result:
+        line += (
+            f", exact match {100 * result['exact_match']:.1f}% of {result['exact_match_examples']}"
+        )
+    lines = [line]
+    for g in result.get("generations", []):
+        first, *more = g["output"].splitlines() or [""]
+        shown = first + (" …" if more else "")
+        lines.append(f"  prompt:    {g['prompt'].splitlines()[-1]}")
+        lines.append(f"  expected:  {g['reference']}\n  generated: {shown}")
+    return "\n".join(lines)
+
+
+def write_evaluations(run_dir: Path, before: dict, after: dict) -> None:
+    """eval.json (before and after), every answer behind the exact match (generations.jsonl, so the
+    score can be checked) and every held-out item's loss and correctness (eval-items.jsonl: what a
+    comparison's paired statistics are computed from)."""
+    answers, items = after.get("answers", []), after.get("items", [])
+    if answers:
+        write_text(run_dir / "generations.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
+    write_text(run_dir / "eval-items.jsonl", "".join(json.dumps(i) + "\n" for i in items))
+    kept = {k: v for k, v in after.items() if k not in ("answers", "items")}
+    write_json(run_dir / "eval.json", {"before": before, "after": kept})
