@@ -34,9 +34,8 @@ from freezetune.runs.manifest import meaning_hashes, read_json, read_manifest, r
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.session import changed_setting
 
-EXTEND_FACTOR = (
-    4  # a search whose best rate sits at its grid's edge tries one more rate this much further out
-)
+# a search whose best rate sits at its grid's edge tries one more rate this much further out
+EXTEND_FACTOR = 4
 
 
 def _retain_damage(retain: Path, reference: Path) -> str | None:

@@ -44,9 +44,8 @@ class Strategy:
     advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
     budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
     schedule: Schedule | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
-    rules: FreezePlan | None = (
-        None  # ``plan`` parsed, once: the checks use it, the workers get its text
-    )
+    # ``plan`` parsed, once: the checks use it, the workers get its text
+    rules: FreezePlan | None = None
 
     @property
     def slug(self) -> str:
@@ -260,9 +259,8 @@ class CompareSettings:
     lr_grid: list[float] = field(default_factory=lambda: [1.0])  # multiples of DEFAULT_LR[kind]
     search_steps: int = 10
     validation: int = 64
-    search_extensions: int = (
-        2  # how often a search whose best rate is at its grid's edge may go one step further
-    )
+    # how often a search whose best rate is at its grid's edge may go one step further
+    search_extensions: int = 2
 
     def given_rate(self, strategy: Strategy) -> float | None:
         """The strategy's own lr=, else the kind's --lr-*; None means it is searched."""

@@ -31,9 +31,8 @@ from freezetune.plans.resolution import ResolvedPlan
 
 @dataclass(frozen=True)
 class FsdpSettings:
-    reshard_after_forward: bool = (
-        True  # False: keep gathered parameters from forward to backward (faster, more memory)
-    )
+    # False: keep gathered parameters from forward to backward (faster, more memory)
+    reshard_after_forward: bool = True
     wrap_classes: tuple[
         str, ...
     ] = ()  # the launch config's transformer_layer_cls_to_wrap; must name the blocks

@@ -202,9 +202,8 @@ def evaluate_model(
         for answer in every:
             result["items"][answer["id"]]["correct"] = answer["correct"]
         result["generations"] = every[: config.show_generations]
-        result["answers"] = (
-            every  # all of them, so that a score can be audited (the loop writes them apart)
-        )
+        # all of them, so that a score can be audited (the loop writes them apart)
+        result["answers"] = every
     return result
 
 

@@ -54,12 +54,10 @@ class Session:
     cache: PrefixCache | None
     notes: list[str]
     sharding: FsdpSettings | ZeroSettings | None = None
-    cache_train: bool = (
-        True  # False: the run ends within one epoch, so only the held-out rows are cached
-    )
-    lock: FolderLock | None = (
-        None  # the run folder, held by this process (the main one) until the run ends
-    )
+    # False: the run ends within one epoch, so only the held-out rows are cached
+    cache_train: bool = True
+    # the run folder, held by this process (the main one) until the run ends
+    lock: FolderLock | None = None
 
 
 def _run_dir(config: TrainConfig) -> Path:
