@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from freezetune.cli.commands import main
-from freezetune.comparison.strategies import CompareOptions, parse_strategy
+from freezetune.comparison.settings import CompareOptions
+from freezetune.comparison.strategies import parse_strategy
 from freezetune.errors import FreezetuneError
 
 RATES = ["--lr-full", "1e-4", "--lr-lora", "1e-3", "--lr-plan", "1e-3"]  # given rates: no search, one worker per strategy

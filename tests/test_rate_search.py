@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from freezetune.comparison import runner
-from freezetune.comparison.strategies import CompareOptions, CompareSettings, parse_strategy
+from freezetune.comparison.settings import CompareOptions, CompareSettings
+from freezetune.comparison.strategies import parse_strategy
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from freezetune.cli.cache import run_cache
-from freezetune.comparison.strategies import CompareOptions
+from freezetune.comparison.settings import CompareOptions
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import (

@@ -14,13 +14,9 @@ from pathlib import Path
 import torch
 
 from freezetune.comparison.forgetting import base_distributions, build_retain
-from freezetune.comparison.strategies import (
-    CompareSettings,
-    Strategy,
-    fingerprint,
-    run_config,
-    validate,
-)
+from freezetune.comparison.preflight import fingerprint, validate
+from freezetune.comparison.settings import CompareSettings, run_config
+from freezetune.comparison.strategies import Strategy
 from freezetune.comparison.worker import STOPPED, finished, release_memory
 from freezetune.data.examples import pad_token_id
 from freezetune.data.loading import load_data

@@ -1,0 +1,147 @@
+"""Everything that can be wrong with a comparison, found before its first run trains: the strategies
+against the model, the retain and validation sets, and the output folder, whose compare.json pins
+what all runs share (model, data, eval and retain sets) so that one folder cannot mix two
+comparisons."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from freezetune.comparison.settings import CompareSettings
+from freezetune.data.files import content_hash
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import load_model, require_causal_lm
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import resolve
+from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
+
+
+def fingerprint(settings: CompareSettings, base_sha256: str, model_files: dict[str, str]) -> dict:
+    """What the base reference and every run share; a rerun with any of it changed is another comparison.
+    Each run's own settings (rate, seed, steps, warmup...) are checked run by run (runner.py)."""
+    config = settings.base_config
+    return {
+        "model": settings.model,
+        "model_sha256": base_sha256,
+        "model_files": model_files,
+        "objective": config.objective,
+        "data": content_hash(config.data),
+        "eval_data": content_hash(config.eval_data),
+        "retain": content_hash(settings.retain) if settings.retain else "built-in prompts",
+        "seq_len": config.seq_len,
+        "eval_generate": config.eval_generate,
+        "max_new_tokens": config.max_new_tokens,
+    }
+
+
+def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
+    state_path = settings.out / "compare.json"
+    if state_path.is_file():
+        earlier = read_json(state_path)
+        if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):
+            raise FreezetuneError(
+                f"{state_path}: damaged; it does not say which comparison {settings.out} holds"
+            )
+        earlier = earlier["fingerprint"]
+        changed = [k for k in pinned if earlier.get(k) != pinned[k]]
+        # the same --model, but another model
+        if "model_sha256" in changed or "model_files" in changed:
+            was, now = earlier.get("model_files"), pinned["model_files"]
+            # None: a comparison from before the files were recorded
+            if "model_sha256" in changed or was is None:
+                what = (
+                    "its weights changed"
+                    if "model_sha256" in changed
+                    else "its config and tokenizer files were recorded"
+                )
+            else:
+                what = (
+                    ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n)))
+                    + " changed"
+                )
+            raise FreezetuneError(
+                f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
+                "and base reference may belong to another model: choose another --out"
+            )
+        if changed:
+            raise FreezetuneError(
+                f"{settings.out} holds a comparison with another {', '.join(changed)} "
+                f"(--{changed[0].replace('_', '-')}); "
+                "choose another --out"
+            )
+
+
+def validate(settings: CompareSettings) -> tuple[object, str]:
+    """Everything that can be wrong, found before the first run trains."""
+    if not settings.strategies:
+        raise FreezetuneError("give at least one --strategy")
+    slugs = [s.slug for s in settings.strategies]
+    if len(set(slugs)) != len(slugs):
+        raise FreezetuneError(
+            f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'"
+        )
+    settings.base_config.validate()
+    loaded = load_model(
+        settings.model,
+        Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
+    )
+    require_causal_lm(loaded, "compare")
+    if any(strategy.advise for strategy in settings.strategies):
+        # the advisor's pick on this model and the comparison's training data becomes the plan
+        from freezetune.advice.advisor import advise
+        from freezetune.data.loading import load_data
+
+        config = settings.base_config
+        examples = load_data(
+            loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len
+        )[0].examples
+        for index, strategy in enumerate(settings.strategies):
+            if strategy.advise:
+                plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)[
+                    "plan"
+                ]
+                settings.strategies[index] = replace(
+                    strategy,
+                    name=f"{strategy.name} → {plan}",
+                    plan=plan,
+                    rules=FreezePlan.parse(plan),
+                )
+    anatomy = find_anatomy(loaded.model)
+    for strategy in settings.strategies:
+        if strategy.kind == "plan":
+            try:
+                resolved = resolve(strategy.rules, anatomy)
+                if strategy.schedule:
+                    strategy.schedule.check(resolved)
+            except FreezetuneError as exc:
+                raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
+    if settings.retain is not None:
+        if not Path(settings.retain).is_file():
+            raise FreezetuneError(f"--retain {settings.retain} does not exist")
+        from freezetune.data.files import read_records
+
+        records = read_records(settings.retain)
+        if not any(
+            isinstance(r.fields.get("text"), str) and r.fields["text"].strip() for r in records
+        ):
+            raise FreezetuneError(
+                f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
+            )
+    if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
+        from freezetune.data.loading import load_data
+
+        # too few examples for the validation split fail here, before anything trains
+        config = settings.base_config
+        load_data(
+            loaded.tokenizer,
+            config.objective,
+            config.data,
+            config.eval_data,
+            config.seq_len,
+            settings.validation,
+        )
+    base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
+    check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
+    return loaded, base_sha256
