@@ -10,7 +10,8 @@ import torch
 
 from freezetune.comparison.results import strategy_row
 from freezetune.comparison.statistics import mean_std, wilson
-from freezetune.comparison.verdict import _ratio, decide, recommend
+from freezetune.comparison.verdict import decide
+from freezetune.comparison.wording import ratio, recommend
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import parse_margins
 
@@ -143,7 +144,7 @@ def test_seeds_scored_on_different_items_are_refused(tmp_path):
 
 
 def test_report_ratios_keep_two_significant_digits():
-    assert [_ratio(0.034, 1), _ratio(3, 2), _ratio(12.3, 1), _ratio(None, 1)] == ["0.034×", "1.5×", "12×", "n/a"]
+    assert [ratio(0.034, 1), ratio(3, 2), ratio(12.3, 1), ratio(None, 1)] == ["0.034×", "1.5×", "12×", "n/a"]
 
 
 def test_the_stored_top_k_kl_is_exact_with_every_token_and_a_lower_bound_with_fewer():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.results import FIELDS, base_row, group_runs
-from freezetune.comparison.verdict import choose_metric, decide, recommend
+from freezetune.comparison.verdict import choose_metric, decide
+from freezetune.comparison.wording import recommend
 from freezetune.plans.preview import human_bytes
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json

@@ -16,41 +16,26 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 from freezetune.comparison.inference import (
-    METHOD,
-    Estimate,
     estimate,
-    holm,
     items_are_the_limit,
     paired,
     seed_noise,
     seeds_needed,
 )
+from freezetune.comparison.pairs import (
+    LEVEL,
+    LOWER_IS_BETTER,
+    MARGINS,
+    METRIC_NAMES,
+    better,
+    dominance,
+    margin,
+    memory_order,
+    pair_tests,
+)
 from freezetune.comparison.results import item_tables
-
-METRIC_NAMES = {
-    "exact_match": "exact match",
-    "eval_loss": "eval loss",
-    "retain_kl": "KL from the base",
-    "peak_memory_bytes": "peak memory",
-}
-LOWER_IS_BETTER = {
-    "exact_match": False,
-    "eval_loss": True,
-    "retain_kl": True,
-    "peak_memory_bytes": True,
-}
-# "not worse": eval loss within 1% of the strategies' mean, exact match within 2 points, KL within
-# 10% of the mean KL
-MARGINS = {
-    "eval_loss": ("relative", 0.01),
-    "exact_match": ("absolute", 0.02),
-    "retain_kl": ("relative", 0.10),
-}
-MEMORY_MARGIN = 1.05  # peak memory barely varies by seed; closer than 5% is not a difference
-LEVEL = 0.05
+from freezetune.comparison.wording import verdict_sentence
 
 
 def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[str, str]:
@@ -70,64 +55,6 @@ def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[s
     return "eval_loss", why
 
 
-def _margin(metric: str, done: list[dict], given: dict) -> float:
-    kind, size = given.get(metric) or MARGINS[metric]
-    if kind == "absolute":
-        return size
-    return size * float(np.mean([r[metric] for r in done if r.get(metric) is not None] or [0.0]))
-
-
-def _tests(done: list[dict], tables: dict, metric: str, noises: dict) -> list[dict]:
-    """Every pair on one metric, paired by item and seed, Holm-corrected across the pairs."""
-    if metric not in noises:
-        return []
-    noise = noises[metric]
-    tests = []
-    for a, b in itertools.combinations(done, 2):
-        found = paired(tables[a["strategy"]][metric], tables[b["strategy"]][metric], noise)
-        tests.append(
-            {
-                "a": a["strategy"],
-                "b": b["strategy"],
-                "metric": metric,
-                "estimate": found.value,
-                "ci": list(found.interval()) if found.se is not None else None,
-                "p": found.p,
-                "method": METHOD,
-                "_found": found,
-            }
-        )
-    for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
-        test["p_adjusted"] = adjusted
-    return tests
-
-
-def _better(test: dict, lower: bool) -> int:
-    """+1: a is better than b after correction; -1: worse; 0: not separated."""
-    if test["p_adjusted"] is None or test["p_adjusted"] >= LEVEL:
-        return 0
-    return (1 if test["estimate"] < 0 else -1) if lower else (1 if test["estimate"] > 0 else -1)
-
-
-def _not_worse(found: Estimate, lower: bool, margin: float, for_a: bool) -> bool:
-    """Whether a (or b) is not worse than the other beyond ``margin``: the one-sided 95% bound of the
-    difference a - b, on the side that would make it worse, stays within the margin."""
-    worse = (1 if lower else -1) * (1 if for_a else -1)  # the sign of a - b that means "worse"
-    bound = found.bound(worse)
-    return bound is not None and worse * bound <= margin
-
-
-def _memory(a: dict, b: dict) -> tuple[int, bool]:
-    """(+1/-1/0 better, a not worse) on peak memory, which barely varies by seed."""
-    low, high = sorted([a["peak_memory_bytes"], b["peak_memory_bytes"]])
-    better = (
-        (1 if a["peak_memory_bytes"] < b["peak_memory_bytes"] else -1)
-        if high > low * MEMORY_MARGIN
-        else 0
-    )
-    return better, a["peak_memory_bytes"] <= b["peak_memory_bytes"] * MEMORY_MARGIN
-
-
 def _annotate(done: list[dict], tables: dict, noises: dict) -> None:
     """Each row's own 95% intervals from the same model, over its items and seeds."""
     for metric, noise in noises.items():
@@ -143,44 +70,6 @@ def _annotate(done: list[dict], tables: dict, noises: dict) -> None:
                 )
         for row in done:
             row["seeds_count"] = tables[row["strategy"]][metric].shape[0]
-
-
-def _shown(row: dict, metric: str) -> str:
-    ci = row.get(f"{metric}_ci")
-    if metric == "exact_match":
-        interval = f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else ""
-        return f"exact match {100 * row['exact_match']:.1f}%{interval}"
-    if metric in ("eval_loss", "retain_kl"):
-        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
-        return f"{'eval loss' if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
-    return f"{row[metric] / 2**30:.2f} GiB peak"
-
-
-def _pair_outcome(
-    test_q: dict | None,
-    test_c: dict | None,
-    a: dict,
-    b: dict,
-    metric: str,
-    cost: str,
-    margins: dict,
-) -> str | None:
-    """ "a" or "b" when one dominates the other, else None."""
-    for winner, for_a in (("a", True), ("b", False)):
-        sign = 1 if for_a else -1
-        q_better = test_q is not None and _better(test_q, LOWER_IS_BETTER[metric]) == sign
-        q_fine = test_q is not None and _not_worse(
-            test_q["_found"], LOWER_IS_BETTER[metric], margins[metric], for_a
-        )
-        if cost == "peak_memory_bytes":
-            memory_better, a_fine = _memory(a, b) if for_a else _memory(b, a)
-            c_better, c_fine = memory_better == 1, a_fine
-        else:
-            c_better = test_c is not None and _better(test_c, True) == sign
-            c_fine = test_c is not None and _not_worse(test_c["_found"], True, margins[cost], for_a)
-        if (q_better and c_fine) or (c_better and q_fine):
-            return winner
-    return None
 
 
 def decide(
@@ -224,9 +113,9 @@ def decide(
         else "peak_memory_bytes"
     )
     # in each metric's units
-    bounds = {m: _margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS}
-    quality_tests = _tests(done, tables, metric, noises)
-    cost_tests = _tests(done, tables, cost, noises) if cost in MARGINS else []
+    bounds = {m: margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS}
+    quality_tests = pair_tests(done, tables, metric, noises)
+    cost_tests = pair_tests(done, tables, cost, noises) if cost in MARGINS else []
     for test in quality_tests:
         test["axis"] = "quality"
     for test in cost_tests:
@@ -239,15 +128,15 @@ def decide(
             by_pair.get((a["strategy"], b["strategy"], "quality")),
             by_pair.get((a["strategy"], b["strategy"], "forgetting")),
         )
-        winner = _pair_outcome(q, c, a, b, metric, cost, bounds)
+        winner = dominance(q, c, a, b, metric, cost, bounds)
         if winner:
             dominates.add(
                 (a["strategy"], b["strategy"]) if winner == "a" else (b["strategy"], a["strategy"])
             )
         apart = (
-            (q is not None and _better(q, LOWER_IS_BETTER[metric]) != 0)
-            or (c is not None and _better(c, True) != 0)
-            or (cost == "peak_memory_bytes" and _memory(a, b)[0] != 0)
+            (q is not None and better(q, LOWER_IS_BETTER[metric]) != 0)
+            or (c is not None and better(c, True) != 0)
+            or (cost == "peak_memory_bytes" and memory_order(a, b)[0] != 0)
         )
         if apart:
             separated.add(frozenset((a["strategy"], b["strategy"])))
@@ -271,7 +160,7 @@ def decide(
                 t := by_pair.get((best["strategy"], r["strategy"], "quality"))
                 or by_pair.get((r["strategy"], best["strategy"], "quality"))
             )
-            and _better(t, LOWER_IS_BETTER[metric])
+            and better(t, LOWER_IS_BETTER[metric])
         )
     ]
     dominated = [
@@ -301,39 +190,11 @@ def decide(
         len(quality_tests) or 1,
         seeds,
     )
-    items = done[0].get("exact_match_items")
-    units = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {items} items" if items else "")
-    corrected = (
-        f"Holm-corrected over {len(quality_tests)} pairs" if len(quality_tests) > 1 else "one pair"
+    named = {"best": best["strategy"], "gentlest": gentlest["strategy"], "dominated": dominated}
+    context = {**verdict, **named, "cost_metric": cost}
+    sentence = verdict_sentence(
+        done, failed, context, tied_best, bool(separated), len(quality_tests), seeds
     )
-    if len(done) == 1:
-        sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
-    elif not quality_tests and len(done) > 1:
-        sentence = (
-            f"No test on {METRIC_NAMES[metric]} was possible: some runs have no per-item records "
-            "(eval-items.jsonl, written since freezetune scores items one by one); run the comparison again."
-        )
-    elif not separated:
-        sentence = (
-            f"No measurable difference: {', '.join(r['strategy'] for r in done)} cannot be told apart on "
-            f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({units}; {corrected})."
-        )
-    else:
-        sentence = f"Best {METRIC_NAMES[metric]}: {best['strategy']} ({_shown(best, metric)})"
-        if tied_best:
-            sentence += f", not separable from {', '.join(r['strategy'] for r in tied_best)}"
-        if gentlest is not best:
-            sentence += f"; least forgetting: {gentlest['strategy']} ({_shown(gentlest, cost)})"
-        if dominated:
-            sentence += "; dominated: " + ", ".join(
-                f"{d['strategy']} (by {d['by']})" for d in dominated
-            )
-        chosen = f"{METRIC_NAMES[metric]}, chosen before training: {metric_reason}"
-        sentence += f". Ranked by {chosen} ({units}; {corrected})."
-    if failed:
-        sentence += (
-            " Failed: " + "; ".join(f"{r['strategy']} ({r['reason']})" for r in failed) + "."
-        )
     tests = [{k: v for k, v in t.items() if k != "_found"} for t in quality_tests + cost_tests]
     return {
         **verdict,
@@ -379,44 +240,3 @@ def _hints(
             f"{difference.shape[1]} items are the limit; only more distinct eval items would"
         ]
     return []
-
-
-def _ratio(a, b) -> str:
-    """Two significant digits: 0.034×, 1.5×, 12× (one decimal printed 0.034 as 0.0×)."""
-    return f"{a / b:.2g}×" if a is not None and b else "n/a"
-
-
-def recommend(rows: list[dict], verdict: dict) -> list[str]:
-    """The verdict's sentence, then the frontier with its numbers, what each dominated run costs, the hints."""
-    lines = [verdict["sentence"]]
-    if not verdict["frontier"]:
-        return lines
-    metric, cost = verdict["quality_metric"], verdict["cost_metric"]
-    by_name = {r["strategy"]: r for r in rows}
-    on = [by_name[name] for name in verdict["frontier"]]
-    lines.append(
-        f"On the frontier of {METRIC_NAMES[metric]} against {METRIC_NAMES[cost]}: "
-        + "; ".join(
-            f"{r['strategy']} ({_shown(r, metric)}, {_shown(r, cost)}, lr {r['lr']:.3g})"
-            for r in on
-        )
-        + "."
-    )
-    best = by_name[verdict["best"]]
-    lines.append(
-        f"Best quality: {best['strategy']}, at {_ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
-        f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
-    )
-    for entry in verdict["dominated"]:
-        row, winner = by_name[entry["strategy"]], by_name[entry["by"]]
-        lines.append(
-            f"{row['strategy']} is dominated by {winner['strategy']}: "
-            f"{_shown(row, metric)} vs {_shown(winner, metric)}, "
-            f"{_ratio(row[cost], winner[cost])} the {METRIC_NAMES[cost]}, "
-            f"{_ratio(row['peak_memory_bytes'], winner['peak_memory_bytes'])} the peak memory, "
-            f"{_ratio(row['step_time_s'], winner['step_time_s'])} the step time."
-        )
-    for group in verdict["indistinguishable"]:
-        lines.append(f"Not separable on either axis: {', '.join(group)}.")
-    lines += [f"To separate them: {hint}." for hint in verdict["hints"]]
-    return lines

@@ -1,0 +1,113 @@
+"""The verdict in words: the sentence that ends a comparison and the lines of its recommendation,
+each number with its interval."""
+
+from __future__ import annotations
+
+from freezetune.comparison.pairs import METRIC_NAMES
+
+
+def shown(row: dict, metric: str) -> str:
+    ci = row.get(f"{metric}_ci")
+    if metric == "exact_match":
+        interval = f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else ""
+        return f"exact match {100 * row['exact_match']:.1f}%{interval}"
+    if metric in ("eval_loss", "retain_kl"):
+        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        return f"{'eval loss' if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
+    return f"{row[metric] / 2**30:.2f} GiB peak"
+
+
+def verdict_sentence(
+    done: list[dict],
+    failed: list[dict],
+    verdict: dict,
+    tied_best: list[dict],
+    separated: bool,
+    pairs: int,
+    seeds: int,
+) -> str:
+    """The verdict in one paragraph: best, least forgetting, what is dominated, the units and the
+    correction; or that nothing could be told apart, and why."""
+    metric, cost, metric_reason = (
+        verdict["metric"],
+        verdict["cost_metric"],
+        verdict["metric_reason"],
+    )
+    by_name = {r["strategy"]: r for r in done}
+    best, gentlest, dominated = (
+        by_name[verdict["best"]],
+        by_name[verdict["gentlest"]],
+        verdict["dominated"],
+    )
+    items = done[0].get("exact_match_items")
+    units = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {items} items" if items else "")
+    corrected = f"Holm-corrected over {pairs} pairs" if pairs > 1 else "one pair"
+    if len(done) == 1:
+        sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
+    elif not pairs and len(done) > 1:
+        sentence = (
+            f"No test on {METRIC_NAMES[metric]} was possible: some runs have no per-item records "
+            "(eval-items.jsonl, written since freezetune scores items one by one); run the comparison again."
+        )
+    elif not separated:
+        sentence = (
+            f"No measurable difference: {', '.join(r['strategy'] for r in done)} cannot be told apart on "
+            f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({units}; {corrected})."
+        )
+    else:
+        sentence = f"Best {METRIC_NAMES[metric]}: {best['strategy']} ({shown(best, metric)})"
+        if tied_best:
+            sentence += f", not separable from {', '.join(r['strategy'] for r in tied_best)}"
+        if gentlest is not best:
+            sentence += f"; least forgetting: {gentlest['strategy']} ({shown(gentlest, cost)})"
+        if dominated:
+            sentence += "; dominated: " + ", ".join(
+                f"{d['strategy']} (by {d['by']})" for d in dominated
+            )
+        chosen = f"{METRIC_NAMES[metric]}, chosen before training: {metric_reason}"
+        sentence += f". Ranked by {chosen} ({units}; {corrected})."
+    if failed:
+        sentence += (
+            " Failed: " + "; ".join(f"{r['strategy']} ({r['reason']})" for r in failed) + "."
+        )
+    return sentence
+
+
+def ratio(a, b) -> str:
+    """Two significant digits: 0.034×, 1.5×, 12× (one decimal printed 0.034 as 0.0×)."""
+    return f"{a / b:.2g}×" if a is not None and b else "n/a"
+
+
+def recommend(rows: list[dict], verdict: dict) -> list[str]:
+    """The verdict's sentence, then the frontier with its numbers, what each dominated run costs, the hints."""
+    lines = [verdict["sentence"]]
+    if not verdict["frontier"]:
+        return lines
+    metric, cost = verdict["quality_metric"], verdict["cost_metric"]
+    by_name = {r["strategy"]: r for r in rows}
+    on = [by_name[name] for name in verdict["frontier"]]
+    lines.append(
+        f"On the frontier of {METRIC_NAMES[metric]} against {METRIC_NAMES[cost]}: "
+        + "; ".join(
+            f"{r['strategy']} ({shown(r, metric)}, {shown(r, cost)}, lr {r['lr']:.3g})" for r in on
+        )
+        + "."
+    )
+    best = by_name[verdict["best"]]
+    lines.append(
+        f"Best quality: {best['strategy']}, at {ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
+        f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
+    )
+    for entry in verdict["dominated"]:
+        row, winner = by_name[entry["strategy"]], by_name[entry["by"]]
+        lines.append(
+            f"{row['strategy']} is dominated by {winner['strategy']}: "
+            f"{shown(row, metric)} vs {shown(winner, metric)}, "
+            f"{ratio(row[cost], winner[cost])} the {METRIC_NAMES[cost]}, "
+            f"{ratio(row['peak_memory_bytes'], winner['peak_memory_bytes'])} the peak memory, "
+            f"{ratio(row['step_time_s'], winner['step_time_s'])} the step time."
+        )
+    for group in verdict["indistinguishable"]:
+        lines.append(f"Not separable on either axis: {', '.join(group)}.")
+    lines += [f"To separate them: {hint}." for hint in verdict["hints"]]
+    return lines
