@@ -3,112 +3,24 @@ worker process) and one run per seed (a worker process each, so each peak memory
 
 from __future__ import annotations
 
-import json
-import math
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from freezetune.comparison.forgetting import base_distributions, build_retain
 from freezetune.comparison.preflight import fingerprint, validate
+from freezetune.comparison.rate_search import choose_rate
+from freezetune.comparison.reference import base_reference
 from freezetune.comparison.settings import CompareSettings, run_config
 from freezetune.comparison.strategies import Strategy
 from freezetune.comparison.worker import STOPPED, finished, release_memory
-from freezetune.data.examples import pad_token_id
-from freezetune.data.loading import load_data
 from freezetune.distributed.processes import die_with_parent
 from freezetune.errors import FreezetuneError
-from freezetune.models.loading import file_sha256
-from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
-from freezetune.runs.durable import set_aside, write_json, write_text
+from freezetune.runs.durable import write_json
 from freezetune.runs.lock import lock_folder
-from freezetune.runs.manifest import meaning_hashes, read_json, read_manifest, read_metrics
-from freezetune.training.evaluation import evaluate_model
+from freezetune.runs.manifest import meaning_hashes, read_manifest
 from freezetune.training.session import changed_setting
-
-# a search whose best rate sits at its grid's edge tries one more rate this much further out
-EXTEND_FACTOR = 4
-
-
-def _retain_damage(retain: Path, reference: Path) -> str | None:
-    """Why the retain set cannot be trusted: a file that fails its checksum, or examples that are not the
-    ones the base's distributions were computed on."""
-    try:
-        recorded = read_metadata(reference).get("retain_sha256")
-        read_tensors(reference)
-    except FreezetuneError as exc:
-        return str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
-    if not retain.is_file():
-        return f"{retain.name} is missing"
-    if recorded is not None and file_sha256(retain) != recorded:
-        return f"{retain.name} is not the file its distributions were computed on"
-    return None
-
-
-def _reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
-    """The base model's evaluation (every run's "before") and its retain distributions, computed once
-    per output folder and kept on disk: the runs never need the base model resident."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
-    path = settings.out / "base.json"
-    if not path.is_file():
-        config = settings.base_config
-        _, held, _ = load_data(
-            tokenizer,
-            config.objective,
-            config.data,
-            config.eval_data,
-            config.seq_len,
-            config.validation,
-        )
-        log("evaluating the base model once, as the reference row")
-        measured = evaluate_model(
-            base,
-            tokenizer,
-            held.examples,
-            settings.base_config,
-            device,
-            label="base",
-            progress=progress,
-        )
-        write_text(
-            settings.out / "base-items.jsonl",
-            "".join(json.dumps(i) + "\n" for i in measured.pop("items")),
-        )
-        write_json(path, {**measured, "label": "before"})
-    retain, reference = settings.out / "retain.json", settings.out / "retain-base.safetensors"
-    if reference.is_file() and (why := _retain_damage(retain, reference)):
-        for damaged in (p for p in (retain, reference) if p.is_file()):
-            log(
-                f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again"
-            )
-    if not reference.is_file():
-        examples = build_retain(
-            base,
-            tokenizer,
-            settings.base_config.seq_len,
-            device,
-            settings.retain,
-            progress=progress,
-        )
-        write_json(retain, [vars(e) for e in examples])
-        save_trainable(
-            base_distributions(
-                base,
-                examples,
-                settings.base_config.batch_size,
-                pad_token_id(tokenizer),
-                device,
-                progress=progress,
-            ),
-            reference,
-            {"retain_sha256": file_sha256(retain)},
-        )
-    return {k: v for k, v in read_json(path).items() if k != "answers"}
 
 
 def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str:
@@ -217,117 +129,6 @@ def _run_group(
     return outcome
 
 
-def _val_loss(run_dir: Path) -> tuple[float | None, str | None]:
-    failed = read_json(run_dir / "failed.json")
-    if failed:
-        return None, failed.get("reason")
-    loss = ((read_json(run_dir / "eval.json") or {}).get("after") or {}).get("eval_loss")
-    return (
-        (loss, None)
-        if loss is not None and math.isfinite(loss)
-        else (None, "no finite validation loss")
-    )
-
-
-def _search_results(grid: list[float], configs) -> list[dict]:
-    results = []
-    for rate, config in zip(grid, configs):
-        loss, reason = _val_loss(Path(config.out))
-        steps = (
-            read_metrics(Path(config.out) / "metrics.jsonl")
-            if (Path(config.out) / "metrics.jsonl").is_file()
-            else []
-        )
-        results.append(
-            {
-                "lr": rate,
-                "val_loss": loss,
-                "reason": reason,
-                "train_s": sum(m.get("step_time_s", 0) for m in steps),
-            }
-        )
-    return results
-
-
-def _choose_rate(
-    settings: CompareSettings, strategy: Strategy, reference: dict, log, should_stop
-) -> float | str | None:
-    """The strategy's rate: given, or the search's best by validation loss. None: stopped;
-    a string: why the search failed."""
-    group = settings.out / "runs" / strategy.slug
-    given = settings.given_rate(strategy)
-    if given is not None:
-        group.mkdir(parents=True, exist_ok=True)
-        write_json(
-            group / "search.json", {"strategy": strategy.name, "chosen": given, "results": []}
-        )
-        return given
-    grid = settings.search_grid(strategy)
-    announce = (
-        f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
-        f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)"
-    )
-    extended: list[float] = []
-    while True:
-        configs = [run_config(settings, strategy, rate) for rate in grid]
-        outcome = _run_group(
-            settings, strategy, configs, "search", reference, log, should_stop, announce
-        )
-        if outcome == "stopped":
-            return None
-        results = _search_results(grid, configs)
-        scored = [r for r in results if r["val_loss"] is not None]
-        if not scored:
-            return (
-                f"every rate of the search failed (lr {results[0]['lr']:g}: {results[0]['reason']})"
-            )
-        chosen = min(scored, key=lambda r: r["val_loss"])["lr"]
-        # the best may lie beyond the grid: extend it that way before choosing, a bounded number of times
-        edge = chosen in (grid[0], grid[-1]) and len(grid) > 1
-        if not edge or len(extended) >= settings.search_extensions:
-            break
-        step = EXTEND_FACTOR if chosen == grid[-1] else 1 / EXTEND_FACTOR
-        extended.append(float(f"{chosen * step:.3g}"))
-        announce = (
-            f"{strategy.name}: lr {chosen:g} is the {'highest' if step > 1 else 'lowest'} rate tried; "
-            f"extending the search to {extended[-1]:g}"
-        )
-        grid = sorted(grid + extended[-1:])
-    train_s = sum(r["train_s"] for r in results)
-    write_json(
-        group / "search.json",
-        {
-            "strategy": strategy.name,
-            "grid": grid,
-            "extended": extended,
-            "steps": settings.search_steps,
-            "validation": settings.validation,
-            "results": results,
-            "chosen": chosen,
-            "train_s": train_s,
-            "at_grid_edge": edge,
-        },
-    )
-    log(
-        f"{strategy.name}: lr {chosen:g} chosen (validation loss "
-        + ", ".join(
-            f"{r['lr']:g}: {r['val_loss']:.4f}"
-            if r["val_loss"] is not None
-            else f"{r['lr']:g}: failed"
-            for r in results
-        )
-        + f"; the search trained for {train_s:.0f} s)"
-        + (
-            f"; it is still the {'highest' if chosen == grid[-1] else 'lowest'} rate "
-            f"after {len(extended)} extension(s), "
-            "so a wider --lr-grid or more --search-extensions may find a better one"
-            if edge
-            else ""
-        )
-    )
-    return chosen
-
-
 def run_comparison(
     settings: CompareSettings,
     log: Callable[[str], None] = print,
@@ -360,7 +161,7 @@ def _compare(
             "strategies": [s.name for s in settings.strategies],
         },
     )
-    reference = _reference(settings, loaded, log, progress)
+    reference = base_reference(settings, loaded, log, progress)
     del loaded
     release_memory()
     run_dirs: list[Path] = []
@@ -371,7 +172,13 @@ def _compare(
         header = f"[{number}/{len(settings.strategies)}] {strategy.name}"
         searched_before = (settings.out / "runs" / strategy.slug / "search.json").is_file()
         log(header)
-        rate = _choose_rate(settings, strategy, reference, log, should_stop)
+
+        def train_search(configs, announce, strategy=strategy):
+            return _run_group(
+                settings, strategy, configs, "search", reference, log, should_stop, announce
+            )
+
+        rate = choose_rate(settings, strategy, train_search, log)
         if rate is None:
             log(f"{strategy.name}: stopped; run the same command again to continue")
             return run_dirs

@@ -1,0 +1,98 @@
+"""The base model's reference, computed once per comparison and kept on disk: its evaluation (every
+run's "before") and its next-token distributions on the retain set (what each run's KL is measured
+against), so that no run needs the base model resident beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from freezetune.comparison.forgetting import base_distributions, build_retain
+from freezetune.comparison.settings import CompareSettings
+from freezetune.data.examples import pad_token_id
+from freezetune.data.loading import load_data
+from freezetune.errors import FreezetuneError
+from freezetune.models.loading import file_sha256
+from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
+from freezetune.runs.durable import set_aside, write_json, write_text
+from freezetune.runs.manifest import read_json
+from freezetune.training.evaluation import evaluate_model
+
+
+def _retain_damage(retain: Path, reference: Path) -> str | None:
+    """Why the retain set cannot be trusted: a file that fails its checksum, or examples that are not the
+    ones the base's distributions were computed on."""
+    try:
+        recorded = read_metadata(reference).get("retain_sha256")
+        read_tensors(reference)
+    except FreezetuneError as exc:
+        return str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
+    if not retain.is_file():
+        return f"{retain.name} is missing"
+    if recorded is not None and file_sha256(retain) != recorded:
+        return f"{retain.name} is not the file its distributions were computed on"
+    return None
+
+
+def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
+    """The base model's evaluation (every run's "before") and its retain distributions, computed once
+    per output folder and kept on disk: the runs never need the base model resident."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
+    path = settings.out / "base.json"
+    if not path.is_file():
+        config = settings.base_config
+        _, held, _ = load_data(
+            tokenizer,
+            config.objective,
+            config.data,
+            config.eval_data,
+            config.seq_len,
+            config.validation,
+        )
+        log("evaluating the base model once, as the reference row")
+        measured = evaluate_model(
+            base,
+            tokenizer,
+            held.examples,
+            settings.base_config,
+            device,
+            label="base",
+            progress=progress,
+        )
+        write_text(
+            settings.out / "base-items.jsonl",
+            "".join(json.dumps(i) + "\n" for i in measured.pop("items")),
+        )
+        write_json(path, {**measured, "label": "before"})
+    retain, reference = settings.out / "retain.json", settings.out / "retain-base.safetensors"
+    if reference.is_file() and (why := _retain_damage(retain, reference)):
+        for damaged in (p for p in (retain, reference) if p.is_file()):
+            log(
+                f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again"
+            )
+    if not reference.is_file():
+        examples = build_retain(
+            base,
+            tokenizer,
+            settings.base_config.seq_len,
+            device,
+            settings.retain,
+            progress=progress,
+        )
+        write_json(retain, [vars(e) for e in examples])
+        save_trainable(
+            base_distributions(
+                base,
+                examples,
+                settings.base_config.batch_size,
+                pad_token_id(tokenizer),
+                device,
+                progress=progress,
+            ),
+            reference,
+            {"retain_sha256": file_sha256(retain)},
+        )
+    return {k: v for k, v in read_json(path).items() if k != "answers"}
