@@ -3,13 +3,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freezetune.errors import PlanError
-from freezetune.plans.language import (
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.selectors import (
     BLOCK_COMPONENTS,
     OUTER_COMPONENTS,
     All,
     Component,
     Depth,
-    FreezePlan,
     Layers,
     Regex,
     Rule,

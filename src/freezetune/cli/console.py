@@ -33,3 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         # an interrupt that crossed a C extension's import leaves CPython set to re-kill itself with
         # SIGINT at exit, whatever we return; staged writes were already rolled back while unwinding
         os._exit(130)
+
+
+def say(message: str) -> None:
+    """A run's progress lines go to stderr, so that stdout holds only the command's result."""
+    print(message, file=sys.stderr)

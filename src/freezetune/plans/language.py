@@ -23,16 +23,25 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from freezetune.errors import PlanError
+from freezetune.plans.selectors import (
+    ACTIONS,
+    BLOCK_COMPONENTS,
+    OUTER_COMPONENTS,
+    All,
+    Component,
+    Depth,
+    Layers,
+    Regex,
+    Rule,
+    Selector,
+)
 
-ACTIONS = ("freeze", "train")
-OUTER_COMPONENTS = ("embeddings", "head", "norm")
-BLOCK_COMPONENTS = ("attn", "mlp", "norms")
 PLAN_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".txt", ".plan")
 
 _DEPTH = re.compile(r"(bottom|top)\s+(\d+)\s*(%?)", re.IGNORECASE)
@@ -40,81 +49,6 @@ _LAYERS = re.compile(r"layers\s+(.+)", re.IGNORECASE)
 _SLICE = re.compile(r"(-?\d+)?:(-?\d+)?(?::(-?\d+)?)?")
 _INDEX = re.compile(r"-?\d+")
 _RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
-
-
-@dataclass(frozen=True)
-class All:
-    def render(self) -> str:
-        return "all"
-
-
-@dataclass(frozen=True)
-class Depth:
-    """The bottom or top ``count`` blocks (``percent``: count is a percentage of the blocks)."""
-
-    end: str  # "bottom" | "top"
-    count: int
-    percent: bool = False
-
-    def render(self) -> str:
-        return f"{self.end} {self.count}{'%' if self.percent else ''}"
-
-
-@dataclass(frozen=True)
-class Layers:
-    """Block indices: a list of indices and inclusive ranges, or one Python slice."""
-
-    items: tuple[int | tuple[int, int], ...] = ()
-    slice: tuple[int | None, int | None, int | None] | None = None
-
-    def render(self) -> str:
-        if self.slice is not None:
-            start, stop, step = ("" if v is None else str(v) for v in self.slice)
-            return f"layers {start}:{stop}" + (f":{step}" if step else "")
-        parts = [f"{i[0]}-{i[1]}" if isinstance(i, tuple) else str(i) for i in self.items]
-        return "layers " + ",".join(parts)
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str  # one of OUTER_COMPONENTS or BLOCK_COMPONENTS
-    where: Depth | Layers | None = None
-
-    def render(self) -> str:
-        if self.where is None:
-            return self.name
-        return f"{self.name}@{self.where.render()}"
-
-
-@dataclass(frozen=True)
-class Regex:
-    pattern: str
-
-    def render(self) -> str:
-        return f"re:{self.pattern}"
-
-
-Selector = All | Depth | Layers | Component | Regex
-
-
-@dataclass(frozen=True)
-class Rule:
-    action: str  # "freeze" | "train"
-    selector: Selector
-    # where the rule came from, for error messages; not part of the rule's identity
-    number: int = field(default=0, compare=False)
-    text: str = field(default="", compare=False)
-    column: int | None = field(default=None, compare=False)
-
-    def render(self) -> str:
-        return f"{self.action} {self.selector.render()}"
-
-    def where(self) -> str:
-        at = f" at column {self.column}" if self.column is not None else ""
-        return f"plan rule {self.number} '{self.text or self.render()}'{at}"
-
-    def error(self, message: str) -> PlanError:
-        return PlanError(f"{self.where()}: {message}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from torch import nn
 
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy, Entry
-from freezetune.plans.language import All, Component, Depth, FreezePlan, Layers, Regex, Rule
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.selectors import All, Component, Depth, Layers, Regex, Rule
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import random
 from dataclasses import dataclass
 
 from freezetune.errors import FreezetuneError
-from freezetune.plans.language import Depth, FreezePlan, Layers, Rule
+from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, resolve
+from freezetune.plans.selectors import Depth, Layers, Rule
 
 FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T'"
 KEYS = {
