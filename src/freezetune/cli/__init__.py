@@ -1,1 +1,2 @@
-"""The command line: `freezetune` subcommands (commands.py) and the process entry point (console.py)."""
+"""The command line: `freezetune` subcommands (commands.py, train.py) and the process entry point
+(console.py)."""

@@ -1,2 +1,2 @@
-"""Freeze plans: the model's anatomy, the plan language, resolution to tensors, preview, other
-tools' formats, memory estimate."""
+"""Freeze plans: the model's anatomy, the plan's words (selectors.py) and language (language.py),
+resolution to tensors, schedules, preview, other tools' formats, memory estimate."""

@@ -1,1 +1,3 @@
-"""Training: the session, the one train_step, the loop around it, the prefix runner, evaluation, export."""
+"""Training: the session, the one TrainStep, the loop around it (loop.py, its checkpoints in
+checkpointing.py), what trains at each step (trainable_set.py, shared with the HF callback), the
+prefix runner and its cache, evaluation, export."""

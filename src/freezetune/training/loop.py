@@ -94,7 +94,7 @@ class TrainingLoop:
             self.head, note = checked_head(
                 self.module, self.model, first, accelerator, sharded=sharded
             )
-        session.notes.append(note)
+        self.notes = [*session.notes, note]  # said when the run starts; the session stays as opened
         self.train_step = TrainStep(
             self.model,
             self.backend,
@@ -182,7 +182,7 @@ class TrainingLoop:
         if self.main:  # what a killed writer of an earlier attempt left behind
             remove_leftovers(run_dir)
             remove_leftovers(run_dir / "checkpoints")
-        for note in self.session.notes:
+        for note in self.notes:
             self.log(note)
         start = resume(self) if config.resume else 0
         if before is None and config.resume:
