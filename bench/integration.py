@@ -64,10 +64,8 @@ def main() -> None:
         for name in ("trl_default", "freeze"):
             loaded = load_model("smollm2-135m")
             model = loaded.model
-            for (
-                param_name,
-                param,
-            ) in model.named_parameters():  # the hand-frozen script both start from
+            # the hand-frozen script both start from
+            for param_name, param in model.named_parameters():
                 block = param_name.split(".")[2] if param_name.startswith("model.layers.") else None
                 param.requires_grad_(
                     not (

@@ -73,6 +73,13 @@ def test_compare_searches_rates_repeats_seeds_and_writes_the_report(tiny_chat_mo
     assert verdict["best"] in runs and set(verdict["frontier"]) <= set(runs) and stdout.startswith(verdict["sentence"])
     assert results["base"]["strategy"] == "base model" and results["base"]["retain_kl"] == 0.0
     assert results["provenance"]["versions"]["peft"] and results["invocation_wall_s"] > 0  # where the numbers came from
+    # where the time went: every run of every strategy timed, every phase measured, the rest accounted for
+    timing = results["timing"]
+    assert timing["runs"] == timing["runs_timed"] == sum(len(r["lr_search"]) + 2 for r in runs.values())
+    assert all(timing[phase] > 0 for phase in ("training", "search", "evaluation", "generation", "retain", "loading", "base"))
+    assert timing["complete"] and timing["total"] == round(results["invocation_wall_s"], 3) and timing["other"] >= 0
+    assert timing["total_over_training"] == pytest.approx(timing["total"] / (timing["training"] + timing["search"]), rel=0.01)
+    assert f"x the training and search steps): training {timing['training']:.0f} s" in (out / "report.md").read_text()
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("strategy,kind,status") and len(csv_lines) == 5
     report = (out / "report.md").read_text()
@@ -125,6 +132,8 @@ def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_di
     assert failed["status"] == "failed" and "no_such_proj" in failed["reason"]
     assert runs["freeze bottom 50%"]["status"] == "finished"
     assert "Failed: lora targets=no_such_proj (" in (out / "report.md").read_text()
+    timing = json.loads((out / "results.json").read_text())["timing"]
+    assert timing["training"] > 0 and timing["runs_timed"] == timing["runs"] - 1  # the failed run has no timing
 
 
 def test_parse_strategy():
@@ -211,3 +220,24 @@ def test_each_strategy_reports_the_peak_memory_of_its_own_process(tmp_path, orde
     peaks = [max(json.loads(line)["peak_memory_bytes"] for line in (run / "metrics.jsonl").read_text().splitlines())
              for run in reached]
     assert peaks[1] < peaks[0] - 150 * 2**20, [p / 2**20 for p in peaks]
+
+
+def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
+    from freezetune.comparison.timing import timing_breakdown, timing_line
+
+    def run(folder, steps, **seconds):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "step_time_s": s}) + "\n" for i, s in enumerate(steps)))
+        (folder / "timing.json").write_text(json.dumps(seconds))
+
+    run(tmp_path / "runs" / "a" / "seed-0", [1.0, 2.0], loading=1.0, evaluation=2.0, generation=0.5, retain=0.5)
+    run(tmp_path / "runs" / "a" / "search" / "lr-0.001", [1.0], loading=1.0, evaluation=0.5)
+    (tmp_path / "base-timing.json").write_text(json.dumps({"base": 3.0}))
+    timing = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=20.0)
+    assert {k: timing[k] for k in ("training", "search", "evaluation", "generation", "retain", "loading", "base", "other")} == \
+        {"training": 3.0, "search": 1.0, "evaluation": 2.5, "generation": 0.5, "retain": 0.5, "loading": 2.0, "base": 3.0, "other": 7.5}
+    assert timing["complete"] and timing["total_over_training"] == 5.0 and timing["runs"] == timing["runs_timed"] == 2
+    assert timing_line(timing).startswith("Time: 20 s in all (5.0x the training and search steps): training 3 s, search 1 s")
+    # a resumed comparison: its runs' seconds exceed this invocation's wall time, so nothing is left to call "other"
+    resumed = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=10.0)
+    assert resumed["other"] is None and not resumed["complete"]

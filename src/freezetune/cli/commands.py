@@ -150,6 +150,7 @@ def run_compare(options: CompareOptions) -> str:
     """`freezetune compare`: every strategy's run, then the report."""
     from freezetune.comparison.report import write_report
     from freezetune.comparison.runner import run_comparison
+    from freezetune.comparison.timing import timing_line
     from freezetune.comparison.verdict import choose_metric
     from freezetune.runs.provenance import provenance
 
@@ -181,6 +182,7 @@ def run_compare(options: CompareOptions) -> str:
             f"see {report}"
         )
     advice = results["recommendation"]
+    say(timing_line(results["timing"]))  # where the time went, beside the other progress lines
     return "\n".join(advice) + f"\nreport: {report}"
 
 
@@ -259,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             print(output)
     except FreezetuneError as exc:
         return _fail(args.command, str(exc))
-    except (
-        OSError
-    ) as exc:  # the machine said no (a full disk, a read-only folder): what and where, in one line
+    # the machine said no (a full disk, a read-only folder): what and where, in one line
+    except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args.command, f"{where}{exc.strerror or exc}")
     return 0

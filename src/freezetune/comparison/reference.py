@@ -5,6 +5,7 @@ against), so that no run needs the base model resident beside it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -39,9 +40,11 @@ def _retain_damage(retain: Path, reference: Path) -> str | None:
 def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> dict:
     """The base model's evaluation (every run's "before") and its retain distributions, computed once
     per output folder and kept on disk: the runs never need the base model resident."""
+    started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
     path = settings.out / "base.json"
+    computed = not path.is_file()
     if not path.is_file():
         config = settings.base_config
         _, held, _ = load_data(
@@ -73,6 +76,7 @@ def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> di
             log(
                 f"warning: {damaged} set aside as {set_aside(damaged).name} ({why}); the retain set is built again"
             )
+    computed = computed or not reference.is_file()
     if not reference.is_file():
         examples = build_retain(
             base,
@@ -95,4 +99,6 @@ def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> di
             reference,
             {"retain_sha256": file_sha256(retain)},
         )
+    if computed:  # a comparison resumed later keeps what the base cost when it was computed
+        write_json(settings.out / "base-timing.json", {"base": time.perf_counter() - started})
     return {k: v for k, v in read_json(path).items() if k != "answers"}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.results import FIELDS, base_row, group_runs
+from freezetune.comparison.timing import timing_breakdown, timing_line
 from freezetune.comparison.verdict import choose_metric, decide
 from freezetune.comparison.wording import recommend
 from freezetune.plans.preview import human_bytes
@@ -126,6 +127,7 @@ def write_report(
     results = {
         "provenance": where or provenance(),
         "invocation_wall_s": wall_s,
+        "timing": timing_breakdown([Path(d) for d in run_dirs], wall_s),
         "base": base,
         "runs": rows,
         "verdict": verdict,
@@ -142,6 +144,7 @@ def write_report(
     markdown = (
         f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n"
         + "".join(f"- {line}\n" for line in advice)
+        + f"\n{timing_line(results['timing'])}\n"
     )
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
@@ -164,6 +167,7 @@ img{{max-width:100%}}figure{{margin:2em 0}}.scroll{{overflow-x:auto}}</style></h
 <div class="scroll"><table><thead><tr>{"".join(f"<th>{html.escape(v)}</th>" for v in TABLE.values())}</tr></thead>
 <tbody>{cells}</tbody></table></div>
 <h2>Verdict</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in advice)}</ul>
+<p>{html.escape(timing_line(results["timing"]))}</p>
 {images}
 </body></html>
 """

@@ -17,6 +17,7 @@ import gc
 import json
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -124,22 +125,28 @@ def run_worker(
         failure.unlink(missing_ok=True)
         try:
             # trained already, only its forgetting left to measure
+            started, seconds = time.perf_counter(), {}
             if not finished(run_dir, "search"):
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
-                result = TrainingLoop(session, log=log, progress=progress).run(
-                    should_stop=should_stop, before=before
-                )
-                del session
+                loop = TrainingLoop(session, log=log, progress=progress)
+                seconds["loading"] = (
+                    time.perf_counter() - started
+                )  # the model, the data, the checks
+                result = loop.run(should_stop=should_stop, before=before)
+                del session, loop
                 if result["status"] != "finished":
                     return "stopped"
+                seconds.update(result["after"].get("seconds", {}))
             if measure == "reported":
+                measuring = time.perf_counter()
                 _measure_forgetting(spec, config, run_dir, log, progress, runtime)
+                seconds["retain"] = time.perf_counter() - measuring
+            write_json(run_dir / "timing.json", {**seconds, "run": time.perf_counter() - started})
             if not spec.get("keep_checkpoints"):
                 _drop_checkpoints(run_dir, spec["strategy"], log)
-        except (
-            Exception
-        ) as exc:  # one failed run must not sink the others; its reason goes in the table
+        # one failed run must not sink the others; its reason goes in the table
+        except Exception as exc:
             reason = (
                 str(exc).splitlines()[0]
                 if isinstance(exc, FreezetuneError)

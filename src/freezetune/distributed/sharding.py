@@ -33,9 +33,8 @@ from freezetune.plans.resolution import ResolvedPlan
 class FsdpSettings:
     # False: keep gathered parameters from forward to backward (faster, more memory)
     reshard_after_forward: bool = True
-    wrap_classes: tuple[
-        str, ...
-    ] = ()  # the launch config's transformer_layer_cls_to_wrap; must name the blocks
+    # the launch config's transformer_layer_cls_to_wrap; must name the blocks
+    wrap_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -109,9 +109,8 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         try:
             os.replace(staging, target)
         except OSError:
-            if not (
-                target / "config.json"
-            ).is_file():  # not a concurrent conversion: a real failure
+            # not a concurrent conversion: a real failure
+            if not (target / "config.json").is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

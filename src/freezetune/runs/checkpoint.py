@@ -61,9 +61,8 @@ def read_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), "pt") as opened:
             return opened.metadata() or {}
-    except (
-        Exception
-    ) as exc:  # safetensors raises its own error type for a truncated or garbled file
+    # safetensors raises its own error type for a truncated or garbled file
+    except Exception as exc:
         raise FreezetuneError(
             f"{path}: damaged or not a safetensors file ({str(exc).splitlines()[0][:120]})"
         ) from None

@@ -128,9 +128,8 @@ def check_base(manifest: dict, base_sha256: str, base_path: Path, run_dir: Path)
             f"but the model loaded has sha256 {base_sha256[:12]}…; refusing to mix them"
         )
     now = meaning_hashes(base_path)
-    for name, expected in (
-        base.get("files") or {}
-    ).items():  # manifests before this check have none
+    # manifests before this check have none
+    for name, expected in (base.get("files") or {}).items():
         if now.get(name) != expected:
             state = "is missing" if name not in now else "has changed"
             raise FreezetuneError(

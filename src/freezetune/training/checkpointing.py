@@ -83,9 +83,8 @@ def write_checkpoint(loop: TrainingLoop, step: int) -> dict[str, torch.Tensor]:
         tensors = trainable_state(loop.module, loop.trainable.trained_names, loop.backend.value)
         optimizer = loop.backend.optimizer_state(loop.module)
     if loop.main:
-        if (
-            loop.metrics_file is not None
-        ):  # the metrics a checkpoint covers are on disk before it is
+        # the metrics a checkpoint covers are on disk before it is
+        if loop.metrics_file is not None:
             loop.metrics_file.flush()
             os.fsync(loop.metrics_file.fileno())
         state = {

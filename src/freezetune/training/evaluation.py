@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -157,6 +158,7 @@ def evaluate_model(
     ``config.eval_generate`` examples, with ``config.show_generations`` of them kept to show."""
     pad_id = pad_token_id(tokenizer)
     result = {"label": label}
+    started = time.perf_counter()
     name = (lambda what: f"{label} {what}".strip()) if progress else (lambda what: None)
     measured = eval_loss(
         model,
@@ -169,6 +171,8 @@ def evaluate_model(
         head=head,
     )
     sums, tokens = measured.pop("item_loss_sums"), measured.pop("item_tokens")
+    # what a comparison's timing breakdown adds up (comparison/timing.py)
+    result["seconds"] = {"evaluation": time.perf_counter() - started, "generation": 0.0}
     result.update({f"eval_{k}": v for k, v in measured.items()})
     # an item's id is its place in the held-out set, which every seed and strategy shares (data/loading.py SPLIT_SEED)
     result["items"] = [
@@ -177,6 +181,7 @@ def evaluate_model(
     checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
     if config.objective == "sft" and checkable and config.eval_generate:
         chosen = checkable[: config.eval_generate]
+        started = time.perf_counter()
         # wider batches: greedy decoding is per-step overhead on a CPU
         answers = generate(
             model,
@@ -187,6 +192,7 @@ def evaluate_model(
             batch_size=32,
             progress=name("answers"),
         )
+        result["seconds"]["generation"] = time.perf_counter() - started
         result["exact_match"] = exact_match(answers, [e.reference for _, e in chosen])
         result["exact_match_examples"] = len(chosen)
         every = [

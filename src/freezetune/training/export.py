@@ -138,9 +138,8 @@ def export_run(
     if form != "peft":  # adapters stay fp32, as peft keeps them; the base is not written at all
         loaded.model.to(base_dtype(loaded.path) if dtype == "auto" else getattr(torch, dtype))
     try:
-        with staged_dir(
-            out_dir, replace=True
-        ) as staging:  # replace: only what check_export_target allowed
+        # replace: only what check_export_target allowed
+        with staged_dir(out_dir, replace=True) as staging:
             loaded.model.save_pretrained(staging)
             loaded.tokenizer.save_pretrained(staging)
             # the marker lists them: a later --force replaces only these

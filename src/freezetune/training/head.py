@@ -141,9 +141,8 @@ class TargetHead:
         if not self.installed:
             return False
         with torch.no_grad():
-            own = model(
-                **batch, use_cache=False
-            ).loss  # _labels is None: the plain head, the model's loss
+            # _labels is None: the plain head, the model's loss
+            own = model(**batch, use_cache=False).loss
             with self.targets(batch["labels"]):
                 summed = model(
                     **{k: v for k, v in batch.items() if k != "labels"}, use_cache=False

@@ -61,9 +61,8 @@ class TrainingLoop:
         ).install()
         if session.cache is not None:
             session.cache.warn = self.log  # damage found mid-run is said where the run's notes are
-        with (
-            accelerator.autocast()
-        ):  # frozen bf16 weights beside fp32 trained ones: autocast pairs them
+        # frozen bf16 weights beside fp32 trained ones: autocast pairs them
+        with accelerator.autocast():
             self.runner.probe(self.device)
         # what trains now (the session's plan, or a phase of it); retarget() changes it
         self.resolved = session.resolved
@@ -74,9 +73,8 @@ class TrainingLoop:
         check_same_plan(accelerator, self.names)
         self.total_steps = config.total_steps(len(session.train.examples))
         self.backend = make_backend(accelerator, session, self.world)
-        self.module = (
-            self.model
-        )  # the model itself, under whatever wrapper the backend puts around it
+        # the model itself, under whatever wrapper the backend puts around it
+        self.module = self.model
         self.model, optimizer = self.backend.wrap(
             self.model,
             lambda model: build_optimizer(

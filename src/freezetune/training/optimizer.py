@@ -106,9 +106,8 @@ def retarget_optimizer(
     named = {g["name"] for g in fresh_groups}
     for group in optimizer.param_groups:
         if group.get("name") not in named:
-            group[
-                "params"
-            ] = []  # a rate no tensor trains at now (a resting block's): kept, empty, for the next time
+            # a rate no tensor trains at now (a resting block's): kept, empty, for the next time
+            group["params"] = []
     for fresh in fresh_groups:
         group = next((g for g in optimizer.param_groups if g.get("name") == fresh["name"]), None)
         if group is not None:

@@ -44,9 +44,8 @@ class PrefixCache:
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
         self.loaded_from_disk = False
-        self.notices: list[
-            str
-        ] = []  # what opening the cache found (damage set aside), for the run's log
+        # what opening the cache found (damage set aside), for the run's log
+        self.notices: list[str] = []
 
     def keys(self) -> list[str]:
         return list(self.tensors)

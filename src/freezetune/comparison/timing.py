@@ -1,0 +1,74 @@
+"""Where a comparison's time went, from what its runs recorded: a breakdown in seconds that shows
+how much of `compare` was training and how much everything around it.
+
+Each run folder holds its steps' times (metrics.jsonl) and timing.json, which the worker writes
+when the run is done: ``loading`` (session and loop set-up: model, data, checks), ``evaluation``
+(the eval-loss pass after training), ``generation`` (the answers behind exact match), ``retain``
+(forgetting, measured on the merged model) and ``run`` (all of it). base-timing.json holds the
+base model's reference (its evaluation and retain distributions). ``other`` is what the
+invocation's wall time leaves: worker start-up and imports, checkpoint writes, the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from freezetune.runs.manifest import read_json, read_metrics
+
+PHASES = ("training", "search", "evaluation", "generation", "retain", "loading", "base")
+
+
+def _step_seconds(run_dir: Path) -> float:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    return sum(
+        record.get("step_time_s", 0.0) for record in read_metrics(metrics, warn=lambda _: None)
+    )
+
+
+def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
+    """Seconds per phase over the strategies of ``run_dirs`` (their seed runs and their search runs),
+    with ``total`` (``wall_s``, this invocation's wall time) and ``other``. A comparison resumed from
+    an earlier invocation counts its runs' seconds but only this invocation's wall time: then
+    ``other`` is None and ``complete`` False."""
+    seconds = dict.fromkeys(PHASES, 0.0)
+    groups = sorted({Path(d).parent for d in run_dirs})
+    runs = [d for g in groups for d in (*sorted(g.glob("seed-*")), *sorted(g.glob("search/lr-*")))]
+    timed = 0
+    for run_dir in runs:
+        seconds["search" if run_dir.parent.name == "search" else "training"] += _step_seconds(
+            run_dir
+        )
+        recorded = read_json(run_dir / "timing.json") or {}
+        timed += bool(recorded)
+        for phase in ("evaluation", "generation", "retain", "loading"):
+            seconds[phase] += recorded.get(phase, 0.0)
+    comparisons = {
+        g.parent.parent for g in groups
+    }  # OUT/runs/<strategy>: OUT holds the base's timing
+    seconds["base"] = sum(
+        (read_json(c / "base-timing.json") or {}).get("base", 0.0) for c in comparisons
+    )
+    measured = sum(seconds.values())
+    other = wall_s - measured if wall_s is not None and wall_s >= measured else None
+    trained = seconds["training"] + seconds["search"]
+    return {
+        **{phase: round(value, 3) for phase, value in seconds.items()},
+        "other": None if other is None else round(other, 3),
+        "total": None if wall_s is None else round(wall_s, 3),
+        "total_over_training": round(wall_s / trained, 2) if wall_s and trained else None,
+        "runs": len(runs),
+        "runs_timed": timed,
+        "complete": other is not None and timed == len(runs),
+    }
+
+
+def timing_line(timing: dict) -> str:
+    """The breakdown in one line of the report."""
+    shown = [f"{phase} {timing[phase]:.0f} s" for phase in (*PHASES, "other") if timing.get(phase)]
+    total = timing.get("total")
+    head = f"Time: {total:.0f} s in all" if total is not None else "Time (runs only)"
+    ratio = timing.get("total_over_training")
+    tail = f" ({ratio:.1f}x the training and search steps)" if ratio else ""
+    return f"{head}{tail}: {', '.join(shown)}."
