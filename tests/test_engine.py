@@ -46,6 +46,8 @@ def test_run_folder_holds_only_the_trained_tensors(tiny_chat_model_dir, order_da
     assert evaluation["after"]["eval_loss"] < evaluation["before"]["eval_loss"]
     assert 0.0 <= evaluation["after"]["exact_match"] <= 1.0 and evaluation["after"]["exact_match_examples"] == 2
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000004", "step-000006"]
+    moments = lambda step: load_file(str(out / "checkpoints" / f"step-{step:06d}" / "optimizer.safetensors"))  # noqa: E731
+    assert moments(4) and not moments(6)  # no step follows the last, and a resume may not add any: its moments are dead weight
 
 
 def test_cpt_objective_on_text(tiny_chat_model_dir, tmp_path):
