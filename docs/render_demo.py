@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from freezetune.comparison.report import markdown_table, measured_line
+from freezetune.comparison.timing import timing_line
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "docs" / "results" / "demo" / "results.json"
@@ -21,8 +22,9 @@ BEGIN, END = "<!-- demo:begin", "<!-- demo:end -->"
 def render(results: dict) -> str:
     """The table the demo's report.md shows, where and how it was measured, and the verdict's lines."""
     minutes = results["invocation_wall_s"] / 60
+    timing = f" {timing_line(results['timing'])}" if results.get("timing") else ""
     return (
-        f"{measured_line(results['provenance'])} Its `freezetune compare` took {minutes:.1f} minutes.\n\n"
+        f"{measured_line(results['provenance'])} Its `freezetune compare` took {minutes:.1f} minutes.{timing}\n\n"
         + markdown_table(([results["base"]] if results["base"] else []) + results["runs"])
         + "\n"
         + "".join(f"> {line}\n>\n" for line in results["recommendation"]).rstrip(">\n")

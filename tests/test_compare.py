@@ -241,3 +241,17 @@ def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
     # a resumed comparison: its runs' seconds exceed this invocation's wall time, so nothing is left to call "other"
     resumed = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=10.0)
     assert resumed["other"] is None and not resumed["complete"]
+
+
+def test_each_strategy_is_parsed_once_and_the_checks_use_what_was_parsed(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
+    from freezetune.comparison.preflight import validate
+    from freezetune.plans.language import FreezePlan
+
+    parse, texts = FreezePlan.parse.__func__, []
+    monkeypatch.setattr(FreezePlan, "parse", classmethod(lambda cls, text: texts.append(text) or parse(cls, text)))
+    strategies = ["full", "freeze bottom 50%", "gradual every=2 over freeze bottom 50%"]
+    settings = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", strategy=strategies).settings()
+    assert sorted(texts) == ["freeze bottom 50%", "freeze bottom 50%", "train all"]  # one parse per strategy
+    texts.clear()
+    validate(settings)  # resolves every plan and checks every schedule against the model
+    assert texts == []

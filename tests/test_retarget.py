@@ -19,7 +19,7 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
                          out=str(tmp_path / "run"), batch_size=4, seq_len=64, lr=1e-2, warmup=1, max_steps=10,
                          eval_generate=0, plan="freeze all; train mlp@top 1", prefix_cache="memory")
     trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
-    model, optimizer = trainer.module, trainer.lr_scheduler.optimizer
+    model, optimizer = trainer.model, trainer.lr_scheduler.optimizer
     params = dict(model.named_parameters())
     trainer.runner.train_mode()
     trainer._step(0, None)

@@ -54,7 +54,7 @@ def test_lisa_draws_seeded_blocks_and_drops_the_moments_of_those_that_rest(tiny_
                          eval_generate=0, plan="train all; freeze embeddings", schedule="lisa layers=1 every=2",
                          prefix_cache="off")
     trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
-    optimizer, params = trainer.lr_scheduler.optimizer, dict(trainer.module.named_parameters())
+    optimizer, params = trainer.lr_scheduler.optimizer, dict(trainer.model.named_parameters())
     seen = []
     for step in range(12):
         trainer.trainable.advance(step, trainer.retarget)

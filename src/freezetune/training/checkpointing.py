@@ -55,7 +55,7 @@ def resume(loop: TrainingLoop) -> int:
     loop.trainable.add_trained(tensors)
     # a prefix trained before the kill is no longer the cached one
     loop.runner.mark_trained(tensors)
-    loop.backend.restore(loop.module, tensors, optimizer, last)
+    loop.backend.restore(loop.model, tensors, optimizer, last)
     # a killed run may have logged past its last checkpoint
     if loop.main and loop.metrics_path.exists():
         kept = [r for r in read_metrics(loop.metrics_path, warn=loop.log) if r["step"] <= step]
@@ -80,8 +80,8 @@ def write_checkpoint(loop: TrainingLoop, step: int) -> dict[str, torch.Tensor]:
     loop.accelerator.wait_for_everyone()
     tensors = {}
     if loop.main or loop.backend.gathers_everywhere:
-        tensors = trainable_state(loop.module, loop.trainable.trained_names, loop.backend.value)
-        optimizer = loop.backend.optimizer_state(loop.module)
+        tensors = trainable_state(loop.model, loop.trainable.trained_names, loop.backend.value)
+        optimizer = loop.backend.optimizer_state(loop.model)
         if (
             step >= loop.total_steps
         ):  # no step follows the last (a resume may not add steps): moments are dead

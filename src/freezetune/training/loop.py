@@ -74,8 +74,8 @@ class TrainingLoop:
         self.total_steps = config.total_steps(len(session.train.examples))
         self.backend = make_backend(accelerator, session, self.world)
         # the model itself, under whatever wrapper the backend puts around it
-        self.module = self.model
-        self.model, optimizer = self.backend.wrap(
+        # the backend's wrapper around the model (DDP's, or the model itself): what the step calls
+        self.wrapped, optimizer = self.backend.wrap(
             self.model,
             lambda model: build_optimizer(
                 model, config.lr, config.weight_decay, config.layer_lr_decay
@@ -90,11 +90,11 @@ class TrainingLoop:
             first = {k: v.to(self.device) for k, v in self.micro_batches(0)[0].batch.items()}
             sharded = self.backend.gathers_everywhere
             self.head, note = checked_head(
-                self.module, self.model, first, accelerator, sharded=sharded
+                self.model, self.wrapped, first, accelerator, sharded=sharded
             )
         self.notes = [*session.notes, note]  # said when the run starts; the session stays as opened
         self.train_step = TrainStep(
-            self.model,
+            self.wrapped,
             self.backend,
             self.runner,
             self.lr_scheduler,
@@ -111,7 +111,7 @@ class TrainingLoop:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
         with self.accelerator.autocast():  # in the training precision, as the weights are stored
             return evaluate_model(
-                self.module,
+                self.model,
                 self.tokenizer,
                 self.session.eval.examples,
                 self.config,
@@ -244,11 +244,11 @@ class TrainingLoop:
     def retarget(self, resolved: ResolvedPlan) -> torch.optim.Optimizer:
         """Change what trains, at a step boundary (TrainableSet.advance calls it when the set changes):
         requires_grad, the optimizer's groups, the prefix runner's depth."""
-        optimizer = self.backend.retarget(self.module, resolved)
+        optimizer = self.backend.retarget(self.model, resolved)
         retarget_optimizer(
             optimizer,
             self.lr_scheduler,
-            self.module,
+            self.model,
             self.config.weight_decay,
             self.config.layer_lr_decay,
         )
@@ -262,7 +262,7 @@ class TrainingLoop:
         if check is None:
             return None
         return FirstStepGuard(
-            self.module,
+            self.model,
             set(self.names),
             self.backend.grad,
             self.backend.view,
