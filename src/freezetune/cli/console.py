@@ -16,7 +16,30 @@ class StartUpInterrupt:
 
     def __call__(self, signum, frame):
         self.fired = True
+        if _importing(
+            frame
+        ):  # raised through a C++ extension's import, it aborts the process instead
+            _leave()
         raise KeyboardInterrupt
+
+
+def _importing(frame) -> bool:
+    """Whether a module is being imported: nothing of a run has been written yet, so leaving is safe."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _leave() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not cut the exit short
+    print("\nfreezetune: interrupted; what was saved before is intact", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # an interrupt that crossed a C extension's import leaves CPython set to re-kill itself with
+    # SIGINT at exit, whatever we return; staged writes were already rolled back while unwinding
+    os._exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(argv)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late repeat must not cut the exit short
-        print("\nfreezetune: interrupted; what was saved before is intact", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # an interrupt that crossed a C extension's import leaves CPython set to re-kill itself with
-        # SIGINT at exit, whatever we return; staged writes were already rolled back while unwinding
-        os._exit(130)
+        _leave()
+        return 130  # not reached: _leave exits
 
 
 def say(message: str) -> None:
