@@ -236,8 +236,9 @@ def test_schedules_are_compare_strategies(tiny_chat_model_dir, order_data, tmp_p
     from freezetune.comparison.strategies import parse_strategy
 
     lisa = parse_strategy("lisa layers=1 every=2 over freeze embeddings lr=1e-3")
-    assert (lisa.kind, lisa.plan, lisa.schedule, lisa.lr) == ("plan", "freeze embeddings", "lisa layers=1 every=2", 1e-3)
-    assert parse_strategy("gradual every=2").schedule == "gradual every=2 start=1 step=1"
+    # parsed once: the strategy holds the schedule as an object, rendered to text only for the workers
+    assert (lisa.kind, lisa.plan, lisa.schedule.render(), lisa.lr) == ("plan", "freeze embeddings", "lisa layers=1 every=2", 1e-3)
+    assert parse_strategy("gradual every=2").schedule.render() == "gradual every=2 start=1 step=1"
     with pytest.raises(FreezetuneError, match="--strategy 'lisa every=2': --schedule 'lisa every=2': lisa needs layers=N"):
         parse_strategy("lisa every=2")
     out = tmp_path / "cmp"
