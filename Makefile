@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(VENV)/bin/freezetune plan smollm2-135m "freeze bottom 75%"
-	$(VENV)/bin/freezetune compare --model smollm2-135m --out runs/demo \
+	$(VENV)/bin/freezetune compare --model smollm2-135m --out runs/demo --retain-tasks builtin \
 		--strategy full --strategy lora --strategy "freeze bottom 75%" \
 		--max-steps 16 --search-steps 8 --validation 32 --eval-generate 100 --seeds 2
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from freezetune.cli.cache import run_cache
 from freezetune.cli.console import say
+from freezetune.cli.evaluate import run_evaluate
 from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
 from freezetune.config.run import TrainConfig
@@ -18,6 +19,7 @@ from freezetune.errors import FreezetuneError
 from freezetune.options.commands import (
     AdviseOptions,
     CacheOptions,
+    EvaluateOptions,
     ExportOptions,
     GenerateOptions,
     PlanOptions,
@@ -172,6 +174,7 @@ def run_compare(options: CompareOptions) -> str:
         margins=parse_margins(options.margin),
         wall_s=time.monotonic() - started,
         where=where,
+        forgetting=options.forgetting,
     )
     if stop.requested:
         return f"interrupted; run the same command again to continue\nreport so far: {report}"
@@ -191,9 +194,14 @@ def run_report(options: ReportOptions) -> str:
 
     margins = parse_margins(options.margin)
     runs = [Path(r) for r in options.runs]
-    return (
-        f"report: {write_report(runs, Path(options.out), metric=options.metric, margins=margins)}"
+    written = write_report(
+        runs,
+        Path(options.out),
+        metric=options.metric,
+        margins=margins,
+        forgetting=options.forgetting,
     )
+    return f"report: {written}"
 
 
 COMMANDS = {
@@ -203,6 +211,7 @@ COMMANDS = {
     "export": (ExportOptions, run_export),
     "generate": (GenerateOptions, run_generate),
     "compare": (CompareOptions, run_compare),
+    "evaluate": (EvaluateOptions, run_evaluate),
     "report": (ReportOptions, run_report),
     "cache": (CacheOptions, run_cache),
 }

@@ -15,20 +15,23 @@ METRIC_NAMES = {
     "exact_match": "exact match",
     "eval_loss": "eval loss",
     "retain_kl": "KL from the base",
+    "task_drop": "accuracy lost on the retain tasks",
     "peak_memory_bytes": "peak memory",
 }
 LOWER_IS_BETTER = {
     "exact_match": False,
     "eval_loss": True,
     "retain_kl": True,
+    "task_drop": True,
     "peak_memory_bytes": True,
 }
 # "not worse": eval loss within 1% of the strategies' mean, exact match within 2 points, KL within
-# 10% of the mean KL
+# 10% of the mean KL, retain-task accuracy within 2 points
 MARGINS = {
     "eval_loss": ("relative", 0.01),
     "exact_match": ("absolute", 0.02),
     "retain_kl": ("relative", 0.10),
+    "task_drop": ("absolute", 0.02),
 }
 MEMORY_MARGIN = 1.05  # peak memory barely varies by seed; closer than 5% is not a difference
 LEVEL = 0.05

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from freezetune.comparison.benchmarks import score_tasks, scoring_batch
+from freezetune.comparison.flips import tasks_current
 from freezetune.comparison.forgetting import base_distributions, build_retain
 from freezetune.comparison.settings import CompareSettings
 from freezetune.data.examples import pad_token_id
@@ -99,6 +101,26 @@ def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> di
             reference,
             {"retain_sha256": file_sha256(retain)},
         )
+    timing = settings.out / "base-timing.json"
     if computed:  # a comparison resumed later keeps what the base cost when it was computed
-        write_json(settings.out / "base-timing.json", {"base": time.perf_counter() - started})
+        write_json(timing, {"base": time.perf_counter() - started})
+    asked = settings.task_request()
+    if asked and not tasks_current(Path(asked["base"]), asked):
+        log(f"scoring the base model on the retain tasks once: {', '.join(asked['names'])}")
+        scored = score_tasks(
+            base,
+            tokenizer,
+            asked["names"],
+            Path(asked["folder"]),
+            asked["limit"],
+            scoring_batch(settings.base_config.batch_size),
+            progress,
+        )
+        write_json(Path(asked["base"]), scored)
+        accuracies = ", ".join(
+            f"{name} {100 * task['accuracy']:.1f}% of {len(task['items'])} items"
+            for name, task in scored["tasks"].items()
+        )
+        log(f"base model on the retain tasks: {accuracies} ({scored['seconds']:.0f} s)")
+        write_json(timing, {**(read_json(timing) or {}), "tasks": scored["seconds"]})
     return {k: v for k, v in read_json(path).items() if k != "answers"}

@@ -10,6 +10,7 @@ import csv
 import html
 from pathlib import Path
 
+from freezetune.comparison.flips import task_lines
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.results import FIELDS, base_row, group_runs
 from freezetune.comparison.timing import timing_breakdown, timing_line
@@ -35,6 +36,8 @@ def _cell(key: str, row: dict) -> str:
             if items
             else f"{100 * value:.1f}%"
         )
+    if key == "task_drop":
+        return _task_cell(row)
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
@@ -50,6 +53,18 @@ def _cell(key: str, row: dict) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _task_cell(row: dict) -> str:
+    """The base's accuracy per task; a run's change in points with its interval, and its flips."""
+    tasks = row.get("retain_tasks") or {}
+    if row.get("kind") == "base":
+        return ", ".join(f"{name} {100 * t['before']:.1f}%" for name, t in tasks.items())
+    ci = row.get("task_drop_ci")
+    interval = f" [{-100 * ci[1]:+.1f}, {-100 * ci[0]:+.1f}]" if ci else ""
+    lost = sum(t.get("right_to_wrong", 0) for t in tasks.values())
+    gained = sum(t.get("wrong_to_right", 0) for t in tasks.values())
+    return f"{-100 * row['task_drop']:+.1f} pts{interval}; {lost} right→wrong, {gained} wrong→right"
 
 
 TABLE = {
@@ -69,11 +84,19 @@ TABLE = {
 }
 
 
+def columns(table_rows: list[dict]) -> dict:
+    """TABLE, with the retain-task column when the runs were scored on tasks."""
+    if any(r.get("retain_tasks") for r in table_rows):
+        return {**TABLE, "task_drop": "Δ retain-task accuracy [95% CI], flips"}
+    return TABLE
+
+
 def markdown_table(table_rows: list[dict]) -> str:
     """The report's table in Markdown (the README's demo table is this, rendered from a committed results.json)."""
-    header = "| " + " | ".join(TABLE.values()) + " |\n|" + "---|" * len(TABLE) + "\n"
+    shown = columns(table_rows)
+    header = "| " + " | ".join(shown.values()) + " |\n|" + "---|" * len(shown) + "\n"
     return header + "".join(
-        "| " + " | ".join(_cell(k, r) for k in TABLE) + " |\n" for r in table_rows
+        "| " + " | ".join(_cell(k, r) for k in shown) + " |\n" for r in table_rows
     )
 
 
@@ -101,12 +124,13 @@ def write_report(
     margins: dict | None = None,
     wall_s: float | None = None,
     where: dict | None = None,
+    forgetting: str = "kl",
 ) -> Path:
     """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config),
     never their results.
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
     (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
-    started (default: now)."""
+    started (default: now). ``forgetting``: the verdict's forgetting axis, "kl" or "tasks"."""
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
@@ -119,11 +143,12 @@ def write_report(
     chosen, why = choose_metric(
         metric, config.get("objective", "sft"), config.get("eval_generate") or 0
     )
-    verdict = decide(rows, chosen, why, margins)
+    verdict = decide(rows, chosen, why, margins, forgetting)
     plots = render_plots(
         rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict
     )
     advice = recommend(rows, verdict)
+    flipped = task_lines(rows)
     results = {
         "provenance": where or provenance(),
         "invocation_wall_s": wall_s,
@@ -144,13 +169,22 @@ def write_report(
     markdown = (
         f"# {title}\n\n{measured_line(results['provenance'])}\n\n{markdown_table(table_rows)}\n## Verdict\n\n"
         + "".join(f"- {line}\n" for line in advice)
+        + ("\n## Retain tasks\n\n" + "".join(f"- {line}\n" for line in flipped) if flipped else "")
         + f"\n{timing_line(results['timing'])}\n"
     )
     markdown += "\n" + "".join(f"![{name}](plots/{name}.png)\n\n" for name in plots)
     (out / "report.md").write_text(markdown)
+    shown = columns(table_rows)
     cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in TABLE) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k in shown) + "</tr>"
         for r in table_rows
+    )
+    tasks_html = (
+        "<h2>Retain tasks</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in flipped)
+        + "</ul>"
+        if flipped
+        else ""
     )
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
@@ -164,9 +198,10 @@ table{{border-collapse:collapse;font-size:14px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}}figure{{margin:2em 0}}.scroll{{overflow-x:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<div class="scroll"><table><thead><tr>{"".join(f"<th>{html.escape(v)}</th>" for v in TABLE.values())}</tr></thead>
+<div class="scroll"><table><thead><tr>{"".join(f"<th>{html.escape(v)}</th>" for v in shown.values())}</tr></thead>
 <tbody>{cells}</tbody></table></div>
 <h2>Verdict</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in advice)}</ul>
+{tasks_html}
 <p>{html.escape(timing_line(results["timing"]))}</p>
 {images}
 </body></html>

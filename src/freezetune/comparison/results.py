@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from freezetune.comparison.flips import base_scores, base_task_fields, task_fields, task_table
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.errors import FreezetuneError
 from freezetune.runs.manifest import read_json, read_metrics
@@ -45,6 +46,7 @@ FIELDS = [
     "retain_ppl_delta_std",
     "retain_kl",
     "retain_kl_std",
+    "task_drop",
     "run_dir",
 ]
 # reported as mean and standard deviation over seeds
@@ -219,6 +221,9 @@ def item_tables(row: dict) -> dict[str, np.ndarray]:
             )
     if per_seed and all(retain for _, retain in per_seed):
         tables["retain_kl"] = _table([retain for _, retain in per_seed], "kl_sum")
+    run_dirs = [Path(d) for d in row.get("run_dirs") or []]
+    if (drops := task_table(run_dirs, base_scores(run_dirs))) is not None:
+        tables["task_drop"] = drops
     return tables
 
 
@@ -251,7 +256,11 @@ def group_runs(run_dirs: list[Path]) -> list[dict]:
     rows = []
     for runs in groups.values():
         search = read_object(Path(runs[0]["run_dir"]).parent / "search.json")
-        rows.append(strategy_row(runs, search))
+        row = strategy_row(runs, search)
+        if row["status"] == "finished":
+            dirs = [Path(r["run_dir"]) for r in runs]
+            row.update(task_fields(dirs, base_scores(dirs)))
+        rows.append(row)
     return rows
 
 
@@ -278,6 +287,7 @@ def base_row(run_dirs: list[Path]) -> dict | None:
                 retain_ppl_delta=0.0 if measured else None,
                 retain_kl=0.0 if measured else None,
             )
+            row.update(base_task_fields(base_scores(list(run_dirs))))
             if before.get("exact_match") is not None and before.get("exact_match_examples"):
                 lo, hi = wilson(
                     round(before["exact_match"] * before["exact_match_examples"]),

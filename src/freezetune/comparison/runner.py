@@ -88,7 +88,8 @@ def _run_group(
     """The runs of ``configs`` not yet finished, in worker processes: "kept" (none was left to run),
     "done", "stopped", or why a worker died."""
     _set_aside_stale(configs, log)
-    pending = [c for c in configs if not finished(Path(c.out), measure)]
+    asked = settings.task_request()
+    pending = [c for c in configs if not finished(Path(c.out), measure, asked)]
     if not pending:
         return "kept"
     if announce:
@@ -102,6 +103,7 @@ def _run_group(
             "examples": str(settings.out / "retain.json"),
             "base": str(settings.out / "retain-base.safetensors"),
         },
+        "tasks": asked,
     }
     # a reported run's peak memory is measured, so each gets a fresh process; search runs share one
     batches = [[c] for c in pending] if measure == "reported" else [pending]
@@ -113,14 +115,14 @@ def _run_group(
         outcome = _launch(
             spec, settings.out / "runs" / strategy.slug / f"worker-{measure}.json", should_stop
         )
-        if outcome != "done" and not all(finished(Path(c.out), measure) for c in batch):
+        if outcome != "done" and not all(finished(Path(c.out), measure, asked) for c in batch):
             break
     # a stop that came as the worker ended changes nothing
-    if all(finished(Path(c.out), measure) for c in pending):
+    if all(finished(Path(c.out), measure, asked) for c in pending):
         return "done"
     if outcome not in ("done", "stopped"):  # killed (out of memory?): say so in each unfinished run
         for config in pending:
-            if not finished(Path(config.out), measure):
+            if not finished(Path(config.out), measure, asked):
                 Path(config.out).mkdir(parents=True, exist_ok=True)
                 write_json(
                     Path(config.out) / "failed.json",

@@ -15,9 +15,11 @@ the runner takes, and run_config the TrainConfig of one of its runs.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from freezetune.comparison.benchmarks import load_tasks
 from freezetune.comparison.strategies import (
     DEFAULT_LR,
     DEFAULT_STRATEGIES,
@@ -62,6 +64,23 @@ class CompareOptions(RunOptions):
         help="general text for forgetting (.txt or records with 'text'); default: the base "
         "model's answers to 52 built-in general prompts",
     )
+    retain_tasks: list[str] | None = opt(
+        None,
+        help="lm-evaluation-harness tasks scored on the base and on every run, in memory: "
+        "'builtin' (a 222-item quiz shipped with freezetune), a task config .yaml on local files, or "
+        "a registered task whose data is in the local datasets cache; give once per task "
+        "(needs pip install 'freezetune[eval]')",
+    )
+    retain_limit: int = opt(
+        0,
+        help="score the first N items of each retain task (the same items for every run); 0 = all",
+    )
+    forgetting: str = opt(
+        "kl",
+        help="the forgetting axis of the verdict: kl (KL from the base on the retain text) or tasks "
+        "(accuracy lost on --retain-tasks); the table shows both when both were measured",
+        choices=("kl", "tasks"),
+    )
     lr_full: float | None = opt(
         None, help="learning rate of full fine-tuning; default: searched around 5e-5"
     )
@@ -97,6 +116,17 @@ class CompareOptions(RunOptions):
 
     def validate(self) -> None:
         parse_margins(self.margin)
+        if self.forgetting == "tasks" and not self.retain_tasks:
+            raise FreezetuneError(
+                "--forgetting tasks needs --retain-tasks (for example --retain-tasks builtin)"
+            )
+        if self.retain_limit < 0:
+            raise FreezetuneError(f"--retain-limit must be 0 or more, got {self.retain_limit}")
+        if (
+            self.retain_tasks
+        ):  # not installed, unknown, or data it would fetch: before the model loads
+            with tempfile.TemporaryDirectory(prefix="freezetune-tasks-") as folder:
+                load_tasks(self.retain_tasks, Path(folder))
         if self.seeds < 1:
             raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
         if self.search_steps < 0 or self.validation < 0 or self.search_extensions < 0:
@@ -144,6 +174,9 @@ class CompareOptions(RunOptions):
             self.search_steps or max(1, self.max_steps // 2),
             self.validation,
             self.search_extensions,
+            list(self.retain_tasks or []),
+            self.retain_limit,
+            self.forgetting,
         )
 
 
@@ -162,6 +195,20 @@ class CompareSettings:
     validation: int = 64
     # how often a search whose best rate is at its grid's edge may go one step further
     search_extensions: int = 2
+    retain_tasks: list[str] = field(default_factory=list)  # lm-eval tasks; empty: none scored
+    retain_limit: int = 0  # items per task; 0 = all
+    forgetting: str = "kl"  # the verdict's forgetting axis: "kl" or "tasks"
+
+    def task_request(self) -> dict | None:
+        """What the workers score on each run (JSON, for their spec), or None when no task is asked."""
+        if not self.retain_tasks:
+            return None
+        return {
+            "names": self.retain_tasks,
+            "limit": self.retain_limit or None,
+            "folder": str(self.out / "tasks"),
+            "base": str(self.out / "base-tasks.json"),
+        }
 
     def given_rate(self, strategy: Strategy) -> float | None:
         """The strategy's own lr=, else the kind's --lr-*; None means it is searched."""

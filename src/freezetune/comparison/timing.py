@@ -4,8 +4,9 @@ how much of `compare` was training and how much everything around it.
 Each run folder holds its steps' times (metrics.jsonl) and timing.json, which the worker writes
 when the run is done: ``loading`` (session and loop set-up: model, data, checks), ``evaluation``
 (the eval-loss pass after training), ``generation`` (the answers behind exact match), ``retain``
-(forgetting, measured on the merged model) and ``run`` (all of it). base-timing.json holds the
-base model's reference (its evaluation and retain distributions). ``other`` is what the
+(forgetting, measured on the merged model), ``tasks`` (the retain tasks, when asked) and ``run``
+(all of it). base-timing.json holds the base model's reference (its evaluation and retain
+distributions) and its retain-task scoring. ``other`` is what the
 invocation's wall time leaves: worker start-up and imports, checkpoint writes, the report.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from freezetune.runs.manifest import read_json, read_metrics
 
-PHASES = ("training", "search", "evaluation", "generation", "retain", "loading", "base")
+PHASES = ("training", "search", "evaluation", "generation", "retain", "tasks", "loading", "base")
 
 
 def _step_seconds(run_dir: Path) -> float:
@@ -42,14 +43,15 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
         )
         recorded = read_json(run_dir / "timing.json") or {}
         timed += bool(recorded)
-        for phase in ("evaluation", "generation", "retain", "loading"):
+        for phase in ("evaluation", "generation", "retain", "tasks", "loading"):
             seconds[phase] += recorded.get(phase, 0.0)
     comparisons = {
         g.parent.parent for g in groups
     }  # OUT/runs/<strategy>: OUT holds the base's timing
-    seconds["base"] = sum(
-        (read_json(c / "base-timing.json") or {}).get("base", 0.0) for c in comparisons
-    )
+    for comparison in comparisons:
+        base = read_json(comparison / "base-timing.json") or {}
+        seconds["base"] += base.get("base", 0.0)
+        seconds["tasks"] += base.get("tasks", 0.0)
     measured = sum(seconds.values())
     other = wall_s - measured if wall_s is not None and wall_s >= measured else None
     trained = seconds["training"] + seconds["search"]

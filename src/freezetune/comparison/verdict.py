@@ -36,6 +36,7 @@ from freezetune.comparison.pairs import (
 )
 from freezetune.comparison.results import item_tables
 from freezetune.comparison.wording import verdict_sentence
+from freezetune.errors import FreezetuneError
 
 
 def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[str, str]:
@@ -77,10 +78,12 @@ def decide(
     metric: str = "eval_loss",
     metric_reason: str = "",
     margins: dict | None = None,
+    forgetting: str = "kl",
 ) -> dict:
     """The verdict over strategy rows (results.strategy_row) on the quality ``metric`` chosen beforehand:
     every test, the frontier, the best and gentlest, what dominates what, hints, the sentence.
-    ``margins``: {metric: ("relative"|"absolute", size)} in place of MARGINS' defaults."""
+    ``margins``: {metric: ("relative"|"absolute", size)} in place of MARGINS' defaults. ``forgetting``:
+    the forgetting axis, "kl" (KL from the base) or "tasks" (accuracy lost on the retain tasks)."""
     done = [r for r in rows if r["status"] == "finished" and r["eval_loss"] is not None]
     failed = [r for r in rows if r["status"] == "failed"]
     verdict = {
@@ -103,15 +106,18 @@ def decide(
     # each metric's seed noise, pooled over the strategies once: the tests, the intervals and the hints share it
     noises = {
         m: seed_noise([tables[r["strategy"]][m] for r in done])
-        for m in ("eval_loss", "exact_match", "retain_kl")
+        for m in ("eval_loss", "exact_match", "retain_kl", "task_drop")
         if all(m in tables[r["strategy"]] for r in done)
     }
     _annotate(done, tables, noises)
-    cost = (
-        "retain_kl"
-        if all("retain_kl" in tables[r["strategy"]] for r in done)
-        else "peak_memory_bytes"
-    )
+    wanted = "task_drop" if forgetting == "tasks" else "retain_kl"
+    if forgetting == "tasks" and "task_drop" not in noises:
+        unscored = [r["strategy"] for r in done if "task_drop" not in tables[r["strategy"]]]
+        raise FreezetuneError(
+            f"--forgetting tasks: {', '.join(unscored)} has no retain-task scores for the base's "
+            "items (compare --retain-tasks measures them)"
+        )
+    cost = wanted if wanted in noises else "peak_memory_bytes"
     # in each metric's units
     bounds = {m: margin(m, done, margins or {}) for m in (metric, cost) if m in MARGINS}
     quality_tests = pair_tests(done, tables, metric, noises)

@@ -14,6 +14,9 @@ def shown(row: dict, metric: str) -> str:
     if metric in ("eval_loss", "retain_kl"):
         interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
         return f"{'eval loss' if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
+    if metric == "task_drop":  # shown as the change in accuracy: a drop of 2 points reads -2.0
+        interval = f" [{-100 * ci[1]:+.1f}, {-100 * ci[0]:+.1f}]" if ci else ""
+        return f"retain-task accuracy {-100 * row[metric]:+.1f} pts{interval}"
     return f"{row[metric] / 2**30:.2f} GiB peak"
 
 
@@ -78,6 +81,14 @@ def ratio(a, b) -> str:
     return f"{a / b:.2g}×" if a is not None and b else "n/a"
 
 
+def difference(row: dict, other: dict, metric: str) -> str:
+    """How ``row`` stands to ``other`` on ``metric``: a ratio, or for an accuracy drop (which may be
+    zero or negative) the difference in points."""
+    if metric == "task_drop":
+        return f"{100 * (row[metric] - other[metric]):+.1f} pts on"
+    return ratio(row[metric], other[metric])
+
+
 def recommend(rows: list[dict], verdict: dict) -> list[str]:
     """The verdict's sentence, then the frontier with its numbers, what each dominated run costs, the hints."""
     lines = [verdict["sentence"]]
@@ -103,7 +114,7 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
         lines.append(
             f"{row['strategy']} is dominated by {winner['strategy']}: "
             f"{shown(row, metric)} vs {shown(winner, metric)}, "
-            f"{ratio(row[cost], winner[cost])} the {METRIC_NAMES[cost]}, "
+            f"{difference(row, winner, cost)} the {METRIC_NAMES[cost]}, "
             f"{ratio(row['peak_memory_bytes'], winner['peak_memory_bytes'])} the peak memory, "
             f"{ratio(row['step_time_s'], winner['step_time_s'])} the step time."
         )

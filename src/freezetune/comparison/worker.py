@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from freezetune.comparison.benchmarks import score_tasks, scoring_batch
+from freezetune.comparison.flips import flip_line, flips, tasks_current
 from freezetune.comparison.forgetting import forgetting, layer_drift
 from freezetune.config.run import TrainConfig
 from freezetune.data.examples import Example, pad_token_id
@@ -44,13 +46,16 @@ SEARCH_BEFORE = {
 }
 
 
-def finished(run_dir: Path, measure: str) -> bool:
-    """Trained, evaluated and (for a reported run) measured for forgetting."""
+def finished(run_dir: Path, measure: str, tasks: dict | None = None) -> bool:
+    """Trained, evaluated and (for a reported run) measured for forgetting, on the ``tasks`` asked."""
     try:
         done = read_manifest(run_dir).get("status") == "finished"
     except FreezetuneError:
         return False
-    return done and (measure == "search" or (run_dir / "forgetting.json").is_file())
+    measured = (run_dir / "forgetting.json").is_file() and tasks_current(
+        run_dir / "tasks.json", tasks
+    )
+    return done and (measure == "search" or measured)
 
 
 def release_memory() -> None:
@@ -62,15 +67,45 @@ def release_memory() -> None:
         pass  # not glibc: the next run's peak may include this one's leftovers
 
 
-def _measure_forgetting(
+def _measure(
     spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool, runtime: int | None
-) -> None:
+) -> dict:
+    """Forgetting on the merged model, whichever of it is not yet measured: the retain KL and
+    weight drift (forgetting.json), the benchmark tasks when asked (tasks.json). Seconds of each."""
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tuned = load_run(run_dir, cache).model.to(device)
+    loaded = load_model(config.model, cache)
+    seconds = {}
+    if not (run_dir / "forgetting.json").is_file():
+        started = time.perf_counter()
+        _measure_kl(spec, config, run_dir, tuned, loaded, device, log, progress, runtime)
+        seconds["retain"] = time.perf_counter() - started
+    asked = spec.get("tasks")
+    if not tasks_current(run_dir / "tasks.json", asked):
+        scored = score_tasks(
+            tuned,
+            loaded.tokenizer,
+            asked["names"],
+            Path(asked["folder"]),
+            asked["limit"],
+            scoring_batch(config.batch_size),
+            progress,
+        )
+        for task in scored["tasks"].values():  # the base's file quotes the questions
+            task["items"] = [{"id": i["id"], "correct": i["correct"]} for i in task["items"]]
+        changes = flips(read_json(Path(asked["base"])), scored)
+        write_json(run_dir / "tasks.json", {**scored, "flips": changes})
+        log(flip_line(spec["strategy"], config.seed, changes, scored["seconds"]))
+        seconds["tasks"] = scored["seconds"]
+    return seconds
+
+
+def _measure_kl(
+    spec: dict, config, run_dir: Path, tuned, loaded, device, log, progress: bool, runtime
+) -> None:
     examples = [Example(**row) for row in read_json(Path(spec["retain"]["examples"]))]
     reference = read_tensors(Path(spec["retain"]["base"]))
-    loaded = load_model(config.model, cache)
     pad_id = pad_token_id(loaded.tokenizer)
     measured = forgetting(
         tuned, examples, reference, config.batch_size, pad_id, device, progress=progress
@@ -117,7 +152,7 @@ def run_worker(
     for item in spec["runs"]:
         config, measure = TrainConfig(**item["config"]), item["measure"]
         run_dir = Path(config.out)
-        if finished(run_dir, measure):
+        if finished(run_dir, measure, spec.get("tasks")):
             continue
         if should_stop():
             return "stopped"
@@ -139,10 +174,11 @@ def run_worker(
                     return "stopped"
                 seconds.update(result["after"].get("seconds", {}))
             if measure == "reported":
-                measuring = time.perf_counter()
-                _measure_forgetting(spec, config, run_dir, log, progress, runtime)
-                seconds["retain"] = time.perf_counter() - measuring
-            write_json(run_dir / "timing.json", {**seconds, "run": time.perf_counter() - started})
+                seconds.update(_measure(spec, config, run_dir, log, progress, runtime))
+            # a run measured again (tasks asked later) keeps what its training cost
+            earlier = read_json(run_dir / "timing.json") or {}
+            run_s = earlier.get("run", 0.0) + time.perf_counter() - started
+            write_json(run_dir / "timing.json", {**earlier, **seconds, "run": run_s})
             if not spec.get("keep_checkpoints"):
                 _drop_checkpoints(run_dir, spec["strategy"], log)
         # one failed run must not sink the others; its reason goes in the table
@@ -174,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) != 1 or not Path(argv[0]).is_file():
             raise FreezetuneError("usage: python -m freezetune.comparison.worker SPEC.json")
         spec = json.loads(Path(argv[0]).read_text())
+        import datasets
+
+        datasets.disable_progress_bars()  # a bar per task file read is noise in the comparison's log
         with StopFlag() as stop:
             outcome = run_worker(spec, log=log, should_stop=lambda: stop.requested)
     except (FreezetuneError, json.JSONDecodeError) as exc:

@@ -192,6 +192,26 @@ class GenerateOptions:
 
 
 @dataclass
+class EvaluateOptions:
+    """Score a run folder (against its base: accuracy before and after, the items that flipped) or
+    a model on lm-evaluation-harness tasks, in memory and offline."""
+
+    source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
+    tasks: list[str] = opt(
+        help="'builtin' (the 222-item quiz shipped with freezetune), a task config .yaml on local "
+        "files, or a registered task whose data is in the local datasets cache; give once per task"
+    )
+    limit: int = opt(0, help="score the first N items of each task; 0 = all")
+    batch_size: int = opt(8, help="requests per forward pass")
+    json: bool = opt(False, help="print the scores, per item, as JSON")
+    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
+
+    def validate(self) -> None:
+        if self.limit < 0 or self.batch_size < 1:
+            raise FreezetuneError("--limit must be 0 or more and --batch-size at least 1")
+
+
+@dataclass
 class ReportOptions:
     """Render the comparison report from existing run folders, without loading any model."""
 
@@ -204,6 +224,12 @@ class ReportOptions:
         choices=("auto", "exact_match", "eval_loss"),
     )
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
+    forgetting: str = opt(
+        "kl",
+        help="the verdict's forgetting axis: kl (KL from the base) or tasks (accuracy lost on the "
+        "retain tasks `compare --retain-tasks` scored)",
+        choices=("kl", "tasks"),
+    )
 
     def validate(self) -> None:
         parse_margins(self.margin)

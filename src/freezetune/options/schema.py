@@ -43,7 +43,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
             parser.add_argument(item.name, nargs="+" if many else None, help=meta["help"])
         elif typing.get_origin(base) is list:  # given once per value: values may hold commas
             parser.add_argument(
-                flag, dest=item.name, action="append", default=default, help=meta["help"]
+                flag,
+                dest=item.name,
+                action="append",
+                default=None if default is dataclasses.MISSING else default,
+                required=default is dataclasses.MISSING,
+                help=meta["help"],
             )
         elif base is bool:
             parser.add_argument(
