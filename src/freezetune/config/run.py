@@ -68,7 +68,7 @@ class TrainConfig(RunOptions):
     plan: str | None = opt(
         None,
         help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; "
-        "with LoRA: train the adapters only)",
+        "with LoRA: train the adapters only; with --schedule: 'train all', every block to draw from)",
     )
     lora_r: int = opt(
         0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)"
@@ -88,7 +88,8 @@ class TrainConfig(RunOptions):
     schedule: str | None = opt(
         None,
         help="change what trains during the run, inside the plan: 'gradual every=N [start=K] "
-        "[step=S]' (unfreeze downward) or 'lisa layers=K every=T' (K blocks drawn per period)",
+        "[step=S]' (unfreeze downward) or 'lisa layers=K every=T [freeze-outside]' (K blocks "
+        "drawn per period; freeze-outside: the embeddings and head stay frozen)",
     )
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
@@ -225,7 +226,11 @@ class TrainConfig(RunOptions):
 
     @property
     def plan_text(self) -> str:
-        return self.plan or (LORA_PLAN if self.lora_r else DEFAULT_PLAN)
+        """The plan given, else the default: a schedule's universe is every block (as in LISA's paper:
+        under 'freeze bottom 75%' it would draw from a handful of blocks, or from none at all)."""
+        if self.plan:
+            return self.plan
+        return LORA_PLAN if self.lora_r else ("train all" if self.schedule else DEFAULT_PLAN)
 
     def to_dict(self) -> dict:
         return asdict(self)

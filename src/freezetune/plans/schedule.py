@@ -3,8 +3,10 @@
     gradual every=N [start=K] [step=S]   the top K of the plan's trainable blocks train first; every N
                                          steps S more are unfrozen downward, until the whole plan trains
                                          (ULMFiT's gradual unfreezing)
-    lisa layers=K every=T                every T steps K of the plan's trainable blocks are drawn (seeded)
-                                         to train; the parts outside the blocks train as the plan says (LISA)
+    lisa layers=K every=T [freeze-outside]
+                                         every T steps K of the plan's trainable blocks are drawn (seeded)
+                                         to train; the parts outside the blocks train as the plan says (LISA),
+                                         or, with freeze-outside, the embeddings and head stay frozen
 
 The plan is the universe: a phase only ever freezes more of it, never trains what the plan
 freezes. Each phase is the plan plus one freeze rule, so it resolves, previews and renders like
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from freezetune.errors import FreezetuneError
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, resolve
-from freezetune.plans.selectors import Depth, Layers, Rule
+from freezetune.plans.selectors import Component, Depth, Layers, Rule
 
-FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T'"
+FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T [freeze-outside]'"
+FLAGS = {"lisa": {"freeze-outside"}, "gradual": set()}  # words without a value
 KEYS = {
     "gradual": ({"every"}, {"every", "start", "step"}),
     "lisa": ({"layers", "every"}, {"layers", "every"}),
@@ -38,6 +41,7 @@ class Schedule:
     start: int = 1  # gradual: blocks that train from step 0
     step: int = 1  # gradual: blocks unfrozen at each change
     layers: int = 0  # lisa: blocks drawn per period
+    freeze_outside: bool = False  # lisa: the embeddings and head never train (OwLore's variant)
 
     @classmethod
     def parse(cls, text: str) -> Schedule:
@@ -49,13 +53,16 @@ class Schedule:
             )
         kind = words[0].lower()
         required, allowed = KEYS[kind]
-        values: dict[str, int] = {}
+        values: dict = {}
         for word in words[1:]:
+            if word in FLAGS[kind]:
+                values[word.replace("-", "_")] = True
+                continue
             key, sep, value = word.partition("=")
             if not sep or key not in allowed:
                 raise FreezetuneError(
                     f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
-                    f"({', '.join(f'{k}=N' for k in sorted(allowed))})"
+                    f"({', '.join([*(f'{k}=N' for k in sorted(allowed)), *sorted(FLAGS[kind])])})"
                 )
             # '²' is a digit to str, not to int
             if not (value.isascii() and value.isdigit()) or int(value) < 1:
@@ -72,7 +79,8 @@ class Schedule:
 
     def render(self) -> str:
         if self.kind == "lisa":
-            return f"lisa layers={self.layers} every={self.every}"
+            outside = " freeze-outside" if self.freeze_outside else ""
+            return f"lisa layers={self.layers} every={self.every}{outside}"
         return f"gradual every={self.every} start={self.start} step={self.step}"
 
     def phase(self, step: int) -> int:
@@ -93,6 +101,21 @@ class Schedule:
             raise FreezetuneError(
                 f"--schedule '{self.render()}': {name}={count}, but the plan trains only "
                 f"{len(blocks)} blocks"
+            )
+        # a schedule that cannot vary is the plan itself: say so rather than run it as if it did
+        if count == len(blocks):
+            nothing = (
+                "to draw: every period" if self.kind == "lisa" else "to unfreeze: from step 0 it"
+            )
+            raise FreezetuneError(
+                f"--schedule '{self.render()}': {name}={count} of the plan's {count} trainable blocks "
+                f"leaves nothing {nothing} would train all {count}; give fewer, or a plan "
+                "that trains more blocks"
+            )
+        if self.freeze_outside and not _outside(universe):
+            raise FreezetuneError(
+                f"--schedule '{self.render()}': the plan '{universe.plan.render()}' already trains "
+                "neither the embeddings nor the head, so freeze-outside would change nothing"
             )
         return blocks
 
@@ -120,7 +143,7 @@ class Schedule:
                 else _freezing(universe, Depth("bottom", active[0]))
             )
         resting = [b for b in blocks if b not in active]
-        return _freezing(universe, Layers(items=tuple(resting))) if resting else universe
+        return _freezing(universe, Layers(items=tuple(resting)), self.freeze_outside)
 
     def phases(self, universe: ResolvedPlan, total_steps: int, seed: int) -> list[dict]:
         """Consecutive steps with the same blocks, as ``{"steps": [first, last], "blocks": [...], "resolved": ...}``;
@@ -161,13 +184,29 @@ class Schedule:
         sizes = {row["index"]: row["trainable_params"] for row in universe.layer_rows()}
         largest = sorted(blocks[1:], key=lambda b: (-sizes[b], b))[: self.layers - 1]
         resting = [b for b in blocks if b != blocks[0] and b not in largest]
-        return _freezing(universe, Layers(items=tuple(resting))) if resting else universe
+        return _freezing(universe, Layers(items=tuple(resting)), self.freeze_outside)
 
 
-def _freezing(universe: ResolvedPlan, selector: Depth | Layers) -> ResolvedPlan:
-    """The universe's plan with one more rule, ``freeze SELECTOR``, resolved."""
-    rule = Rule("freeze", selector, len(universe.plan.rules) + 1)
-    return resolve(FreezePlan(universe.plan.rules + (rule,)), universe.anatomy)
+def _outside(universe: ResolvedPlan) -> bool:
+    """Whether the plan trains any of the embeddings or the head."""
+    return any(
+        e.part in ("embeddings", "head") and e.tensor in universe.trainable
+        for e in universe.anatomy.entries
+    )
+
+
+def _freezing(
+    universe: ResolvedPlan, selector: Depth | Layers, outside: bool = False
+) -> ResolvedPlan:
+    """The universe's plan with one more rule, ``freeze SELECTOR`` (none for an empty Layers), and
+    with ``outside`` two more that freeze the embeddings and the head, resolved."""
+    selectors = [selector] if not isinstance(selector, Layers) or selector.items else []
+    selectors += [Component("embeddings"), Component("head")] if outside else []
+    if not selectors:
+        return universe
+    start = len(universe.plan.rules) + 1
+    rules = tuple(Rule("freeze", s, start + i) for i, s in enumerate(selectors))
+    return resolve(FreezePlan(universe.plan.rules + rules), universe.anatomy)
 
 
 def trainable_blocks(resolved: ResolvedPlan) -> list[int]:

@@ -1,0 +1,68 @@
+"""What a schedule moves through: every block when no plan is given, never a schedule that cannot vary,
+and LISA with the embeddings and head kept out (freeze-outside)."""
+
+import json
+
+import pytest
+
+from freezetune.cli.commands import main
+from freezetune.errors import FreezetuneError
+from freezetune.plans.anatomy import find_anatomy
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import resolve
+from freezetune.plans.schedule import Schedule
+
+from conftest import build_tiny
+from helpers import metric_records, train_argv
+
+
+def universe(plan: str):
+    return resolve(FreezePlan.parse(plan), find_anatomy(build_tiny("llama")))
+
+
+def test_without_a_plan_a_schedule_draws_from_every_block(tiny_chat_model_dir, order_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_argv(tiny_chat_model_dir, order_data, out, "--max-steps", "12", "--schedule", "lisa layers=2 every=2",
+                           lr="1e-3", eval_generate=0, prefix_cache="off")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"] == ["train all"] and manifest["schedule"] == "lisa layers=2 every=2"
+    drawn = {block for record in metric_records(out) if "loss" in record for block in record["active_blocks"]}
+    # under the default 'freeze bottom 75%' the 4-block model would train block 3 only, whatever the draw
+    assert drawn == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("plan, schedule, message", [
+    ("freeze bottom 50%", "lisa layers=2 every=2",
+     "layers=2 of the plan's 2 trainable blocks leaves nothing to draw: every period would train all 2"),
+    ("freeze bottom 50%", "gradual every=2 start=2",
+     "start=2 of the plan's 2 trainable blocks leaves nothing to unfreeze: from step 0 it would train all 2"),
+    ("train all; freeze embeddings; freeze head", "lisa layers=1 every=2 freeze-outside",
+     "already trains neither the embeddings nor the head, so freeze-outside would change nothing"),
+])
+def test_a_schedule_that_cannot_vary_is_refused_with_the_reason(plan, schedule, message):
+    with pytest.raises(FreezetuneError, match=message):
+        Schedule.parse(schedule).check(universe(plan))
+
+
+def test_the_refusal_reaches_train_as_one_line(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    assert main(train_argv(tiny_chat_model_dir, order_data, tmp_path / "run", "--max-steps", "2", "--plan", "freeze bottom 50%",
+                           "--schedule", "lisa layers=2 every=2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("freezetune train: error: --schedule 'lisa layers=2 every=2': layers=2 of the plan's 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_freeze_outside_keeps_the_embeddings_and_head_frozen_in_every_period():
+    plain, outside = Schedule.parse("lisa layers=1 every=2"), Schedule.parse("lisa layers=1 every=2 freeze-outside")
+    assert outside.render() == "lisa layers=1 every=2 freeze-outside" and Schedule.parse(outside.render()) == outside
+    space = universe("train all")
+    anatomy = space.anatomy
+    outer = {e.tensor for e in anatomy.entries if e.part in ("embeddings", "head")}
+    for phase in range(4):
+        with_outer, without = plain.plan_at(space, phase, 0), outside.plan_at(space, phase, 0)
+        assert outer <= with_outer.trainable and not outer & without.trainable
+        # the same block drawn either way; only the outside differs
+        assert with_outer.trainable - outer == without.trainable
+    assert not outer & outside.peak_plan(space).trainable
+    with pytest.raises(FreezetuneError, match="'freeze-outside=1' is not one of lisa's settings .*freeze-outside"):
+        Schedule.parse("lisa layers=1 every=2 freeze-outside=1")
