@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from freezetune.comparison.flips import task_lines
 from freezetune.comparison.report import markdown_table, measured_line
 from freezetune.comparison.timing import timing_line
 
@@ -29,6 +30,8 @@ def render(results: dict) -> str:
         + "\n"
         + "".join(f"> {line}\n>\n" for line in results["recommendation"]).rstrip(">\n")
         + "\n"
+        + "".join(f"\n- Retain task: {line}" for line in task_lines(results["runs"]))
+        + ("\n" if task_lines(results["runs"]) else "")
     )
 
 

@@ -66,6 +66,7 @@ def test_the_readme_demo_block_is_rendered_from_the_committed_demo_results():
     # the demo the README describes is the demo `make demo` runs
     assert {r["strategy"] for r in results["runs"]} == {"full", "lora", "freeze bottom 75%"}
     assert all(r["seeds"] == [0, 1] and r["status"] == "finished" for r in results["runs"])
+    assert all(r["retain_tasks"]["freezetune_builtin"]["items"] == 222 for r in [results["base"], *results["runs"]])
 
 
 @pytest.mark.integration

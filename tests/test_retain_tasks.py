@@ -141,7 +141,7 @@ def test_compare_scores_retain_tasks_on_every_run_and_ranks_forgetting_by_them(t
     for row in results["runs"]:
         task = row["retain_tasks"]["freezetune_builtin"]
         assert task["before"] == base["tasks"]["freezetune_builtin"]["accuracy"] and task["items"] == 40
-        drops = []
+        drops, lost, gained = [], 0, 0
         for run_dir in row["run_dirs"]:
             scored = json.loads((Path(run_dir) / "tasks.json").read_text())
             flipped = scored["flips"]["freezetune_builtin"]
@@ -149,11 +149,12 @@ def test_compare_scores_retain_tasks_on_every_run_and_ranks_forgetting_by_them(t
             # accuracy after = before - lost + gained, item by item
             assert round(40 * after) == round(40 * task["before"]) - len(flipped["right_to_wrong"]) + len(flipped["wrong_to_right"])
             drops.append(task["before"] - after)
+            lost, gained = lost + len(flipped["right_to_wrong"]), gained + len(flipped["wrong_to_right"])
             assert json.loads((Path(run_dir) / "timing.json").read_text())["tasks"] > 0
         assert row["task_drop"] == pytest.approx(np.mean(drops))
         lo, hi = row["task_drop_ci"]
         assert lo <= row["task_drop"] <= hi
-        assert task["right_to_wrong"] + task["wrong_to_right"] >= 0
+        assert (task["right_to_wrong"], task["wrong_to_right"]) == (lost, gained)  # summed over the seeds
     verdict = results["verdict"]
     assert verdict["cost_metric"] == "task_drop"
     assert {t["axis"] for t in verdict["tests"]} == {"quality", "forgetting"}
@@ -171,6 +172,15 @@ def test_compare_scores_retain_tasks_on_every_run_and_ranks_forgetting_by_them(t
     assert all(row["retain_tasks"]["freezetune_builtin"]["items"] == 50 for row in again["runs"])
     assert again["verdict"]["cost_metric"] == "retain_kl"  # --forgetting kl is the default; the table shows both
     assert steps_before == {d: (Path(d) / "metrics.jsonl").read_text() for r in again["runs"] for d in r["run_dirs"]}
+    # report re-renders the verdict on either axis; without a run's task scores, --forgetting tasks is one line
+    run_dirs = [d for r in again["runs"] for d in r["run_dirs"]]
+    assert main(["report", *run_dirs, "--out", str(tmp_path / "again"), "--forgetting", "tasks"]) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["verdict"]["cost_metric"] == "task_drop"
+    capsys.readouterr()
+    (Path(run_dirs[0]) / "tasks.json").unlink()
+    assert main(["report", *run_dirs, "--out", str(tmp_path / "third"), "--forgetting", "tasks"]) == 2
+    assert capsys.readouterr().err.strip() == ("freezetune report: error: --forgetting tasks: full has no retain-task scores "
+                                               "for the base's items (compare --retain-tasks measures them)")
 
 
 def test_evaluate_scores_a_run_against_its_base_and_a_model_alone(trained, tiny_chat_model_dir, capsys):

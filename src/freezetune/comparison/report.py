@@ -64,7 +64,8 @@ def _task_cell(row: dict) -> str:
     interval = f" [{-100 * ci[1]:+.1f}, {-100 * ci[0]:+.1f}]" if ci else ""
     lost = sum(t.get("right_to_wrong", 0) for t in tasks.values())
     gained = sum(t.get("wrong_to_right", 0) for t in tasks.values())
-    return f"{-100 * row['task_drop']:+.1f} pts{interval}; {lost} right→wrong, {gained} wrong→right"
+    change = -100 * row["task_drop"] + 0.0  # + 0.0: no "-0.0" for no change
+    return f"{change:+.1f} pts{interval}; {lost} right→wrong, {gained} wrong→right"
 
 
 TABLE = {

@@ -16,7 +16,7 @@ def shown(row: dict, metric: str) -> str:
         return f"{'eval loss' if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
     if metric == "task_drop":  # shown as the change in accuracy: a drop of 2 points reads -2.0
         interval = f" [{-100 * ci[1]:+.1f}, {-100 * ci[0]:+.1f}]" if ci else ""
-        return f"retain-task accuracy {-100 * row[metric]:+.1f} pts{interval}"
+        return f"retain-task accuracy {-100 * row[metric] + 0.0:+.1f} pts{interval}"
     return f"{row[metric] / 2**30:.2f} GiB peak"
 
 

@@ -12,15 +12,15 @@ from freezetune.plans.memory import DTYPES
 MODEL_HELP = "embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache"
 MARGIN_HELP = (
     "how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
-    "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% (points); "
-    "a plain number is in the metric's own units (defaults: those three)"
+    "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% and "
+    "task_drop=2%% (points of accuracy); a plain number is in the metric's own units (defaults: those four)"
 )
-MARGIN_METRICS = ("eval_loss", "exact_match", "retain_kl")
+MARGIN_METRICS = ("eval_loss", "exact_match", "retain_kl", "task_drop")
 
 
 def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
     """--margin METRIC=SIZE: {metric: ("relative"|"absolute", size)}; N% is relative to the mean for a loss or
-    a KL, and percentage points for exact match (itself a percentage)."""
+    a KL, and percentage points for an accuracy (exact match, the retain tasks' drop)."""
     margins = {}
     for text in texts or []:
         name, _, size = text.partition("=")
@@ -37,7 +37,8 @@ def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
             ) from None
         if not 0 <= value < float("inf"):
             raise FreezetuneError(f"--margin '{text}': the size must be 0 or more")
-        relative = size.endswith("%") and name != "exact_match"
+        # accuracies are percentages already: N% of them is N points
+        relative = size.endswith("%") and name not in ("exact_match", "task_drop")
         margins[name] = ("relative" if relative else "absolute", value)
     return margins
 
