@@ -111,6 +111,25 @@ def test_guard_catches_a_broken_plan(tiny_chat_model_dir, order_data, tmp_path):
         TrainingLoop(session, log=lambda m: None, progress=False).run()
 
 
+def test_guard_catches_a_frozen_tensor_the_optimizer_step_wrote(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
+    """On one process the first-step check reads frozen tensors' version counters instead of hashing them: a
+    write during the optimizer step, even of the same values, still stops the run."""
+    from freezetune.distributed.backends import Replicated
+
+    session = open_session(config_for(tiny_chat_model_dir, order_data, tmp_path / "run", plan="freeze bottom 50%"))
+    frozen = session.loaded.model.model.layers[0].mlp.up_proj.weight
+    stepped = Replicated.step
+
+    def step_and_write(self, max_grad_norm):
+        stepped(self, max_grad_norm)
+        with torch.no_grad():
+            frozen.mul_(1.0)  # a stray in-place write, as an optimizer holding a frozen tensor would make
+
+    monkeypatch.setattr(Replicated, "step", step_and_write)
+    with pytest.raises(FreezetuneError, match="first step: frozen tensor model.layers.0.mlp.up_proj.weight changed"):
+        TrainingLoop(session, log=lambda m: None, progress=False).run()
+
+
 def test_guard_catches_unchanged_and_gradientless_tensors():
     from freezetune.training.guards import FirstStepGuard
 

@@ -29,6 +29,9 @@ class Replicated:
     """One process, or DDP through accelerate: every process holds the same whole state."""
 
     gathers_everywhere = False  # the main process alone can read a checkpoint's worth of state
+    # torch's AdamW writes the weights in place, through their version counters: a frozen tensor the
+    # optimizer touched shows in its counter, so the first-step check need not hash the frozen weights
+    writes_counted = True
 
     def __init__(self, accelerator):
         self.accelerator = accelerator
@@ -93,6 +96,7 @@ class Fsdp(Replicated):
     """FSDP2 (sharding.py): each process holds a shard of every tensor, its gradient and moments."""
 
     gathers_everywhere = True
+    writes_counted = False  # shards are gathered into and written through flat buffers
 
     def __init__(
         self, accelerator, settings: FsdpSettings, resolved, device: torch.device, bf16: bool
@@ -121,6 +125,7 @@ class Zero(Replicated):
     reduces, clips and steps; the loop's own schedule still sets the learning rate."""
 
     gathers_everywhere = True
+    writes_counted = False  # DeepSpeed writes partitions back through .data, which no counter sees
 
     def __init__(self, accelerator, settings: ZeroSettings, config, world: int, bf16: bool):
         super().__init__(accelerator)

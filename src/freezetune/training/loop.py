@@ -258,7 +258,9 @@ class TrainingLoop:
         return optimizer
 
     def _guard(self, check: str | None) -> FirstStepGuard | None:
-        """The first-step check ``TrainableSet.take_check`` asked for, over what trains now."""
+        """The first-step check ``TrainableSet.take_check`` asked for, over what trains now: frozen tensors
+        by version counter where the backend's writes advance it (hashing 100M frozen weights cost more
+        than a step), hashed where they may not."""
         if check is None:
             return None
         return FirstStepGuard(
@@ -266,7 +268,7 @@ class TrainingLoop:
             set(self.names),
             self.backend.grad,
             self.backend.view,
-            light=check == "light",
+            light=check == "light" or self.backend.writes_counted,
         )
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
