@@ -1,4 +1,5 @@
-"""What the first-step check costs, in steps of `freeze bottom 75%` on the embedded model.
+"""What the first-step check costs, in steps of `freeze bottom 75%` on the embedded model, and
+where the time before a run's first step goes.
 
     .venv/bin/python bench/first_step_check.py       # writes bench/results/first_step_check.json
 
@@ -9,7 +10,9 @@ and one as the first step does: the check's snapshot taken before it, its gradie
 checks inside it. Both ways of checking frozen tensors are timed: by version counter (what one
 process and DDP use, since torch's AdamW writes through the counters) and by hashing every
 frozen weight (what FSDP and ZeRO use). The cost of a check is the median checked step minus
-the median plain step, reported as a multiple of the plain step.
+the median plain step, reported as a multiple of the plain step. Start-up: the imports `train`
+needs, timed in a fresh interpreter, and the parts of `open_session` (the seconds it records in
+every run's manifest as `startup_s`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +35,19 @@ from freezetune.training.session import open_session
 
 PLAN, SEQ_LEN, BATCH = "freeze bottom 75%", 256, 4
 RESULTS = Path(__file__).parent / "results" / "first_step_check.json"
+IMPORTS = (
+    "import time; started = time.perf_counter(); "
+    "import freezetune.training.loop, freezetune.training.session; "
+    "print(time.perf_counter() - started)"
+)
+
+
+def import_seconds() -> float:
+    """The imports of `train`'s library path, in a fresh interpreter (the shell command's own start aside)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.split()[-1])
 
 
 def main() -> None:
@@ -50,7 +68,9 @@ def main() -> None:
             prefix_cache="off",
             out=str(Path(folder) / "run"),
         )
-        loop = TrainingLoop(open_session(config), log=lambda _: None, progress=False)
+        imports = import_seconds()
+        session = open_session(config)
+        loop = TrainingLoop(session, log=lambda _: None, progress=False)
         loop.train_step(loop.micro_batches(0), config.max_grad_norm)  # one-time costs: allocation
         times: dict[str, list[float]] = {"plain": [], "light": [], "full": []}
         step = 1
@@ -78,13 +98,14 @@ def main() -> None:
         "rounds": args.rounds,
         "step_time_s": {way: round(value, 4) for way, value in medians.items()},
         "step_times_s": times,
+        "startup_s": {"imports": round(imports, 3), **session.startup_s},
         "ratios": {
             "light_check_in_steps": round((medians["light"] - plain) / plain, 3),
             "full_check_in_steps": round((medians["full"] - plain) / plain, 3),
         },
     }
     write_json(Path(args.out), result)
-    print(json.dumps({"step_time_s": result["step_time_s"], "ratios": result["ratios"]}))
+    print(json.dumps({k: result[k] for k in ("step_time_s", "startup_s", "ratios")}))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from freezetune.advice.advisor import (
-    Candidate,
-    gradient_scores,
-    pick,
-    predicted_step_ratio,
-)
+from freezetune.advice.advisor import gradient_scores, pick
+from freezetune.advice.candidates import Candidate, predicted_step_ratio
 from freezetune.cli.commands import main
 from freezetune.config.fields import parse_size
 from freezetune.errors import FreezetuneError
@@ -115,3 +111,26 @@ def test_compare_runs_the_advised_plan_as_one_more_strategy(tiny_chat_model_dir,
     assert name == "advise budget=1GiB" and advised["status"] == "finished"
     manifest = json.loads((Path(advised["run_dir"]) / "manifest.json").read_text())
     assert manifest["config"]["plan"] == plan and plan.startswith("train ")
+
+
+def test_candidates_span_the_whole_depth_and_the_budget_says_what_it_excluded():
+    from freezetune.advice.candidates import candidate_plans, candidates
+    from freezetune.plans.anatomy import find_anatomy
+
+    from conftest import build_tiny
+
+    # 8 blocks, evidence concentrated at the bottom: the windows and the bottom-and-top plans reach it
+    texts = candidate_plans(8, [8, 7, 1, 1, 1, 1, 1, 1])
+    assert {"train layers 0", "train layers 3", "train layers 0-1", "train layers 3-4", "train layers 0,7",
+            "train top 2; train norm; train head", "train layers 0-1,6-7", "train layers 0-3", "train layers 2-5"} <= set(texts)
+    anatomy = find_anatomy(build_tiny("llama"))  # 4 blocks
+    evidence = [5.0, 1.0, 1.0, 1.0]
+    found = candidates(anatomy, evidence, 64, 2, "float32")
+    assert len({c.plan for c in found}) == len(found) and all(c.blocks >= 1 for c in found)
+    by_plan = {c.plan: c for c in found}
+    # a window at the bottom holds the evidence but its backward runs the whole stack: it costs more than the top
+    assert by_plan["train layers 0"].score == 0.625 and by_plan["train layers 0"].blocks == 1
+    assert by_plan["train layers 0"].memory_estimate_bytes > by_plan["train top 1"].memory_estimate_bytes
+    assert by_plan["train layers 0"].predicted_step_ratio > by_plan["train top 1"].predicted_step_ratio
+    budget = by_plan["train top 1"].memory_estimate_bytes  # the top block fits, the bottom one does not
+    assert pick([c for c in found if c.blocks == 1], budget).plan == "train top 1"

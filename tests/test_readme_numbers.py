@@ -93,5 +93,9 @@ def test_the_documented_advice_on_the_embedded_model_is_what_advise_picks(capsys
     pick = next(c for c in info["candidates"] if c["plan"] == info["plan"])
     quoted = (f"it picks `{info['plan']}`: {100 * pick['score']:.0f}% of the spectral evidence,\n"
               f"{pick['memory_estimate_bytes'] / 2**30:.1f} GiB estimated against a {info['memory_budget_bytes'] / 2**30:.1f} GiB "
-              f"default budget, a step about {pick['predicted_step_ratio']:.2f}× full's.")
+              f"default budget, a step about {pick['predicted_step_ratio']:.2f}× full's")
     assert quoted in (ROOT / "docs" / "advise.md").read_text()
+    over = info["over_budget"]  # the 7 best-ranked blocks, block 0 among them, over the budget
+    assert over["blocks"] == pick["blocks"] == 7 and over["plan"].startswith("train layers 0,")
+    assert (f"of the 7-block\nplans, the 7 best-ranked blocks hold more of the evidence ({100 * over['score']:.0f}%) but, with block 0 "
+            f"among them,\nthe backward pass runs the whole stack: {over['memory_estimate_bytes'] / 2**30:.1f} GiB.") in (ROOT / "docs" / "advise.md").read_text()

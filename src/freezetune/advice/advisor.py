@@ -4,27 +4,28 @@ Evidence per block: the Spectrum-style signal-to-noise of its weight matrices (s
 above the Marchenko-Pastur edge of a same-shaped random matrix with the same entry spread,
 against those below; no data needed), and with data the gradient norm relative to the weight
 norm over a few batches of the user's examples, through the forward-backward of TrainStep (no
-optimizer, no weight moves). Candidates are plans the language can say (the top k blocks,
-their MLPs or attention only, the k blocks the evidence ranks highest), each with its memory
-estimate and the step-time ratio a FLOP model predicts. The pick is the candidate that covers
-the most evidence within the budget.
+optimizer, no weight moves). Candidates (candidates.py) are plans across the whole depth, each
+with its memory estimate and the step-time ratio a FLOP model predicts. The pick is the
+candidate that covers the most evidence within the budget; when a candidate with more evidence
+is over the budget, the advice says what it would cost.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from freezetune.advice.candidates import Candidate, block_sizes, candidates
 from freezetune.data.examples import Example, collate
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.memory import estimate_memory
 from freezetune.plans.preview import human_bytes
-from freezetune.plans.resolution import ResolvedPlan, resolve
+from freezetune.plans.resolution import resolve
 from freezetune.training.step import MicroBatch, TrainStep
 
 
@@ -99,95 +100,6 @@ def gradient_scores(
     return [math.sqrt(g) / math.sqrt(n) if n else 0.0 for g, n in zip(grads, norms)]
 
 
-def predicted_step_ratio(resolved: ResolvedPlan) -> float:
-    """Step FLOPs against full training's, counting per block its forward (1x), and from the lowest block
-    the backward reaches up: input gradients (1x) and, where it trains, weight gradients (1x). Block
-    costs are proportional to their parameters; the head always runs forward and input gradients,
-    and weight gradients where it trains."""
-    anatomy = resolved.anatomy
-    names = frozenset(resolved.trainable_names())
-    sizes, trained = _block_sizes(anatomy, names)
-    head = anatomy.dims.vocab_size * anatomy.dims.hidden_size
-    head_trains = any(
-        e.part == "head" and (e.tensor in names or e.name in names) for e in anatomy.entries
-    )
-    lowest = anatomy.num_layers - resolved.backward_depth
-    plan = sum(sizes) + (3 if head_trains else 2) * head + sum(sizes[lowest:]) + sum(trained)
-    return plan / (3 * sum(sizes) + 3 * head)
-
-
-@dataclass
-class Candidate:
-    plan: str
-    trainable_params: int
-    memory_estimate_bytes: int
-    predicted_step_ratio: float
-    score: float  # the share of the evidence the plan trains (0 to 1)
-
-
-def candidates(
-    anatomy: Anatomy, evidence: list[float], seq_len: int, batch_size: int, dtype: str
-) -> list[Candidate]:
-    """Plans of growing size: the top k blocks, their MLPs, their attention, and the k best-evidenced blocks."""
-    layers = anatomy.num_layers
-    sizes = sorted(
-        {
-            k
-            for k in (1, 2, layers // 8, layers // 4, layers // 2, 3 * layers // 4)
-            if 0 < k < layers
-        }
-    )
-    ranked = sorted(range(layers), key=lambda i: -evidence[i])
-    texts = []
-    for k in sizes:
-        texts += [
-            f"train top {k}",
-            f"train mlp@top {k}",
-            f"train attn@top {k}",
-            "train layers " + ",".join(str(i) for i in sorted(ranked[:k])),
-        ]
-    total = sum(evidence) or 1.0
-    found, seen = [], set()
-    for text in texts:
-        resolved = resolve(FreezePlan.parse(text), anatomy)
-        names = frozenset(resolved.trainable_names())
-        if names in seen:  # the ranked blocks may be the top ones
-            continue
-        seen.add(names)
-        share = _trained_share(anatomy, names)
-        memory = estimate_memory(
-            anatomy, resolved.trainable_params, resolved.backward_depth, seq_len, batch_size, dtype
-        )
-        found.append(
-            Candidate(
-                text,
-                resolved.trainable_params,
-                memory["total"],
-                round(predicted_step_ratio(resolved), 4),
-                round(sum(share[i] * evidence[i] for i in range(layers)) / total, 4),
-            )
-        )
-    return found
-
-
-def _block_sizes(
-    anatomy: Anatomy, names: frozenset[str] = frozenset()
-) -> tuple[list[int], list[int]]:
-    """Per block, its parameters and how many of them are among ``names``."""
-    sizes, trained = [0] * anatomy.num_layers, [0] * anatomy.num_layers
-    for entry in anatomy.entries:
-        if entry.part == "block" and entry.name == entry.tensor:
-            sizes[entry.layer] += entry.numel
-            trained[entry.layer] += entry.numel if entry.name in names else 0
-    return sizes, trained
-
-
-def _trained_share(anatomy: Anatomy, names: frozenset[str]) -> list[float]:
-    """Per block, the fraction of its parameters the plan trains."""
-    sizes, trained = _block_sizes(anatomy, names)
-    return [t / s if s else 0.0 for t, s in zip(trained, sizes)]
-
-
 def pick(found: list[Candidate], budget: int) -> Candidate:
     """The candidate covering the most evidence whose estimate fits ``budget``; the smaller one on a tie."""
     fitting = [c for c in found if c.memory_estimate_bytes <= budget]
@@ -255,7 +167,17 @@ def advise(
         f"of any candidate within {within}; its estimate is {human_bytes(chosen.memory_estimate_bytes)} and its "
         f"step about {chosen.predicted_step_ratio:.2f}x full's."
     )
-    params = _block_sizes(anatomy)[0]
+    # the budget must not rule out what the evidence favours without saying so: among plans of the pick's
+    # size (more blocks always hold more evidence), the one that holds the most, when the budget excluded it
+    same_size = [c for c in found if c.blocks == chosen.blocks]
+    favoured = max(same_size, key=lambda c: (c.score, -c.memory_estimate_bytes))
+    over = favoured if favoured.score > chosen.score else None
+    if over is not None:
+        reason += (
+            f" Of the plans training {chosen.blocks} blocks, '{over.plan}' holds more of the evidence "
+            f"({100 * over.score:.0f}%) but needs about {human_bytes(over.memory_estimate_bytes)}, over the budget."
+        )
+    params = block_sizes(anatomy)[0]
     return {
         "memory_budget_bytes": budget or full_bytes // 2,
         "evidence": [
@@ -268,6 +190,7 @@ def advise(
             for i in range(anatomy.num_layers)
         ],
         "candidates": [asdict(c) for c in found],
+        "over_budget": asdict(over) if over is not None else None,
         "plan": chosen.plan,
         "reason": reason,
     }

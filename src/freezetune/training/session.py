@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -58,6 +58,8 @@ class Session:
     cache_train: bool = True
     # the run folder, held by this process (the main one) until the run ends
     lock: FolderLock | None = None
+    # seconds of each part of opening it: model, hash, plan, data, cache
+    startup_s: dict = field(default_factory=dict)
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -148,6 +150,13 @@ def open_session(
 ) -> Session:
     """``sharding``: FSDP or ZeRO instead of replicas (distributed.processes.launch_sharding reads it from a launch)."""
     config.validate()
+    seconds, last = {}, [time.perf_counter()]
+
+    def lap(phase: str) -> None:  # where the time before the first step goes: the manifest keeps it
+        now = time.perf_counter()
+        seconds[phase] = round(now - last[0], 3)
+        last[0] = now
+
     # under torchrun / accelerate launch: the real process count
     world = process_state().num_processes
     check_layout(
@@ -166,7 +175,9 @@ def open_session(
         config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored
     )
     require_causal_lm(loaded, "train")
+    lap("model")
     base_sha256 = model_hash(loaded.path, config.cache_dir)
+    lap("hash")
     if config.resume:
         check_resumable(read_manifest(run_dir), run_dir, config, base_sha256, loaded.path)
     if config.lora_r:
@@ -186,6 +197,7 @@ def open_session(
     if schedule is not None:
         # a schedule the plan cannot hold fails before the run folder exists
         schedule.check(resolved)
+    lap("plan")
     train, held, notes = load_data(
         loaded.tokenizer,
         config.objective,
@@ -199,7 +211,9 @@ def open_session(
             f"{len(train.examples)} training examples are fewer than one batch "
             f"(--batch-size {config.batch_size})"
         )
+    lap("data")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
+    lap("cache")
     notes += [cache_note, *(cache.notices if cache is not None else [])]
     notes += [f"notice: {n}" for n in resolved.notices]
     if not config.resume and not main_process:
@@ -230,6 +244,7 @@ def open_session(
                 "data_sha256": data_hashes(config),
                 "versions": versions(),
                 "dtypes": dtypes,
+                "startup_s": seconds,
             },
         )
     over = f"{world} processes" if world > 1 else "1 process"
@@ -247,6 +262,9 @@ def open_session(
             f"sharding: DeepSpeed ZeRO-{sharding.stage} over {over}, partitioning {shared}"
         )
     notes += [lock.notice] if lock is not None and lock.notice else []
+    notes.append(
+        "start-up: " + ", ".join(f"{phase} {value:.1f} s" for phase, value in seconds.items())
+    )
     return Session(
         config,
         loaded,
@@ -260,4 +278,5 @@ def open_session(
         sharding,
         config.reaches_second_epoch(len(train.examples)),
         lock,
+        seconds,
     )
