@@ -49,6 +49,18 @@ def test_readme_integration_ratio_matches_bench_results():
     assert f"| `trl_default_over_freeze` | {result['ratios']['trl_default_over_freeze']:.2f} |" in readme
 
 
+def test_startup_and_first_step_check_match_bench_results():
+    result = json.loads((ROOT / "bench" / "results" / "first_step_check.json").read_text())
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    assert result["measured"].startswith("train_step with and without FirstStepGuard")
+    times = result["startup_s"]
+    assert "| " + " | ".join(f"{times[k]:.2f}" for k in ("imports", "model", "hash", "plan", "data", "cache")) + " |" in doc
+    assert f"as a multiple of a plain step ({result['step_time_s']['plain']:.2f} s)" in doc
+    assert f"| by version counter (one process, DDP) | {result['ratios']['light_check_in_steps']:.2f} |" in doc
+    assert f"| by hashing every frozen weight (FSDP, ZeRO) | {result['ratios']['full_check_in_steps']:.2f} |" in doc
+    assert result["ratios"]["light_check_in_steps"] <= 1  # issue 22: the check costs at most one step
+
+
 def test_every_results_file_says_where_its_numbers_came_from():
     for path in [*(ROOT / "bench" / "results").glob("*.json"), ROOT / "docs" / "results" / "demo" / "results.json"]:
         where = json.loads(path.read_text())["provenance"]
