@@ -16,9 +16,8 @@ class StartUpInterrupt:
 
     def __call__(self, signum, frame):
         self.fired = True
-        if _importing(
-            frame
-        ):  # raised through a C++ extension's import, it aborts the process instead
+        # raised through a C++ extension's import, it aborts the process instead
+        if _importing(frame):
             _leave()
         raise KeyboardInterrupt
 

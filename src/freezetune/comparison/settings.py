@@ -122,9 +122,8 @@ class CompareOptions(RunOptions):
             )
         if self.retain_limit < 0:
             raise FreezetuneError(f"--retain-limit must be 0 or more, got {self.retain_limit}")
-        if (
-            self.retain_tasks
-        ):  # not installed, unknown, or data it would fetch: before the model loads
+        # not installed, unknown, or data it would fetch: before the model loads
+        if self.retain_tasks:
             with tempfile.TemporaryDirectory(prefix="freezetune-tasks-") as folder:
                 load_tasks(self.retain_tasks, Path(folder))
         if self.seeds < 1:

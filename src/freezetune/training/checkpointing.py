@@ -82,9 +82,8 @@ def write_checkpoint(loop: TrainingLoop, step: int) -> dict[str, torch.Tensor]:
     if loop.main or loop.backend.gathers_everywhere:
         tensors = trainable_state(loop.model, loop.trainable.trained_names, loop.backend.value)
         optimizer = loop.backend.optimizer_state(loop.model)
-        if (
-            step >= loop.total_steps
-        ):  # no step follows the last (a resume may not add steps): moments are dead
+        # no step follows the last (a resume may not add steps): moments are dead
+        if step >= loop.total_steps:
             optimizer = {**optimizer, "state": {}}
     if loop.main:
         # the metrics a checkpoint covers are on disk before it is
