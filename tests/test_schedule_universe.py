@@ -66,3 +66,38 @@ def test_freeze_outside_keeps_the_embeddings_and_head_frozen_in_every_period():
     assert not outer & outside.peak_plan(space).trainable
     with pytest.raises(FreezetuneError, match="'freeze-outside=1' is not one of lisa's settings .*freeze-outside"):
         Schedule.parse("lisa layers=1 every=2 freeze-outside=1")
+
+
+def test_gradient_sampling_draws_in_proportion_to_the_scores():
+    space = universe("train all")
+    lisa = Schedule.parse("lisa layers=1 every=2 sample=gradient")
+    assert lisa.render() == "lisa layers=1 every=2 sample=gradient" and Schedule.parse(lisa.render()) == lisa
+
+    def share(scores, block=3):
+        return sum(lisa.active(space, phase, 0, scores) == [block] for phase in range(600)) / 600
+
+    assert share({0: 1.0, 1: 1.0, 2: 1.0, 3: 7.0}) == pytest.approx(0.7, abs=0.06)
+    assert share({3: 7.0}) == pytest.approx(0.25, abs=0.06)  # blocks not yet scored count as the mean of those that are
+    assert share({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0}) < 0.01  # a block whose gradient vanished is all but never drawn
+    assert share(None) == pytest.approx(0.25, abs=0.06)  # nothing scored yet: equal chances
+    with pytest.raises(FreezetuneError, match="sample must be uniform or gradient, got 'loss'"):
+        Schedule.parse("lisa layers=1 every=2 sample=loss")
+
+
+def test_gradient_sampled_lisa_scores_the_blocks_it_trains_and_checkpoints_the_scores(tiny_chat_model_dir, order_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_argv(tiny_chat_model_dir, order_data, out, "--max-steps", "8", "--save-every", "4", "--plan", "train all",
+                           "--schedule", "lisa layers=1 every=2 sample=gradient", lr="1e-3", eval_generate=0,
+                           prefix_cache="off")) == 0
+    drawn = [r["active_blocks"] for r in metric_records(out) if "loss" in r]
+    state = json.loads((out / "checkpoints" / "step-000004" / "state.json").read_text())["schedule"]
+    assert state["text"] == "lisa layers=1 every=2 sample=gradient"
+    assert {int(b) for b in state["scores"]} == {b for blocks in drawn[:4] for b in blocks}
+    assert all(score > 0 for score in state["scores"].values())
+
+
+def test_a_trainer_callback_refuses_gradient_sampling():
+    from freezetune.hf import FreezeCallback, freeze
+
+    with pytest.raises(FreezetuneError, match="drawing by gradient scores needs the gradients of every step"):
+        FreezeCallback(freeze(build_tiny("llama"), "train all"), "lisa layers=1 every=2 sample=gradient")

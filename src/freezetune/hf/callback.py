@@ -24,6 +24,12 @@ class FreezeCallback(TrainerCallback):
         ``seed``: the seed LISA draws its blocks with."""
         self.handle = handle
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
+        if self.schedule is not None and self.schedule.sample == "gradient":
+            raise FreezetuneError(
+                f"schedule '{self.schedule.render()}': drawing by gradient scores needs the gradients "
+                "of every step, which freezetune train reads and a Trainer callback does not; "
+                "use sample=uniform here"
+            )
         if self.schedule is not None:
             self.schedule.check(handle.universe)
         # the phases, as `train` follows them

@@ -161,6 +161,8 @@ def render_schedule_text(info: dict, num_layers: int) -> str:
     drawn = (
         f" (LISA's draws for --seed {sched['seed']})" if sched["text"].startswith("lisa") else ""
     )
+    if "sample=gradient" in sched["text"]:  # later periods draw by scores only training will see
+        drawn = " (the first period's draw; later ones follow the blocks' gradient scores)"
     lines = [
         "",
         f"schedule: {sched['text']}{drawn}",

@@ -3,10 +3,11 @@
     gradual every=N [start=K] [step=S]   the top K of the plan's trainable blocks train first; every N
                                          steps S more are unfrozen downward, until the whole plan trains
                                          (ULMFiT's gradual unfreezing)
-    lisa layers=K every=T [freeze-outside]
+    lisa layers=K every=T [sample=uniform|gradient] [freeze-outside]
                                          every T steps K of the plan's trainable blocks are drawn (seeded)
-                                         to train; the parts outside the blocks train as the plan says (LISA),
-                                         or, with freeze-outside, the embeddings and head stay frozen
+                                         to train, uniformly or in proportion to their gradient scores
+                                         (refreshed from the steps taken); the parts outside the blocks train
+                                         as the plan says (LISA), or, with freeze-outside, stay frozen
 
 The plan is the universe: a phase only ever freezes more of it, never trains what the plan
 freezes. Each phase is the plan plus one freeze rule, so it resolves, previews and renders like
@@ -26,11 +27,15 @@ from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, resolve
 from freezetune.plans.selectors import Component, Depth, Layers, Rule
 
-FORMS = "'gradual every=N [start=K] [step=S]' or 'lisa layers=K every=T [freeze-outside]'"
+FORMS = (
+    "'gradual every=N [start=K] [step=S]' or "
+    "'lisa layers=K every=T [sample=uniform|gradient] [freeze-outside]'"
+)
+SAMPLES = ("uniform", "gradient")  # lisa's draws: equal chances, or by gradient score
 FLAGS = {"lisa": {"freeze-outside"}, "gradual": set()}  # words without a value
 KEYS = {
     "gradual": ({"every"}, {"every", "start", "step"}),
-    "lisa": ({"layers", "every"}, {"layers", "every"}),
+    "lisa": ({"layers", "every"}, {"layers", "every", "sample"}),
 }
 
 
@@ -42,6 +47,7 @@ class Schedule:
     step: int = 1  # gradual: blocks unfrozen at each change
     layers: int = 0  # lisa: blocks drawn per period
     freeze_outside: bool = False  # lisa: the embeddings and head never train (OwLore's variant)
+    sample: str = "uniform"  # lisa: "gradient" draws blocks in proportion to their gradient scores
 
     @classmethod
     def parse(cls, text: str) -> Schedule:
@@ -59,10 +65,18 @@ class Schedule:
                 values[word.replace("-", "_")] = True
                 continue
             key, sep, value = word.partition("=")
+            if key == "sample" and sep and kind == "lisa":
+                if value not in SAMPLES:
+                    raise FreezetuneError(
+                        f"--schedule '{text}': sample must be uniform or gradient, got {value!r}"
+                    )
+                values["sample"] = value
+                continue
             if not sep or key not in allowed:
                 raise FreezetuneError(
                     f"--schedule '{text}': {word!r} is not one of {kind}'s settings "
-                    f"({', '.join([*(f'{k}=N' for k in sorted(allowed)), *sorted(FLAGS[kind])])})"
+                    f"({', '.join([*(f'{k}=N' for k in sorted(allowed) if k != 'sample'), *sorted(FLAGS[kind])])}"
+                    f"{', sample=uniform|gradient' if kind == 'lisa' else ''})"
                 )
             # '²' is a digit to str, not to int
             if not (value.isascii() and value.isdigit()) or int(value) < 1:
@@ -80,7 +94,8 @@ class Schedule:
     def render(self) -> str:
         if self.kind == "lisa":
             outside = " freeze-outside" if self.freeze_outside else ""
-            return f"lisa layers={self.layers} every={self.every}{outside}"
+            sample = f" sample={self.sample}" if self.sample != "uniform" else ""
+            return f"lisa layers={self.layers} every={self.every}{sample}{outside}"
         return f"gradual every={self.every} start={self.start} step={self.step}"
 
     def phase(self, step: int) -> int:
@@ -119,10 +134,21 @@ class Schedule:
             )
         return blocks
 
-    def active(self, universe: ResolvedPlan, phase: int, seed: int) -> list[int]:
-        """The plan's blocks that train in ``phase``."""
+    def active(
+        self, universe: ResolvedPlan, phase: int, seed: int, scores: dict | None = None
+    ) -> list[int]:
+        """The plan's blocks that train in ``phase``; ``scores`` (block -> gradient score) weigh a
+        gradient-sampled draw, where a block not yet scored counts as the mean of those that are."""
         blocks = self.check(universe)
-        # a generator of its own per period: the draw depends on nothing else
+        # a generator of its own per period: the draw depends on nothing else (and the scores)
+        if self.kind == "lisa" and self.sample == "gradient":
+            rng = random.Random(f"lisa:{seed}:{phase}")
+            known = [v for b, v in (scores or {}).items() if b in blocks and v > 0]
+            prior = sum(known) / len(known) if known else 1.0
+            weight = {b: max((scores or {}).get(b, prior), 1e-12) for b in blocks}
+            # weighted sampling without replacement: the K largest u^(1/w) (Efraimidis and Spirakis)
+            keys = {b: rng.random() ** (1.0 / weight[b]) for b in blocks}
+            return sorted(sorted(blocks, key=lambda b: -keys[b])[: self.layers])
         if self.kind == "lisa":
             return sorted(random.Random(f"lisa:{seed}:{phase}").sample(blocks, self.layers))
         return blocks[-min(len(blocks), self.start + phase * self.step) :]
@@ -133,16 +159,22 @@ class Schedule:
             self.check(universe)
         )
 
-    def plan_at(self, universe: ResolvedPlan, phase: int, seed: int) -> ResolvedPlan:
+    def plan_at(
+        self, universe: ResolvedPlan, phase: int, seed: int, scores: dict | None = None
+    ) -> ResolvedPlan:
         """The resolved plan of ``phase``: the universe plus the one rule that freezes what rests."""
-        blocks, active = self.check(universe), self.active(universe, phase, seed)
+        active = self.active(universe, phase, seed, scores)
         if self.kind == "gradual":
             return (
                 universe
                 if self.complete(universe, phase)
                 else _freezing(universe, Depth("bottom", active[0]))
             )
-        resting = [b for b in blocks if b not in active]
+        return self.plan_for(universe, active)
+
+    def plan_for(self, universe: ResolvedPlan, active: list[int]) -> ResolvedPlan:
+        """LISA's plan when ``active`` are the blocks drawn."""
+        resting = [b for b in self.check(universe) if b not in active]
         return _freezing(universe, Layers(items=tuple(resting)), self.freeze_outside)
 
     def phases(self, universe: ResolvedPlan, total_steps: int, seed: int) -> list[dict]:
@@ -151,6 +183,8 @@ class Schedule:
         count = total_steps or (
             self.every * (4 if self.kind == "lisa" else self._phases_to_complete(universe))
         )
+        if self.sample == "gradient":  # later draws follow gradients only training will see
+            count = min(count, self.every)
         out: list[dict] = []
         for phase in range(-(-count // self.every)):
             first, last = phase * self.every, min(count, (phase + 1) * self.every) - 1

@@ -63,6 +63,13 @@ def schedule_depths(
     phases cannot: their prefix holds blocks an earlier phase trained, so its outputs are no longer the base's."""
     if not config.schedule:
         return [prefix_depth(resolved)], 0
+    schedule = config.parsed_schedule
+    if (
+        schedule.sample == "gradient"
+    ):  # the draws are unknown until training: each lowest block one can have
+        blocks, k = schedule.check(resolved), schedule.layers
+        lowest = [blocks[i : i + k] for i in range(len(blocks) - k + 1)]
+        return sorted({prefix_depth(schedule.plan_for(resolved, draw)) for draw in lowest}), 0
     trained: set[str] = set()
     depths, stale = set(), 0
     for phase in config.parsed_schedule.phases(
@@ -105,6 +112,11 @@ def choose_cache(
         if stale
         else ""
     )
+    if config.schedule and config.parsed_schedule.sample == "gradient":
+        stale_note = (
+            "; LISA's draws follow the gradients, so where a prefix comes to hold a block trained earlier "
+            "its cache is neither read nor written from then on"
+        )
     if config.prefix_cache == "off":
         return None, "prefix cache: off"
     if router_loss(loaded.model) and depth:

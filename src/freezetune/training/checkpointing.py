@@ -49,6 +49,7 @@ def resume(loop: TrainingLoop) -> int:
     last = checkpoint_dirs(run_dir)[-1]
     state, tensors, optimizer = load_checkpoint(last, loop.lr_scheduler, loop.rank)
     step = state["step"]
+    loop.trainable.restore(state)  # a gradient-sampled LISA's scores and last draw
     # the optimizer state saved is that of the set the last step trained; the loop moves on from there
     loop.trainable.advance(max(step - 1, 0), loop.retarget)
     loop.trainable.take_check()  # the run was checked when it started

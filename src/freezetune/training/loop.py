@@ -2,10 +2,9 @@
 
 AdamW over trainable parameters only (frozen ones get no gradient and no optimizer state),
 linear warmup then cosine decay, gradient accumulation and clipping, under ``accelerate``.
-Whether the processes hold replicas, FSDP shards or ZeRO partitions is the backend's
-business (distributed/backends.py); the loop reads the same way for all of them.
-The data order (data/order.py) is a pure function of the step, so a resumed run sees exactly the
-batches the uninterrupted one would.
+Whether the processes hold replicas, FSDP shards or ZeRO partitions is the backend's business
+(distributed/backends.py). The data order (data/order.py) is a pure function of the step, so a
+resumed run sees exactly the batches the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -284,8 +283,9 @@ class TrainingLoop:
         )
 
     def _step(self, step: int, guard) -> dict:
+        micro, observe = self.micro_batches(step), self.trainable.observer(self.model)
         try:
-            record = self.train_step(self.micro_batches(step), self.config.max_grad_norm, guard)
+            record = self.train_step(micro, self.config.max_grad_norm, guard, observe)
         except NonFiniteLoss as exc:
             kept = last_checkpoint(self.session.run_dir, "the last good checkpoint is {}")
             raise FreezetuneError(f"step {step + 1}: {exc}; stopped ({kept})") from None

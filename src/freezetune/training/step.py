@@ -133,14 +133,20 @@ class TrainStep:
         loss_total, attended_total = self._sum(loss_sum, attended)
         return {"loss": loss_total / total, "targets": int(total), "tokens": int(attended_total)}
 
-    def __call__(self, micro: list[MicroBatch], max_grad_norm: float, guard=None) -> dict:
-        """One optimizer step: forward-backward, the first-step checks, clipping, AdamW, the schedule."""
+    def __call__(
+        self, micro: list[MicroBatch], max_grad_norm: float, guard=None, observe=None
+    ) -> dict:
+        """One optimizer step: forward-backward, the first-step checks, clipping, AdamW, the schedule.
+        ``observe``: called with the gradients in place, before the optimizer steps (a LISA that draws
+        by gradient scores reads them there)."""
         started = time.perf_counter()
         measured = self.forward_backward(micro)
         if not math.isfinite(measured["loss"]):
             raise NonFiniteLoss(f"the loss is {measured['loss']}")
         if guard is not None:
             guard.check_gradients()
+        if observe is not None:
+            observe()
         rates = self.lr_scheduler.get_last_lr()  # each group's rate for this step
         lr = rates[0]
         self.backend.step(max_grad_norm)

@@ -28,6 +28,9 @@ class TrainableSet:
         # what the model has set training: the whole plan, at first
         self.applied = universe.trainable_names()
         self.check: str | None = "full"  # the first-step check the coming step gets
+        # LISA sample=gradient: each block's gradient score so far, and a resumed run's last draw
+        self.scores: dict[int, float] = {}
+        self._drawn: tuple[int, list[int]] | None = None
 
     def advance(
         self, step: int, apply: Callable[[ResolvedPlan], torch.optim.Optimizer | None]
@@ -64,7 +67,10 @@ class TrainableSet:
         phase = self.schedule.phase(step)
         if phase != self.phase:
             self.phase = phase
-            self.current = self.schedule.plan_at(self.universe, phase, self.seed)
+            if self._drawn is not None and self._drawn[0] == phase:  # drawn before the resume
+                self.current = self.schedule.plan_for(self.universe, self._drawn[1])
+            else:
+                self.current = self.schedule.plan_at(self.universe, phase, self.seed, self.scores)
             self._trained.update(self.current.trainable_names())
         return self.current
 
@@ -85,11 +91,49 @@ class TrainableSet:
         """For a checkpoint's state.json: the schedule's position (recomputable, recorded to be checked)."""
         if self.schedule is None:
             return {}
-        return {
-            "schedule": {
-                "text": self.schedule.render(),
-                "phase": self.phase,
-                "active_blocks": self.active_blocks,
-                "plan": self.current.plan.render(),
-            }
+        saved = {
+            "text": self.schedule.render(),
+            "phase": self.phase,
+            "active_blocks": self.active_blocks,
+            "plan": self.current.plan.render(),
         }
+        if self.schedule.sample == "gradient":  # not recomputable: the draws followed the gradients
+            saved["scores"] = {str(b): v for b, v in sorted(self.scores.items())}
+        return {"schedule": saved}
+
+    @property
+    def observes(self) -> bool:
+        """Whether the steps must report their gradients (LISA sample=gradient)."""
+        return self.schedule is not None and self.schedule.sample == "gradient"
+
+    def observer(self, model: torch.nn.Module):
+        """What a step calls with its gradients in place (TrainStep's ``observe``), or None."""
+        return (lambda: self.observe(model)) if self.observes else None
+
+    def restore(self, state: dict) -> None:
+        """A resumed run's gradient scores and the blocks its last phase drew, from a checkpoint's state."""
+        saved = state.get("schedule") or {}
+        if self.observes and "scores" in saved:
+            self.scores = {int(b): float(v) for b, v in saved["scores"].items()}
+            self._drawn = (saved["phase"], list(saved["active_blocks"]))
+
+    def observe(self, model: torch.nn.Module) -> None:
+        """After a step's backward: each active block's gradient norm over its weight norm, averaged
+        into its score (the old score weighs half), so later draws follow what training has seen."""
+        active, params = set(self.active_blocks), dict(model.named_parameters())
+        sums: dict[int, list[float]] = {}
+        for entry in self.universe.anatomy.entries:
+            param = params.get(entry.name)
+            if entry.part != "block" or entry.layer not in active or param is None:
+                continue
+            if entry.name != entry.tensor or param.grad is None:
+                continue
+            grad, weight = sums.setdefault(entry.layer, [0.0, 0.0])
+            sums[entry.layer] = [
+                grad + float(param.grad.detach().float().pow(2).sum()),
+                weight + float(param.detach().float().pow(2).sum()),
+            ]
+        for block, (grad, weight) in sums.items():
+            ratio = (grad / weight) ** 0.5 if weight else 0.0
+            old = self.scores.get(block)
+            self.scores[block] = ratio if old is None else 0.5 * old + 0.5 * ratio
