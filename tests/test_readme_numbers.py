@@ -79,6 +79,11 @@ def test_the_readme_demo_block_is_rendered_from_the_committed_demo_results():
     assert {r["strategy"] for r in results["runs"]} == {"full", "lora", "freeze bottom 75%"}
     assert all(r["seeds"] == [0, 1] and r["status"] == "finished" for r in results["runs"])
     assert all(r["retain_tasks"]["freezetune_builtin"]["items"] == 222 for r in [results["base"], *results["runs"]])
+    # docs/compare.md quotes the base's accuracy on the quiz and what scoring one model costs, from the same file
+    compare_doc = (ROOT / "docs" / "compare.md").read_text()
+    assert f"SmolLM2-135M-Instruct answers {100 * results['base']['retain_tasks']['freezetune_builtin']['before']:.1f}% of it" in compare_doc
+    per_model = results["timing"]["tasks"] / (1 + sum(len(r["seeds"]) for r in results["runs"]))  # the base and every seed
+    assert f"built-in quiz takes about {per_model:.0f} s per model" in compare_doc
 
 
 @pytest.mark.integration
