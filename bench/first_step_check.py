@@ -80,7 +80,7 @@ def main() -> None:
                 started = time.perf_counter()
                 guard = None
                 if way != "plain":
-                    names = set(loop.names)
+                    names = set(loop.trainable.applied)
                     guard = FirstStepGuard(
                         loop.model, names, loop.backend.grad, loop.backend.view, way == "light"
                     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from freezetune.comparison.settings import CompareSettings, run_config
 from freezetune.comparison.strategies import Strategy
 from freezetune.runs.durable import write_json
-from freezetune.runs.manifest import read_json, read_metrics
+from freezetune.runs.manifest import read_json, step_seconds
 
 # a search whose best rate sits at its grid's edge tries one more rate this much further out
 EXTEND_FACTOR = 4
@@ -33,18 +33,8 @@ def _search_results(grid: list[float], configs) -> list[dict]:
     results = []
     for rate, config in zip(grid, configs):
         loss, reason = _val_loss(Path(config.out))
-        steps = (
-            read_metrics(Path(config.out) / "metrics.jsonl")
-            if (Path(config.out) / "metrics.jsonl").is_file()
-            else []
-        )
         results.append(
-            {
-                "lr": rate,
-                "val_loss": loss,
-                "reason": reason,
-                "train_s": sum(m.get("step_time_s", 0) for m in steps),
-            }
+            {"lr": rate, "val_loss": loss, "reason": reason, "train_s": step_seconds(config.out)}
         )
     return results
 

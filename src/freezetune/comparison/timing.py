@@ -14,18 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from freezetune.runs.manifest import read_json, read_metrics
+from freezetune.runs.manifest import read_json, step_seconds
 
 PHASES = ("training", "search", "evaluation", "generation", "retain", "tasks", "loading", "base")
-
-
-def _step_seconds(run_dir: Path) -> float:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0.0
-    return sum(
-        record.get("step_time_s", 0.0) for record in read_metrics(metrics, warn=lambda _: None)
-    )
 
 
 def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
@@ -38,7 +29,7 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
     runs = [d for g in groups for d in (*sorted(g.glob("seed-*")), *sorted(g.glob("search/lr-*")))]
     timed = 0
     for run_dir in runs:
-        seconds["search" if run_dir.parent.name == "search" else "training"] += _step_seconds(
+        seconds["search" if run_dir.parent.name == "search" else "training"] += step_seconds(
             run_dir
         )
         recorded = read_json(run_dir / "timing.json") or {}

@@ -166,3 +166,12 @@ def read_metrics(path: Path, warn=None) -> list[dict]:
             break
         records.append(record)
     return records
+
+
+def step_seconds(run_dir: Path) -> float:
+    """The summed step times of a run's metrics.jsonl: 0 when it has none, a half-written last line (a
+    killed run) left out. What a comparison counts as a run's training time."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    return sum(r.get("step_time_s", 0.0) for r in read_metrics(metrics, warn=lambda _: None))

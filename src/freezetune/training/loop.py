@@ -65,11 +65,10 @@ class TrainingLoop:
             self.runner.probe(self.device)
         # what trains now (the session's plan, or a phase of it); retarget() changes it
         self.resolved = session.resolved
-        self.names = self.resolved.trainable_names()
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
         self.trainable = TrainableSet(session.resolved, config.parsed_schedule, config.seed)
         self.order = BatchOrder(len(session.train.examples), config.batch_size, config.seed)
-        check_same_plan(accelerator, self.names)
+        check_same_plan(accelerator, self.trainable.applied)
         self.total_steps = config.total_steps(len(session.train.examples))
         self.backend = make_backend(accelerator, session, self.world)
         # the model itself, under whatever wrapper the backend puts around it
@@ -253,7 +252,7 @@ class TrainingLoop:
         )
         self.runner.retarget(resolved)
         self.runner.train_mode()
-        self.names, self.resolved = resolved.trainable_names(), resolved
+        self.resolved = resolved  # its names: self.trainable.applied
         return optimizer
 
     def _guard(self, check: str | None) -> FirstStepGuard | None:
@@ -264,7 +263,7 @@ class TrainingLoop:
             return None
         return FirstStepGuard(
             self.model,
-            set(self.names),
+            set(self.trainable.applied),
             self.backend.grad,
             self.backend.view,
             light=check == "light" or self.backend.writes_counted,
