@@ -62,6 +62,21 @@ def _string_field(
     return value
 
 
+def valid_messages(record: Record, name: str, messages: list, errors: list[str]) -> bool:
+    """Whether every item is a {role, content} message; else one error naming the field and the index."""
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            errors.append(
+                f"{record.where}: field '{name}[{i}]' must be {{role: system|user|assistant, content: string}}"
+            )
+            return False
+    return True
+
+
 def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
     fields = record.fields
     if fields.get("messages") is not None:
@@ -69,16 +84,8 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
         if not isinstance(messages, list) or not messages:
             errors.append(f"{record.where}: field 'messages' must be a non-empty list")
             return None
-        for i, message in enumerate(messages):
-            if (
-                not isinstance(message, dict)
-                or message.get("role") not in ROLES
-                or not isinstance(message.get("content"), str)
-            ):
-                errors.append(
-                    f"{record.where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: string}}"
-                )
-                return None
+        if not valid_messages(record, "messages", messages, errors):
+            return None
         if messages[-1]["role"] != "assistant":
             errors.append(f"{record.where}: field 'messages' must end with an assistant message")
             return None

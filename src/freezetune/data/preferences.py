@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from freezetune.data.examples import IGNORE, ROLES, Example, sft_examples
+from freezetune.data.examples import IGNORE, Example, sft_examples, valid_messages
 from freezetune.data.files import Record
 from freezetune.data.tasks import CITIES, COLORS, DAYS, dispatch_task
 from freezetune.errors import FreezetuneError
@@ -55,16 +55,8 @@ def _messages(record: Record, name: str, errors: list[str], last: str) -> list[d
             f"{record.where}: field '{name}' must be a string or a non-empty list of messages, got {kind}"
         )
         return None
-    for i, message in enumerate(value):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            errors.append(
-                f"{record.where}: field '{name}[{i}]' must be {{role: system|user|assistant, content: string}}"
-            )
-            return None
+    if not valid_messages(record, name, value, errors):
+        return None
     if value[-1]["role"] != last:
         article = "an" if last[0] in "aeiou" else "a"
         errors.append(f"{record.where}: field '{name}' must end with {article} {last} message")
