@@ -152,12 +152,17 @@ def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
     return prompt + response, [IGNORE] * len(prompt) + response, prompt
 
 
+def refuse_malformed(errors: list[str], what: str = "record") -> None:
+    """Every bad record in one error: the first five by file, line and field, and how many more."""
+    if errors:
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        raise FreezetuneError(f"{len(errors)} malformed {what}(s): {shown}")
+
+
 def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
     errors: list[str] = []
     conversations = [(r, to_messages(r, errors)) for r in records]
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        raise FreezetuneError(f"{len(errors)} malformed record(s): {shown}")
+    refuse_malformed(errors)
     render = _chat_segments if getattr(tokenizer, "chat_template", None) else _plain_segments
     data = TokenizedData([])
     for record, messages in conversations:
@@ -184,8 +189,7 @@ def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
         text = _string_field(record, "text", errors)
         if text is not None:
             stream += _encode(tokenizer, text) + [tokenizer.eos_token_id]
-    if errors:
-        raise FreezetuneError(f"{len(errors)} malformed record(s): " + "; ".join(errors[:5]))
+    refuse_malformed(errors)
     data = TokenizedData([])
     for start in range(0, len(stream) - 1, seq_len):
         block = stream[start : start + seq_len]

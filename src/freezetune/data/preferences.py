@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from freezetune.data.examples import IGNORE, Example, sft_examples, valid_messages
+from freezetune.data.examples import IGNORE, Example, refuse_malformed, sft_examples, valid_messages
 from freezetune.data.files import Record
 from freezetune.data.tasks import CITIES, COLORS, DAYS, dispatch_task
 from freezetune.errors import FreezetuneError
@@ -90,9 +90,7 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
     """Every record as a chosen and a rejected example; bad records are one error naming each."""
     errors: list[str] = []
     conversations = [(r, _conversation(r, errors)) for r in records]
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        raise FreezetuneError(f"{len(errors)} malformed preference record(s): {shown}")
+    refuse_malformed(errors, "preference record")
     data = PreferenceData([])
     for record, (prompt, chosen, rejected) in conversations:
         sides = [
