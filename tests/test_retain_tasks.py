@@ -163,6 +163,8 @@ def test_compare_scores_retain_tasks_on_every_run_and_ranks_forgetting_by_them(t
     assert results["timing"]["tasks"] > 0
     report = (out / "report.md").read_text()
     assert "Δ retain-task accuracy [95% CI], flips" in report and "## Retain tasks" in report and "right -> wrong" in report
+    per_run = np.mean([json.loads((Path(d) / "tasks.json").read_text())["seconds"] for d in results["runs"][0]["run_dirs"]])
+    assert f"the tasks took {per_run:.0f} s per run" in report  # what the scoring cost, per run
     # the same command again keeps everything; a larger limit re-scores the runs' tasks only, without training again
     steps_before = {d: (Path(d) / "metrics.jsonl").read_text() for r in results["runs"] for d in r["run_dirs"]}
     assert main(args + ["--retain-tasks", "builtin", "--retain-limit", "50"]) == 0

@@ -134,7 +134,7 @@ def task_fields(run_dirs: list[Path], base: dict | None) -> dict:
 
 def task_lines(rows: list[dict]) -> list[str]:
     """The report's retain-task section: per strategy and task, accuracy before and after, the flips
-    over all seeds, and a few of the flipped questions."""
+    over all seeds, what scoring cost per run (all its tasks), and a few of the flipped questions."""
     lines = []
     for row in rows:
         for name, task in (row.get("retain_tasks") or {}).items():
@@ -144,7 +144,8 @@ def task_lines(rows: list[dict]) -> list[str]:
             line = (
                 f"{row['strategy']}, {name}: {100 * task['before']:.1f}% -> {100 * task['after']:.1f}% "
                 f"of {task['items']} items (x {seeds} seed{'s' * (seeds > 1)}); "
-                f"{task['right_to_wrong']} right -> wrong, {task['wrong_to_right']} wrong -> right"
+                f"{task['right_to_wrong']} right -> wrong, {task['wrong_to_right']} wrong -> right; "
+                f"the tasks took {row.get('task_seconds') or 0:.0f} s per run"
             )
             quoted = task["quoted"]["right_to_wrong"]
             if quoted:
