@@ -127,9 +127,8 @@ def load_tasks(names: list[str], folder: Path, flag: str = "--retain-tasks") -> 
                 f"download ({reason}); load it once with the datasets library, or point a task "
                 "config (.yaml) at local files"
             ) from None
-        except (
-            Exception
-        ) as exc:  # lm-eval's own validation of a config: say which task, in one line
+        # lm-eval's own validation of a config: say which task, in one line
+        except Exception as exc:
             reason = " ".join(str(exc).split())[:200]
             raise FreezetuneError(
                 f"{flag} {name}: lm-eval cannot load it: {type(exc).__name__}: {reason}"

@@ -76,8 +76,12 @@ def _scored(run_dirs: list[Path], base: dict | None) -> list[dict] | None:
 def task_table(run_dirs: list[Path], base: dict | None) -> np.ndarray | None:
     """Seeds x items of the accuracy drop (base minus tuned, over every task's items in turn); None
     unless every seed was scored on the base's items."""
+    return _drop_table(base, _scored(run_dirs, base) or [])
+
+
+def _drop_table(base: dict | None, seeds: list[dict]) -> np.ndarray | None:
     rows = []
-    for scored in _scored(run_dirs, base) or []:
+    for scored in seeds:
         changes = flips(base, scored)
         row = []
         for name in changes:
@@ -124,7 +128,7 @@ def task_fields(run_dirs: list[Path], base: dict | None) -> dict:
             "wrong_to_right": sum(len(c["wrong_to_right"]) for c in seeds),
             "quoted": quoted,
         }
-    table = task_table(run_dirs, base)
+    table = _drop_table(base, scored)
     return {
         "retain_tasks": tasks,
         "task_drop": float(table.mean()) if table is not None else None,

@@ -74,18 +74,18 @@ def _measure(
     weight drift (forgetting.json), the benchmark tasks when asked (tasks.json). Seconds of each."""
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tuned = load_run(run_dir, cache).model.to(device)
-    loaded = load_model(config.model, cache)
+    run = load_run(run_dir, cache)
+    tuned, tokenizer = run.model.to(device), run.tokenizer
     seconds = {}
     if not (run_dir / "forgetting.json").is_file():
         started = time.perf_counter()
-        _measure_kl(spec, config, run_dir, tuned, loaded, device, log, progress, runtime)
+        _measure_kl(spec, config, run_dir, tuned, device, log, progress, runtime)
         seconds["retain"] = time.perf_counter() - started
     asked = spec.get("tasks")
     if not tasks_current(run_dir / "tasks.json", asked):
         scored = score_tasks(
             tuned,
-            loaded.tokenizer,
+            tokenizer,
             asked["names"],
             Path(asked["folder"]),
             asked["limit"],
@@ -102,10 +102,13 @@ def _measure(
 
 
 def _measure_kl(
-    spec: dict, config, run_dir: Path, tuned, loaded, device, log, progress: bool, runtime
+    spec: dict, config, run_dir: Path, tuned, device, log, progress: bool, runtime
 ) -> None:
+    """Retain perplexity and KL from the base's stored distributions, and the weight drift from the
+    base model (loaded here, the one part that needs it)."""
     examples = [Example(**row) for row in read_json(Path(spec["retain"]["examples"]))]
     reference = read_tensors(Path(spec["retain"]["base"]))
+    loaded = load_model(config.model, Path(config.cache_dir) if config.cache_dir else None)
     pad_id = pad_token_id(loaded.tokenizer)
     measured = forgetting(
         tuned, examples, reference, config.batch_size, pad_id, device, progress=progress

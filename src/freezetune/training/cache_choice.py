@@ -64,17 +64,14 @@ def schedule_depths(
     if not config.schedule:
         return [prefix_depth(resolved)], 0
     schedule = config.parsed_schedule
-    if (
-        schedule.sample == "gradient"
-    ):  # the draws are unknown until training: each lowest block one can have
+    # the draws are unknown until training: each lowest block one can have
+    if schedule.sample == "gradient":
         blocks, k = schedule.check(resolved), schedule.layers
         lowest = [blocks[i : i + k] for i in range(len(blocks) - k + 1)]
         return sorted({prefix_depth(schedule.plan_for(resolved, draw)) for draw in lowest}), 0
     trained: set[str] = set()
     depths, stale = set(), 0
-    for phase in config.parsed_schedule.phases(
-        resolved, config.total_steps(num_train), config.seed
-    ):
+    for phase in schedule.phases(resolved, config.total_steps(num_train), config.seed):
         depth = prefix_depth(phase["resolved"])
         trained |= phase["resolved"].trainable
         if depth and prefix_touched(resolved.anatomy, trained, depth):
