@@ -160,6 +160,14 @@ def refuse_malformed(errors: list[str], what: str = "record") -> None:
 
 
 def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
+    data = render_sft(records, tokenizer, seq_len)
+    _finish(data, "SFT", seq_len)
+    return data
+
+
+def render_sft(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
+    """The records' examples, those that lost their whole response to ``seq_len`` counted as dropped
+    (sft_examples then refuses data with none left; preference pairs judge each pair themselves)."""
     errors: list[str] = []
     conversations = [(r, to_messages(r, errors)) for r in records]
     refuse_malformed(errors)
@@ -177,7 +185,6 @@ def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
         data.examples.append(
             Example(ids, labels, record.where, prompt_ids, messages[-1]["content"], last_user)
         )
-    _finish(data, "SFT", seq_len)
     return data
 
 

@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from freezetune.data.examples import IGNORE, Example, refuse_malformed, sft_examples, valid_messages
+from freezetune.data.examples import IGNORE, Example, refuse_malformed, render_sft, valid_messages
 from freezetune.data.files import Record
 from freezetune.data.tasks import CITIES, COLORS, DAYS, dispatch_task
 from freezetune.errors import FreezetuneError
@@ -97,14 +97,10 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
             Record({"messages": prompt + answer}, f"{record.where} ({side})")
             for side, answer in (("chosen", chosen), ("rejected", rejected))
         ]
-        try:
-            rendered = sft_examples(sides, tokenizer, seq_len)
-        except FreezetuneError as exc:
-            if "no usable SFT example" not in str(exc):
-                raise
-            data.dropped += 1  # one side lost its whole answer to --seq-len: the pair says nothing
-            continue
-        if len(rendered.examples) < 2:
+        rendered = render_sft(sides, tokenizer, seq_len)
+        if (
+            len(rendered.examples) < 2
+        ):  # a side lost its whole answer to --seq-len: the pair says nothing
             data.dropped += 1
             continue
         data.truncated += rendered.truncated > 0
