@@ -111,8 +111,8 @@ class Bench:
         self.model = model.to(self.device)
         self.anatomy = find_anatomy(self.model)
         train, _ = dispatch_task()
-        self.examples = sft_examples(train, tokenizer, args.seq_len).examples
-        self.order = BatchOrder(len(self.examples), args.batch_size, seed=0)
+        self.examples = sft_examples(train, tokenizer, args.seq_len)
+        self.order = BatchOrder(self.examples.units, args.batch_size, seed=0)
         self.pad_id = pad_token_id(tokenizer)
         self.accelerator = make_accelerator(
             "bf16" if args.precision == "bf16" else "fp32", None, Path(".")

@@ -74,14 +74,11 @@ def gradient_scores(
         model, Replicated(accelerator), None, None, accelerator, accelerator.device, world=1
     )
     model.train()
-    chosen = [
-        examples[i : i + batch_size]
-        for i in range(0, min(len(examples), batches * batch_size), batch_size)
-    ]
+    starts = range(0, min(len(examples), batches * batch_size), batch_size)
     step.forward_backward(
         [
-            MicroBatch(collate(rows, pad_id), None, [len(r.input_ids) for r in rows])
-            for rows in chosen
+            MicroBatch(collate(rows, pad_id), None, [len(r.input_ids) for r in rows], [])
+            for rows in (examples[i : i + batch_size] for i in starts)
         ]
     )
     params = dict(model.named_parameters())

@@ -75,6 +75,10 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
         return f"interrupted at step {result['step']}: {result['run_dir']}"
     before, after = result["before"], result["after"]
     summary = f"eval loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}"
+    if "eval_accuracy" in after:  # DPO: held-out pairs
+        summary = f"eval DPO loss {before['eval_loss']:.4f} -> {after['eval_loss']:.4f}, reward "
+        summary += f"accuracy {100 * after['eval_accuracy']:.1f}%, policy prefers chosen "
+        summary += f"{100 * before['eval_policy_accuracy']:.1f}% -> {100 * after['eval_policy_accuracy']:.1f}%"
     if "exact_match" in after:
         summary += (
             f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"

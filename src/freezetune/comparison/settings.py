@@ -115,6 +115,11 @@ class CompareOptions(RunOptions):
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
+        if self.objective == "dpo":  # refused, not compared on the wrong metrics
+            raise FreezetuneError(
+                "compare --objective dpo is not available yet; train a preference run with "
+                "freezetune train --objective dpo"
+            )
         parse_margins(self.margin)
         if self.forgetting == "tasks" and not self.retain_tasks:
             raise FreezetuneError(

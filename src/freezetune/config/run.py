@@ -28,13 +28,14 @@ class RunOptions:
     )
     objective: str = opt(
         "sft",
-        help="sft: prompt/response records, loss on responses; cpt: raw text, packed",
-        choices=("sft", "cpt"),
+        help="sft: prompt/response records, loss on responses; cpt: raw text, packed; dpo: "
+        "prompt/chosen/rejected records, preference tuning (train only, for now)",
+        choices=("sft", "cpt", "dpo"),
     )
     data: str | None = opt(
         None,
         help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: "
-        "the built-in dispatch task (sft) or stdlib docstrings (cpt)",
+        "the built-in dispatch task (sft), its preference pairs (dpo) or stdlib docstrings (cpt)",
     )
     eval_data: str | None = opt(
         None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data"
@@ -42,7 +43,7 @@ class RunOptions:
     seq_len: int = opt(
         256, help="maximum tokens per example (SFT truncates, CPT packs to this length)"
     )
-    batch_size: int = opt(8, help="examples per micro-batch")
+    batch_size: int = opt(8, help="examples per micro-batch (preference pairs, for dpo)")
     max_steps: int = opt(0, help="optimizer steps to run; 0 = run --epochs")
     warmup: int | None = opt(
         None,
@@ -78,6 +79,12 @@ class TrainConfig(RunOptions):
         "all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names"
     )
     grad_accum: int = opt(1, help="micro-batches per optimizer step")
+    beta: float = opt(0.1, help="dpo: how far the policy may move from the reference (TRL's beta)")
+    precompute_ref: bool = opt(
+        False,
+        help="dpo: score every pair with the base model once before training and hold no "
+        "reference weights (default: a copy of the trained tensors, above the shared frozen prefix)",
+    )
     epochs: float = opt(2.0, help="passes over the training data when --max-steps is 0")
     lr: float = opt(2e-4, help="peak learning rate (AdamW)")
     layer_lr_decay: float = opt(
@@ -169,6 +176,16 @@ class TrainConfig(RunOptions):
                 raise FreezetuneError(
                     f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
                 )
+        if self.objective != "dpo" and self.precompute_ref:
+            raise FreezetuneError(
+                "--precompute-ref is for --objective dpo, which has a reference model"
+            )
+        if self.beta <= 0:
+            raise FreezetuneError(f"--beta must be positive, got {self.beta}")
+        if self.objective == "dpo" and (self.fsdp or self.zero_stage):
+            raise FreezetuneError(
+                "--objective dpo runs with one process or DDP replicas; its reference is not sharded yet"
+            )
         if self.fsdp and self.zero_stage:
             raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
         if self.max_steps == 0 and self.epochs <= 0:

@@ -37,10 +37,21 @@ class TokenizedData:
     truncated: int = 0
     dropped: int = 0  # examples whose response was cut off entirely by --seq-len
     notes: list[str] = field(default_factory=list)
+    # preference data: examples 2i and 2i+1 are pair i's chosen and rejected answers
+    paired: bool = False
 
     @property
     def num_tokens(self) -> int:
         return sum(len(e.input_ids) for e in self.examples)
+
+    @property
+    def units(self) -> int:
+        """What a batch counts: examples, or pairs of preference data (as TRL's batch size does)."""
+        return len(self.examples) // 2 if self.paired else len(self.examples)
+
+    def rows(self, units: list[int]) -> list[int]:
+        """The example indices of ``units`` (a pair's two rows side by side)."""
+        return [r for u in units for r in ((2 * u, 2 * u + 1) if self.paired else (u,))]
 
 
 def _string_field(
@@ -228,17 +239,21 @@ def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
 def split_holdout(
     data: TokenizedData, fraction: float, seed: int, count: int | None = None
 ) -> tuple[TokenizedData, TokenizedData]:
-    """Hold out a seeded fraction (or ``count``) of examples for evaluation."""
-    order = list(range(len(data.examples)))
+    """Hold out a seeded fraction (or ``count``) of examples (or preference pairs) for evaluation."""
+    order = list(range(data.units))
     random.Random(seed).shuffle(order)
     cut = (
         count if count is not None else max(1, int(len(order) * fraction)) if len(order) > 1 else 0
     )
-    held, kept = set(order[:cut]), order[cut:]
+    held, kept = sorted(order[:cut]), sorted(order[cut:])
     train = TokenizedData(
-        [data.examples[i] for i in sorted(kept)], data.truncated, data.dropped, data.notes
+        [data.examples[i] for i in data.rows(kept)],
+        data.truncated,
+        data.dropped,
+        data.notes,
+        data.paired,
     )
-    return train, TokenizedData([data.examples[i] for i in sorted(held)])
+    return train, TokenizedData([data.examples[i] for i in data.rows(held)], paired=data.paired)
 
 
 def pad_token_id(tokenizer) -> int:

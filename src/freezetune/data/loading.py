@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from freezetune.data.examples import TokenizedData, cpt_examples, sft_examples, split_holdout
 from freezetune.data.files import read_records
+from freezetune.data.preferences import paired_examples, preference_task
 from freezetune.data.tasks import dispatch_task, stdlib_docstrings
 from freezetune.errors import FreezetuneError
 
@@ -25,11 +26,17 @@ def load_data(
 ) -> tuple[TokenizedData, TokenizedData, list[str]]:
     """Train and eval examples, and notes for the log: ``data`` (else the built-in task for SFT, the standard
     library's docstrings for CPT), held out by ``eval_data`` or 5% of ``data``; ``validation`` > 0 scores on that
-    many training examples instead."""
-    tokenize = sft_examples if objective == "sft" else cpt_examples
+    many training examples (pairs, for DPO) instead."""
+    tokenize = {"sft": sft_examples, "cpt": cpt_examples, "dpo": paired_examples}[objective]
     notes = []
     if data is None:
-        if objective == "sft":
+        if objective == "dpo":
+            train_records, eval_records = preference_task()
+            notes.append(
+                f"data: built-in preference task (the dispatch line over a near miss), "
+                f"{len(train_records)} train / {len(eval_records)} held-out pairs"
+            )
+        elif objective == "sft":
             train_records, eval_records = dispatch_task()
             notes.append(
                 f"data: built-in dispatch task, {len(train_records)} train / {len(eval_records)} held-out"
@@ -55,19 +62,23 @@ def load_data(
         else:
             train, held = split_holdout(train, 0.05, SPLIT_SEED)
             notes.append(
-                f"eval: no --eval-data, holding out {len(held.examples)} examples of --data (the same for every seed)"
+                f"eval: no --eval-data, holding out {held.units} {_unit(held)} of --data (the same for every seed)"
             )
     notes += train.notes + held.notes
     if validation:  # score on a seeded slice of the training data; the held-out split stays unseen
-        if validation >= len(train.examples):
+        if validation >= train.units:
             raise FreezetuneError(
                 f"--validation {validation} leaves no training example "
-                f"(the training data has {len(train.examples)})"
+                f"(the training data has {train.units} {_unit(train)})"
             )
         train, held = split_holdout(train, 0.0, SPLIT_SEED, count=validation)
         notes.append(
-            f"eval: {len(held.examples)} training examples carved out as the validation split"
+            f"eval: {held.units} training {_unit(held)} carved out as the validation split"
         )
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
     return train, held, notes
+
+
+def _unit(data: TokenizedData) -> str:
+    return "pairs" if data.paired else "examples"

@@ -18,7 +18,14 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from freezetune.data.examples import IGNORE, Example, refuse_malformed, render_sft, valid_messages
+from freezetune.data.examples import (
+    IGNORE,
+    Example,
+    TokenizedData,
+    refuse_malformed,
+    render_sft,
+    valid_messages,
+)
 from freezetune.data.files import Record
 from freezetune.data.tasks import CITIES, COLORS, DAYS, dispatch_task
 from freezetune.errors import FreezetuneError
@@ -98,9 +105,8 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
             for side, answer in (("chosen", chosen), ("rejected", rejected))
         ]
         rendered = render_sft(sides, tokenizer, seq_len)
-        if (
-            len(rendered.examples) < 2
-        ):  # a side lost its whole answer to --seq-len: the pair says nothing
+        # a side lost its whole answer to --seq-len: the pair says nothing
+        if len(rendered.examples) < 2:
             data.dropped += 1
             continue
         data.truncated += rendered.truncated > 0
@@ -117,6 +123,13 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
             f"{data.dropped} lost a whole answer and were skipped"
         )
     return data
+
+
+def paired_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
+    """Preference records as training rows: pair i's chosen answer at 2i, its rejected one at 2i + 1."""
+    data = preference_examples(records, tokenizer, seq_len)
+    rows = [e for pair in data.pairs for e in (pair.chosen, pair.rejected)]
+    return TokenizedData(rows, data.truncated, data.dropped, data.notes, paired=True)
 
 
 LINE = re.compile(r"(\d+) x (\S+) (.+) to (.+) on (\S+)")

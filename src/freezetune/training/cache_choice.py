@@ -98,7 +98,7 @@ def choose_cache(
     dtype,
     loaded: LoadedModel,
 ) -> tuple[PrefixCache | None, str]:
-    usable, stale = schedule_depths(config, resolved, len(train.examples))
+    usable, stale = schedule_depths(config, resolved, train.units)
     depths = [d for d in usable if d > 0]
     depth = max(depths, default=0)
     stale_note = (
@@ -134,7 +134,7 @@ def choose_cache(
     state = process_state()
     # each process caches its own shard of the training data (data/order.py) and the whole held-out set;
     # a run that ends within one epoch never sees a training row twice, so it caches the held-out set only
-    share = 1 / state.num_processes if config.reaches_second_epoch(len(train.examples)) else 0
+    share = 1 / state.num_processes if config.reaches_second_epoch(train.units) else 0
     examples = int(len(train.examples) * share) + len(held.examples)
     tokens = int(train.num_tokens * share) + held.num_tokens
     # each depth a schedule visits keeps its own entries

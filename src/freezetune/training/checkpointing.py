@@ -50,6 +50,8 @@ def resume(loop: TrainingLoop) -> int:
     state, tensors, optimizer = load_checkpoint(last, loop.lr_scheduler, loop.rank)
     step = state["step"]
     loop.trainable.restore(state)  # a gradient-sampled LISA's scores and last draw
+    if loop.reference is not None:  # DPO: the reference scores computed so far, or precomputed
+        loop.reference.restore(state)
     # the optimizer state saved is that of the set the last step trained; the loop moves on from there
     loop.trainable.advance(max(step - 1, 0), loop.retarget)
     loop.trainable.take_check()  # the run was checked when it started
@@ -79,6 +81,8 @@ def write_checkpoint(loop: TrainingLoop, step: int) -> dict[str, torch.Tensor]:
             kept = last_checkpoint(run_dir, "the previous checkpoint {} is kept; resume from it")
             raise FreezetuneError(f"step {step}: {exc}; {kept}") from None
     loop.accelerator.wait_for_everyone()
+    # every process's, gathered (a collective: all of them call it)
+    scores = loop.reference.state(loop.accelerator) if loop.reference is not None else {}
     tensors = {}
     if loop.main or loop.backend.gathers_everywhere:
         tensors = trainable_state(loop.model, loop.trainable.trained_names, loop.backend.value)
@@ -96,6 +100,7 @@ def write_checkpoint(loop: TrainingLoop, step: int) -> dict[str, torch.Tensor]:
             "processes": loop.world,
             "backend": type(loop.backend).__name__,
             **loop.trainable.state(),
+            **scores,
         }
         try:
             save_checkpoint(run_dir, step, tensors, optimizer, loop.lr_scheduler, state, loop.world)

@@ -113,3 +113,18 @@ class FirstStepGuard:
                 f"first step: trainable tensor {_some(still)} did not change after the optimizer step, "
                 "though its gradient was not zero"
             )
+
+
+def first_step_guard(loop, check: str | None) -> FirstStepGuard | None:
+    """The first-step check ``TrainableSet.take_check`` asked for, over what ``loop`` trains now: frozen
+    tensors by version counter where the backend's writes advance it (hashing 100M frozen weights cost
+    more than a step), hashed where they may not."""
+    if check is None:
+        return None
+    return FirstStepGuard(
+        loop.model,
+        set(loop.trainable.applied),
+        loop.backend.grad,
+        loop.backend.view,
+        light=check == "light" or loop.backend.writes_counted,
+    )

@@ -29,13 +29,20 @@ from freezetune.runs.manifest import read_manifest, update_manifest
 from freezetune.training.accelerator import make_accelerator, seed_everything
 from freezetune.training.checkpointing import last_checkpoint, resume, write_checkpoint
 from freezetune.training.evaluation import describe_evaluation, evaluate_model, write_evaluations
-from freezetune.training.guards import FirstStepGuard
+from freezetune.training.guards import first_step_guard
 from freezetune.training.head import checked_head
 from freezetune.training.optimizer import build_lr_scheduler, build_optimizer, retarget_optimizer
 from freezetune.training.peak_memory import peak_memory_bytes, reset_peak_memory
+from freezetune.training.preference import (
+    describe_preferences,
+    evaluate_preferences,
+    make_reference,
+    make_step,
+    precompute_for,
+)
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.session import Session
-from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep, micro_batches
+from freezetune.training.step import MicroBatch, NonFiniteLoss, micro_batches
 from freezetune.training.trainable_set import TrainableSet
 
 
@@ -67,11 +74,12 @@ class TrainingLoop:
         self.resolved = session.resolved
         # the optimizer is built over the whole plan, so a schedule's groups exist (empty or not) from step 0 on
         self.trainable = TrainableSet(session.resolved, config.parsed_schedule, config.seed)
-        self.order = BatchOrder(len(session.train.examples), config.batch_size, config.seed)
+        self.order = BatchOrder(session.train.units, config.batch_size, config.seed)
         check_same_plan(accelerator, self.trainable.applied)
-        self.total_steps = config.total_steps(len(session.train.examples))
+        self.total_steps = config.total_steps(session.train.units)
+        # DPO's reference: taken now, while every weight is the base model's (a resume moves them later)
+        self.reference = make_reference(self.model, session.resolved, config)
         self.backend = make_backend(accelerator, session, self.world)
-        # the model itself, under whatever wrapper the backend puts around it
         # the backend's wrapper around the model (DDP's, or the model itself): what the step calls
         self.wrapped, optimizer = self.backend.wrap(
             self.model,
@@ -91,16 +99,10 @@ class TrainingLoop:
                 self.model, self.wrapped, first, accelerator, sharded=sharded
             )
         self.notes = [*session.notes, note]  # said when the run starts; the session stays as opened
-        self.train_step = TrainStep(
-            self.wrapped,
-            self.backend,
-            self.runner,
-            self.lr_scheduler,
-            accelerator,
-            self.device,
-            self.world,
-            self.head,
-        )
+        step_parts = (self.wrapped, self.backend, self.runner, self.lr_scheduler, accelerator)
+        step_parts += (self.device, self.world, self.head)
+        self.train_step = make_step(step_parts, self.reference, config.beta)
+        self.notes += [self.reference.describe()] if self.reference else []
         self.trainable.advance(0, self.retarget)  # a schedule's first phase
         self.metrics_path = session.run_dir / "metrics.jsonl"
         self.metrics_file = None  # open while run() runs: a checkpoint flushes it
@@ -108,6 +110,8 @@ class TrainingLoop:
     def evaluate(self, label: str) -> dict:
         # every process evaluates the whole set alike, so under FSDP their all-gathers pair up
         with self.accelerator.autocast():  # in the training precision, as the weights are stored
+            if self.reference is not None:
+                return evaluate_preferences(self, label)
             return evaluate_model(
                 self.model,
                 self.tokenizer,
@@ -163,7 +167,7 @@ class TrainingLoop:
                         "run_dir": str(self.session.run_dir),
                     }
                 self.trainable.advance(step, self.retarget)
-                record = self._step(step, self._guard(self.trainable.take_check()))
+                record = self._step(step, first_step_guard(self, self.trainable.take_check()))
                 step += 1
                 self._record(record, metrics, bar)
                 self._when_due(step, metrics)
@@ -180,12 +184,14 @@ class TrainingLoop:
             remove_leftovers(run_dir / "checkpoints")
         for note in self.notes:
             self.log(note)
+        if config.precompute_ref and not config.resume:  # the model is the base one until resume()
+            precompute_for(self)
         start = resume(self) if config.resume else 0
         if before is None and config.resume:
             before = read_manifest(run_dir).get("eval_before")
         if before is None:
             before = self.evaluate("before")
-            self.log(describe_evaluation(before))
+            self.log(self.describe(before))
         # the run keeps its own only
         before = {k: v for k, v in before.items() if k not in ("answers", "items")}
         if self.main:
@@ -227,7 +233,7 @@ class TrainingLoop:
         if self.main:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
-        self.log(describe_evaluation(after))
+        self.log(self.describe(after))
         if self.main:
             write_evaluations(run_dir, before, after)
             self._update_manifest(
@@ -255,23 +261,9 @@ class TrainingLoop:
         self.resolved = resolved  # its names: self.trainable.applied
         return optimizer
 
-    def _guard(self, check: str | None) -> FirstStepGuard | None:
-        """The first-step check ``TrainableSet.take_check`` asked for, over what trains now: frozen tensors
-        by version counter where the backend's writes advance it (hashing 100M frozen weights cost more
-        than a step), hashed where they may not."""
-        if check is None:
-            return None
-        return FirstStepGuard(
-            self.model,
-            set(self.trainable.applied),
-            self.backend.grad,
-            self.backend.view,
-            light=check == "light" or self.backend.writes_counted,
-        )
-
     def micro_batches(self, step: int) -> list[MicroBatch]:
         return micro_batches(
-            self.session.train.examples,
+            self.session.train,
             self.order,
             step,
             self.config.grad_accum,
@@ -294,6 +286,9 @@ class TrainingLoop:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "active_blocks": trainable_blocks(self.resolved),
         }
+
+    def describe(self, result: dict) -> str:
+        return (describe_preferences if self.reference else describe_evaluation)(result)
 
     def _update_manifest(self, **fields) -> None:
         update_manifest(self.session.run_dir, **fields)

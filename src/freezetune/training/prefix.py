@@ -69,6 +69,9 @@ class PrefixRunner:
         self._lengths: list[int] | None = None
         self._replay = False
         self._output_is_tuple: bool | None = None
+        # the prefix output of the last forward, and one to stand in for it (training/dpo.py's reference)
+        self.captured: torch.Tensor | None = None
+        self._given: torch.Tensor | None = None
         self.frozen_blocks = [
             i
             for i, block in enumerate(self.blocks)
@@ -106,6 +109,13 @@ class PrefixRunner:
             self.resolved.anatomy, self.trained, self.depth
         )
         self.cache = self.shared_cache if untouched else None
+
+    @property
+    def prefix_is_base(self) -> bool:
+        """Whether the frozen prefix still computes what the base model's does (nothing below k trained)."""
+        return self.depth > 0 and not prefix_touched(
+            self.resolved.anatomy, self.trained, self.depth
+        )
 
     def remove(self) -> None:
         for index, original in self._originals.items():
@@ -178,10 +188,21 @@ class PrefixRunner:
         keys = [f"{key}@{self.depth}" for key in keys] if caching else None
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
+        self.captured = None
         try:
             yield self._replay
         finally:
             self._keys, self._lengths, self._replay = None, None, False
+
+    @contextlib.contextmanager
+    def replaying(self, hidden: torch.Tensor):
+        """Inside: the frozen prefix is skipped and ``hidden`` is its output (a captured one, for a
+        reference model that shares the trunk: the prefix ran once for both)."""
+        self._given, self._replay = hidden, True
+        try:
+            yield
+        finally:
+            self._given, self._replay = None, False
 
     def _prefix_forward(self, index: int, original):
         last = index == self.depth - 1
@@ -190,13 +211,17 @@ class PrefixRunner:
             if self._replay:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 if last:
-                    hidden = self._cached_batch(hidden)
+                    given = self._given
+                    hidden = self.captured = (
+                        given if given is not None else self._cached_batch(hidden)
+                    )
                 return (hidden,) if self._output_is_tuple else hidden
             with torch.no_grad():
                 output = original(*args, **kwargs)
             self._output_is_tuple = isinstance(output, tuple)
+            if last:
+                hidden = self.captured = output[0] if self._output_is_tuple else output
             if last and self._keys is not None:
-                hidden = output[0] if self._output_is_tuple else output
                 # right padding: the real tokens of row r are its first lengths[r] positions
                 for row, key in enumerate(self._keys):
                     self.cache.put(key, hidden[row, : self._lengths[row]])

@@ -206,10 +206,10 @@ def open_session(
         config.seq_len,
         config.validation,
     )
-    if len(train.examples) < config.batch_size:  # epochs use full batches only
+    if train.units < config.batch_size:  # epochs use full batches only
+        what = "pairs" if train.paired else "examples"
         raise FreezetuneError(
-            f"{len(train.examples)} training examples are fewer than one batch "
-            f"(--batch-size {config.batch_size})"
+            f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
         )
     lap("data")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
@@ -276,7 +276,7 @@ def open_session(
         cache,
         notes,
         sharding,
-        config.reaches_second_epoch(len(train.examples)),
+        config.reaches_second_epoch(train.units),
         lock,
         seconds,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from freezetune.data.examples import IGNORE, Example, collate
+from freezetune.data.examples import IGNORE, TokenizedData, collate
 from freezetune.data.order import BatchOrder
 from freezetune.errors import FreezetuneError
 
@@ -31,6 +31,7 @@ class MicroBatch:
     batch: dict[str, torch.Tensor]  # input_ids, attention_mask, labels (right-padded)
     keys: list[str] | None  # one prefix-cache key per row, or None: not cached
     lengths: list[int]  # real (unpadded) length of each row
+    ids: list[int]  # each row's index in the training examples
 
     @property
     def targets(self) -> int:
@@ -39,7 +40,7 @@ class MicroBatch:
 
 
 def micro_batches(
-    examples: list[Example],
+    examples: TokenizedData,
     order: BatchOrder,
     step: int,
     grad_accum: int,
@@ -48,14 +49,15 @@ def micro_batches(
     pad_id: int,
     cached: bool = True,
 ) -> list[MicroBatch]:
-    """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which).
+    """This process's share of the micro-batches of optimizer step ``step`` (data/order.py decides which,
+    counting pairs for preference data: both rows of a pair go together).
     ``cached``: give the rows their prefix-cache keys (False: they are never stored)."""
     out = []
     for micro in range(grad_accum):
-        ids = order.share(step * grad_accum + micro, rank, world)
-        rows = [examples[i] for i in ids]
+        ids = examples.rows(order.share(step * grad_accum + micro, rank, world))
+        rows = [examples.examples[i] for i in ids]
         keys = [f"train:{i}" for i in ids] if cached else None
-        out.append(MicroBatch(collate(rows, pad_id), keys, [len(r.input_ids) for r in rows]))
+        out.append(MicroBatch(collate(rows, pad_id), keys, [len(r.input_ids) for r in rows], ids))
     return out
 
 
@@ -160,4 +162,5 @@ class TrainStep:
             "tokens": measured["tokens"],
             "tokens_per_s": measured["tokens"] / elapsed,
             "step_time_s": elapsed,
+            **measured.get("metrics", {}),  # an objective's own (DPO's rewards)
         }
