@@ -42,3 +42,21 @@ def test_activations_scale_with_the_blocks_the_backward_runs_through():
     # two of four blocks keep activations, plus the frozen prefix's output
     prefix_output = 2 * 64 * 32 * 2 * 2
     assert half["activations"] - prefix_output == full["activations"] // 2
+
+
+def test_dpo_counts_two_rows_per_pair_and_a_reference_of_the_trained_tensors_only(capsys):
+    resolved = resolve(FreezePlan.parse("freeze bottom 50%"), find_anatomy(build_tiny("llama")))
+    sft = describe(resolved, "tiny", 64, 2)
+    dpo = describe(resolved, "tiny", 64, 2, objective="dpo")
+    mine, full = dpo["memory_estimate_bytes"], dpo["full_finetune_memory_estimate_bytes"]
+    assert "reference" not in sft["memory_estimate_bytes"]
+    # the frozen blocks are shared with the policy: the reference copies what trains, in fp32
+    assert mine["reference"] == resolved.trainable_params * 4 and full["reference"] == resolved.total_params * 4
+    assert mine["activations"] == 2 * sft["memory_estimate_bytes"]["activations"]
+    assert mine["total"] == sum(v for k, v in mine.items() if k != "total")
+    precomputed = describe(resolved, "tiny", 64, 2, objective="dpo", precompute_ref=True)
+    assert precomputed["memory_estimate_bytes"]["reference"] == 0
+    from freezetune.cli.commands import main
+    assert main(["plan", "smollm2-135m", "freeze bottom 75%", "--objective", "dpo"]) == 0
+    assert "reference" in capsys.readouterr().out
+    assert main(["plan", "smollm2-135m", "freeze bottom 75%", "--precompute-ref"]) == 2

@@ -55,7 +55,8 @@ def run_plan(options: PlanOptions) -> str:
     resolved = resolve(plan, find_anatomy(loaded.model))
     if options.format:
         return render(resolved, options.format).rstrip("\n")
-    info = describe(resolved, options.model, options.seq_len, options.batch_size, options.dtype)
+    sizes = (options.seq_len, options.batch_size, options.dtype)
+    info = describe(resolved, options.model, *sizes, options.objective, options.precompute_ref)
     problem = causal_lm_problem(loaded.model)
     if problem:  # a preview is still useful, but the user should not find out at `train`
         info["notices"].append(f"train, compare and export will not take this model: {problem}")

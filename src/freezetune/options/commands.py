@@ -55,6 +55,15 @@ class PlanOptions:
     seq_len: int = opt(512, help="sequence length for the memory estimate")
     batch_size: int = opt(4, help="micro-batch size for the memory estimate")
     dtype: str = opt("float32", help="training precision for the memory estimate", choices=DTYPES)
+    objective: str = opt(
+        "sft",
+        help="what the estimate is for: sft/cpt, or dpo (two rows per pair in --batch-size, and "
+        "the reference's copy of the trained tensors)",
+        choices=("sft", "cpt", "dpo"),
+    )
+    precompute_ref: bool = opt(
+        False, help="with --objective dpo: the reference scores are precomputed, no copy held"
+    )
     json: bool = opt(False, help="print one JSON object instead of the table")
     schedule: str | None = opt(
         None,
@@ -76,6 +85,10 @@ class PlanOptions:
 
     def validate(self) -> None:
         check_sizes(self)
+        if self.precompute_ref and self.objective != "dpo":
+            raise FreezetuneError(
+                "--precompute-ref is for --objective dpo, which has a reference model"
+            )
         if self.max_steps < 0:
             raise FreezetuneError(f"--max-steps must be 0 or more, got {self.max_steps}")
         if self.schedule and self.format:

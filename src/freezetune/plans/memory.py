@@ -9,6 +9,9 @@ Activations follow Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per blo
 16 bits, kept only for the blocks the backward pass runs through (from the lowest
 trainable block up, or all of them if the embeddings train). A frozen prefix under
 no-grad keeps just its output. Logits are fp32 with their gradient: 8*b*s*V bytes.
+DPO runs two rows (chosen, rejected) per pair, and its reference holds a copy of each trained
+tensor in fp32 (training/dpo.py: the frozen weights are shared, not copied); with
+--precompute-ref it holds none.
 This is an estimate for comparing plans, not a promise to the byte.
 """
 
@@ -33,11 +36,14 @@ def estimate_memory(
     seq_len: int,
     batch_size: int,
     dtype: str,
+    objective: str = "sft",
+    precompute_ref: bool = False,
 ) -> dict[str, int]:
-    """Bytes by kind for one training step; ``total`` is their sum."""
+    """Bytes by kind for one training step; ``total`` is their sum. For DPO ``batch_size`` counts pairs
+    and a ``reference`` entry is added."""
     frozen_b = _frozen_bytes(dtype)
     act_scale = 2 if dtype == "float32" else 1  # the formula is for 16-bit activations
-    s, b = seq_len, batch_size
+    s, b = seq_len, batch_size * (2 if objective == "dpo" else 1)
     h, a, vocab = anatomy.dims.hidden_size, anatomy.dims.num_heads, anatomy.dims.vocab_size
     per_block = s * b * h * (34 + 5 * a * s / max(h, 1)) * act_scale
     prefix_output = s * b * h * 2 * act_scale if backward_depth < anatomy.num_layers else 0
@@ -50,5 +56,7 @@ def estimate_memory(
         "activations": int(per_block * backward_depth) + prefix_output,
         "logits": 8 * b * s * vocab,
     }
+    if objective == "dpo":
+        estimate["reference"] = 0 if precompute_ref else trainable_params * 4
     estimate["total"] = sum(estimate.values())
     return estimate

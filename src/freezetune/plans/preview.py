@@ -14,8 +14,11 @@ def describe(
     seq_len: int = 512,
     batch_size: int = 4,
     dtype: str = "float32",
+    objective: str = "sft",
+    precompute_ref: bool = False,
 ) -> dict:
     """Everything `freezetune plan --json` prints, as one dict."""
+    settings = (seq_len, batch_size, dtype, objective, precompute_ref)
     anatomy = resolved.anatomy
     full = replace(resolved, trainable=frozenset(anatomy.tensors))
     return {
@@ -45,13 +48,22 @@ def describe(
             "batch_size": batch_size,
             "dtype": dtype,
             "optimizer": "AdamW",
+            "objective": objective,
+            "precompute_ref": precompute_ref,
         },
-        "memory_estimate_bytes": _memory(resolved, seq_len, batch_size, dtype),
-        "full_finetune_memory_estimate_bytes": _memory(full, seq_len, batch_size, dtype),
+        "memory_estimate_bytes": _memory(resolved, *settings),
+        "full_finetune_memory_estimate_bytes": _memory(full, *settings),
     }
 
 
-def _memory(resolved: ResolvedPlan, seq_len: int, batch_size: int, dtype: str) -> dict[str, int]:
+def _memory(
+    resolved: ResolvedPlan,
+    seq_len: int,
+    batch_size: int,
+    dtype: str,
+    objective: str = "sft",
+    precompute_ref: bool = False,
+) -> dict[str, int]:
     return estimate_memory(
         resolved.anatomy,
         resolved.trainable_params,
@@ -59,6 +71,8 @@ def _memory(resolved: ResolvedPlan, seq_len: int, batch_size: int, dtype: str) -
         seq_len,
         batch_size,
         dtype,
+        objective,
+        precompute_ref,
     )
 
 
@@ -105,20 +119,15 @@ def render_text(info: dict) -> str:
         "",
     ]
     settings = info["memory_settings"]
+    dpo = settings.get("objective") == "dpo"
+    batch = f"batch {settings['batch_size']}" + (" pairs, DPO" if dpo else "")
     lines.append(
         f"training memory estimate ({settings['dtype']}, AdamW, seq {settings['seq_len']}, "
-        f"batch {settings['batch_size']})     this plan   full fine-tune"
+        f"{batch})     this plan   full fine-tune"
     )
     mine, full = info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
-    for key in (
-        "weights",
-        "gradients",
-        "optimizer",
-        "working_copies",
-        "activations",
-        "logits",
-        "total",
-    ):
+    kinds = ("weights", "gradients", "optimizer", "working_copies", "activations", "logits")
+    for key in (*kinds, *(["reference"] if dpo else []), "total"):
         lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
     lines += [f"notice: {notice}" for notice in info["notices"]]
     return "\n".join(lines)
