@@ -14,8 +14,9 @@ round, and a run's step time is the median of its steps after the first (set-up)
   gradient checkpointing off, as freezetune runs, and with TRL's default (on).
 
 Two models: the embedded SmolLM2-135M, and a Llama of about 0.3B built from a config (random
-weights). Every run starts from the same weights and scores the same records with the same chat
-template; the step covers the reference's forward, the policy's forward and backward, AdamW.
+weights). Every run starts from the same weights and the same conversational records, which both
+tools render with the chat template to the same token ids (checked: `same_token_ids`). The step
+covers the reference's forward, the policy's forward and backward, and AdamW.
 """
 
 from __future__ import annotations
@@ -63,7 +64,34 @@ def build(folder: Path, model: str) -> None:
     loaded.tokenizer.save_pretrained(folder / "model")
     train, held = preference_task(PAIRS, 4)
     for name, records in (("train", train), ("eval", held)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r.fields) + "\n" for r in records))
+        rows = [json.dumps(conversational(r.fields)) + "\n" for r in records]
+        (folder / f"{name}.jsonl").write_text("".join(rows))
+
+
+def conversational(fields: dict) -> dict:
+    """A record as chat messages: TRL applies the chat template to those only (to plain strings it does
+    not), and freezetune renders both alike, so both tools then see the same token ids."""
+    return {
+        "prompt": [{"role": "user", "content": fields["prompt"]}],
+        "chosen": [{"role": "assistant", "content": fields["chosen"]}],
+        "rejected": [{"role": "assistant", "content": fields["rejected"]}],
+    }
+
+
+def same_token_ids(folder: Path, trainer) -> bool:
+    """Whether TRL tokenized every training pair to the token ids freezetune trains on."""
+    from freezetune.data.files import read_records
+    from freezetune.data.preferences import paired_examples
+
+    ours = paired_examples(
+        read_records(str(folder / "train.jsonl")), trainer.processing_class, SEQ_LEN
+    ).examples
+    theirs = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    return len(ours) == 2 * len(theirs) and all(
+        ours[2 * i].input_ids == t["prompt_ids"] + t["chosen_ids"]
+        and ours[2 * i + 1].input_ids == t["prompt_ids"] + t["rejected_ids"]
+        for i, t in enumerate(theirs)
+    )
 
 
 def frozen_by_hand(model, frozen_blocks: int) -> None:
@@ -151,9 +179,11 @@ def run_trl(folder: Path, name: str, steps: int) -> dict:
         processing_class=AutoTokenizer.from_pretrained(folder / "model"),
         callbacks=[StepTimer()],
     )
+    same = same_token_ids(folder, trainer)
     trainer.train()
     reference = trainer.ref_model
     return {
+        "same_token_ids": same,
         "step_times_s": times,
         "peak_rss_bytes": peak_memory_bytes(torch.device("cpu")),
         "reference_bytes": sum(p.numel() * p.element_size() for p in reference.parameters())
@@ -209,6 +239,11 @@ def main() -> None:
                 "peak_bytes": statistics.median(m["peak_bytes"] for m in measured),
                 "reference_bytes": measured[0]["reference_bytes"],
                 "trainable_params": measured[0]["trainable_params"],
+                **(
+                    {"same_token_ids": all(m["same_token_ids"] for m in measured)}
+                    if "same_token_ids" in measured[0]
+                    else {}
+                ),
             }
         freeze, trl = rows["freeze"], rows["trl_freeze"]
         models[model] = {

@@ -1,4 +1,4 @@
-"""The benchmark tables of docs/performance.md and docs/python.md, rendered from bench/results/*.json.
+"""The benchmark tables of docs/ and the README's DPO table, rendered from bench/results/*.json.
 
     .venv/bin/python docs/render_bench.py
 
@@ -92,11 +92,55 @@ def integration(page: str) -> str:
     )
 
 
+DPO_RUNS = {
+    "freeze": "freezetune `freeze bottom 75%`",
+    "full": "freezetune `train all`",
+    "lora": "freezetune LoRA r=16",
+    "trl_freeze": "TRL `DPOTrainer`, frozen by hand",
+    "trl_freeze_checkpointing": "the same, TRL's default checkpointing",
+}
+DPO_README_RUNS = ("freeze", "full", "trl_freeze")
+
+
+def dpo_rows(result: dict, runs=tuple(DPO_RUNS)) -> list[str]:
+    """The DPO table's rows: every model of bench/results/dpo.json, the ``runs`` named."""
+    return [
+        f"| {model} | {DPO_RUNS[name]} | {row['reference_bytes'] / 2**20:,.0f} | "
+        f"{row['peak_bytes'] / 2**30:.2f} | {row['step_time_s']:.2f} |"
+        for model, measured in result["models"].items()
+        for name, row in measured["runs"].items()
+        if name in runs
+    ]
+
+
+def dpo_ratio_rows(result: dict) -> list[str]:
+    models = list(result["models"].values())
+    return [
+        f"| `{name}` | " + " | ".join(f"{m['ratios'][name]:.2f}" for m in models) + " |"
+        for name in models[0]["ratios"]
+    ]
+
+
+def preferences(page: str, runs=tuple(DPO_RUNS)) -> str:
+    result = json.loads((RESULTS / "dpo.json").read_text())
+    page = _rows(
+        page, "| model | run | reference MiB | peak GiB | step s |", dpo_rows(result, runs)
+    )
+    header = "| ratio | " + " | ".join(result["models"]) + " |"
+    return _rows(page, header, dpo_ratio_rows(result))
+
+
 def main() -> None:
-    for name, render in (("performance.md", performance), ("python.md", integration)):
-        path = ROOT / "docs" / name
+    pages = [
+        ("docs/performance.md", performance),
+        ("docs/python.md", integration),
+        ("docs/preferences.md", preferences),
+        ("README.md", lambda page: preferences(page, DPO_README_RUNS)),
+    ]
+    for name, render in pages:
+        path = ROOT / name
         path.write_text(render(path.read_text()))
-        print(f"docs/{name}: tables rewritten from bench/results/")
+        print(f"{name}: tables rewritten from bench/results/")
 
 
 if __name__ == "__main__":

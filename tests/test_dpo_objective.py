@@ -63,3 +63,31 @@ def test_loss_gradient_and_metrics_equal_trl_on_one_batch(tmp_path):
     assert metrics.keys() == trl_metrics.keys()
     for key, value in trl_metrics.items():
         assert metrics[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_trl_dpo_with_freeze_copies_the_whole_model_for_its_reference(tmp_path, tiny_chat_model_dir):
+    """What docs/python.md states about TRL's own path: `freeze()` makes the policy's step cheaper, but
+    DPOTrainer still loads its reference as a second whole model, frozen weights and all (`freezetune
+    train --objective dpo` copies only the trained tensors); with precompute_ref_log_probs it holds none."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from freezetune.hf import freeze
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(policy, "freeze bottom 75%")
+    rows = [{"prompt": f"send {i} mugs", "chosen": f"qty={i}", "rejected": f"qty={i + 1}"} for i in range(4)]
+    trained = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    for precompute in (False, True):
+        args = DPOConfig(output_dir=str(tmp_path / f"trl-{precompute}"), report_to="none", use_cpu=True, max_length=32,
+                         precompute_ref_log_probs=precompute, per_device_train_batch_size=2)
+        trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        reference = trainer.ref_model
+        if precompute:
+            assert reference is None
+        else:
+            assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in policy.parameters())
+            assert trained < sum(p.numel() for p in policy.parameters()) // 2  # the copy is mostly frozen weights
+    handle.remove()

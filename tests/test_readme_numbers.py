@@ -61,6 +61,29 @@ def test_startup_and_first_step_check_match_bench_results():
     assert result["ratios"]["light_check_in_steps"] <= 1  # issue 22: the check costs at most one step
 
 
+def test_the_dpo_tables_match_bench_results():
+    result = json.loads((ROOT / "bench" / "results" / "dpo.json").read_text())
+    page, readme = (ROOT / "docs" / "preferences.md").read_text(), (ROOT / "README.md").read_text()
+    labels = {"freeze": "freezetune `freeze bottom 75%`", "full": "freezetune `train all`", "lora": "freezetune LoRA r=16",
+              "trl_freeze": "TRL `DPOTrainer`, frozen by hand",
+              "trl_freeze_checkpointing": "the same, TRL's default checkpointing"}
+    for model, measured in result["models"].items():
+        for name, row in measured["runs"].items():
+            line = (f"| {model} | {labels[name]} | {row['reference_bytes'] / 2**20:,.0f} | {row['peak_bytes'] / 2**30:.2f} | "
+                    f"{row['step_time_s']:.2f} |")
+            assert line in page, f"docs/preferences.md row should read: {line}"
+            if name in ("freeze", "full", "trl_freeze"):
+                assert line in readme, f"README DPO row should read: {line}"
+        runs = measured["runs"]
+        # the claim: under a freeze plan the reference is the trained tensors (fp32), TRL's the whole model
+        assert runs["freeze"]["reference_bytes"] == 4 * runs["freeze"]["trainable_params"]
+        assert runs["trl_freeze"]["reference_bytes"] == runs["full"]["reference_bytes"]
+        assert runs["freeze"]["trainable_params"] == runs["trl_freeze"]["trainable_params"]  # the same tensors train
+    for name in next(iter(result["models"].values()))["ratios"]:
+        line = f"| `{name}` | " + " | ".join(f"{m['ratios'][name]:.2f}" for m in result["models"].values()) + " |"
+        assert line in page and line in readme, f"DPO ratio row should read: {line}"
+
+
 def test_every_results_file_says_where_its_numbers_came_from():
     for path in [*(ROOT / "bench" / "results").glob("*.json"), ROOT / "docs" / "results" / "demo" / "results.json"]:
         where = json.loads(path.read_text())["provenance"]

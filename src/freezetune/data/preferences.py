@@ -65,14 +65,15 @@ def _messages(record: Record, name: str, errors: list[str], last: str) -> list[d
     if not valid_messages(record, name, value, errors):
         return None
     if value[-1]["role"] != last:
-        article = "an" if last[0] in "aeiou" else "a"
+        article = "an" if last == "assistant" else "a"  # "a user", "an assistant"
         errors.append(f"{record.where}: field '{name}' must end with {article} {last} message")
         return None
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def _conversation(record: Record, errors: list[str]) -> tuple[list, list, list] | None:
-    missing = [name for name in FIELDS if name not in record.fields]
+    # a column other records have and this one lacks reads as None (JSON lines, CSV, parquet alike)
+    missing = [name for name in FIELDS if record.fields.get(name) is None]
     if missing:
         errors.append(
             f"{record.where}: a preference record needs 'prompt', 'chosen' and 'rejected'; "
