@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,6 +165,43 @@ def test_dpo_options_that_cannot_take_effect_are_refused(tiny_chat_model_dir, or
     assert message in capsys.readouterr().err
 
 
-def test_compare_refuses_dpo_until_it_can_score_it(capsys):
-    assert main(["compare", "--objective", "dpo"]) == 2
-    assert "compare --objective dpo is not available yet" in capsys.readouterr().err
+def compare_dpo(model_dir, data, out, *extra):
+    args = ["compare", "--objective", "dpo", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]),
+            "--max-steps", "6", "--batch-size", "4", "--seq-len", "64", "--out", str(out), "--seeds", "2",
+            "--lr-full", "1e-3", "--lr-lora", "1e-2", "--lr-plan", "5e-3"]
+    for strategy in ("full", "lora r=4 alpha=8", "freeze bottom 50%"):
+        args += ["--strategy", strategy]
+    return args + list(extra)
+
+
+def test_compare_scores_preference_pairs_with_the_verdicts_statistics(tiny_chat_model_dir, preference_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(compare_dpo(tiny_chat_model_dir, preference_data, out)) == 0
+    stdout, err = capsys.readouterr()
+    assert "quality metric: eval loss (preference pairs: the held-out DPO loss" in err
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["strategy"]: r for r in results["runs"]}
+    for row in runs.values():
+        assert row["status"] == "finished" and row["seeds"] == [0, 1] and row["retain_kl"] > 0
+        assert 0 <= row["preference_accuracy"] <= 1 and row["eval_loss"] != pytest.approx(0.693147, abs=1e-4)
+        for run_dir in row["run_dirs"]:  # every seed scored the same 4 held-out pairs, one line each
+            items = [json.loads(line) for line in (Path(run_dir) / "eval-items.jsonl").read_text().splitlines()]
+            assert [i["id"] for i in items] == [0, 1, 2, 3] and all(i["tokens"] == 1 for i in items)
+            assert "rewards/margins" in (Path(run_dir) / "metrics.jsonl").read_text()
+    # the base is its own reference: every pair's loss is log 2
+    assert results["base"]["eval_loss"] == pytest.approx(0.693147, abs=1e-5)
+    verdict = results["verdict"]
+    assert verdict["metric"] == "eval_loss" and len(verdict["tests"]) == 2 * 3  # paired tests over pairs x seeds
+    report = (out / "report.md").read_text()
+    assert "| eval DPO loss |" in report and "| preference accuracy |" in report and "exact match" not in report
+    assert stdout.startswith(verdict["sentence"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metric", "exact_match"], "--metric exact_match checks generated answers; --objective dpo scores preference pairs"),
+    (["--strategy", "advise"], "--strategy advise probes the gradients of the SFT loss"),
+    (["--beta", "-1"], "--beta must be positive"),
+])
+def test_compare_refuses_what_dpo_cannot_do(tiny_chat_model_dir, preference_data, tmp_path, capsys, extra, message):
+    assert main(compare_dpo(tiny_chat_model_dir, preference_data, tmp_path / "cmp", *extra)) == 2
+    assert message in capsys.readouterr().err

@@ -89,6 +89,11 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     )
     require_causal_lm(loaded, "compare")
     if any(strategy.advise for strategy in settings.strategies):
+        if settings.base_config.objective == "dpo":  # its probe measures the SFT loss's gradients
+            raise FreezetuneError(
+                "--strategy advise probes the gradients of the SFT loss; with --objective dpo "
+                "give the plan it would pick (freezetune advise MODEL --data FILE) as a strategy"
+            )
         # the advisor's pick on this model and the comparison's training data becomes the plan
         from freezetune.advice.advisor import advise
         from freezetune.data.loading import load_data

@@ -22,6 +22,7 @@ from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainab
 from freezetune.runs.durable import set_aside, write_json, write_text
 from freezetune.runs.manifest import read_json
 from freezetune.training.evaluation import evaluate_model
+from freezetune.training.preference import evaluate_base
 
 
 def _retain_damage(retain: Path, reference: Path) -> str | None:
@@ -58,15 +59,12 @@ def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> di
             config.validation,
         )
         log("evaluating the base model once, as the reference row")
-        measured = evaluate_model(
-            base,
-            tokenizer,
-            held.examples,
-            settings.base_config,
-            device,
-            label="base",
-            progress=progress,
-        )
+        if config.objective == "dpo":
+            measured = evaluate_base(base, tokenizer, held.examples, config, device, progress)
+        else:
+            measured = evaluate_model(
+                base, tokenizer, held.examples, config, device, label="base", progress=progress
+            )
         write_text(
             settings.out / "base-items.jsonl",
             "".join(json.dumps(i) + "\n" for i in measured.pop("items")),

@@ -38,6 +38,8 @@ def _cell(key: str, row: dict) -> str:
         )
     if key == "task_drop":
         return _task_cell(row)
+    if key == "preference_accuracy":  # a mean over seeds of the held-out pairs' rate
+        return f"{100 * value:.1f}%"
     if row.get(f"{key}_std") is not None:  # a mean over seeds, with its spread
         return f"{value:.4g} ± {row[f'{key}_std']:.2g}"
     if key == "lr":
@@ -87,9 +89,17 @@ TABLE = {
 
 def columns(table_rows: list[dict]) -> dict:
     """TABLE, with the retain-task column when the runs were scored on tasks."""
+    shown = dict(TABLE)
+    if any(r.get("preference_accuracy") is not None for r in table_rows):  # DPO: pairs, no answers
+        del shown["exact_match"]
+        shown = {
+            **shown,
+            "eval_loss": "eval DPO loss",
+            "preference_accuracy": "preference accuracy",
+        }
     if any(r.get("retain_tasks") for r in table_rows):
-        return {**TABLE, "task_drop": "Δ retain-task accuracy [95% CI], flips"}
-    return TABLE
+        shown["task_drop"] = "Δ retain-task accuracy [95% CI], flips"
+    return shown
 
 
 def markdown_table(table_rows: list[dict]) -> str:

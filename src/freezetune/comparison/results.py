@@ -9,7 +9,6 @@ Its learning rate and search come from the strategy folder's search.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from freezetune.comparison.flips import base_scores, base_task_fields, task_fields, task_table
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.errors import FreezetuneError
-from freezetune.runs.manifest import read_json, read_metrics
+from freezetune.runs.manifest import read_json, read_jsonl, read_metrics
 
 FIELDS = [
     "strategy",
@@ -41,6 +40,7 @@ FIELDS = [
     "exact_match_lo",
     "exact_match_hi",
     "exact_match_items",
+    "preference_accuracy",
     "retain_ppl",
     "retain_ppl_delta",
     "retain_ppl_delta_std",
@@ -118,6 +118,7 @@ def read_run(run_dir: Path) -> dict:
         "eval_perplexity": evaluation.get("eval_perplexity"),
         "exact_match": evaluation.get("exact_match"),
         "exact_match_examples": evaluation.get("exact_match_examples"),
+        "preference_accuracy": evaluation.get("eval_accuracy"),  # DPO: reward ranks chosen first
         "retain_ppl": measured.get("retain_ppl"),
         "retain_ppl_delta": measured.get("retain_ppl_delta"),
         "retain_kl": measured.get("retain_kl"),
@@ -179,7 +180,10 @@ def strategy_row(runs: list[dict], search: dict | None) -> dict:
         checkpoint_bytes=first["checkpoint_bytes"],
         retain_ppl=_mean(runs, "retain_ppl"),
         eval_perplexity=_mean(runs, "eval_perplexity"),
-        **{key: _mean(runs, key) for key in ("step_time_s", "tokens_per_s", "wall_time_s")},
+        **{
+            key: _mean(runs, key)
+            for key in ("step_time_s", "tokens_per_s", "wall_time_s", "preference_accuracy")
+        },
     )
     for key in SPREAD:
         values = [r[key] for r in runs if r[key] is not None]
@@ -234,17 +238,6 @@ def _table(seeds: list[list[dict]], key: str) -> np.ndarray:
         )
     mean_tokens = max(sum(i["tokens"] for i in seeds[0]) / len(seeds[0]), 1e-12)
     return np.array([[i[key] for i in items] for items in seeds]) / mean_tokens
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    try:
-        return [
-            json.loads(line)
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    except (ValueError, UnicodeDecodeError):
-        raise FreezetuneError(f"{path}: damaged, not JSON lines") from None
 
 
 def group_runs(run_dirs: list[Path]) -> list[dict]:

@@ -115,11 +115,13 @@ class CompareOptions(RunOptions):
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
 
     def validate(self) -> None:
-        if self.objective == "dpo":  # refused, not compared on the wrong metrics
+        if self.objective == "dpo" and self.metric == "exact_match":
             raise FreezetuneError(
-                "compare --objective dpo is not available yet; train a preference run with "
-                "freezetune train --objective dpo"
+                "--metric exact_match checks generated answers; --objective dpo scores preference "
+                "pairs (its metric is the held-out DPO loss, with preference accuracy beside it)"
             )
+        if self.beta <= 0:
+            raise FreezetuneError(f"--beta must be positive, got {self.beta}")
         parse_margins(self.margin)
         if self.forgetting == "tasks" and not self.retain_tasks:
             raise FreezetuneError(

@@ -43,6 +43,12 @@ def choose_metric(requested: str, objective: str, eval_generate: int) -> tuple[s
     """The quality metric, from the task alone (before any run): ``requested`` unless it is "auto"."""
     if requested != "auto":
         return requested, "asked for with --metric"
+    if objective == "dpo":
+        return (
+            "eval_loss",
+            "preference pairs: the held-out DPO loss against the base model as reference "
+            "(preference accuracy is reported beside it)",
+        )
     if objective == "sft" and eval_generate > 0:
         return (
             "exact_match",

@@ -29,7 +29,7 @@ class RunOptions:
     objective: str = opt(
         "sft",
         help="sft: prompt/response records, loss on responses; cpt: raw text, packed; dpo: "
-        "prompt/chosen/rejected records, preference tuning (train only, for now)",
+        "prompt/chosen/rejected records, preference tuning",
         choices=("sft", "cpt", "dpo"),
     )
     data: str | None = opt(
@@ -53,6 +53,7 @@ class RunOptions:
         0.1, help="warmup as a fraction of the run's steps, when --warmup is not given"
     )
     seed: int = opt(0, help="seed for data order, initialisation and sampling")
+    beta: float = opt(0.1, help="dpo: how far the policy may move from the reference (TRL's beta)")
     eval_generate: int = opt(
         40, help="held-out SFT examples to answer by greedy generation for exact match; 0 = none"
     )
@@ -79,7 +80,6 @@ class TrainConfig(RunOptions):
         "all-linear", help="LoRA target modules: 'all-linear' or comma-separated module names"
     )
     grad_accum: int = opt(1, help="micro-batches per optimizer step")
-    beta: float = opt(0.1, help="dpo: how far the policy may move from the reference (TRL's beta)")
     precompute_ref: bool = opt(
         False,
         help="dpo: score every pair with the base model once before training and hold no "

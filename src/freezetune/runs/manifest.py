@@ -101,6 +101,17 @@ def read_json(path: Path, missing=None):
         raise FreezetuneError(f"{path}: damaged, not valid JSON{where}") from None
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    except (ValueError, UnicodeDecodeError):
+        raise FreezetuneError(f"{path}: damaged, not JSON lines") from None
+
+
 def read_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / "manifest.json"
     if not path.is_file():

@@ -8,12 +8,13 @@ pair of the step on every process, weighed as the SFT step weighs tokens.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import torch
 
-from freezetune.data.examples import Example, collate
+from freezetune.data.examples import Example, collate, pad_token_id
 from freezetune.training.dpo import (
     REWARD_METRICS,
     Reference,
@@ -99,7 +100,8 @@ def score_rows(
         }
         keys = [f"{prefix}:{r}" for r in chunk]
         lengths = [len(e.input_ids) for e in picked]
-        with torch.no_grad(), runner.batch(keys, lengths):
+        around = runner.batch(keys, lengths) if runner is not None else contextlib.nullcontext()
+        with torch.no_grad(), around:
             policy = row_log_probs(model, batch, head)
         yield keys, batch, policy
 
@@ -148,7 +150,7 @@ def preference_evaluation(
                     "id": first + i,
                     "loss_sum": loss,
                     "tokens": 1,
-                    "correct": c > r,
+                    "preferred": c > r,
                     "margin": c - r,
                     "policy_prefers_chosen": prefers,
                 }
@@ -159,13 +161,24 @@ def preference_evaluation(
     return {
         "label": label,
         "eval_loss": sum(i["loss_sum"] for i in items) / pairs,
-        "eval_accuracy": sum(i["correct"] for i in items) / pairs,
+        "eval_accuracy": sum(i["preferred"] for i in items) / pairs,
         "eval_margin": sum(i["margin"] for i in items) / pairs,
         "eval_policy_accuracy": sum(i["policy_prefers_chosen"] for i in items) / pairs,
         "eval_pairs": len(items),
         "items": items,
         "seconds": {"evaluation": time.perf_counter() - started, "generation": 0.0},
     }
+
+
+def evaluate_base(
+    model, tokenizer, examples: list[Example], config, device, progress: bool
+) -> dict:
+    """The base model's preference evaluation, as its own reference (a comparison's "before" row)."""
+    settings = {"batch_size": config.batch_size, "pad_id": pad_token_id(tokenizer)}
+    settings.update(device=device, runner=None, head=None)
+    bar = "base pairs" if progress else None
+    reference = Reference(model, [], precompute=False)  # nothing trains: the model is its reference
+    return preference_evaluation(model, reference, examples, config.beta, settings, "base", bar)
 
 
 def describe_preferences(result: dict) -> str:
