@@ -37,7 +37,8 @@ def test_plan_json_fields(capsys, tiny_llama_dir):
     assert info["trainable_params"] == info["layers"][3]["params"]
     assert info["total_params"] > info["trainable_params"] > 0
     assert info["memory_estimate_bytes"]["total"] < info["full_finetune_memory_estimate_bytes"]["total"]
-    assert info["memory_settings"] == {"seq_len": 128, "batch_size": 4, "dtype": "bfloat16", "optimizer": "AdamW"}
+    assert info["memory_settings"] == {"seq_len": 128, "batch_size": 4, "dtype": "bfloat16", "optimizer": "AdamW",
+                                       "objective": "sft", "precompute_ref": False}
 
 
 def test_plan_formats(capsys, tiny_llama_dir):
