@@ -96,7 +96,7 @@ def test_schedule_text_and_fit_errors_are_one_line(tiny_chat_model_dir, order_da
 
 
 def test_the_guard_runs_again_when_the_set_changes(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
-    from freezetune.training import loop
+    from freezetune.training import guards
     from freezetune.training.guards import FirstStepGuard
 
     checked = []
@@ -107,7 +107,7 @@ def test_the_guard_runs_again_when_the_set_changes(tiny_chat_model_dir, order_da
             checked.append((sorted({int(n.split(".")[2]) for n in self.trainable if n.startswith("model.layers.")}),
                             self.light))
 
-    monkeypatch.setattr(loop, "FirstStepGuard", Spy)
+    monkeypatch.setattr(guards, "FirstStepGuard", Spy)  # what first_step_guard builds
     assert main(args(tiny_chat_model_dir, order_data, tmp_path / "run", "--plan", "train all", "--max-steps", "7",
                      "--schedule", "gradual every=2", "--prefix-cache", "off")) == 0
     # the first step, then the first step of each new set; one process steps with torch's AdamW, whose writes
