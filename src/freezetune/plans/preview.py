@@ -56,24 +56,10 @@ def describe(
     }
 
 
-def _memory(
-    resolved: ResolvedPlan,
-    seq_len: int,
-    batch_size: int,
-    dtype: str,
-    objective: str = "sft",
-    precompute_ref: bool = False,
-) -> dict[str, int]:
-    return estimate_memory(
-        resolved.anatomy,
-        resolved.trainable_params,
-        resolved.backward_depth,
-        seq_len,
-        batch_size,
-        dtype,
-        objective,
-        precompute_ref,
-    )
+def _memory(resolved: ResolvedPlan, *settings) -> dict[str, int]:
+    """estimate_memory for ``resolved``; ``settings``: its seq_len, batch_size, dtype[, objective, precompute_ref]."""
+    anatomy, trained, depth = resolved.anatomy, resolved.trainable_params, resolved.backward_depth
+    return estimate_memory(anatomy, trained, depth, *settings)
 
 
 def human_bytes(n: float) -> str:
