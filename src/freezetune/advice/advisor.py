@@ -13,12 +13,21 @@ is over the budget, the advice says what it would cost.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from freezetune.advice.candidates import Candidate, block_sizes, candidates
+from freezetune.advice.pilot_choice import (
+    PREFER,
+    evidence_sentence,
+    frontier,
+    pick_pilot,
+    pilot_lines,
+)
+from freezetune.advice.pilots import PilotRequest, choose_pilots, run_pilots
 from freezetune.data.examples import Example, collate
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy
@@ -115,6 +124,47 @@ def pick(found: list[Candidate], budget: int) -> Candidate:
     return best
 
 
+def pilot_advice(
+    model,
+    anatomy,
+    found,
+    budget: int,
+    full_bytes: int,
+    request: PilotRequest,
+    accelerator,
+    step_seconds: float,
+    log=None,
+) -> dict:
+    """Pilot runs of the strongest candidates within ``budget``, and the pick on their frontier."""
+    chosen = choose_pilots(found, budget, request.count)
+    ran = run_pilots(model, anatomy, chosen, request, accelerator, step_seconds, log)
+    last = max(p["round"] for p in ran["pilots"])
+    final = [p for p in ran["pilots"] if p["round"] == last]
+    picked, unseparated = pick_pilot(final, ran["base"], request.prefer)
+    reason = (
+        f"Picked on the pilots' frontier for {request.prefer} ({PREFER[request.prefer]}): "
+        + evidence_sentence(picked, final, ran["base"], full_bytes, ran["rate"])
+    )
+    return {
+        "plan": picked["plan"],
+        "reason": f"{unseparated} {reason}" if unseparated else reason,
+        "prefer": request.prefer,
+        "pilot_rate": ran["rate"],
+        "pilot_rate_search": ran["rate_search"],
+        "pilot_base": {"val_loss": ran["base"]["val_loss"]},
+        "pilot_items": {
+            "validation": len(request.data.validation),
+            "retain": len(request.data.retain),
+        },
+        "pilot_cost_s": round(ran["cost_s"], 1),
+        "pilots": [
+            {k: v for k, v in p.items() if k not in ("val_items", "kl_items")}
+            for p in ran["pilots"]
+        ],
+        "pilot_frontier": [p["plan"] for p in frontier(final)],
+    }
+
+
 def advise(
     loaded,
     examples: list[Example] | None,
@@ -122,10 +172,13 @@ def advise(
     seq_len: int,
     batch_size: int,
     dtype: str = "float32",
+    pilots: PilotRequest | None = None,
+    log=None,
 ) -> dict:
     """The advice for ``loaded`` (models.loading.LoadedModel): evidence per block (gradients too when
     ``examples`` are given), candidates, the pick within ``budget`` (default: half of full fine-tuning's
-    estimate) and the sentence saying why. No evidence, or nothing that fits, is a FreezetuneError."""
+    estimate) and the sentence saying why; with ``pilots``, the strongest candidates train briefly and
+    the pick is on their frontier. No evidence, or nothing that fits, is a FreezetuneError."""
     from freezetune.data.examples import pad_token_id
     from freezetune.plans.anatomy import find_anatomy
     from freezetune.training.accelerator import make_accelerator
@@ -136,11 +189,15 @@ def advise(
             f"the model has {anatomy.num_layers} block(s): there are no layers to choose between"
         )
     snr = snr_scores(loaded.model, anatomy)
-    gradient = None
+    gradient, accelerator = None, make_accelerator("fp32", None, Path("."))
     if examples:
-        accelerator = make_accelerator("fp32", None, Path("."))
+        started = time.perf_counter()
         gradient = gradient_scores(
             loaded.model, anatomy, examples, batch_size, pad_token_id(loaded.tokenizer), accelerator
+        )
+        # the probe is full fine-tuning's forward and backward: its time per batch scales the predictions
+        full_step_s = (time.perf_counter() - started) / math.ceil(
+            min(len(examples), 4 * batch_size) / batch_size
         )
     evidence = gradient or snr
     if not any(score > 0 for score in evidence):
@@ -175,6 +232,20 @@ def advise(
             f"({100 * over.score:.0f}%) but needs about {human_bytes(over.memory_estimate_bytes)}, over the budget."
         )
     params = block_sizes(anatomy)[0]
+    piloted = {}
+    if pilots is not None and gradient is not None:
+        piloted = pilot_advice(
+            loaded.model,
+            anatomy,
+            found,
+            budget or full_bytes // 2,
+            full_bytes,
+            pilots,
+            accelerator,
+            full_step_s,
+            log,
+        )
+        piloted["reason"] += f" From the evidence alone: {reason}"
     return {
         "memory_budget_bytes": budget or full_bytes // 2,
         "evidence": [
@@ -188,8 +259,10 @@ def advise(
         ],
         "candidates": [asdict(c) for c in found],
         "over_budget": asdict(over) if over is not None else None,
+        "evidence_plan": chosen.plan,
         "plan": chosen.plan,
         "reason": reason,
+        **piloted,
     }
 
 
@@ -212,4 +285,6 @@ def render_text(info: dict) -> str:
             f"  {c['plan'][:44]:<44} {c['memory_estimate_bytes'] / 2**30:>7.2f} GiB {c['predicted_step_ratio']:>5.2f}x "
             f"{100 * c['score']:>8.1f}%{mark}"
         )
+    if info.get("pilots"):
+        lines += pilot_lines(info)
     return "\n".join(lines + ["", f"plan: {info['plan']}", info["reason"]])

@@ -28,6 +28,7 @@ class Candidate:
     predicted_step_ratio: float
     score: float  # the share of the evidence the plan trains (0 to 1)
     blocks: int = 0  # how many blocks it trains any tensor of
+    family: str = ""  # where in the stack it trains: top, top+head, mlp, attn, bottom, middle, ranked, bottom+top
 
 
 def _span(first: int, last: int) -> str:
@@ -36,6 +37,11 @@ def _span(first: int, last: int) -> str:
 
 def candidate_plans(layers: int, evidence: list[float]) -> list[str]:
     """Every candidate's plan text, smallest k first (duplicates are dropped later, by what they train)."""
+    return [text for text, _ in _families(layers, evidence)]
+
+
+def _families(layers: int, evidence: list[float]) -> list[tuple[str, str]]:
+    """(plan text, family) of every candidate, smallest k first."""
     sizes = sorted(
         {
             k
@@ -48,17 +54,22 @@ def candidate_plans(layers: int, evidence: list[float]) -> list[str]:
     for k in sizes:
         middle = (layers - k) // 2
         texts += [
-            f"train top {k}",
-            f"train top {k}; train norm; train head",
-            f"train mlp@top {k}",
-            f"train attn@top {k}",
-            f"train layers {_span(0, k - 1)}",
-            f"train layers {_span(middle, middle + k - 1)}",
-            "train layers " + ",".join(str(i) for i in sorted(ranked[:k])),
+            (f"train top {k}", "top"),
+            (f"train top {k}; train norm; train head", "top+head"),
+            (f"train mlp@top {k}", "mlp"),
+            (f"train attn@top {k}", "attn"),
+            (f"train layers {_span(0, k - 1)}", "bottom"),
+            (f"train layers {_span(middle, middle + k - 1)}", "middle"),
+            ("train layers " + ",".join(str(i) for i in sorted(ranked[:k])), "ranked"),
         ]
         if k >= 2:
             low, high = k // 2, k - k // 2
-            texts.append(f"train layers {_span(0, low - 1)},{_span(layers - high, layers - 1)}")
+            texts.append(
+                (
+                    f"train layers {_span(0, low - 1)},{_span(layers - high, layers - 1)}",
+                    "bottom+top",
+                )
+            )
     return texts
 
 
@@ -69,7 +80,7 @@ def candidates(
     layers = anatomy.num_layers
     total = sum(evidence) or 1.0
     found, seen = [], set()
-    for text in candidate_plans(layers, evidence):
+    for text, family in _families(layers, evidence):
         resolved = resolve(FreezePlan.parse(text), anatomy)
         names = frozenset(resolved.trainable_names())
         if names in seen:  # a window may be the top k, the ranked blocks may be either
@@ -87,6 +98,7 @@ def candidates(
                 round(predicted_step_ratio(resolved), 4),
                 round(sum(share[i] * evidence[i] for i in range(layers)) / total, 4),
                 sum(1 for part in share if part > 0),
+                family,
             )
         )
     return found

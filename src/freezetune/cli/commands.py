@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from freezetune.cli.advise import run_advise
 from freezetune.cli.cache import run_cache
 from freezetune.cli.console import say
 from freezetune.cli.evaluate import run_evaluate
@@ -16,8 +17,8 @@ from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
+from freezetune.options.advise import AdviseOptions
 from freezetune.options.commands import (
-    AdviseOptions,
     CacheOptions,
     EvaluateOptions,
     ExportOptions,
@@ -76,27 +77,6 @@ def run_plan(options: PlanOptions) -> str:
     return render_text(info) + (
         render_schedule_text(info, resolved.anatomy.num_layers) if schedule else ""
     )
-
-
-def run_advise(options: AdviseOptions) -> str:
-    """`freezetune advise`: evidence per block, candidate plans, and the pick within the budget."""
-    from freezetune.advice import advisor
-    from freezetune.models.loading import load_model, require_causal_lm
-
-    loaded = load_model(options.model, cache_dir=_cache(options))
-    examples = None
-    if options.data:
-        from freezetune.data.loading import load_data
-
-        require_causal_lm(loaded, "advise --data")
-        examples = load_data(
-            loaded.tokenizer, options.objective, options.data, seq_len=options.seq_len
-        )[0].examples
-    info = advisor.advise(
-        loaded, examples, options.budget_bytes(), options.seq_len, options.batch_size, options.dtype
-    )
-    info = {"model": options.model, "data": options.data, **info}
-    return json.dumps(info, indent=2) if options.json else advisor.render_text(info)
 
 
 def run_export(options: ExportOptions) -> str:

@@ -9,9 +9,25 @@ from dataclasses import field
 from freezetune.errors import FreezetuneError
 
 
-def opt(default=dataclasses.MISSING, *, help: str, choices=None, positional: bool = False):
+def opt(
+    default=dataclasses.MISSING,
+    *,
+    help: str,
+    choices=None,
+    positional: bool = False,
+    const=None,
+    metavar: str | None = None,
+):
+    """``const``: the flag may be given without a value, and then takes this one (`--pilot`)."""
     return field(
-        default=default, metadata={"help": help, "choices": choices, "positional": positional}
+        default=default,
+        metadata={
+            "help": help,
+            "choices": choices,
+            "positional": positional,
+            "const": const,
+            "metavar": metavar,
+        },
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freezetune.config.fields import opt, parse_size
+from freezetune.config.fields import opt
 from freezetune.errors import FreezetuneError
 from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
@@ -104,45 +104,6 @@ def check_sizes(options) -> None:
             raise FreezetuneError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}"
             )
-
-
-@dataclass
-class AdviseOptions:
-    """Propose which layers to train from evidence (weight spectra, gradients on your data) within a memory budget."""
-
-    model: str = opt(help=MODEL_HELP, positional=True)
-    data: str | None = opt(
-        None, help="your training data: adds a gradient probe (a few batches, no weight moves)"
-    )
-    objective: str = opt(
-        "sft",
-        help="how --data is read: sft (prompt/response) or cpt (raw text)",
-        choices=("sft", "cpt"),
-    )
-    memory_budget: str | None = opt(
-        None,
-        help="the largest training-memory estimate to accept, e.g. 8GiB (default: half "
-        "of full fine-tuning's estimate)",
-    )
-    seq_len: int = opt(
-        512, help="sequence length for the memory estimates (and the probe's truncation)"
-    )
-    batch_size: int = opt(4, help="micro-batch size for the memory estimates and the probe")
-    dtype: str = opt("float32", help="training precision for the memory estimates", choices=DTYPES)
-    json: bool = opt(False, help="print one JSON object instead of the tables")
-    cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
-
-    def validate(self) -> None:
-        check_sizes(self)
-        if self.memory_budget is not None and self.budget_bytes() <= 0:
-            raise FreezetuneError(f"--memory-budget must be positive, got {self.memory_budget}")
-
-    def budget_bytes(self) -> int | None:
-        return (
-            parse_size(self.memory_budget, "--memory-budget")
-            if self.memory_budget is not None
-            else None
-        )
 
 
 @dataclass

@@ -61,10 +61,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
                 if item.default is None or required
                 else f" (default {item.default})".replace("%", "%%")
             )
+            optional = {"nargs": "?", "const": meta["const"]} if meta.get("const") else {}
+            if meta.get("metavar"):
+                optional["metavar"] = meta["metavar"]
             parser.add_argument(
                 flag,
                 dest=item.name,
                 type=base,
+                **optional,
                 default=None if required else default,
                 required=required,
                 choices=meta.get("choices"),

@@ -1,0 +1,252 @@
+"""Pilot runs: static evidence cannot say which layers a task needs, a little training can.
+
+The strongest candidates within the memory budget (the best of each family: top, top with the head,
+MLP-only, attention-only, bottom and middle windows, the gradient-ranked blocks, bottom and top)
+train briefly on the user's data through the same TrainStep as `train`, from the base weights, in
+the same order of examples, at one rate (given, or searched the way `compare` searches: the grid's
+rates on the best-evidenced candidate, scored by validation loss). Each is then scored on the
+validation loss and the KL from the base on the retain set, per item, so that two pilots compare
+on the same items. Successive halving spends the budget: every candidate S steps, the better half
+(nearest the loss/KL frontier) 2S from the base again, and so on until two remain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from freezetune.advice.candidates import Candidate
+from freezetune.advice.pilot_choice import better_half
+from freezetune.comparison.forgetting import forgetting
+from freezetune.data.examples import Example, collate
+from freezetune.errors import FreezetuneError
+from freezetune.plans.language import FreezePlan
+from freezetune.plans.resolution import apply_plan, resolve
+from freezetune.training.evaluation import eval_loss
+from freezetune.training.head import TargetHead
+from freezetune.training.optimizer import build_lr_scheduler, build_optimizer
+from freezetune.training.step import MicroBatch, TrainStep
+
+RATE_GRID = (0.25, 1.0, 4.0)  # compare's default search grid, as multiples of its plan rate
+PLAN_RATE = 2e-4
+EVAL_BATCH = 16  # no autograd: larger batches than training's
+
+
+@dataclass
+class PilotBudget:
+    """How much the halving rounds may train: optimizer steps over all pilots, or seconds (converted
+    to steps from the probe's measured step time and each candidate's predicted ratio)."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class PilotData:
+    """What every pilot trains and is scored on; the same for all of them."""
+
+    train: list[Example]
+    validation: list[Example]
+    retain: list[Example]
+    reference: dict  # the base's distributions on the retain set (comparison/forgetting.py)
+    pad_id: int
+    batch_size: int
+
+
+@dataclass
+class PilotRequest:
+    data: PilotData
+    budget: PilotBudget
+    rate: float | None = None  # None: searched over RATE_GRID
+    count: int = 6  # candidates in the first round
+    prefer: str = "balanced"  # quality, forgetting or balanced (pilot_choice.PREFER)
+
+
+def hold_out(train, count: int) -> tuple[list[Example], list[Example]]:
+    """(train, validation) examples: ``count`` of ``train`` (TokenizedData) held out, seeded as `compare` does."""
+    from freezetune.data.examples import split_holdout
+    from freezetune.data.loading import SPLIT_SEED
+
+    if train.units < 2 * count:
+        raise FreezetuneError(
+            f"--data has {train.units} training examples: too few to hold out --validation {count} "
+            "for the pilots and train on the rest (lower --validation, or --no-pilot)"
+        )
+    kept, held = split_holdout(train, 0.0, SPLIT_SEED, count=count)
+    return kept.examples, held.examples
+
+
+def pilot_data(
+    loaded, train, validation, retain: str | None, batch_size: int, seq_len: int
+) -> PilotData:
+    """The pilots' data: the retain set (``retain``, else compare's default: the base's own answers to
+    general prompts) with the base's distributions on it, for the KL."""
+    from freezetune.comparison.forgetting import base_distributions, build_retain
+    from freezetune.data.examples import pad_token_id
+
+    device = next(loaded.model.parameters()).device
+    pad = pad_token_id(loaded.tokenizer)
+    kept = build_retain(loaded.model, loaded.tokenizer, seq_len, device, retain)
+    reference = base_distributions(loaded.model, kept, EVAL_BATCH, pad, device)
+    return PilotData(train, validation, kept, reference, pad, batch_size)
+
+
+def choose_pilots(found: list[Candidate], budget_bytes: int, count: int) -> list[Candidate]:
+    """Up to ``count`` candidates within the budget: the best-evidenced of each family first (so the
+    pilots span the depth), then the next best by evidence."""
+    fitting = sorted(
+        (c for c in found if c.memory_estimate_bytes <= budget_bytes and c.score > 0),
+        key=lambda c: (-c.score, c.memory_estimate_bytes),
+    )
+    firsts = [c for i, c in enumerate(fitting) if c.family not in {d.family for d in fitting[:i]}]
+    chosen = firsts[:count]
+    return chosen + [c for c in fitting if c not in chosen][: count - len(chosen)]
+
+
+def rounds(count: int) -> list[int]:
+    """How many pilots each round trains: all, then the better half, until two remain."""
+    sizes = [count]
+    while sizes[-1] > 2:
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return sizes
+
+
+def first_steps(budget: PilotBudget, sizes: list[int], step_seconds: float) -> int:
+    """Round 0's steps S (round r trains 2^r S) so that the rounds spend the budget; ``step_seconds``
+    is the pilots' mean predicted step time."""
+    weight = sum(size * 2**r for r, size in enumerate(sizes))
+    steps = budget.steps if budget.steps is not None else budget.seconds / max(step_seconds, 1e-6)
+    return max(1, int(steps // weight))
+
+
+def _item_means(sums: list[float], tokens: list[int]) -> list[float]:
+    return [s / t if t else 0.0 for s, t in zip(sums, tokens)]
+
+
+def score(model, data: PilotData, device) -> dict:
+    """Validation loss and KL from the base, overall and per item (the items pair across pilots)."""
+    head = TargetHead(model).install()
+    try:
+        val = eval_loss(model, None, data.validation, EVAL_BATCH, data.pad_id, device, head=head)
+    finally:
+        head.remove()
+    drift = forgetting(model, data.retain, data.reference, EVAL_BATCH, data.pad_id, device)
+    return {
+        "val_loss": val["loss"],
+        "kl": drift["retain_kl"],
+        "val_items": _item_means(val["item_loss_sums"], val["item_tokens"]),
+        "kl_items": [
+            i["kl_sum"] / i["tokens"] if i["tokens"] else 0.0 for i in drift["retain_kl_items"]
+        ],
+    }
+
+
+def train_pilot(
+    model, anatomy, plan: str, steps: int, rate: float, data: PilotData, accelerator
+) -> dict:
+    """Train ``plan`` for ``steps`` from the current (base) weights, score it, and put the weights back."""
+    from freezetune.distributed.backends import Replicated
+
+    apply_plan(model, resolve(FreezePlan.parse(plan), anatomy))
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = {n: p.detach().clone() for n, p in trained.items()}
+    backend = Replicated(accelerator)
+    wrapped, optimizer = backend.wrap(model, lambda m: build_optimizer(m, rate, 0.0))
+    schedule = build_lr_scheduler(optimizer, math.ceil(0.1 * steps), steps)
+    head = TargetHead(model).install()
+    step = TrainStep(wrapped, backend, None, schedule, accelerator, accelerator.device, 1, head)
+    rows, size = data.train, data.batch_size
+    started = time.perf_counter()
+    try:
+        model.train()
+        losses = []
+        for index in range(steps):  # the same rows in the same order for every pilot
+            ids = [(index * size + j) % len(rows) for j in range(size)]
+            batch = collate([rows[i] for i in ids], data.pad_id)
+            micro = MicroBatch(batch, None, [len(rows[i].input_ids) for i in ids], ids)
+            losses.append(step([micro], 1.0)["loss"])
+        seconds = time.perf_counter() - started
+    finally:
+        head.remove()
+    measured = score(model, data, accelerator.device)
+    with torch.no_grad():
+        for name, param in trained.items():
+            param.copy_(saved[name])
+            param.grad = None
+    optimizer.state.clear()
+    return {
+        **measured,
+        "step_time_s": seconds / max(steps, 1),
+        "train_loss": losses[-1] if losses else None,
+    }
+
+
+def run_pilots(
+    model,
+    anatomy,
+    chosen: list[Candidate],
+    request: PilotRequest,
+    accelerator,
+    step_seconds: float,
+    log=None,
+) -> dict:
+    """The base's scores, the rate (given or searched), then successive halving over ``chosen``.
+    ``step_seconds``: full fine-tuning's measured step time, which the candidates' ratios scale."""
+    say = log or (lambda line: None)
+    data, started = request.data, time.perf_counter()
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    sizes = rounds(len(chosen))
+    mean_ratio = sum(c.predicted_step_ratio for c in chosen) / len(chosen)
+    first = first_steps(request.budget, sizes, mean_ratio * step_seconds)
+    rate, search = request.rate, []
+    try:
+        base = score(model, data, accelerator.device)
+        if (
+            rate is None
+        ):  # compare's rate search, on the best-evidenced pilot, at twice round 1's steps
+            grid = [float(f"{PLAN_RATE * f:.3g}") for f in RATE_GRID]
+            say(
+                f"pilots: searching the rate over {', '.join(f'{r:g}' for r in grid)} on '{chosen[0].plan}'"
+            )
+            for option in grid:
+                result = train_pilot(
+                    model, anatomy, chosen[0].plan, 2 * first, option, data, accelerator
+                )
+                search.append({"lr": option, "steps": 2 * first, "val_loss": result["val_loss"]})
+            finite = [s for s in search if math.isfinite(s["val_loss"])]
+            rate = min(finite, key=lambda s: s["val_loss"])["lr"] if finite else PLAN_RATE
+        pilots, alive = [], list(chosen)
+        for number, size in enumerate(sizes):
+            steps, measured = first * 2**number, []
+            for candidate in alive[:size]:
+                say(
+                    f"pilot round {number + 1}/{len(sizes)}: '{candidate.plan}', {steps} steps at lr {rate:g}"
+                )
+                result = train_pilot(model, anatomy, candidate.plan, steps, rate, data, accelerator)
+                measured.append(
+                    {
+                        "plan": candidate.plan,
+                        "round": number + 1,
+                        "steps": steps,
+                        **result,
+                        "memory_estimate_bytes": candidate.memory_estimate_bytes,
+                        "predicted_step_time_s": candidate.predicted_step_ratio * step_seconds,
+                    }
+                )
+            pilots += measured
+            if number + 1 < len(sizes):
+                kept = {p["plan"] for p in better_half(measured, sizes[number + 1], request.prefer)}
+                alive = [c for c in alive if c.plan in kept]
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable[name])
+    return {
+        "rate": rate,
+        "rate_search": search,
+        "base": base,
+        "pilots": pilots,
+        "cost_s": time.perf_counter() - started,
+    }
