@@ -99,8 +99,10 @@ def test_compare_runs_the_advised_plan_as_one_more_strategy(tiny_chat_model_dir,
     from freezetune.comparison.strategies import parse_strategy
 
     assert parse_strategy("advise budget=8GiB").budget == 8 * 2**30 and parse_strategy("advise").advise
-    with pytest.raises(FreezetuneError, match="expected budget=SIZE"):
+    with pytest.raises(FreezetuneError, match="expected budget=SIZE .* or pilot=STEPS"):
         parse_strategy("advise memory=8GiB")
+    assert parse_strategy("advise pilot=none").pilot is None and parse_strategy("advise pilot=2min").pilot == (None, 120.0)
+    assert parse_strategy("advise").pilot == (80, None)
     out = tmp_path / "cmp"
     assert main(["compare", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
                  str(order_data[1]), "--max-steps", "2", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "0",
@@ -111,6 +113,19 @@ def test_compare_runs_the_advised_plan_as_one_more_strategy(tiny_chat_model_dir,
     assert name == "advise budget=1GiB" and advised["status"] == "finished"
     manifest = json.loads((Path(advised["run_dir"]) / "manifest.json").read_text())
     assert manifest["config"]["plan"] == plan and plan.startswith("train ")
+    # the pilots ran on the comparison's data, and their cost is kept apart from training
+    advice = json.loads((out / "advice.json").read_text())["advise budget=1GiB"]
+    assert advice["plan"] == plan and plan in advice["pilot_frontier"] and len(advice["pilots"]) >= 2
+    assert advice["pilot_rate"] == 1e-3 or advice["pilot_rate_search"]
+    timing = json.loads((out / "results.json").read_text())["timing"]
+    assert timing["advice"] == pytest.approx(advice["seconds"], abs=0.01) and timing["advice"] > 0
+    assert f"advice {timing['advice']:.0f} s" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                 str(order_data[1]), "--max-steps", "2", "--batch-size", "4", "--seq-len", "64", "--eval-generate", "0",
+                 "--seeds", "1", "--lr-plan", "1e-3", "--strategy", "advise budget=1GiB", "--strategy", "freeze bottom 50%",
+                 "--out", str(out)]) == 0
+    assert f"advise budget=1GiB: advised earlier ({out / 'advice.json'}), '{plan}'" in capsys.readouterr().err
 
 
 def test_candidates_span_the_whole_depth_and_the_budget_says_what_it_excluded():

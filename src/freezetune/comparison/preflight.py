@@ -5,7 +5,6 @@ comparisons."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from freezetune.comparison.settings import CompareSettings
@@ -13,7 +12,6 @@ from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
 from freezetune.plans.anatomy import find_anatomy
-from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import resolve
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
 
@@ -88,34 +86,16 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
     )
     require_causal_lm(loaded, "compare")
-    if any(strategy.advise for strategy in settings.strategies):
-        if settings.base_config.objective == "dpo":  # its probe measures the SFT loss's gradients
-            raise FreezetuneError(
-                "--strategy advise probes the gradients of the SFT loss; with --objective dpo "
-                "give the plan it would pick (freezetune advise MODEL --data FILE) as a strategy"
-            )
-        # the advisor's pick on this model and the comparison's training data becomes the plan
-        from freezetune.advice.advisor import advise
-        from freezetune.data.loading import load_data
-
-        config = settings.base_config
-        examples = load_data(
-            loaded.tokenizer, config.objective, config.data, config.eval_data, config.seq_len
-        )[0].examples
-        for index, strategy in enumerate(settings.strategies):
-            if strategy.advise:
-                plan = advise(loaded, examples, strategy.budget, config.seq_len, config.batch_size)[
-                    "plan"
-                ]
-                settings.strategies[index] = replace(
-                    strategy,
-                    name=f"{strategy.name} → {plan}",
-                    plan=plan,
-                    rules=FreezePlan.parse(plan),
-                )
+    if settings.base_config.objective == "dpo" and any(s.advise for s in settings.strategies):
+        raise FreezetuneError(  # its probe and its pilots measure the SFT loss
+            "--strategy advise probes the gradients of the SFT loss; with --objective dpo "
+            "give the plan it would pick (freezetune advise MODEL --data FILE) as a strategy"
+        )
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
-        if strategy.kind == "plan":
+        if (
+            strategy.kind == "plan" and not strategy.advise
+        ):  # an advised plan is resolved by construction
             try:
                 resolved = resolve(strategy.rules, anatomy)
                 if strategy.schedule:

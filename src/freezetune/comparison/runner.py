@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from freezetune.comparison.advised import advise_strategies
 from freezetune.comparison.preflight import fingerprint, validate
 from freezetune.comparison.rate_search import choose_rate
 from freezetune.comparison.reference import base_reference
@@ -148,6 +149,7 @@ def run_comparison(
     if lock.notice:
         log(lock.notice)
     try:
+        advise_strategies(settings, loaded, log)
         return _compare(settings, loaded, base_sha256, log, progress, should_stop)
     finally:
         lock.release()

@@ -54,7 +54,8 @@ class CompareOptions(RunOptions):
     strategy: list[str] | None = opt(
         None,
         help="'full', 'lora [r=8 alpha=16 targets=q_proj,v_proj]', or a freeze plan; "
-        "'advise [budget=8GiB]' (the plan `freezetune advise` picks); 'gradual every=N "
+        "'advise [budget=8GiB] [pilot=80|5min|none]' (the plan `freezetune advise` picks after its pilot "
+        "runs); 'gradual every=N "
         "[start=K step=S]' or 'lisa layers=K every=T', optionally 'over PLAN'; "
         "give once per strategy "
         "(default: full, lora, freeze bottom 75%%, freeze bottom 50%%)",

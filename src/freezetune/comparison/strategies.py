@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from freezetune.config.fields import parse_size
 from freezetune.config.run import LORA_PLAN
 from freezetune.errors import FreezetuneError
+from freezetune.options.advise import PILOT_STEPS, parse_budget
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.schedule import Schedule
 
@@ -27,6 +28,7 @@ class Strategy:
     lr: float | None = None  # given as lr=X inside the strategy: no search
     advise: bool = False  # the plan is `freezetune advise`'s pick, made when the model is loaded
     budget: int | None = None  # advise's memory budget (None: half of full fine-tuning's estimate)
+    pilot: tuple | None = None  # advise's pilot budget as (steps, seconds); None: evidence only
     schedule: Schedule | None = None  # gradual or LISA (plans/schedule.py), inside ``plan``
     # ``plan`` parsed, once: the checks use it, the workers get its text
     rules: FreezePlan | None = None
@@ -75,16 +77,21 @@ def parse_strategy(text: str) -> Strategy:
     if text.strip() == "full":
         return Strategy(name, "full", "train all", lr=rate, rules=FreezePlan.parse("train all"))
     if words[0] == "advise":
-        budget = None
+        budget, pilot = None, parse_budget(PILOT_STEPS, "pilot")
         for word in words[1:]:
             key, _, value = word.partition("=")
-            if key != "budget" or not value:
+            if key not in ("budget", "pilot") or not value:
                 raise FreezetuneError(
-                    f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) after 'advise', "
-                    f"not '{word}'"
+                    f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) or pilot=STEPS|TIME|none "
+                    f"(e.g. pilot=80, pilot=5min) after 'advise', not '{word}'"
                 )
-            budget = parse_size(value, f"--strategy '{name}': budget")
-        return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget)
+            if key == "budget":
+                budget = parse_size(value, f"--strategy '{name}': budget")
+            else:
+                pilot = (
+                    None if value == "none" else parse_budget(value, f"--strategy '{name}': pilot")
+                )
+        return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget, pilot=pilot)
     if words[0] == "lora":
         lora = {"lora_r": 8}
         for word in words[1:]:

@@ -6,7 +6,8 @@ when the run is done: ``loading`` (session and loop set-up: model, data, checks)
 (the eval-loss pass after training), ``generation`` (the answers behind exact match), ``retain``
 (forgetting, measured on the merged model), ``tasks`` (the retain tasks, when asked) and ``run``
 (all of it). base-timing.json holds the base model's reference (its evaluation and retain
-distributions) and its retain-task scoring. ``other`` is what the
+distributions) and its retain-task scoring; advice.json what advise strategies spent before any
+run (their probe and pilot runs), kept apart from training. ``other`` is what the
 invocation's wall time leaves: worker start-up and imports, checkpoint writes, the report.
 """
 
@@ -14,9 +15,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from freezetune.comparison.advised import advice_seconds
 from freezetune.runs.manifest import read_json, step_seconds
 
-PHASES = ("training", "search", "evaluation", "generation", "retain", "tasks", "loading", "base")
+PHASES = (
+    "training",
+    "search",
+    "evaluation",
+    "generation",
+    "retain",
+    "tasks",
+    "loading",
+    "base",
+    "advice",
+)
 
 
 def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
@@ -43,6 +55,9 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
         base = read_json(comparison / "base-timing.json") or {}
         seconds["base"] += base.get("base", 0.0)
         seconds["tasks"] += base.get("tasks", 0.0)
+        seconds["advice"] += advice_seconds(
+            comparison
+        )  # advise strategies: probe, pilots, retain set
     measured = sum(seconds.values())
     other = wall_s - measured if wall_s is not None and wall_s >= measured else None
     trained = seconds["training"] + seconds["search"]
