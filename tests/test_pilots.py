@@ -133,3 +133,50 @@ def test_the_command_prints_pilots_and_refuses_contradictions(tiny_chat_model_di
     assert "--pilot 'soon': expected a positive budget" in capsys.readouterr().err
     assert main(argv + ["--validation", "20"]) == 2
     assert "too few to hold out --validation 20" in capsys.readouterr().err
+
+
+def test_the_kl_through_the_target_positions_and_the_prefix_cache_is_the_plain_one(tiny_chat_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from freezetune.comparison.forgetting import base_distributions, forgetting
+    from freezetune.data.examples import sft_examples
+    from freezetune.data.files import Record
+    from freezetune.plans.anatomy import find_anatomy
+    from freezetune.plans.language import FreezePlan
+    from freezetune.plans.resolution import apply_plan, resolve
+    from freezetune.training.prefix import PrefixRunner
+    from freezetune.training.prefix_cache import PrefixCache
+
+    from conftest import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    records = [Record({"prompt": f"tell me about {i} mugs", "completion": f"mugs {i} are red " * (i % 3 + 1)}, f"r{i}")
+               for i in range(7)]
+    examples = sft_examples(records, tokenizer, 64).examples
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    tuned = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if ".layers.3." in name:
+                param.add_(0.05 * torch.randn_like(param))
+    reference = base_distributions(base, examples, 3, 0, "cpu")
+    fast_cache = PrefixCache()
+    resolved = resolve(FreezePlan.parse("train top 1"), find_anatomy(tuned))
+    apply_plan(tuned, resolved)
+    runner = PrefixRunner(tuned, resolved, cache=fast_cache).install()
+    runner.probe("cpu")
+    ranks = []  # the head's output: (targets, vocabulary) when only the target positions are projected
+    hook = tuned.lm_head.register_forward_hook(lambda module, args, out: ranks.append(out.dim()))
+    fast = [forgetting(tuned, examples, reference, 3, 0, "cpu", runner=runner) for _ in range(2)]  # fills, replays
+    runner.remove()
+    assert len(fast_cache.keys()) == len(examples)
+    tuned.lm_head.forward = tuned.lm_head.forward  # an instance patch: the target-only head stays out
+    assert set(ranks) == {2}
+    ranks.clear()
+    plain = forgetting(tuned, examples, reference, 3, 0, "cpu")
+    assert set(ranks) == {3}
+    hook.remove()
+    for measured in fast:
+        assert measured["retain_kl"] > 0 and measured["retain_kl"] == pytest.approx(plain["retain_kl"], rel=1e-5)
+        assert measured["retain_ppl"] == pytest.approx(plain["retain_ppl"], rel=1e-6)
+        assert [i["kl_sum"] for i in measured["retain_kl_items"]] == pytest.approx([i["kl_sum"] for i in plain["retain_kl_items"]], rel=1e-5)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,8 @@ from freezetune.plans.resolution import apply_plan, resolve
 from freezetune.training.evaluation import eval_loss
 from freezetune.training.head import TargetHead
 from freezetune.training.optimizer import build_lr_scheduler, build_optimizer
+from freezetune.training.prefix import PrefixRunner
+from freezetune.training.prefix_cache import PrefixCache
 from freezetune.training.step import MicroBatch, TrainStep
 
 RATE_GRID = (0.25, 1.0, 4.0)  # compare's default search grid, as multiples of its plan rate
@@ -54,6 +56,7 @@ class PilotData:
     reference: dict  # the base's distributions on the retain set (comparison/forgetting.py)
     pad_id: int
     batch_size: int
+    cache: PrefixCache = field(default_factory=PrefixCache)  # the base's prefix outputs, per depth
 
 
 @dataclass
@@ -126,14 +129,19 @@ def _item_means(sums: list[float], tokens: list[int]) -> list[float]:
     return [s / t if t else 0.0 for s, t in zip(sums, tokens)]
 
 
-def score(model, data: PilotData, device) -> dict:
-    """Validation loss and KL from the base, overall and per item (the items pair across pilots)."""
+def score(model, data: PilotData, device, runner=None) -> dict:
+    """Validation loss and KL from the base, overall and per item (the items pair across pilots).
+    ``runner``: the pilot's prefix runner, replaying the base's prefix outputs it has cached."""
     head = TargetHead(model).install()
     try:
-        val = eval_loss(model, None, data.validation, EVAL_BATCH, data.pad_id, device, head=head)
+        val = eval_loss(
+            model, runner, data.validation, EVAL_BATCH, data.pad_id, device, "val", head=head
+        )
     finally:
         head.remove()
-    drift = forgetting(model, data.retain, data.reference, EVAL_BATCH, data.pad_id, device)
+    drift = forgetting(
+        model, data.retain, data.reference, EVAL_BATCH, data.pad_id, device, runner=runner
+    )
     return {
         "val_loss": val["loss"],
         "kl": drift["retain_kl"],
@@ -147,36 +155,43 @@ def score(model, data: PilotData, device) -> dict:
 def train_pilot(
     model, anatomy, plan: str, steps: int, rate: float, data: PilotData, accelerator
 ) -> dict:
-    """Train ``plan`` for ``steps`` from the current (base) weights, score it, and put the weights back."""
+    """Train ``plan`` for ``steps`` from the base weights, score it, and put the weights back. Every
+    pilot sees the base's frozen prefix: its output per row and depth, cached once in ``data.cache``,
+    serves every later pilot (and the scoring) at that depth."""
     from freezetune.distributed.backends import Replicated
 
-    apply_plan(model, resolve(FreezePlan.parse(plan), anatomy))
+    resolved = resolve(FreezePlan.parse(plan), anatomy)
+    apply_plan(model, resolved)
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = {n: p.detach().clone() for n, p in trained.items()}
     backend = Replicated(accelerator)
     wrapped, optimizer = backend.wrap(model, lambda m: build_optimizer(m, rate, 0.0))
     schedule = build_lr_scheduler(optimizer, math.ceil(0.1 * steps), steps)
+    runner = PrefixRunner(model, resolved, cache=data.cache).install()
     head = TargetHead(model).install()
-    step = TrainStep(wrapped, backend, None, schedule, accelerator, accelerator.device, 1, head)
-    rows, size = data.train, data.batch_size
-    started = time.perf_counter()
+    step = TrainStep(wrapped, backend, runner, schedule, accelerator, accelerator.device, 1, head)
+    rows, size, losses = data.train, data.batch_size, []
     try:
-        model.train()
-        losses = []
+        runner.probe(accelerator.device)
+        runner.train_mode()
+        started = time.perf_counter()
         for index in range(steps):  # the same rows in the same order for every pilot
             ids = [(index * size + j) % len(rows) for j in range(size)]
             batch = collate([rows[i] for i in ids], data.pad_id)
-            micro = MicroBatch(batch, None, [len(rows[i].input_ids) for i in ids], ids)
+            keys = [f"train:{i}" for i in ids]
+            micro = MicroBatch(batch, keys, [len(rows[i].input_ids) for i in ids], ids)
             losses.append(step([micro], 1.0)["loss"])
         seconds = time.perf_counter() - started
+        head.remove()
+        measured = score(model, data, accelerator.device, runner)
     finally:
         head.remove()
-    measured = score(model, data, accelerator.device)
-    with torch.no_grad():
-        for name, param in trained.items():
-            param.copy_(saved[name])
-            param.grad = None
-    optimizer.state.clear()
+        runner.remove()
+        with torch.no_grad():
+            for name, param in trained.items():
+                param.copy_(saved[name])
+                param.grad = None
+        optimizer.state.clear()
     return {
         **measured,
         "step_time_s": seconds / max(steps, 1),

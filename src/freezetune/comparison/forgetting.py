@@ -11,6 +11,7 @@ once per comparison and kept on disk (top-k), so no run needs the base model bes
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -20,6 +21,7 @@ from freezetune.data.files import Record, read_records
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.training.evaluation import batches, generate
+from freezetune.training.head import TargetHead
 
 GENERAL_PROMPTS = [
     "Why does the sky look blue during the day?",
@@ -112,24 +114,42 @@ TOP_K = 128  # base probabilities kept per retain token; the rest is one bucket
 
 
 def _target_log_probs(
-    model, examples: list[Example], batch_size: int, pad_id: int, device, progress: str | None
+    model,
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    device,
+    progress: str | None,
+    runner=None,
 ):
-    """(log-probs over the vocabulary, target ids) at every target token, example by example in order."""
+    """(log-probs over the vocabulary, target ids) at every target token, example by example in order.
+    ``runner``: a PrefixRunner whose cache may hold the frozen prefix's output of these rows."""
     model.eval()
-    with torch.no_grad():
-        for start in batches(len(examples), batch_size, progress):
-            batch = {
-                k: v.to(device)
-                for k, v in collate(examples[start : start + batch_size], pad_id).items()
-            }
-            targets = batch["labels"][:, 1:]
-            keep = targets != IGNORE
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-            ).logits
-            yield torch.log_softmax(logits[:, :-1].float(), dim=-1)[keep], targets[keep]
+    head = TargetHead(model)  # the vocabulary projection at the target positions only
+    head = head if head.problem() else head.install()
+    try:
+        with torch.no_grad():
+            for start in batches(len(examples), batch_size, progress):
+                chunk = examples[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                targets = batch["labels"][:, 1:]
+                keep = targets != IGNORE
+                keys = [f"retain:{start + i}" for i in range(len(chunk))]
+                with (
+                    runner.batch(keys, [len(e.input_ids) for e in chunk])
+                    if runner
+                    else contextlib.nullcontext(),
+                    head.targets(batch["labels"], packed=True) as packed,
+                ):
+                    logits = model(
+                        input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"],
+                        use_cache=False,
+                    ).logits
+                logits = logits if packed else logits[:, :-1][keep]
+                yield torch.log_softmax(logits.float(), dim=-1), targets[keep]
+    finally:
+        head.remove()
 
 
 def base_distributions(
@@ -161,6 +181,7 @@ def forgetting(
     pad_id: int,
     device,
     progress: bool = False,
+    runner=None,
 ) -> dict:
     """Retain perplexity of base and tuned model, and the mean KL(base || tuned) per target token.
     The KL sums the base's top-k tokens exactly and its remaining mass as one bucket against the
@@ -168,7 +189,7 @@ def forgetting(
     hold nearly all of the base's probability."""
     tuned_nll, kl, offset, token_kl = 0.0, 0.0, 0, []
     for log_probs, targets in _target_log_probs(
-        tuned, examples, batch_size, pad_id, device, "retain pass" if progress else None
+        tuned, examples, batch_size, pad_id, device, "retain pass" if progress else None, runner
     ):
         rows = slice(offset, offset + len(targets))
         offset += len(targets)

@@ -65,7 +65,7 @@ class TargetHead:
         getter = getattr(model, "get_output_embeddings", None)
         self.layer = getter() if getter else None
         self._labels: torch.Tensor | None = None
-        self._per_row = False
+        self._per_row = self._packed = False
         self.installed = False
 
     def problem(self) -> str | None:
@@ -83,7 +83,8 @@ class TargetHead:
         return None
 
     def install(self) -> TargetHead:
-        if self.problem() is None and not self.installed:
+        """Patch the output layer, unless another patch (another TargetHead) already holds it."""
+        if self.problem() is None and not self.installed and "forward" not in self.layer.__dict__:
             self.layer.forward = self._forward
             self.installed = True
         return self
@@ -94,21 +95,24 @@ class TargetHead:
             self.installed = False
 
     @contextlib.contextmanager
-    def targets(self, labels: torch.Tensor, per_row: bool = False):
+    def targets(self, labels: torch.Tensor, per_row: bool = False, packed: bool = False):
         """Inside: the model's ``logits`` is the summed loss of the positions ``labels`` (unshifted) targets;
-        ``per_row`` (evaluation): one sum per row, so that every item's loss is kept."""
+        ``per_row`` (evaluation): one sum per row, so that every item's loss is kept; ``packed``: the
+        logits at those positions instead, one row per target, as ``logits[:, :-1][targets != IGNORE]``."""
         self._labels = labels if self.installed else None
-        self._per_row = per_row
+        self._per_row, self._packed = per_row, packed
         try:
             yield self.installed
         finally:
-            self._labels, self._per_row = None, False
+            self._labels, self._per_row, self._packed = None, False, False
 
     def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self._labels is None:
             return F.linear(hidden, self.layer.weight, self.layer.bias)
         labels = self._labels[:, 1:].to(hidden.device)  # position t predicts token t+1
         keep = labels != IGNORE
+        if self._packed:
+            return F.linear(hidden[:, :-1][keep], self.layer.weight, self.layer.bias)
         if self._per_row:
             return torch.stack(
                 [
