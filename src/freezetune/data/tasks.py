@@ -131,7 +131,7 @@ def _order(rng: random.Random) -> tuple[str, str]:
     return sentence, answer
 
 
-def _split(
+def draw_records(
     draw, instruction: str, name: str, train_size: int, eval_size: int, seed: int
 ) -> tuple[list[Record], list[Record]]:
     """Train and held-out records from ``draw(rng)``; no held-out sentence appears in training."""
@@ -160,7 +160,7 @@ def order_task(
     train_size: int = 400, eval_size: int = 60, seed: int = 1234
 ) -> tuple[list[Record], list[Record]]:
     """(train, held-out) prompt/completion records of the order-extraction task."""
-    return _split(_order, INSTRUCTION, "order task", train_size, eval_size, seed)
+    return draw_records(_order, INSTRUCTION, "order task", train_size, eval_size, seed)
 
 
 PACKS = ["boxes", "packs", "crates", "bags"]
@@ -211,7 +211,9 @@ def dispatch_task(
     train_size: int = 600, eval_size: int = 200, seed: int = 4321
 ) -> tuple[list[Record], list[Record]]:
     """(train, held-out) records of the dispatch task: read the real quantity, colour, city and day."""
-    return _split(_dispatch, DISPATCH_INSTRUCTION, "dispatch task", train_size, eval_size, seed)
+    return draw_records(
+        _dispatch, DISPATCH_INSTRUCTION, "dispatch task", train_size, eval_size, seed
+    )
 
 
 STDLIB_MODULES = [
