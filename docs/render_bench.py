@@ -130,8 +130,36 @@ def preferences(page: str, runs=tuple(DPO_RUNS)) -> str:
     return _rows(page, header, dpo_ratio_rows(result))
 
 
+ADVICE_HEADER = (
+    "| task | advised plan | frontier of the compare | advice on it | advise s | compare s | "
+    "advise / compare |"
+)
+ADVICE_ROWS_HEADER = "| task | strategy | lr | eval loss | KL from base | peak GiB |"
+
+
+def advice(page: str) -> str:
+    """The advice-checked-by-compare tables, from bench/results/advice.json."""
+    result = json.loads((RESULTS / "advice.json").read_text())
+    summary = [
+        f"| {task} | `{t['advised_plan']}` | {', '.join(f'`{s}`' for s in t['frontier'])} | "
+        f"{'yes' if t['on_frontier'] else 'no'} | {t['advise_wall_s']:.0f} | {t['compare_wall_s']:.0f} | "
+        f"{t['advise_over_compare']:.2f} |"
+        for task, t in result["tasks"].items()
+    ]
+    rows = [
+        f"| {task} | {row['strategy']} | {row['lr']:g} | {row['eval_loss']:.3f} | {row['retain_kl']:.3f} | "
+        f"{row['peak_memory_bytes'] / 2**30:.2f} |"
+        for task, t in result["tasks"].items()
+        for row in t["rows"]
+    ]
+    page = _rows(page, ADVICE_HEADER, summary)
+    return _rows(page, ADVICE_ROWS_HEADER, rows) if ADVICE_ROWS_HEADER in page else page
+
+
 def main() -> None:
     pages = [
+        ("docs/advise.md", advice),
+        ("README.md", advice),
         ("docs/performance.md", performance),
         ("docs/python.md", integration),
         ("docs/preferences.md", preferences),

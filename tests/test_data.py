@@ -132,3 +132,15 @@ def test_missing_unsupported_and_empty_data(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(FreezetuneError, match="no usable SFT example"):
         sft_examples(read_records(str(tmp_path / "empty.jsonl")), TOKENIZER, 32)
+
+
+def test_the_ticket_task_routes_messages_to_five_queues_without_a_held_out_message_in_training():
+    from freezetune.data.tickets import ASKS, ticket_task
+
+    train, held = ticket_task()
+    assert len(train) == 400 and len(held) == 150
+    prompts = [r.fields["prompt"] for r in train]
+    assert len(set(prompts)) == len(prompts) and not set(prompts) & {r.fields["prompt"] for r in held}
+    answers = {r.fields["completion"] for r in train + held}
+    assert answers == set(ASKS) and all(r.fields["prompt"].startswith("Route the customer's message") for r in train)
+    assert ticket_task()[0][0].fields == train[0].fields  # seeded: the same task every time

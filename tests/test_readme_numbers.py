@@ -139,3 +139,25 @@ def test_the_documented_advice_on_the_embedded_model_is_what_advise_picks(capsys
     assert over["blocks"] == pick["blocks"] == 7 and over["plan"].startswith("train layers 0,")
     assert (f"of the 7-block\nplans, the 7 best-ranked blocks hold more of the evidence ({100 * over['score']:.0f}%) but, with block 0 "
             f"among them,\nthe backward pass runs the whole stack: {over['memory_estimate_bytes'] / 2**30:.1f} GiB.") in (ROOT / "docs" / "advise.md").read_text()
+
+
+def test_the_advice_tables_are_rendered_from_the_advice_results():
+    """bench/advice.py's three tasks: the README and docs/advise.md tables say what the results file says."""
+    render = runpy.run_path(str(ROOT / "docs" / "render_bench.py"))
+    result = json.loads((ROOT / "bench" / "results" / "advice.json").read_text())
+    assert set(result["tasks"]) == {"dispatch", "tickets", "cpt"}
+    for name in ("README.md", "docs/advise.md"):
+        page = (ROOT / name).read_text()
+        assert render["advice"](page) == page, f"{name}: advice tables are stale: run .venv/bin/python docs/render_bench.py"
+    for task in result["tasks"].values():
+        assert task["on_frontier"] == (task["advised_plan"] in task["frontier"])
+        assert task["advise_over_compare"] == round(task["advise_wall_s"] / task["compare_wall_s"], 3)
+        assert task["advised_plan"] in {row["strategy"] for row in task["rows"]}
+        assert {p["plan"] for p in task["pilots"] if p["round"] == max(q["round"] for q in task["pilots"])} >= set(task["pilot_frontier"])
+        assert task["on_frontier"] and task["advise_over_compare"] <= 1 / 3  # issue 23's bar
+    # what docs/advise.md says in words about these comparisons
+    tasks = result["tasks"]
+    assert all(t["dominated"] == [] for t in tasks.values()) and len({t["advised_plan"] for t in tasks.values()}) == 1
+    assert f"least forgetting: {tasks['dispatch']['advised_plan']} " in tasks["dispatch"]["verdict"]
+    assert tasks["tickets"]["verdict"].startswith("No measurable difference")
+    assert "least forgetting: freeze bottom 75%" in tasks["cpt"]["verdict"] and "Best eval loss: lora" in tasks["cpt"]["verdict"]
