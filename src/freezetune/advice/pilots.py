@@ -21,6 +21,7 @@ import torch
 from freezetune.advice.candidates import Candidate
 from freezetune.advice.pilot_choice import better_half
 from freezetune.comparison.forgetting import forgetting
+from freezetune.comparison.strategies import DEFAULT_LR, LR_GRID
 from freezetune.data.examples import Example, collate
 from freezetune.errors import FreezetuneError
 from freezetune.plans.language import FreezePlan
@@ -32,8 +33,8 @@ from freezetune.training.prefix import PrefixRunner
 from freezetune.training.prefix_cache import PrefixCache
 from freezetune.training.step import MicroBatch, TrainStep
 
-RATE_GRID = (0.25, 1.0, 4.0)  # compare's default search grid, as multiples of its plan rate
-PLAN_RATE = 2e-4
+PLAN_RATE = DEFAULT_LR["plan"]  # the pilots search compare's default grid around its plan rate
+RATE_GRID = tuple(float(factor) for factor in LR_GRID.split(","))
 EVAL_BATCH = 16  # no autograd: larger batches than training's
 
 

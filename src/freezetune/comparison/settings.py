@@ -23,6 +23,7 @@ from freezetune.comparison.benchmarks import load_tasks
 from freezetune.comparison.strategies import (
     DEFAULT_LR,
     DEFAULT_STRATEGIES,
+    LR_GRID,
     Strategy,
     parse_strategy,
 )
@@ -90,7 +91,7 @@ class CompareOptions(RunOptions):
         None, help="learning rate of freeze plans; default: searched around 2e-4"
     )
     lr_grid: str = opt(
-        "0.25,1,4", help="the search's rates, as multiples of the kind's default (log-spaced)"
+        LR_GRID, help="the search's rates, as multiples of the kind's default (log-spaced)"
     )
     search_steps: int = opt(0, help="optimizer steps of each search run; 0 = half of --max-steps")
     search_extensions: int = opt(
