@@ -180,3 +180,41 @@ def test_the_kl_through_the_target_positions_and_the_prefix_cache_is_the_plain_o
         assert measured["retain_kl"] > 0 and measured["retain_kl"] == pytest.approx(plain["retain_kl"], rel=1e-5)
         assert measured["retain_ppl"] == pytest.approx(plain["retain_ppl"], rel=1e-6)
         assert [i["kl_sum"] for i in measured["retain_kl_items"]] == pytest.approx([i["kl_sum"] for i in plain["retain_kl_items"]], rel=1e-5)
+
+
+def test_a_pilot_that_diverges_is_recorded_and_a_search_where_every_rate_diverges_is_one_line(tiny_chat_model_dir, tmp_path,
+                                                                                               monkeypatch):
+    from freezetune.advice import pilots as pilot_module
+    from freezetune.advice.advisor import advise
+    from freezetune.advice.pilots import PilotRequest, hold_out, pilot_data
+    from freezetune.data.loading import load_data
+    from freezetune.errors import FreezetuneError
+    from freezetune.models.loading import load_model
+    from freezetune.training.step import NonFiniteLoss
+
+    rows = [{"prompt": f"send {i} red mugs to Alice", "completion": f"qty={i}; item=mug"} for i in range(40)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_model(str(tiny_chat_model_dir))
+    train = load_data(loaded.tokenizer, "sft", str(data), seq_len=64)[0]
+    kept, held = hold_out(train, 8)
+    real, seen = pilot_module.train_pilot, []
+
+    def diverging(model, anatomy, plan, steps, rate, *rest):
+        seen.extend([] if plan in seen else [plan])
+        if rate > 5e-4 or (len(seen) > 1 and plan == seen[1]):  # the fastest rate; the second candidate
+            raise NonFiniteLoss("the loss is nan")
+        return real(model, anatomy, plan, steps, rate, *rest)
+
+    monkeypatch.setattr(pilot_module, "train_pilot", diverging)
+    request = PilotRequest(pilot_data(loaded, kept, held, None, 4, 64), PilotBudget(steps=20), None, 4, "balanced")
+    info = advise(loaded, train.examples, 2**30, 64, 4, pilots=request)
+    assert [s["val_loss"] is None for s in info["pilot_rate_search"]] == [False, False, True]  # 5e-5, 2e-4, 8e-4
+    assert info["pilot_rate"] in (5e-5, 2e-4)
+    failed = [p for p in info["pilots"] if p.get("failed")]
+    assert failed and all(p["plan"] == seen[1] and p["round"] == 1 and "diverged" in p["failed"] for p in failed)
+    assert info["plan"] != seen[1] and seen[1] not in info["pilot_frontier"]
+    assert all(p["plan"] != seen[1] for p in info["pilots"] if p["round"] == 2)  # not trained further
+    monkeypatch.setattr(pilot_module, "train_pilot", lambda *args: (_ for _ in ()).throw(NonFiniteLoss("the loss is inf")))
+    with pytest.raises(FreezetuneError, match="every rate of the pilots' search .* diverged on"):
+        advise(loaded, train.examples, 2**30, 64, 4, pilots=request)

@@ -139,7 +139,11 @@ def pilot_advice(
     chosen = choose_pilots(found, budget, request.count)
     ran = run_pilots(model, anatomy, chosen, request, accelerator, step_seconds, log)
     last = max(p["round"] for p in ran["pilots"])
-    final = [p for p in ran["pilots"] if p["round"] == last]
+    final = [p for p in ran["pilots"] if p["round"] == last and p.get("failed") is None]
+    if not final:
+        raise FreezetuneError(
+            f"every pilot of the last round diverged at lr {ran['rate']:g}: give a lower --lr"
+        )
     picked, unseparated = pick_pilot(final, ran["base"], request.prefer)
     reason = (
         f"Picked on the pilots' frontier for {request.prefer} ({PREFER[request.prefer]}): "

@@ -137,6 +137,9 @@ def pilot_lines(info: dict) -> list[str]:
         f"{'step pred':>9} {'step meas':>9}",
     ]
     for p in info["pilots"]:
+        if p.get("failed"):
+            lines.append(f"  {p['round']:>5}  {p['plan'][:40]:<40} {p['steps']:>5} {p['failed']}")
+            continue
         lines.append(
             f"  {p['round']:>5}  {p['plan'][:40]:<40} {p['steps']:>5} {p['val_loss']:>9.4f} {p['kl']:>8.4f} "
             f"{human_bytes(p['memory_estimate_bytes']):>10} {p['predicted_step_time_s']:>8.2f}s "

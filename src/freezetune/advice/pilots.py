@@ -31,7 +31,7 @@ from freezetune.training.head import TargetHead
 from freezetune.training.optimizer import build_lr_scheduler, build_optimizer
 from freezetune.training.prefix import PrefixRunner
 from freezetune.training.prefix_cache import PrefixCache
-from freezetune.training.step import MicroBatch, TrainStep
+from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep
 
 PLAN_RATE = DEFAULT_LR["plan"]  # the pilots search compare's default grid around its plan rate
 RATE_GRID = tuple(float(factor) for factor in LR_GRID.split(","))
@@ -200,6 +200,47 @@ def train_pilot(
     }
 
 
+def _attempt(
+    model, anatomy, plan: str, steps: int, rate: float, data: PilotData, accelerator
+) -> dict:
+    """A pilot's scores, or why it has none: a pilot whose loss diverges is recorded, not fatal."""
+    try:
+        return train_pilot(model, anatomy, plan, steps, rate, data, accelerator)
+    except NonFiniteLoss as exc:
+        return {
+            "failed": f"diverged: {exc}",
+            "val_loss": None,
+            "kl": None,
+            "val_items": [],
+            "kl_items": [],
+            "step_time_s": None,
+            "train_loss": None,
+        }
+
+
+def _search_rate(
+    model, anatomy, plan: str, steps: int, data: PilotData, accelerator, say
+) -> tuple[float, list]:
+    """The rate of compare's default grid with the lowest validation loss on ``plan``, and every result."""
+    grid = [float(f"{PLAN_RATE * f:.3g}") for f in RATE_GRID]
+    say(f"pilots: searching the rate over {', '.join(f'{r:g}' for r in grid)} on '{plan}'")
+    search = [
+        {
+            "lr": rate,
+            "steps": steps,
+            "val_loss": _attempt(model, anatomy, plan, steps, rate, data, accelerator)["val_loss"],
+        }
+        for rate in grid
+    ]
+    finite = [s for s in search if s["val_loss"] is not None]
+    if not finite:
+        raise FreezetuneError(
+            f"every rate of the pilots' search ({', '.join(f'{r:g}' for r in grid)}) diverged on '{plan}'; "
+            "give a lower --lr"
+        )
+    return min(finite, key=lambda s: s["val_loss"])["lr"], search
+
+
 def run_pilots(
     model,
     anatomy,
@@ -220,20 +261,11 @@ def run_pilots(
     rate, search = request.rate, []
     try:
         base = score(model, data, accelerator.device)
-        if (
-            rate is None
-        ):  # compare's rate search, on the best-evidenced pilot, at twice round 1's steps
-            grid = [float(f"{PLAN_RATE * f:.3g}") for f in RATE_GRID]
-            say(
-                f"pilots: searching the rate over {', '.join(f'{r:g}' for r in grid)} on '{chosen[0].plan}'"
+        # compare's rate search, on the best-evidenced pilot, at twice round 1's steps
+        if rate is None:
+            rate, search = _search_rate(
+                model, anatomy, chosen[0].plan, 2 * first, data, accelerator, say
             )
-            for option in grid:
-                result = train_pilot(
-                    model, anatomy, chosen[0].plan, 2 * first, option, data, accelerator
-                )
-                search.append({"lr": option, "steps": 2 * first, "val_loss": result["val_loss"]})
-            finite = [s for s in search if math.isfinite(s["val_loss"])]
-            rate = min(finite, key=lambda s: s["val_loss"])["lr"] if finite else PLAN_RATE
         pilots, alive = [], list(chosen)
         for number, size in enumerate(sizes):
             steps, measured = first * 2**number, []
@@ -241,20 +273,20 @@ def run_pilots(
                 say(
                     f"pilot round {number + 1}/{len(sizes)}: '{candidate.plan}', {steps} steps at lr {rate:g}"
                 )
-                result = train_pilot(model, anatomy, candidate.plan, steps, rate, data, accelerator)
                 measured.append(
                     {
                         "plan": candidate.plan,
                         "round": number + 1,
                         "steps": steps,
-                        **result,
+                        **_attempt(model, anatomy, candidate.plan, steps, rate, data, accelerator),
                         "memory_estimate_bytes": candidate.memory_estimate_bytes,
                         "predicted_step_time_s": candidate.predicted_step_ratio * step_seconds,
                     }
                 )
             pilots += measured
             if number + 1 < len(sizes):
-                kept = {p["plan"] for p in better_half(measured, sizes[number + 1], request.prefer)}
+                trained = [p for p in measured if p.get("failed") is None]
+                kept = {p["plan"] for p in better_half(trained, sizes[number + 1], request.prefer)}
                 alive = [c for c in alive if c.plan in kept]
     finally:
         for name, param in model.named_parameters():

@@ -93,9 +93,8 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         )
     anatomy = find_anatomy(loaded.model)
     for strategy in settings.strategies:
-        if (
-            strategy.kind == "plan" and not strategy.advise
-        ):  # an advised plan is resolved by construction
+        # an advised plan is resolved by construction (comparison/advised.py)
+        if strategy.kind == "plan" and not strategy.advise:
             try:
                 resolved = resolve(strategy.rules, anatomy)
                 if strategy.schedule:
