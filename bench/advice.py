@@ -1,6 +1,6 @@
 """Does the advice hold up? `freezetune advise` with its pilot runs, checked by the `compare` a user would run.
 
-    .venv/bin/python bench/advice.py        # writes bench/results/advice.json (about 40 minutes here)
+    .venv/bin/python bench/advice.py        # writes bench/results/advice.json (an hour on 2 CPU cores)
 
 Three tasks the project generates, on the embedded SmolLM2-135M:
 
