@@ -125,8 +125,8 @@ def _target_log_probs(
     """(log-probs over the vocabulary, target ids) at every target token, example by example in order.
     ``runner``: a PrefixRunner whose cache may hold the frozen prefix's output of these rows."""
     model.eval()
-    head = TargetHead(model)  # the vocabulary projection at the target positions only
-    head = head if head.problem() else head.install()
+    # the vocabulary projection at the target positions only (install declines where it cannot)
+    head = TargetHead(model).install()
     try:
         with torch.no_grad():
             for start in batches(len(examples), batch_size, progress):

@@ -55,9 +55,8 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
         base = read_json(comparison / "base-timing.json") or {}
         seconds["base"] += base.get("base", 0.0)
         seconds["tasks"] += base.get("tasks", 0.0)
-        seconds["advice"] += advice_seconds(
-            comparison
-        )  # advise strategies: probe, pilots, retain set
+        # advise strategies: their probe, pilots and retain set
+        seconds["advice"] += advice_seconds(comparison)
     measured = sum(seconds.values())
     other = wall_s - measured if wall_s is not None and wall_s >= measured else None
     trained = seconds["training"] + seconds["search"]

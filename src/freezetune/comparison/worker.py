@@ -168,9 +168,8 @@ def run_worker(
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
                 loop = TrainingLoop(session, log=log, progress=progress)
-                seconds["loading"] = (
-                    time.perf_counter() - started
-                )  # the model, the data, the checks
+                # the model, the data, the checks
+                seconds["loading"] = time.perf_counter() - started
                 result = loop.run(should_stop=should_stop, before=before)
                 del session, loop
                 if result["status"] != "finished":

@@ -59,9 +59,8 @@ def _ticket(rng: random.Random) -> tuple[str, str]:
         city=rng.choice(CITIES),
         days=rng.randint(2, 30),
     )
-    opener = rng.choice(
-        ["", "Hi, ", "Hello, ", "Good morning. "]
-    )  # so few templates still give many messages
+    # so that few templates still give many distinct messages
+    opener = rng.choice(["", "Hi, ", "Hello, ", "Good morning. "])
     return f"Message: {opener}{message} (order #{rng.randint(10000, 99999)})", queue
 
 
