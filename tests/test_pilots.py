@@ -80,7 +80,8 @@ def test_pilots_that_cannot_be_separated_say_so_and_the_cheapest_is_picked():
 
 def test_advise_runs_pilots_on_the_data_and_puts_every_weight_back(tiny_chat_model_dir, tmp_path):
     from freezetune.advice.advisor import advise
-    from freezetune.advice.pilots import PilotRequest, hold_out, pilot_data, score
+    from freezetune.advice.pilot_data import hold_out, pilot_data
+    from freezetune.advice.pilots import PilotRequest, score
     from freezetune.data.loading import load_data
     from freezetune.models.loading import load_model
 
@@ -186,7 +187,8 @@ def test_a_pilot_that_diverges_is_recorded_and_a_search_where_every_rate_diverge
                                                                                                monkeypatch):
     from freezetune.advice import pilots as pilot_module
     from freezetune.advice.advisor import advise
-    from freezetune.advice.pilots import PilotRequest, hold_out, pilot_data
+    from freezetune.advice.pilot_data import hold_out, pilot_data
+    from freezetune.advice.pilots import PilotRequest
     from freezetune.data.loading import load_data
     from freezetune.errors import FreezetuneError
     from freezetune.models.loading import load_model

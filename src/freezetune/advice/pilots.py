@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from freezetune.advice.candidates import Candidate
 from freezetune.advice.pilot_choice import better_half
+from freezetune.advice.pilot_data import EVAL_BATCH, PilotData
 from freezetune.comparison.forgetting import forgetting
 from freezetune.comparison.strategies import DEFAULT_LR, LR_GRID
-from freezetune.data.examples import Example, collate
+from freezetune.data.examples import collate
 from freezetune.errors import FreezetuneError
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import apply_plan, resolve
@@ -30,12 +31,10 @@ from freezetune.training.evaluation import eval_loss
 from freezetune.training.head import TargetHead
 from freezetune.training.optimizer import build_lr_scheduler, build_optimizer
 from freezetune.training.prefix import PrefixRunner
-from freezetune.training.prefix_cache import PrefixCache
 from freezetune.training.step import MicroBatch, NonFiniteLoss, TrainStep
 
 PLAN_RATE = DEFAULT_LR["plan"]  # the pilots search compare's default grid around its plan rate
 RATE_GRID = tuple(float(factor) for factor in LR_GRID.split(","))
-EVAL_BATCH = 16  # no autograd: larger batches than training's
 
 
 @dataclass
@@ -48,54 +47,12 @@ class PilotBudget:
 
 
 @dataclass
-class PilotData:
-    """What every pilot trains and is scored on; the same for all of them."""
-
-    train: list[Example]
-    validation: list[Example]
-    retain: list[Example]
-    reference: dict  # the base's distributions on the retain set (comparison/forgetting.py)
-    pad_id: int
-    batch_size: int
-    cache: PrefixCache = field(default_factory=PrefixCache)  # the base's prefix outputs, per depth
-
-
-@dataclass
 class PilotRequest:
     data: PilotData
     budget: PilotBudget
     rate: float | None = None  # None: searched over RATE_GRID
     count: int = 6  # candidates in the first round
     prefer: str = "balanced"  # quality, forgetting or balanced (pilot_choice.PREFER)
-
-
-def hold_out(train, count: int) -> tuple[list[Example], list[Example]]:
-    """(train, validation) examples: ``count`` of ``train`` (TokenizedData) held out, seeded as `compare` does."""
-    from freezetune.data.examples import split_holdout
-    from freezetune.data.loading import SPLIT_SEED
-
-    if train.units < 2 * count:
-        raise FreezetuneError(
-            f"--data has {train.units} training examples: too few to hold out --validation {count} "
-            "for the pilots and train on the rest (lower --validation, or --no-pilot)"
-        )
-    kept, held = split_holdout(train, 0.0, SPLIT_SEED, count=count)
-    return kept.examples, held.examples
-
-
-def pilot_data(
-    loaded, train, validation, retain: str | None, batch_size: int, seq_len: int
-) -> PilotData:
-    """The pilots' data: the retain set (``retain``, else compare's default: the base's own answers to
-    general prompts) with the base's distributions on it, for the KL."""
-    from freezetune.comparison.forgetting import base_distributions, build_retain
-    from freezetune.data.examples import pad_token_id
-
-    device = next(loaded.model.parameters()).device
-    pad = pad_token_id(loaded.tokenizer)
-    kept = build_retain(loaded.model, loaded.tokenizer, seq_len, device, retain)
-    reference = base_distributions(loaded.model, kept, EVAL_BATCH, pad, device)
-    return PilotData(train, validation, kept, reference, pad, batch_size)
 
 
 def choose_pilots(found: list[Candidate], budget_bytes: int, count: int) -> list[Candidate]:

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 from freezetune.cli.console import say
-from freezetune.options.advise import VALIDATION, AdviseOptions
+from freezetune.options.advise import AdviseOptions
 
 
 def run_advise(options: AdviseOptions) -> str:
     """`freezetune advise`: evidence per block, candidate plans, pilot runs and the pick within the budget."""
-    from freezetune.advice import advisor, pilots
+    from freezetune.advice import advisor, pilot_data, pilots
     from freezetune.models.loading import load_model, require_causal_lm
 
     loaded = load_model(
@@ -27,9 +27,8 @@ def run_advise(options: AdviseOptions) -> str:
         )
         examples = train.examples
         if budget is not None:
-            count = options.validation or max(2, min(VALIDATION, train.units // 4))
-            kept, held = pilots.hold_out(train, count)
-            data = pilots.pilot_data(
+            kept, held = pilot_data.hold_out(train, options.validation)
+            data = pilot_data.pilot_data(
                 loaded, kept, held, options.retain, options.batch_size, options.seq_len
             )
             steps, seconds = budget

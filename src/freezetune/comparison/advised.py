@@ -18,12 +18,11 @@ from freezetune.plans.language import FreezePlan
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json
 
-VALIDATION = 32  # the pilots' split when the comparison has none (at most a quarter of the data)
-
 
 def _advice(settings: CompareSettings, loaded, strategy: Strategy, log) -> dict:
     from freezetune.advice.advisor import advise
-    from freezetune.advice.pilots import PilotBudget, PilotRequest, hold_out, pilot_data
+    from freezetune.advice.pilot_data import hold_out, pilot_data
+    from freezetune.advice.pilots import PilotBudget, PilotRequest
     from freezetune.data.loading import load_data
 
     config, started = settings.base_config, time.perf_counter()
@@ -41,11 +40,7 @@ def _advice(settings: CompareSettings, loaded, strategy: Strategy, log) -> dict:
     )
     request = None
     if strategy.pilot is not None:
-        kept, validation = (
-            (train.examples, held.examples)
-            if searched
-            else hold_out(train, max(2, min(VALIDATION, train.units // 4)))
-        )
+        kept, validation = (train.examples, held.examples) if searched else hold_out(train)
         data = pilot_data(
             loaded, kept, validation, settings.retain, config.batch_size, config.seq_len
         )
