@@ -160,6 +160,7 @@ class TrainStep:
             "loss": measured["loss"],
             "lr": lr,
             "tokens": measured["tokens"],
+            "targets": measured["targets"],  # the tokens the loss is over
             "tokens_per_s": measured["tokens"] / elapsed,
             "step_time_s": elapsed,
             **measured.get("metrics", {}),  # an objective's own (DPO's rewards)
