@@ -156,8 +156,55 @@ def advice(page: str) -> str:
     return _rows(page, ADVICE_ROWS_HEADER, rows) if ADVICE_ROWS_HEADER in page else page
 
 
+PEERS_HEADER = "| | freezetune | TRL | LLaMA-Factory |"
+PEERS_RATIOS_HEADER = "| peer over freezetune | measured | target |"
+
+
+def peers(page: str) -> str:
+    """The side-by-side table of bench/results/peers.json and its ratios (targets kept from the page)."""
+    result = json.loads((RESULTS / "peers.json").read_text())
+    names = ("freezetune", "trl", "llamafactory")
+    tools = [result["tools"][t] for t in names]
+    checkpointing = [result["gradient_checkpointing"][t] for t in names]
+    trainable = [result["job"]["trainable_params"][t] for t in names]
+
+    def row(label: str, cells) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    later = ", ".join(f"{i + 2}" for i in range(len(tools[0]["later_epochs_s"])))
+    page = _rows(
+        page,
+        PEERS_HEADER,
+        [
+            row("training, epoch 1 (s)", [f"{t['epoch_1_s']:.0f}" for t in tools]),
+            row(
+                f"training, epochs {later} (s)",
+                [", ".join(f"{e:.0f}" for e in t["later_epochs_s"]) for t in tools],
+            ),
+            row(
+                f"training, {result['job']['epochs']} epochs (s)",
+                [f"{t['training_s']:.0f}" for t in tools],
+            ),
+            row("process wall time (s)", [f"{t['process_wall_s']:.0f}" for t in tools]),
+            row("peak RSS (GiB)", [f"{t['peak_rss_bytes'] / 2**30:.2f}" for t in tools]),
+            row("trainable parameters", [f"{n:,}" for n in trainable]),
+            row("gradient checkpointing", ["on" if c else "off" for c in checkpointing]),
+        ],
+    )
+    targets = _targets(page)
+    return _rows(
+        page,
+        PEERS_RATIOS_HEADER,
+        [
+            f"| `{name}` | {value:.2f} | {targets.get(name, '—').strip()} |"
+            for name, value in result["ratios"].items()
+        ],
+    )
+
+
 def main() -> None:
     pages = [
+        ("README.md", peers),
         ("docs/advise.md", advice),
         ("README.md", advice),
         ("docs/performance.md", performance),

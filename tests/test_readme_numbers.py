@@ -161,3 +161,29 @@ def test_the_advice_tables_are_rendered_from_the_advice_results():
     assert f"least forgetting: {tasks['dispatch']['advised_plan']} " in tasks["dispatch"]["verdict"]
     assert tasks["tickets"]["verdict"].startswith("No measurable difference")
     assert "least forgetting: freeze bottom 75%" in tasks["cpt"]["verdict"] and "Best eval loss: lora" in tasks["cpt"]["verdict"]
+
+
+def test_the_peers_tables_are_rendered_from_the_peers_results():
+    """bench/peers.py: the README's side-by-side table and ratios are the results file's, and the ratios are
+    what its runs give (each round's peer over that round's freezetune, median over rounds)."""
+    render = runpy.run_path(str(ROOT / "docs" / "render_bench.py"))
+    result = json.loads((ROOT / "bench" / "results" / "peers.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert render["peers"](readme) == readme, "README peers tables are stale: run .venv/bin/python docs/render_bench.py"
+    job, runs = result["job"], result["runs"]
+    assert job["records"] == 120 and job["epochs"] == 3 and job["plan"] == "freeze bottom 75%" and result["rounds"] >= 2
+    steps = job["epochs"] * job["steps_per_epoch"]
+    assert all(len(run["step_times_s"]) == steps for tool in runs.values() for run in tool)
+    assert all(len(tool) == result["rounds"] for tool in runs.values())
+    per_epoch = job["steps_per_epoch"]
+    measures = {"3_epochs": lambda r: sum(r["step_times_s"]), "epoch_1": lambda r: sum(r["step_times_s"][:per_epoch]),
+                "process_wall": lambda r: r["process_wall_s"]}
+    for peer, short in (("trl", "trl"), ("llamafactory", "lf")):
+        for name, measure in measures.items():
+            ratios = sorted(measure(p) / measure(f) for p, f in zip(runs[peer], runs["freezetune"]))
+            middle = len(ratios) // 2
+            median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+            assert result["ratios"][f"{short}_over_freezetune_{name}"] == pytest.approx(median, abs=1e-3)
+    # the same parameters train, but for the final norm LLaMA-Factory cannot name alone (bench/peers/run_llamafactory.py)
+    trainable = job["trainable_params"]
+    assert trainable["freezetune"] == trainable["trl"] == trainable["llamafactory"] + 576
