@@ -37,6 +37,7 @@ from freezetune.runs.manifest import read_json, read_manifest
 from freezetune.runs.stop import StopFlag
 from freezetune.training.export import load_run
 from freezetune.training.loop import TrainingLoop
+from freezetune.training.lora import merge_lora
 from freezetune.training.peak_memory import current_rss_bytes
 from freezetune.training.session import open_session
 
@@ -67,15 +68,38 @@ def release_memory() -> None:
         pass  # not glibc: the next run's peak may include this one's leftovers
 
 
+def as_trained(loop: TrainingLoop):
+    """The model the loop has just trained, unpatched (LoRA folded in), when it is the model load_run
+    would rebuild from the run folder: one process, every weight in fp32, as the base loads; else None."""
+    model = loop.model
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    if loop.world != 1 or any(dtype != torch.float32 for dtype in floats):
+        return None
+    loop.runner.remove()
+    if loop.head is not None:
+        loop.head.remove()
+    model = merge_lora(model) if loop.config.lora_r else model
+    return model.requires_grad_(False).eval(), loop.tokenizer
+
+
 def _measure(
-    spec: dict, config: TrainConfig, run_dir: Path, log, progress: bool, runtime: int | None
+    spec: dict,
+    config: TrainConfig,
+    run_dir: Path,
+    log,
+    progress: bool,
+    runtime: int | None,
+    tuned=None,
 ) -> dict:
     """Forgetting on the merged model, whichever of it is not yet measured: the retain KL and
-    weight drift (forgetting.json), the benchmark tasks when asked (tasks.json). Seconds of each."""
+    weight drift (forgetting.json), the benchmark tasks when asked (tasks.json). Seconds of each.
+    ``tuned``: the model just trained in this process and its tokenizer (as_trained), else loaded from the run."""
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run = load_run(run_dir, cache)
-    tuned, tokenizer = run.model.to(device), run.tokenizer
+    if tuned is None:
+        run = load_run(run_dir, cache)
+        tuned = run.model.to(device), run.tokenizer
+    tuned, tokenizer = tuned
     seconds = {}
     if not (run_dir / "forgetting.json").is_file():
         started = time.perf_counter()
@@ -163,7 +187,7 @@ def run_worker(
         failure.unlink(missing_ok=True)
         try:
             # trained already, only its forgetting left to measure
-            started, seconds = time.perf_counter(), {}
+            started, seconds, tuned = time.perf_counter(), {}, None
             if not finished(run_dir, "search"):
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
@@ -171,12 +195,16 @@ def run_worker(
                 # the model, the data, the checks
                 seconds["loading"] = time.perf_counter() - started
                 result = loop.run(should_stop=should_stop, before=before)
+                # measured where it stands: no second load of the base and the trained tensors
+                if result["status"] == "finished" and measure == "reported":
+                    tuned = as_trained(loop)
                 del session, loop
+                release_memory()  # the optimizer's state and the prefix cache, before measuring
                 if result["status"] != "finished":
                     return "stopped"
                 seconds.update(result["after"].get("seconds", {}))
             if measure == "reported":
-                seconds.update(_measure(spec, config, run_dir, log, progress, runtime))
+                seconds.update(_measure(spec, config, run_dir, log, progress, runtime, tuned))
             # a run measured again (tasks asked later) keeps what its training cost
             earlier = read_json(run_dir / "timing.json") or {}
             run_s = earlier.get("run", 0.0) + time.perf_counter() - started
@@ -197,6 +225,7 @@ def run_worker(
             if not isinstance(exc, FreezetuneError):
                 (run_dir / "error.log").write_text(traceback.format_exc())
             log(f"{spec['strategy']}: {run_dir.name} failed: {reason}")
+        tuned = None
         release_memory()
     return "done"
 
