@@ -248,3 +248,37 @@ def test_warmup_is_a_fraction_of_the_run_unless_given_in_steps(tiny_chat_model_d
     assert by_ratio[:3] == pytest.approx([0.005, 0.01, 0.01])
     assert lrs("steps", "--warmup", "10")[:2] == pytest.approx([0.001, 0.002])
     assert lrs("quarter", "--warmup-ratio", "0.25")[:6] == pytest.approx([0.002, 0.004, 0.006, 0.008, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("strategy", [{"plan": "freeze bottom 50%", "prefix_cache": "memory"},
+                                      {"plan": "train all", "lora_r": 4, "lora_targets": "q_proj,v_proj"}])
+def test_the_model_a_worker_measures_in_place_is_the_one_the_run_folder_rebuilds(tiny_chat_model_dir, order_data, tmp_path, strategy):
+    """compare measures forgetting on the model its worker just trained (no second load): it must be the model
+    load_run builds from the run folder, unpatched (no prefix replay, no target-only head, LoRA folded in)."""
+    from freezetune.comparison.worker import as_trained
+    from freezetune.training.export import load_run
+
+    config = config_for(tiny_chat_model_dir, order_data, tmp_path / "run", eval_generate=0, **strategy)
+    loop = TrainingLoop(open_session(config), log=lambda m: None, progress=False)
+    assert loop.run()["status"] == "finished"
+    model, tokenizer = as_trained(loop)
+    rebuilt = load_run(tmp_path / "run").model.eval()
+    assert type(model) is type(rebuilt)  # a plain transformers model, the adapters merged
+    assert "forward" not in model.get_output_embeddings().__dict__  # the head's patch is gone
+    assert not any("forward" in block.__dict__ for block in model.model.layers)  # so are the prefix's
+    ids = torch.tensor([tokenizer("Ship 3 mugs to Lyon by Friday, please.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, rebuilt(input_ids=ids).logits, atol=1e-5)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_answers_are_generated_in_the_fewest_even_batches(tiny_chat_model_dir):
+    """A greedy decode's batch of 4 rows costs about what one of 32 does: 100 answers go as 2 batches of 50."""
+    from freezetune.models.loading import load_model
+    from freezetune.training.evaluation import even_batch, generate
+
+    assert [even_batch(n) for n in (1, 40, 64, 65, 100, 200)] == [1, 40, 64, 33, 50, 50]
+    loaded = load_model(str(tiny_chat_model_dir))
+    prompts = [loaded.tokenizer(f"Send {n} mugs")["input_ids"] for n in range(5)]
+    one_by_one = [generate(loaded.model, loaded.tokenizer, [p], 6, "cpu", batch_size=1)[0] for p in prompts]
+    assert generate(loaded.model, loaded.tokenizer, prompts, 6, "cpu", batch_size=even_batch(5)) == one_by_one
