@@ -15,6 +15,9 @@ when the embeddings train). Then:
   k (LISA returning to a depth), the cache is neither read nor written at k again, since every
   entry there would be stale.
 
+- within a batch, each block's MLP runs on the real tokens only, not on the padding
+  (training/token_mlp.py), unless gradient checkpointing recomputes blocks outside it.
+
 All of this patches the ``forward`` of the block instances (parameter names are untouched)
 and reimplements no model: whatever the model computes around its blocks still runs.
 """
@@ -30,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from freezetune.plans.anatomy import Anatomy
 from freezetune.plans.resolution import ResolvedPlan
 from freezetune.training.prefix_cache import PrefixCache
+from freezetune.training.token_mlp import TokenMLP
 
 
 def prefix_depth(resolved: ResolvedPlan) -> int:
@@ -60,6 +64,7 @@ class PrefixRunner:
         self.blocks: nn.ModuleList = model.get_submodule(path) if path else nn.ModuleList()
         self.depth = prefix_depth(resolved)
         self.gradient_checkpointing = gradient_checkpointing
+        self.token_mlp = None if gradient_checkpointing else TokenMLP(self.blocks)
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
         # every tensor a retarget has set training: what moved away from the base
@@ -85,6 +90,8 @@ class PrefixRunner:
                 self._patch(index, self._prefix_forward(index, block.forward))
             elif self.gradient_checkpointing:
                 self._patch(index, self._checkpointed_forward(block.forward))
+        if self.token_mlp is not None:
+            self.token_mlp.install()
         return self
 
     def retarget(self, resolved: ResolvedPlan) -> None:
@@ -118,6 +125,8 @@ class PrefixRunner:
         )
 
     def remove(self) -> None:
+        if self.token_mlp is not None:
+            self.token_mlp.remove()
         for index, original in self._originals.items():
             if original is None:
                 del self.blocks[index].forward  # back to the class's forward
@@ -189,8 +198,10 @@ class PrefixRunner:
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
         self.captured = None
+        rows = self.token_mlp.rows(lengths) if self.token_mlp else contextlib.nullcontext()
         try:
-            yield self._replay
+            with rows:
+                yield self._replay
         finally:
             self._keys, self._lengths, self._replay = None, None, False
 
