@@ -265,7 +265,7 @@ def test_the_model_a_worker_measures_in_place_is_the_one_the_run_folder_rebuilds
     rebuilt = load_run(tmp_path / "run").model.eval()
     assert type(model) is type(rebuilt)  # a plain transformers model, the adapters merged
     assert "forward" not in model.get_output_embeddings().__dict__  # the head's patch is gone
-    assert not any("forward" in block.__dict__ for block in model.model.layers)  # so are the prefix's
+    assert not any("forward" in block.__dict__ or "forward" in block.mlp.__dict__ for block in model.model.layers)
     ids = torch.tensor([tokenizer("Ship 3 mugs to Lyon by Friday, please.")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, rebuilt(input_ids=ids).logits, atol=1e-5)

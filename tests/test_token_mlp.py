@@ -100,3 +100,27 @@ def test_an_mlp_that_drops_units_in_training_keeps_every_token():
     model.eval()
     with token_mlp.rows([5, 2]):
         assert torch.equal(mlp(x)[1, 2:], torch.zeros(3, 32))  # in eval mode it skips the pads again
+
+
+def test_the_runner_leaves_the_mlps_alone_while_blocks_are_checkpointed():
+    """Checkpointing recomputes a block in the backward pass, outside the batch: there the MLP must see what it saw."""
+    from freezetune.plans.anatomy import find_anatomy
+    from freezetune.plans.language import FreezePlan
+    from freezetune.plans.resolution import apply_plan, resolve
+    from freezetune.training.prefix import PrefixRunner
+
+    model = build_tiny("llama")
+    resolved = resolve(FreezePlan.parse("freeze bottom 50%"), find_anatomy(model))
+    apply_plan(model, resolved)
+    runner = PrefixRunner(model, resolved).install()
+    assert all("forward" in block.mlp.__dict__ for block in model.model.layers)
+    runner.remove()
+    runner.gradient_checkpointing = True  # as freeze() does when a Trainer turns checkpointing on
+    runner.install()
+    assert not any("forward" in block.mlp.__dict__ for block in model.model.layers)
+    ids, mask = _padded_batch([6, 3])
+    with runner.batch(None, [6, 3]):
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+    loss.backward()  # recomputes the trained blocks: the same shapes as in the forward
+    runner.remove()
+    assert not any("forward" in block.mlp.__dict__ or "forward" in block.__dict__ for block in model.model.layers)

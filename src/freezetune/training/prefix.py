@@ -64,7 +64,7 @@ class PrefixRunner:
         self.blocks: nn.ModuleList = model.get_submodule(path) if path else nn.ModuleList()
         self.depth = prefix_depth(resolved)
         self.gradient_checkpointing = gradient_checkpointing
-        self.token_mlp = None if gradient_checkpointing else TokenMLP(self.blocks)
+        self.token_mlp = TokenMLP(self.blocks)  # installed while nothing is checkpointed
         self.shared_cache = cache  # every depth's entries; used while there is a frozen prefix
         self.cache = cache if self.depth > 0 else None
         # every tensor a retarget has set training: what moved away from the base
@@ -90,7 +90,7 @@ class PrefixRunner:
                 self._patch(index, self._prefix_forward(index, block.forward))
             elif self.gradient_checkpointing:
                 self._patch(index, self._checkpointed_forward(block.forward))
-        if self.token_mlp is not None:
+        if not self.gradient_checkpointing:
             self.token_mlp.install()
         return self
 
@@ -125,8 +125,7 @@ class PrefixRunner:
         )
 
     def remove(self) -> None:
-        if self.token_mlp is not None:
-            self.token_mlp.remove()
+        self.token_mlp.remove()
         for index, original in self._originals.items():
             if original is None:
                 del self.blocks[index].forward  # back to the class's forward
@@ -198,9 +197,8 @@ class PrefixRunner:
         self._keys, self._lengths = (keys, lengths) if caching else (None, None)
         self._replay = caching and self._output_is_tuple is not None and self.cache.has_all(keys)
         self.captured = None
-        rows = self.token_mlp.rows(lengths) if self.token_mlp else contextlib.nullcontext()
         try:
-            with rows:
+            with self.token_mlp.rows(lengths):
                 yield self._replay
         finally:
             self._keys, self._lengths, self._replay = None, None, False
