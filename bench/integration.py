@@ -17,31 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from freezetune.runs.provenance import provenance
 
 PLAN, FROZEN = "freeze bottom 22", 22
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.started)
-
-
 def main() -> None:
+    # the timer bench/peers.py's drivers use: both benches bracket a Trainer step the same way
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
     from datasets import Dataset
+    from hf_job import StepTimer
     from trl import SFTConfig, SFTTrainer
 
     from freezetune import load_model

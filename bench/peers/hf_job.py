@@ -1,7 +1,8 @@
 """What the two peer drivers share: the job bench/peers.py wrote, and a timer of each optimizer step.
 
 Imported by run_trl.py (the project's venv) and run_llamafactory.py (LLaMA-Factory's own venv), so it
-uses only what both venvs have: transformers and the standard library.
+uses only what both venvs have: transformers and the standard library. bench/integration.py times
+its Trainer steps with the same StepTimer.
 """
 
 from __future__ import annotations
