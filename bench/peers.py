@@ -123,6 +123,8 @@ def write_job(folder: Path, records: list[dict], model: str, args) -> dict:
         "frozen_blocks": FROZEN,
         "num_blocks": BLOCKS,
         "hidden_size": hidden_size(model),
+        # None: each peer's default (both checkpoint); False: the peers without checkpointing
+        "gradient_checkpointing": None if args.peer_checkpointing == "default" else False,
         # each row's loss tokens: a label predicted from the token before it
         "loss_tokens": sum(sum(label != IGNORE for label in r["labels"][1:]) for r in rows),
     }
@@ -201,6 +203,8 @@ def check(folder: Path, job: dict) -> dict:
         found[tool] = run(peer_commands(tool, folder, folder, answer, "check"), answer)
         if not found[tool]["rows_equal"]:
             raise SystemExit(f"{tool} would train on other token ids or labels than freezetune")
+        if job["gradient_checkpointing"] is False and found[tool]["gradient_checkpointing"]:
+            raise SystemExit(f"{tool} would checkpoint, though the job turns it off")
     return {
         tool: {k: found[tool][k] for k in ("trainable", "gradient_checkpointing")} for tool in found
     }
@@ -225,8 +229,18 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--out", default=str(BENCH / "results" / "peers.json"))
+    parser.add_argument(
+        "--peer-checkpointing",
+        choices=("default", "off"),
+        default="default",
+        help="the peers' gradient checkpointing: their default (on), or off (a control)",
+    )
+    parser.add_argument(
+        "--out", help="default: bench/results/peers.json (peers-no-checkpointing.json with off)"
+    )
     args = parser.parse_args()
+    name = "peers.json" if args.peer_checkpointing == "default" else "peers-no-checkpointing.json"
+    args.out = args.out or str(BENCH / "results" / name)
 
     import torch
 

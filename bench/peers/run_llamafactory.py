@@ -47,6 +47,12 @@ def arguments(job: dict, dataset: str, out: str) -> dict:
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
+        # the control without checkpointing; by default LLaMA-Factory's own (on)
+        **(
+            {}
+            if job.get("gradient_checkpointing") is None
+            else {"disable_gradient_checkpointing": True}
+        ),
     }
 
 

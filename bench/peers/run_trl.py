@@ -44,6 +44,8 @@ def trainer_for(job: dict, out: str, callbacks=()) -> SFTTrainer:
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,
+        # None: SFTConfig's default (on); False: the control without checkpointing
+        **({} if job.get("gradient_checkpointing") is None else {"gradient_checkpointing": False}),
     )
     rows = Dataset.from_list(job["rows"])
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
