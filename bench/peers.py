@@ -1,6 +1,7 @@
 """freezetune against TRL and LLaMA-Factory: the same fine-tuning job in each, timed side by side.
 
     .venv/bin/python bench/peers.py        # writes bench/results/peers.json (about 40 minutes here)
+    .venv/bin/python bench/peers.py --peer-checkpointing off   # the control: peers-no-checkpointing.json
 
 The job is one a user of any of the three would run: SmolLM2-135M (the embedded model), 120
 instruction records (Alpaca fields; the standard library's documentation as the answers), loss on

@@ -202,9 +202,20 @@ def peers(page: str) -> str:
     )
 
 
+PEERS_CONTROL_HEADER = "| peer over freezetune, peers without checkpointing | measured |"
+
+
+def peers_control(page: str) -> str:
+    """The ratios of the control run (bench/results/peers-no-checkpointing.json)."""
+    result = json.loads((RESULTS / "peers-no-checkpointing.json").read_text())
+    rows = [f"| `{name}` | {value:.2f} |" for name, value in result["ratios"].items()]
+    return _rows(page, PEERS_CONTROL_HEADER, rows)
+
+
 def main() -> None:
     pages = [
         ("README.md", peers),
+        ("README.md", peers_control),
         ("docs/advise.md", advice),
         ("README.md", advice),
         ("docs/performance.md", performance),

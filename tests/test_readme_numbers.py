@@ -175,7 +175,25 @@ def test_the_peers_tables_are_rendered_from_the_peers_results():
     steps = job["epochs"] * job["steps_per_epoch"]
     assert all(len(run["step_times_s"]) == steps for tool in runs.values() for run in tool)
     assert all(len(tool) == result["rounds"] for tool in runs.values())
-    per_epoch = job["steps_per_epoch"]
+    _ratios_are_the_runs(result)
+    # the same parameters train, but for the final norm LLaMA-Factory cannot name alone (bench/peers/run_llamafactory.py)
+    trainable = job["trainable_params"]
+    assert trainable["freezetune"] == trainable["trl"] == trainable["llamafactory"] + 576
+
+
+def test_the_control_without_the_peers_checkpointing_is_rendered_from_its_results():
+    render = runpy.run_path(str(ROOT / "docs" / "render_bench.py"))
+    result = json.loads((ROOT / "bench" / "results" / "peers-no-checkpointing.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert render["peers_control"](readme) == readme, "README control table is stale: run .venv/bin/python docs/render_bench.py"
+    assert result["gradient_checkpointing"] == {"freezetune": False, "trl": False, "llamafactory": False}
+    assert result["job"]["records"] == 120 and result["job"]["epochs"] == 3 and result["rounds"] >= 2
+    _ratios_are_the_runs(result)
+
+
+def _ratios_are_the_runs(result: dict) -> None:
+    """Each ratio is what the runs give: each round's peer over that round's freezetune, median over rounds."""
+    per_epoch, runs = result["job"]["steps_per_epoch"], result["runs"]
     measures = {"3_epochs": lambda r: sum(r["step_times_s"]), "epoch_1": lambda r: sum(r["step_times_s"][:per_epoch]),
                 "process_wall": lambda r: r["process_wall_s"]}
     for peer, short in (("trl", "trl"), ("llamafactory", "lf")):
@@ -184,6 +202,3 @@ def test_the_peers_tables_are_rendered_from_the_peers_results():
             middle = len(ratios) // 2
             median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
             assert result["ratios"][f"{short}_over_freezetune_{name}"] == pytest.approx(median, abs=1e-3)
-    # the same parameters train, but for the final norm LLaMA-Factory cannot name alone (bench/peers/run_llamafactory.py)
-    trainable = job["trainable_params"]
-    assert trainable["freezetune"] == trainable["trl"] == trainable["llamafactory"] + 576
