@@ -13,7 +13,8 @@ decay, fp32 on the CPU, 3 epochs, the trained weights saved at the end.
   cache, target-only head), each step's time from its metrics.jsonl.
 - TRL: SFTTrainer with the blocks frozen by hand (bench/peers/run_trl.py, this venv).
 - LLaMA-Factory: freeze mode through `run_exp` (bench/peers/run_llamafactory.py) in its own venv,
-  built here from bench/peers/llamafactory.txt on first use (pinned; it needs transformers <= 5.6).
+  built by bench/peers/build_llamafactory.py from the pinned bench/peers/llamafactory.txt on first
+  use (it needs transformers <= 5.6).
 
 All three train on the same token ids and labels: freezetune renders the records once, the peers
 get those rows pre-tokenized, and an untimed check asks each peer's own loader what it will train
@@ -26,7 +27,6 @@ the whole command, start-up, evaluation and save included; peak RSS is the proce
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -40,44 +40,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 PEERS = BENCH / "peers"
 LF_VENV = PEERS / "llamafactory"
-LF_REQUIREMENTS = PEERS / "llamafactory.txt"
 TOOLS = ("freezetune", "trl", "llamafactory")
 PLAN, FROZEN, BLOCKS = "freeze bottom 75%", 22, 30
-TORCHAUDIO = "torchaudio==2.11.1"  # the last release the index has
-LF_PACKAGES = ("llamafactory", "transformers", "trl", "datasets", "accelerate", "peft", "torch")
-
-
-def build_llamafactory_venv() -> dict:
-    """LLaMA-Factory's venv, rebuilt only when its requirements change; how long that took."""
-    wanted = hashlib.sha256(LF_REQUIREMENTS.read_bytes()).hexdigest()
-    marker = LF_VENV / ".installed"
-    if marker.exists() and marker.read_text() == wanted:
-        return {"built": False}
-    started = time.perf_counter()
-    pip = [str(LF_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    lines = LF_REQUIREMENTS.read_text().splitlines()
-    deps = [x for x in lines if x.strip() and not x.startswith(("#", "llamafactory"))]
-    tool = [x for x in lines if x.startswith("llamafactory")]
-    subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
-    subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + ["torch==2.13.0"], check=True)  # the CPU build, as make setup installs it
-    subprocess.run(pip + deps, check=True)
-    subprocess.run(pip + ["--no-deps", *tool], check=True)
-    # LLaMA-Factory imports torchaudio at start-up; the index has only CUDA builds of it, which import
-    # (without their compiled extension, unused by text training) once that extension is set aside
-    subprocess.run(pip + ["--no-deps", TORCHAUDIO], check=True)
-    for library in (LF_VENV / "lib").glob("python3*/site-packages/torchaudio/lib/*.so"):
-        library.rename(library.with_suffix(".so.cuda-build"))
-    marker.write_text(wanted)
-    return {"built": True, "seconds": round(time.perf_counter() - started, 1)}
-
-
-def versions(python: str, packages: tuple[str, ...]) -> dict:
-    code = "import importlib.metadata as m, json, sys; print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
-    done = subprocess.run(
-        [python, "-c", code, *packages], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout)
 
 
 def instruction_records(count: int) -> list[dict]:
@@ -137,10 +101,10 @@ def hidden_size(model: str) -> int:
     return json.loads((Path(model) / "config.json").read_text())["hidden_size"]
 
 
-def run(command: list[str], answer: Path | None = None, cwd: Path | None = None) -> dict:
+def run(command: list[str], answer: Path | None = None) -> dict:
     """Run one command; its wall time, its own peak RSS, and the JSON answer it wrote."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
@@ -171,20 +135,16 @@ def freezetune_run(folder: Path, out: Path, job: dict) -> dict:
     }
 
 
-def peer_commands(tool: str, folder: Path, out: Path, answer: Path, mode: str) -> list[str]:
+def peer_command(tool: str, folder: Path, mode: str, *paths: Path) -> list[str]:
+    """A peer driver's command line: its venv's python, the script, the mode, the job (and for
+    LLaMA-Factory the tokenized dataset), then ``paths`` (the run folder, the answer file)."""
+    python, script = {
+        "trl": (sys.executable, "run_trl.py"),
+        "llamafactory": (str(LF_VENV / "bin" / "python"), "run_llamafactory.py"),
+    }[tool]
+    dataset = [str(folder / "lf-dataset")] if tool == "llamafactory" else []
     job = str(folder / "job.json")
-    if tool == "trl":
-        return (
-            [sys.executable, str(PEERS / "run_trl.py"), mode, job]
-            + ([str(out)] if mode == "train" else [])
-            + [str(answer)]
-        )
-    dataset = str(folder / "lf-dataset")
-    return (
-        [str(LF_VENV / "bin" / "python"), str(PEERS / "run_llamafactory.py"), mode, job, dataset]
-        + ([str(out)] if mode == "train" else [])
-        + [str(answer)]
-    )
+    return [python, str(PEERS / script), mode, job, *dataset, *map(str, paths)]
 
 
 def per_epoch(step_times: list[float], steps_per_epoch: int, epochs: int) -> list[float]:
@@ -193,15 +153,11 @@ def per_epoch(step_times: list[float], steps_per_epoch: int, epochs: int) -> lis
 
 def check(folder: Path, job: dict) -> dict:
     """Each peer's own loader on the rows, and its trainable parameters; refuse to time a different job."""
-    subprocess.run(
-        [str(LF_VENV / "bin" / "python"), str(PEERS / "run_llamafactory.py"), "prepare",
-         str(folder / "job.json"), str(folder / "lf-dataset")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    subprocess.run(peer_command("llamafactory", folder, "prepare"), check=True, capture_output=True)
     found = {}
     for tool in ("trl", "llamafactory"):
         answer = folder / f"{tool}-check.json"
-        found[tool] = run(peer_commands(tool, folder, folder, answer, "check"), answer)
+        found[tool] = run(peer_command(tool, folder, "check", answer), answer)
         if not found[tool]["rows_equal"]:
             raise SystemExit(f"{tool} would train on other token ids or labels than freezetune")
         if job["gradient_checkpointing"] is False and found[tool]["gradient_checkpointing"]:
@@ -248,14 +204,16 @@ def main() -> None:
     from freezetune.models.loading import resolve_model_path
     from freezetune.runs.provenance import provenance
 
-    venv = build_llamafactory_venv()
-    built = f"built in {venv['seconds']:.0f} s" if venv["built"] else "reused"
-    print(f"LLaMA-Factory venv: {built}")
     model = str(resolve_model_path("smollm2-135m"))
     steps_per_epoch = args.records // args.batch_size
     runs, trainable = {tool: [] for tool in TOOLS}, {}
     with tempfile.TemporaryDirectory(prefix="freezetune-peers-") as tmp:
         folder = Path(tmp)
+        builder = [sys.executable, str(PEERS / "build_llamafactory.py"), str(folder / "venv.json")]
+        subprocess.run(builder, check=True)
+        venv = json.loads((folder / "venv.json").read_text())
+        built = f"built in {venv['seconds']:.0f} s" if venv["built"] else "reused"
+        print(f"LLaMA-Factory venv: {built}")
         job = write_job(folder, instruction_records(args.records + 4), model, args)
         checked = check(folder, job)
         for rounds in range(args.rounds):
@@ -266,7 +224,7 @@ def main() -> None:
                     if found["loss_tokens"] != job["loss_tokens"] * args.epochs:
                         raise SystemExit("freezetune trained on other loss tokens than the job's")
                 else:
-                    found = run(peer_commands(tool, folder, out, answer, "train"), answer)
+                    found = run(peer_command(tool, folder, "train", out, answer), answer)
                 trainable.setdefault(tool, found.pop("trainable", None))
                 if len(found["step_times_s"]) != steps_per_epoch * args.epochs:
                     raise SystemExit(f"{tool} ran {len(found['step_times_s'])} steps")
@@ -283,10 +241,7 @@ def main() -> None:
         raise SystemExit(f"the tools train other parameters than the job's: {trainable}")
     result = {
         "provenance": provenance(),
-        "llamafactory_venv": {
-            **venv,
-            "versions": versions(str(LF_VENV / "bin" / "python"), LF_PACKAGES),
-        },
+        "llamafactory_venv": venv,
         "job": {
             "model": "smollm2-135m",
             "records": args.records,

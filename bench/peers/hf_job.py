@@ -8,6 +8,7 @@ its Trainer steps with the same StepTimer.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,25 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self.started)
+
+
+def shared_arguments(job: dict) -> dict:
+    """The TrainingArguments both peers get, the settings all three tools share: batch, epochs, rate,
+    warmup and cosine schedule, torch's AdamW, seed; no saving mid-run, no trackers, no bars."""
+    steps = job["epochs"] * (len(job["rows"]) // job["batch_size"])
+    return {
+        "per_device_train_batch_size": job["batch_size"],
+        "num_train_epochs": float(job["epochs"]),
+        "learning_rate": job["lr"],
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": math.ceil(job["warmup_ratio"] * steps),
+        "optim": "adamw_torch",
+        "seed": job["seed"],
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
 
 
 def trainable_count(model) -> int:

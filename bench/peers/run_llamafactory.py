@@ -14,14 +14,12 @@ settings all three tools share.
 
 from __future__ import annotations
 
-import math
 import sys
 
-from hf_job import StepTimer, read_job, report, rows_match, trainable_count, usage
+from hf_job import StepTimer, read_job, report, rows_match, shared_arguments, trainable_count, usage
 
 
 def arguments(job: dict, dataset: str, out: str) -> dict:
-    steps = job["epochs"] * (len(job["rows"]) // job["batch_size"])
     return {
         "stage": "sft",
         "do_train": True,
@@ -35,18 +33,8 @@ def arguments(job: dict, dataset: str, out: str) -> dict:
         "cutoff_len": job["seq_len"],
         "output_dir": out,
         "overwrite_output_dir": True,
-        "per_device_train_batch_size": job["batch_size"],
         "gradient_accumulation_steps": 1,
-        "learning_rate": job["lr"],
-        "num_train_epochs": float(job["epochs"]),
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": math.ceil(job["warmup_ratio"] * steps),
-        "optim": "adamw_torch",
-        "seed": job["seed"],
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
+        **shared_arguments(job),
         # the control without checkpointing; by default LLaMA-Factory's own (on)
         **(
             {}

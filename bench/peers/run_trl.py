@@ -10,12 +10,11 @@ apart from the settings all three tools share: batch, epochs, rate, schedule, Ad
 
 from __future__ import annotations
 
-import math
 import sys
 
 import torch
 from datasets import Dataset
-from hf_job import StepTimer, read_job, report, rows_match, trainable_count, usage
+from hf_job import StepTimer, read_job, report, rows_match, shared_arguments, trainable_count, usage
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -28,22 +27,11 @@ def trainer_for(job: dict, out: str, callbacks=()) -> SFTTrainer:
             block is not None and block < job["frozen_blocks"]
         )
         param.requires_grad_(not frozen)
-    steps = job["epochs"] * (len(job["rows"]) // job["batch_size"])
     config = SFTConfig(
         output_dir=out,
-        per_device_train_batch_size=job["batch_size"],
-        num_train_epochs=job["epochs"],
-        learning_rate=job["lr"],
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(job["warmup_ratio"] * steps),
-        optim="adamw_torch",
         max_length=job["seq_len"],
-        seed=job["seed"],
-        logging_steps=10,
-        save_strategy="no",
-        report_to="none",
         use_cpu=True,
-        disable_tqdm=True,
+        **shared_arguments(job),
         # None: SFTConfig's default (on); False: the control without checkpointing
         **({} if job.get("gradient_checkpointing") is None else {"gradient_checkpointing": False}),
     )
