@@ -45,29 +45,30 @@ def dense_mlp(module: nn.Module | None) -> bool:
 class TokenMLP:
     def __init__(self, blocks: nn.ModuleList):
         self.mlps = [b.mlp for b in blocks if dense_mlp(getattr(b, "mlp", None))]
-        self._originals: dict[int, object] = {}
+        self._patched: list[nn.Module] = []
         self._lengths: list[int] | None = None
+        self._batch_mask: torch.Tensor | None = None  # the batch's, built once for all its blocks
 
     def install(self) -> TokenMLP:
-        for index, mlp in enumerate(self.mlps):
+        for mlp in self.mlps:
             if "forward" not in mlp.__dict__:  # another patch holds it: leave it
-                self._originals[index] = mlp.forward
                 mlp.forward = self._forward(mlp, mlp.forward)
+                self._patched.append(mlp)
         return self
 
     def remove(self) -> None:
-        for index in self._originals:
-            del self.mlps[index].forward  # back to the class's forward
-        self._originals.clear()
+        for mlp in self._patched:
+            del mlp.forward  # back to the class's forward
+        self._patched.clear()
 
     @contextlib.contextmanager
     def rows(self, lengths: list[int] | None):
         """Inside: a forward over right-padded rows whose real lengths are ``lengths``."""
-        self._lengths = lengths
+        self._lengths, self._batch_mask = lengths, None
         try:
             yield
         finally:
-            self._lengths = None
+            self._lengths, self._batch_mask = None, None
 
     def _mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The real positions of ``hidden`` (rows x positions), or None where none is padding or the
@@ -78,8 +79,13 @@ class TokenMLP:
         width = hidden.shape[1]
         if min(lengths) >= width or max(lengths) > width:
             return None
-        positions = torch.arange(width, device=hidden.device)
-        return positions < torch.tensor(lengths, device=hidden.device)[:, None]
+        mask = self._batch_mask
+        if mask is None or mask.shape[1] != width or mask.device != hidden.device:
+            positions = torch.arange(width, device=hidden.device)
+            mask = self._batch_mask = (
+                positions < torch.tensor(lengths, device=hidden.device)[:, None]
+            )
+        return mask
 
     def _forward(self, mlp: nn.Module, original):
         dropout = [m for m in mlp.modules() if isinstance(m, nn.Dropout) and m.p > 0]
