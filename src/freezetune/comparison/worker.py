@@ -89,17 +89,17 @@ def _measure(
     log,
     progress: bool,
     runtime: int | None,
-    tuned=None,
+    trained=None,
 ) -> dict:
     """Forgetting on the merged model, whichever of it is not yet measured: the retain KL and
     weight drift (forgetting.json), the benchmark tasks when asked (tasks.json). Seconds of each.
-    ``tuned``: the model just trained in this process and its tokenizer (as_trained), else loaded from the run."""
+    ``trained``: the model just trained in this process and its tokenizer (as_trained), else loaded from the run."""
     cache = Path(config.cache_dir) if config.cache_dir else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if tuned is None:
+    if trained is None:
         run = load_run(run_dir, cache)
-        tuned = run.model.to(device), run.tokenizer
-    tuned, tokenizer = tuned
+        trained = run.model.to(device), run.tokenizer
+    tuned, tokenizer = trained
     seconds = {}
     if not (run_dir / "forgetting.json").is_file():
         started = time.perf_counter()
@@ -186,8 +186,8 @@ def run_worker(
         failure = run_dir / "failed.json"
         failure.unlink(missing_ok=True)
         try:
-            # trained already, only its forgetting left to measure
-            started, seconds, tuned = time.perf_counter(), {}, None
+            started, seconds, trained = time.perf_counter(), {}, None
+            # a run trained already (a resumed comparison) has only its forgetting left to measure
             if not finished(run_dir, "search"):
                 session = open_session(config)
                 before = SEARCH_BEFORE if measure == "search" else spec.get("reference")
@@ -197,14 +197,14 @@ def run_worker(
                 result = loop.run(should_stop=should_stop, before=before)
                 # measured where it stands: no second load of the base and the trained tensors
                 if result["status"] == "finished" and measure == "reported":
-                    tuned = as_trained(loop)
+                    trained = as_trained(loop)
                 del session, loop
                 release_memory()  # the optimizer's state and the prefix cache, before measuring
                 if result["status"] != "finished":
                     return "stopped"
                 seconds.update(result["after"].get("seconds", {}))
             if measure == "reported":
-                seconds.update(_measure(spec, config, run_dir, log, progress, runtime, tuned))
+                seconds.update(_measure(spec, config, run_dir, log, progress, runtime, trained))
             # a run measured again (tasks asked later) keeps what its training cost
             earlier = read_json(run_dir / "timing.json") or {}
             run_s = earlier.get("run", 0.0) + time.perf_counter() - started
@@ -225,7 +225,7 @@ def run_worker(
             if not isinstance(exc, FreezetuneError):
                 (run_dir / "error.log").write_text(traceback.format_exc())
             log(f"{spec['strategy']}: {run_dir.name} failed: {reason}")
-        tuned = None
+        trained = None
         release_memory()
     return "done"
 
