@@ -48,9 +48,9 @@ def test_the_trl_driver_trains_the_jobs_rows_with_the_bottom_blocks_frozen_by_ha
 def test_a_driver_given_other_rows_says_so(tiny_chat_model_dir, tmp_path):
     job = json.loads(_job(tiny_chat_model_dir, tmp_path, frozen=2).read_text())
     hf_job = runpy.run_path(str(ROOT / "bench" / "peers" / "hf_job.py"))
-    shifted = [{**row, "labels": [-100, *row["labels"][1:]]} for row in job["rows"]]
-    shifted[0]["labels"][-1] = -100
-    assert hf_job["rows_match"](job, job["rows"]) and not hf_job["rows_match"](job, shifted)
+    one_label_less = [{**row, "labels": list(row["labels"])} for row in job["rows"]]
+    one_label_less[0]["labels"][-1] = -100  # the last answer token of the first row left out of the loss
+    assert hf_job["rows_match"](job, job["rows"]) and not hf_job["rows_match"](job, one_label_less)
     assert not hf_job["rows_match"](job, job["rows"][:-1])
 
 
