@@ -172,6 +172,7 @@ SLOW = {
     "test_sigkill_at_random_moments_then_resume_gives_the_same_losses",
     "test_sigkill_mid_training_then_resume_gives_the_same_losses",
     "test_train_on_the_embedded_model_with_the_built_in_task",
+    "test_the_seeds_of_a_freeze_plan_share_its_prefix_outputs",
     "test_two_processes_follow_a_lisa_schedule_as_one_does",
     "test_dpo_resumes_exactly_after_sigkill",
     "test_two_processes_train_what_one_does",

@@ -255,3 +255,28 @@ def test_each_strategy_is_parsed_once_and_the_checks_use_what_was_parsed(tiny_ch
     texts.clear()
     validate(settings)  # resolves every plan and checks every schedule against the model
     assert texts == []
+
+
+def test_the_seeds_of_a_freeze_plan_share_its_prefix_outputs(tiny_chat_model_dir, order_data, tmp_path, capfd):
+    """Every seed of a freeze plan evaluates the same held-out rows through the same frozen blocks: the first
+    seed's evaluation leaves their outputs on disk, the second reads them, and its losses are those it computes alone."""
+    cache = tmp_path / "cache"
+    shared = compare_args(tiny_chat_model_dir, order_data, tmp_path / "both", "freeze bottom 50%", seeds=2)
+    assert main(shared + ["--cache-dir", str(cache)]) == 0
+    err = capfd.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("prefix cache: disk")]
+    assert len(notes) == 2 and "reused" not in notes[0] and notes[1].endswith("(reused from an earlier run)")
+    (folder,) = [p.parent for p in (cache / "prefix").glob("*/index.json")]
+    index = json.loads((folder / "index.json").read_text())
+    assert sorted(k for shard in index["shards"].values() for k in shard["keys"]) == [f"eval:{i}@2" for i in range(4)]
+    # the second seed alone, with nothing cached for it
+    alone = compare_args(tiny_chat_model_dir, order_data, tmp_path / "alone", "freeze bottom 50%", seeds=1)
+    assert main(alone + ["--seed", "1", "--cache-dir", str(tmp_path / "empty")]) == 0
+    assert "reused" not in capfd.readouterr().err
+
+    def items(out):
+        return [json.loads(line) for line in (out / "runs" / "freeze-bottom-50" / "seed-1" / "eval-items.jsonl").read_text().splitlines()]
+
+    replayed, computed = items(tmp_path / "both"), items(tmp_path / "alone")
+    assert [i["tokens"] for i in replayed] == [i["tokens"] for i in computed]
+    assert [i["loss_sum"] for i in replayed] == pytest.approx([i["loss_sum"] for i in computed], rel=1e-6, abs=1e-6)

@@ -252,5 +252,8 @@ def run_config(
         )
     else:
         values.update(seed=seed)
+    # a frozen prefix computes the same rows for every seed and rate of its plan: on disk, the
+    # held-out (or validation) rows one run evaluated are read by the next instead of run again
+    values.update(prefix_cache="disk")
     values.update(strategy.lora)
     return replace(settings.base_config, **values)

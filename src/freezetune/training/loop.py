@@ -233,6 +233,11 @@ class TrainingLoop:
         if self.main:
             save_trainable(tensors, run_dir / "trainable.safetensors")
         after = self.evaluate("after")
+        try:  # a disk cache keeps the rows' prefix outputs for the next run of the plan: a seed, a rate
+            if self.session.cache is not None:
+                self.session.cache.save()
+        except FreezetuneError as exc:  # the run is saved: only a later run's shortcut is lost
+            self.log(f"warning: {exc}; a later run computes those rows again")
         self.log(self.describe(after))
         if self.main:
             write_evaluations(run_dir, before, after)
