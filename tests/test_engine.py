@@ -282,3 +282,18 @@ def test_answers_are_generated_in_the_fewest_even_batches(tiny_chat_model_dir):
     prompts = [loaded.tokenizer(f"Send {n} mugs")["input_ids"] for n in range(5)]
     one_by_one = [generate(loaded.model, loaded.tokenizer, [p], 6, "cpu", batch_size=1)[0] for p in prompts]
     assert generate(loaded.model, loaded.tokenizer, prompts, 6, "cpu", batch_size=even_batch(5)) == one_by_one
+
+
+def test_the_retain_set_is_answered_in_one_batch(tiny_chat_model_dir, monkeypatch):
+    """The base's answers to the general prompts go as one batch (the embedded model's 52: 8 s against 15 s as
+    16+16+16+4 when measured, with the same answers)."""
+    from freezetune.comparison import forgetting
+    from freezetune.models.loading import load_model
+
+    sizes = []
+    real = forgetting.generate
+    monkeypatch.setattr(forgetting, "generate", lambda *a, batch_size, **k: sizes.append(batch_size) or real(*a, batch_size=batch_size, **k))
+    loaded = load_model(str(tiny_chat_model_dir))
+    examples = forgetting.build_retain(loaded.model, loaded.tokenizer, 64, "cpu", max_new_tokens=4)
+    # every prompt that fits seq_len answered in one batch (a longer answer may then not fit: fewer examples)
+    assert len(sizes) == 1 and sizes[0] >= len(examples) > 32

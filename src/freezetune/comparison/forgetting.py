@@ -20,7 +20,7 @@ from freezetune.data.examples import IGNORE, Example, collate, cpt_examples, sft
 from freezetune.data.files import Record, read_records
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
-from freezetune.training.evaluation import batches, generate
+from freezetune.training.evaluation import batches, even_batch, generate
 from freezetune.training.head import TargetHead
 
 GENERAL_PROMPTS = [
@@ -103,6 +103,7 @@ def build_retain(
         prompt_ids,
         max_new_tokens,
         device,
+        batch_size=even_batch(len(prompt_ids)),  # 52 prompts: one batch of 52, not 16+16+16+4
         progress="retain set" if progress else None,
     )
     pairs = enumerate(zip(GENERAL_PROMPTS, answers))
