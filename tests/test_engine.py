@@ -233,6 +233,9 @@ def test_a_run_within_one_epoch_caches_the_held_out_rows_only(tiny_chat_model_di
         cached[steps] = {key.split(":")[0] for key in session.cache.keys()}
         assert ("the held-out set only" in " ".join(session.notes)) == (steps == 2)
     assert cached == {2: {"eval"}, 6: {"eval", "train"}}  # a row never seen twice is never stored
+    # a run scored on a validation split (a comparison's search run) says which rows it keeps
+    scored = open_session(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "search"), "max_steps": 2, "validation": 4}))
+    assert "(the validation rows only: the run ends within its first epoch)" in " ".join(scored.notes)
 
 
 def test_warmup_is_a_fraction_of_the_run_unless_given_in_steps(tiny_chat_model_dir, order_data, tmp_path):

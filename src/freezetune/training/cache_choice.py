@@ -165,7 +165,8 @@ def choose_cache(
     where = f"on disk at {path}" if path else "in memory"
     reused = " (reused from an earlier run)" if cache.loaded_from_disk else ""
     per = " per process" if state.num_processes > 1 else ""
-    only = "" if share else " (the held-out set only: the run ends within its first epoch)"
+    scored = "validation rows" if config.validation else "held-out set"  # what the run is scored on
+    only = "" if share else f" (the {scored} only: the run ends within its first epoch)"
     blocks = (
         f"the {depth} frozen blocks"
         if len(depths) == 1
