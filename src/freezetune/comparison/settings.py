@@ -254,6 +254,7 @@ def run_config(
         values.update(seed=seed)
     # a frozen prefix computes the same rows for every seed and rate of its plan: on disk, the
     # held-out (or validation) rows one run evaluated are read by the next instead of run again
-    values.update(prefix_cache="disk")
+    siblings = len(settings.lr_grid) if seed is None else len(settings.seeds)
+    values.update(prefix_cache="disk" if siblings > 1 else settings.base_config.prefix_cache)
     values.update(strategy.lora)
     return replace(settings.base_config, **values)
