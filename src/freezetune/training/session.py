@@ -37,6 +37,7 @@ RESUME_MAY_CHANGE = {
     "num_processes",
     "fsdp",
     "zero_stage",
+    "prefix_cache",  # where the frozen prefix's outputs are kept, not what they are
     "cache_ram",
     "cache_limit",
 }
@@ -110,7 +111,7 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
             "a resumed run keeps its config"
         )
     # where the run's disk cache lives stays the run's unless given again; the rest takes this invocation's values
-    kept = {"cache_dir", "cache_ram", "cache_limit"} - given
+    kept = {"prefix_cache", "cache_dir", "cache_ram", "cache_limit"} - given
     saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE - kept})
     return TrainConfig(**saved)
 
