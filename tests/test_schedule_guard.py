@@ -23,8 +23,7 @@ def test_the_guard_runs_again_when_the_set_changes(tiny_chat_model_dir, order_da
     class Spy(FirstStepGuard):
         def check_update(self, lr=None):
             super().check_update(lr)
-            checked.append((sorted({int(n.split(".")[2]) for n in self.trainable if n.startswith("model.layers.")}),
-                            self.light))
+            checked.append((sorted(trainable_blocks_of(self.trainable)), self.light))
 
     monkeypatch.setattr(guards, "FirstStepGuard", Spy)  # what first_step_guard builds
     assert main(train_argv(tiny_chat_model_dir, order_data, tmp_path / "run", "--plan", "train all", "--max-steps", "7",

@@ -28,18 +28,17 @@ from freezetune.training.lora import wrap_lora
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
 from freezetune.training.prefix_cache import PrefixCache
 
+# where the frozen prefix's outputs are kept, not what they are (a cached run's losses match an uncached one's)
+CACHE_SETTINGS = {"prefix_cache", "cache_dir", "cache_ram", "cache_limit"}
 RESUME_MAY_CHANGE = {
     "resume",
     "out",
     "log_with",
     "show_generations",
-    "cache_dir",
     "num_processes",
     "fsdp",
     "zero_stage",
-    "prefix_cache",  # where the frozen prefix's outputs are kept, not what they are
-    "cache_ram",
-    "cache_limit",
+    *CACHE_SETTINGS,
 }
 
 
@@ -110,8 +109,8 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
             f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
             "a resumed run keeps its config"
         )
-    # where the run's disk cache lives stays the run's unless given again; the rest takes this invocation's values
-    kept = {"prefix_cache", "cache_dir", "cache_ram", "cache_limit"} - given
+    # the run's cache settings stay the run's unless given again; the rest takes this invocation's values
+    kept = CACHE_SETTINGS - given
     saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE - kept})
     return TrainConfig(**saved)
 
