@@ -1,9 +1,13 @@
-"""What many tests share: the argv of a small `freezetune train`, and reading a run's metrics."""
+"""What many tests share: a small training run (as argv or as a config), and reading a run's metrics."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from freezetune.config.run import TrainConfig
+from freezetune.training.loop import TrainingLoop
+from freezetune.training.session import open_session
 
 
 def train_argv(model_dir, data, out, *extra: str, **flags) -> list[str]:
@@ -23,3 +27,18 @@ def metric_records(run_dir: Path) -> list[dict]:
 def losses(run_dir: Path) -> list[float]:
     """The training loss of every step, in order (every line of these runs is a step)."""
     return [record["loss"] for record in metric_records(run_dir)]
+
+
+def config_for(model_dir, data, out, **overrides) -> TrainConfig:
+    """The config of a 6-step run of a tiny model on (train, eval) files into ``out``, then ``overrides``."""
+    training, held = data
+    values = dict(model=str(model_dir), data=str(training), eval_data=str(held), out=str(out), batch_size=4,
+                  max_steps=6, lr=1e-2, warmup=1, seq_len=64, eval_generate=2, show_generations=1,
+                  max_new_tokens=8, save_every=2)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def train(config: TrainConfig, **run_kwargs) -> dict:
+    """Train ``config`` quietly; the loop's result."""
+    return TrainingLoop(open_session(config), log=lambda m: None, progress=False).run(**run_kwargs)

@@ -79,8 +79,7 @@ def test_a_decay_outside_zero_to_one_is_refused(tiny_chat_model_dir, capsys):
 
 
 def test_a_run_with_layer_decay_resumes_to_the_same_losses(tiny_chat_model_dir, order_data, tmp_path):
-    from helpers import losses
-    from test_engine import config_for, train
+    from helpers import config_for, losses, train
 
     settings = dict(prefix_cache="off", plan="freeze bottom 25%", layer_lr_decay=0.7)
     reference = tmp_path / "straight"
