@@ -240,7 +240,9 @@ def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
     assert timing_line(timing).startswith("Time: 20 s in all (5.0x the training and search steps): training 3 s, search 1 s")
     # a resumed comparison: its runs' seconds exceed this invocation's wall time, so nothing is left to call "other"
     resumed = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=10.0)
-    assert resumed["other"] is None and not resumed["complete"]
+    assert resumed["other"] is None and not resumed["complete"] and resumed["total_over_training"] is None
+    # no ratio of this invocation's seconds over steps an earlier one trained (a re-rendered demo said "0.0x")
+    assert timing_line(resumed).startswith("Time: 10 s in this invocation; the runs, some trained by an earlier one: training 3 s")
 
 
 def test_each_strategy_is_parsed_once_and_the_checks_use_what_was_parsed(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):

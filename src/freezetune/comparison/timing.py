@@ -60,14 +60,16 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
     measured = sum(seconds.values())
     other = wall_s - measured if wall_s is not None and wall_s >= measured else None
     trained = seconds["training"] + seconds["search"]
+    complete = other is not None and timed == len(runs)
     return {
         **{phase: round(value, 3) for phase, value in seconds.items()},
         "other": None if other is None else round(other, 3),
         "total": None if wall_s is None else round(wall_s, 3),
-        "total_over_training": round(wall_s / trained, 2) if wall_s and trained else None,
+        # over runs that earlier invocations trained, this one's wall time would be a meaningless ratio
+        "total_over_training": round(wall_s / trained, 2) if complete and trained else None,
         "runs": len(runs),
         "runs_timed": timed,
-        "complete": other is not None and timed == len(runs),
+        "complete": complete,
     }
 
 
@@ -75,7 +77,13 @@ def timing_line(timing: dict) -> str:
     """The breakdown in one line of the report."""
     shown = [f"{phase} {timing[phase]:.0f} s" for phase in (*PHASES, "other") if timing.get(phase)]
     total = timing.get("total")
-    head = f"Time: {total:.0f} s in all" if total is not None else "Time (runs only)"
     ratio = timing.get("total_over_training")
-    tail = f" ({ratio:.1f}x the training and search steps)" if ratio else ""
-    return f"{head}{tail}: {', '.join(shown)}."
+    if total is not None and timing.get("complete"):
+        head = f"Time: {total:.0f} s in all" + (
+            f" ({ratio:.1f}x the training and search steps)" if ratio else ""
+        )
+    elif total is not None:  # a resumed or re-rendered comparison: its runs ran (partly) before
+        head = f"Time: {total:.0f} s in this invocation; the runs, some trained by an earlier one"
+    else:
+        head = "Time (runs only)"
+    return f"{head}: {', '.join(shown)}."
