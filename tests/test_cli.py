@@ -142,3 +142,19 @@ def test_a_start_up_ctrl_c_that_an_import_swallowed_still_stops_before_training(
             assert not stop.requested
     finally:
         signals.signal(signals.SIGINT, previous)
+
+
+def test_stdout_holds_the_result_alone(capsys, monkeypatch, tmp_path):
+    """Whatever a library prints while a command runs goes to stderr, so `$(freezetune ...)` gets the result."""
+    from freezetune.cli import commands
+    from freezetune.options.commands import ReportOptions
+
+    def noisy(options):
+        print("[WARNING] Setting accelerator to CPU.")  # what DeepSpeed's logger writes to stdout
+        return f"report: {options.out}"
+
+    monkeypatch.setitem(commands.COMMANDS, "report", (ReportOptions, noisy))
+    code, out, err = run(capsys, "report", str(tmp_path / "a-run"), "--out", str(tmp_path / "report"))
+    assert code == 0 and out == f"report: {tmp_path / 'report'}\n"
+    assert "Setting accelerator to CPU" in err
+

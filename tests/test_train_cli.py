@@ -227,3 +227,22 @@ def test_fewer_examples_than_one_batch_is_refused_before_the_run_folder(tiny_cha
     assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "small", "--batch-size", "32")) == 2
     assert "20 training examples are fewer than one batch (--batch-size 32)" in capsys.readouterr().err
     assert not (tmp_path / "small").exists()
+
+
+def test_export_prints_only_where_it_wrote(tiny_chat_model_dir, order_data, tmp_path):
+    """A fresh process, as a user runs it: saving imports DeepSpeed, whose notice used to land on stdout."""
+    run_dir, exported = tmp_path / "run", tmp_path / "exported"
+    assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "1")) == 0
+    done = subprocess.run([sys.executable, "-m", "freezetune", "export", str(run_dir), "--out", str(exported)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout == f"exported to {exported}\n"
+
+
+def test_an_empty_answer_is_said_not_left_blank(tiny_chat_model_dir, monkeypatch, capsys):
+    import freezetune.training.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "generate", lambda *args, **kwargs: [""])  # stripped whitespace
+    assert main(["generate", str(tiny_chat_model_dir), "--prompt", "send 3 red mugs"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "generate: the answer is empty" in err

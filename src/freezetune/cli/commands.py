@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -118,7 +119,7 @@ def run_generate(options: GenerateOptions) -> str:
         )
     torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return generate(
+    answer = generate(
         loaded.model.to(device),
         tokenizer,
         [ids],
@@ -127,6 +128,9 @@ def run_generate(options: GenerateOptions) -> str:
         temperature=options.temperature,
         top_p=options.top_p,
     )[0]
+    if not answer:  # an empty stdout alone would look like a failure
+        say("generate: the answer is empty (only whitespace or special tokens were generated)")
+    return answer
 
 
 def run_compare(options: CompareOptions) -> str:
@@ -246,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         check_finite(options)
         options.validate()
-        output = command(options, argv) if cls is TrainConfig else command(options)
+        # stdout holds the result alone: a library that prints there while a command runs (DeepSpeed
+        # logs "Setting accelerator to CPU" to stdout when export saves) joins the progress on stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            output = command(options, argv) if cls is TrainConfig else command(options)
         if output:
             print(output)
     except FreezetuneError as exc:
