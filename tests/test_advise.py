@@ -86,6 +86,7 @@ def test_the_pick_respects_the_budget_and_says_when_nothing_fits(tiny_chat_model
     assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "1KiB"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "Loading weights" not in line]
     assert len(err) == 1 and "no candidate plan fits the memory budget of 1.0 KiB; the smallest" in err[0]
+    assert err[0].endswith("; raise --memory-budget")
     assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "lots"]) == 2
     assert "--memory-budget 'lots': expected a size such as 8GiB" in capsys.readouterr().err
 

@@ -113,7 +113,7 @@ def pick(found: list[Candidate], budget: int) -> Candidate:
         smallest = min(found, key=lambda c: c.memory_estimate_bytes)
         raise FreezetuneError(
             f"no candidate plan fits the memory budget of {human_bytes(budget)}; the smallest, "
-            f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}"
+            f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}; raise --memory-budget"
         )
     best = max(fitting, key=lambda c: (c.score, -c.memory_estimate_bytes))
     if best.score <= 0:
