@@ -106,7 +106,7 @@ def test_list_and_file_errors(tmp_path):
         FreezePlan.from_argument(str(tmp_path / "missing.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("- freeze all\n  - : [\n")
-    with pytest.raises(PlanError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(PlanError, match="bad.yaml line 2: not valid YAML: "):
         FreezePlan.load(bad)
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("freeze all\nfreeze sideways\n")

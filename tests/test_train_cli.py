@@ -134,6 +134,10 @@ def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, order_da
     bad_yaml.write_text("max_steps: 2\nlearning_rate: 3\n")
     typed = tmp_path / "typed.yaml"
     typed.write_text("batch_size: many\n")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("max_steps: 2\nlr: 0.1\nmax-steps: 3\n")  # YAML alone would keep the 3
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("max_steps: 2\nplan: [train top 1\n")
     plain_dir = tmp_path / "plain"
     plain_dir.mkdir()
     cases = [
@@ -142,6 +146,8 @@ def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, order_da
         (["train", "--resume", str(plain_dir)], "is not a freezetune run: no manifest.json"),
         (["train", "--config", str(bad_yaml)], "bad.yaml line 2: unknown option 'learning_rate'"),
         (["train", "--config", str(typed)], "typed.yaml line 1: 'batch_size' must be int, got 'many'"),
+        (["train", "--config", str(twice)], "twice.yaml line 3: 'max-steps' is already given on line 1"),
+        (["train", "--config", str(broken)], "broken.yaml line 3: not valid YAML: expected ',' or ']'"),
         (["train", "--config", str(tmp_path / "missing.yaml")], "config file"),
         (["train", "--model", str(tiny_chat_model_dir), "--plan", "freeze sideways"], "plan rule 1 'freeze sideways'"),
         (["train", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),

@@ -11,3 +11,11 @@ class FreezetuneError(Exception):
 
 class PlanError(FreezetuneError):
     """A plan that cannot be parsed or resolved; the message names the rule."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser's error as ' line N: not valid YAML: what', the line where the parser gave up."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    return f"{where}: not valid YAML: {problem}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from freezetune.errors import FreezetuneError
+from freezetune.errors import FreezetuneError, yaml_problem
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -96,9 +96,7 @@ def read_config_file(cls: type, path: Path) -> dict:
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise FreezetuneError(
-            f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}"
-        ) from None
+        raise FreezetuneError(f"config file {path}{yaml_problem(exc)}") from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -107,10 +105,15 @@ def read_config_file(cls: type, path: Path) -> dict:
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
+    values, lines = {}, {}
     for key_node, value_node in root.value:
         key = str(key_node.value).replace("-", "_")
         where = f"config file {path} line {key_node.start_mark.line + 1}"
+        if key in lines:  # YAML itself would keep the last one without a word
+            raise FreezetuneError(
+                f"{where}: '{key_node.value}' is already given on line {lines[key]}"
+            )
+        lines[key] = key_node.start_mark.line + 1
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

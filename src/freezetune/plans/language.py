@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from freezetune.errors import PlanError
+from freezetune.errors import PlanError, yaml_problem
 from freezetune.plans.selectors import (
     ACTIONS,
     BLOCK_COMPONENTS,
@@ -117,7 +117,9 @@ class FreezePlan:
             return _with_source(lambda: cls.parse(text), path)
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            raise PlanError(f"plan file {path}{yaml_problem(exc)}") from None
+        except ValueError as exc:  # JSON's message gives the line and column
             first_line = str(exc).strip().splitlines()[0]
             raise PlanError(
                 f"plan file {path}: not valid {path.suffix[1:].upper()}: {first_line}"
