@@ -107,6 +107,8 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "", "completion": "b"}\n', "bad.jsonl line 3: field 'prompt' is empty"),
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 3}\n', "bad.jsonl line 2: field 'completion' must be a string, got int"),
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n', "bad.jsonl line 2: not valid JSON"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b", "completion": "c"}\n',
+         "bad.jsonl line 2: field 'completion' is given twice in one record"),
         ('{"question": "a"}\n', "bad.jsonl line 1: no SFT fields; expected 'prompt'+'completion'"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
         ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
@@ -118,6 +120,21 @@ def test_bad_records_name_file_line_and_field(tmp_path, content, message):
     with pytest.raises(FreezetuneError) as error:
         sft_examples(read_records(str(tmp_path / "bad.jsonl")), TOKENIZER, 64)
     assert message in str(error.value)
+
+
+def test_a_field_given_twice_is_refused_where_json_would_keep_the_last(tmp_path):
+    records = [{"prompt": "a", "completion": "b"}] * 3
+    array = "[\n" + ",\n".join(json.dumps(r) for r in records)
+    (tmp_path / "twice.json").write_text(array + ',\n{"prompt": "a",\n "completion": "b", "completion": "c"}\n]\n')
+    with pytest.raises(FreezetuneError, match=r"twice.json line 5: field 'completion' is given twice in one record"):
+        read_records(str(tmp_path / "twice.json"))
+    nested = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    line = json.dumps(nested).replace('"content": "hi"', '"content": "hi", "content": "yo"')
+    (tmp_path / "nested.jsonl").write_text(json.dumps(nested) + "\n" + line + "\n")
+    with pytest.raises(FreezetuneError, match=r"nested.jsonl line 2: field 'content' is given twice"):
+        read_records(str(tmp_path / "nested.jsonl"))
+    (tmp_path / "fine.json").write_text(array + "\n]\n")  # the check passes what has no repeat
+    assert [r.where for r in read_records(str(tmp_path / "fine.json"))][-1].endswith("fine.json record 3")
 
 
 def test_missing_unsupported_and_empty_data(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,36 @@ def _jsonl_line_numbers(path: Path) -> list[int]:
         return [i for i, line in enumerate(handle, start=1) if line.strip()]
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's dict, or KeyError naming the first field it gives twice."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise KeyError(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _repeated_field_in_array(path: Path, text: str) -> str:
+    """Where a record of a JSON array gives a field twice: Python's json, which datasets reads arrays with,
+    keeps the last value without a word (pyarrow refuses such JSON lines, and _locate_jsonl_error names them)."""
+    decoder, space = json.JSONDecoder(object_pairs_hook=_unique_keys), re.compile(r"[\s,]*")
+    start = space.match(text).end()
+    if not text.startswith("[", start):
+        return ""
+    position = space.match(text, start + 1).end()
+    while position < len(text) and text[position] != "]":
+        try:
+            _, end = decoder.raw_decode(text, position)
+        except KeyError as exc:
+            line = text.count("\n", 0, position) + 1
+            return f"{path} line {line}: field '{exc.args[0]}' is given twice in one record"
+        except ValueError:
+            return ""  # malformed: datasets says so
+        position = space.match(text, end).end()
+    return ""
+
+
 def _locate_jsonl_error(path: Path) -> str:
     """Find the first line that breaks the file, for an error datasets reports vaguely."""
     types: dict[str, tuple[type, int]] = {}
@@ -38,9 +69,11 @@ def _locate_jsonl_error(path: Path) -> str:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as exc:
                 return f"{path} line {number}: not valid JSON ({exc.msg})"
+            except KeyError as exc:  # which value was meant is unknowable; pyarrow refuses the file
+                return f"{path} line {number}: field '{exc.args[0]}' is given twice in one record"
             if not isinstance(record, dict):
                 return f"{path} line {number}: expected a JSON object, got {type(record).__name__}"
             for key, value in record.items():
@@ -91,8 +124,12 @@ def read_records(path_text: str) -> list[Record]:
         raise FreezetuneError(
             f"data file {path_text}: unsupported type '{suffix}'; use {', '.join(LOADERS)} or a dataset folder"
         )
-    if suffix != ".parquet" and not _utf8_text(path).strip():
-        return []  # the caller says "no usable example", naming the data
+    if suffix != ".parquet":
+        text = _utf8_text(path)
+        if not text.strip():
+            return []  # the caller says "no usable example", naming the data
+        if suffix == ".json" and (repeated := _repeated_field_in_array(path, text)):
+            raise FreezetuneError(repeated)
     logger = logging.getLogger("datasets")
     level = logger.level
     try:
