@@ -133,6 +133,9 @@ def test_a_field_given_twice_is_refused_where_json_would_keep_the_last(tmp_path)
     (tmp_path / "nested.jsonl").write_text(json.dumps(nested) + "\n" + line + "\n")
     with pytest.raises(FreezetuneError, match=r"nested.jsonl line 2: field 'content' is given twice"):
         read_records(str(tmp_path / "nested.jsonl"))
+    (tmp_path / "twice.csv").write_text("prompt,completion,completion\na,b,c\n")
+    with pytest.raises(FreezetuneError, match=r"twice.csv line 1: column 'completion' appears twice in the header"):
+        read_records(str(tmp_path / "twice.csv"))
     (tmp_path / "fine.json").write_text(array + "\n]\n")  # the check passes what has no repeat
     assert [r.where for r in read_records(str(tmp_path / "fine.json"))][-1].endswith("fine.json record 3")
 

@@ -7,7 +7,9 @@ row) so that a bad record is reported precisely.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import re
@@ -130,6 +132,10 @@ def read_records(path_text: str) -> list[Record]:
             return []  # the caller says "no usable example", naming the data
         if suffix == ".json" and (repeated := _repeated_field_in_array(path, text)):
             raise FreezetuneError(repeated)
+        header = next(csv.reader(io.StringIO(text)), []) if suffix == ".csv" else []
+        if repeated := next((name for name in header if name and header.count(name) > 1), None):
+            # pandas would rename the second to 'NAME.1' and the first would be read alone
+            raise FreezetuneError(f"{path} line 1: column '{repeated}' appears twice in the header")
     logger = logging.getLogger("datasets")
     level = logger.level
     try:
