@@ -157,4 +157,3 @@ def test_stdout_holds_the_result_alone(capsys, monkeypatch, tmp_path):
     code, out, err = run(capsys, "report", str(tmp_path / "a-run"), "--out", str(tmp_path / "report"))
     assert code == 0 and out == f"report: {tmp_path / 'report'}\n"
     assert "Setting accelerator to CPU" in err
-

@@ -43,6 +43,10 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
+def _given_twice(path: Path, line: int, field: str) -> str:
+    return f"{path} line {line}: field '{field}' is given twice in one record"
+
+
 def _repeated_field_in_array(path: Path, text: str) -> str:
     """Where a record of a JSON array gives a field twice: Python's json, which datasets reads arrays with,
     keeps the last value without a word (pyarrow refuses such JSON lines, and _locate_jsonl_error names them)."""
@@ -55,12 +59,18 @@ def _repeated_field_in_array(path: Path, text: str) -> str:
         try:
             _, end = decoder.raw_decode(text, position)
         except KeyError as exc:
-            line = text.count("\n", 0, position) + 1
-            return f"{path} line {line}: field '{exc.args[0]}' is given twice in one record"
+            return _given_twice(path, text.count("\n", 0, position) + 1, exc.args[0])
         except ValueError:
             return ""  # malformed: datasets says so
         position = space.match(text, end).end()
     return ""
+
+
+def _repeated_column(path: Path, text: str) -> str:
+    """A CSV header's column named twice: pandas would rename the second 'NAME.1', and the first be read alone."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    repeated = next((name for name in header if name and header.count(name) > 1), None)
+    return f"{path} line 1: column '{repeated}' appears twice in the header" if repeated else ""
 
 
 def _locate_jsonl_error(path: Path) -> str:
@@ -75,7 +85,7 @@ def _locate_jsonl_error(path: Path) -> str:
             except json.JSONDecodeError as exc:
                 return f"{path} line {number}: not valid JSON ({exc.msg})"
             except KeyError as exc:  # which value was meant is unknowable; pyarrow refuses the file
-                return f"{path} line {number}: field '{exc.args[0]}' is given twice in one record"
+                return _given_twice(path, number, exc.args[0])
             if not isinstance(record, dict):
                 return f"{path} line {number}: expected a JSON object, got {type(record).__name__}"
             for key, value in record.items():
@@ -132,10 +142,8 @@ def read_records(path_text: str) -> list[Record]:
             return []  # the caller says "no usable example", naming the data
         if suffix == ".json" and (repeated := _repeated_field_in_array(path, text)):
             raise FreezetuneError(repeated)
-        header = next(csv.reader(io.StringIO(text)), []) if suffix == ".csv" else []
-        if repeated := next((name for name in header if name and header.count(name) > 1), None):
-            # pandas would rename the second to 'NAME.1' and the first would be read alone
-            raise FreezetuneError(f"{path} line 1: column '{repeated}' appears twice in the header")
+        if suffix == ".csv" and (repeated := _repeated_column(path, text)):
+            raise FreezetuneError(repeated)
     logger = logging.getLogger("datasets")
     level = logger.level
     try:
