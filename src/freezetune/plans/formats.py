@@ -20,6 +20,7 @@ import yaml
 
 from freezetune.errors import FreezetuneError
 from freezetune.plans.resolution import ResolvedPlan
+from freezetune.plans.selectors import index_ranges
 
 FORMATS = ("axolotl", "llama-factory")
 
@@ -94,7 +95,7 @@ def _llama_factory_layers(trained: list[int], num_layers: int) -> tuple[int, boo
         return count, True  # every (L/count)-th layer, ending at the top
     raise FreezetuneError(
         "cannot express this plan for LLaMA-Factory: it trains a contiguous run of top or bottom layers, "
-        f"or every k-th layer ending at the top, and this plan trains layers {_ranges(trained)}"
+        f"or every k-th layer ending at the top, and this plan trains layers {index_ranges(trained)}"
     )
 
 
@@ -231,16 +232,6 @@ def _check(tool: str, selected: set[str] | None, resolved: ResolvedPlan) -> None
     raise FreezetuneError(
         f"cannot express this plan for {tool}: its substring name matching would {' and '.join(detail)}"
     )
-
-
-def _ranges(indices: list[int]) -> str:
-    runs: list[list[int]] = []
-    for index in indices:
-        if runs and index == runs[-1][1] + 1:
-            runs[-1][1] = index
-        else:
-            runs.append([index, index])
-    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
 
 
 def render(resolved: ResolvedPlan, fmt: str) -> str:

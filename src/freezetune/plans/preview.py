@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from freezetune.plans.memory import estimate_memory
 from freezetune.plans.resolution import ResolvedPlan
+from freezetune.plans.selectors import index_ranges
 
 
 def describe(
@@ -167,7 +168,7 @@ def render_schedule_text(info: dict, num_layers: int) -> str:
         first, last = phase["steps"]
         steps = f"{first + 1}-{last + 1 if last is not None else 'end'}"
         lines.append(
-            f"{steps:>11}  {_ranges(phase['active_blocks']):<24}  {phase['trainable_params']:>13,}  "
+            f"{steps:>11}  {index_ranges(phase['active_blocks']):<24}  {phase['trainable_params']:>13,}  "
             f"{phase['backward_depth']:>4}/{num_layers:<3}  {human_bytes(phase['memory_estimate_bytes']):>10}"
         )
     peak = sched["peak_memory_estimate_bytes"]["total"]
@@ -175,22 +176,10 @@ def render_schedule_text(info: dict, num_layers: int) -> str:
     worst = (
         "the whole plan"
         if sched["text"].startswith("gradual")
-        else f"a draw with blocks {_ranges(sched['peak_active_blocks'])} (the longest backward)"
+        else f"a draw with blocks {index_ranges(sched['peak_active_blocks'])} (the longest backward)"
     )
     lines.append(
         f"peak training memory estimate over the phases: {human_bytes(peak)} at {worst}; "
         f"full fine-tune {human_bytes(full)}"
     )
     return "\n" + "\n".join(lines)  # a blank line under the plan's preview
-
-
-def _ranges(indices: list[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
-    parts, start = [], None
-    for i, index in enumerate(indices):
-        if start is None:
-            start = index
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            parts.append(str(start) if start == index else f"{start}-{index}")
-            start = None
-    return ",".join(parts)

@@ -46,6 +46,17 @@ class Layers:
         return "layers " + ",".join(parts)
 
 
+def index_ranges(indices: list[int]) -> str:
+    """Ascending block indices as a plan would write them: [0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
+
+
 @dataclass(frozen=True)
 class Component:
     name: str  # one of OUTER_COMPONENTS or BLOCK_COMPONENTS
