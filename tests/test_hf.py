@@ -3,6 +3,8 @@ frozen prefix even with the Trainer's gradient checkpointing, the first-step che
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import (
@@ -190,6 +192,26 @@ def test_a_schedule_under_deepspeed_or_fsdp_is_refused_before_the_first_step(tin
             callback.on_train_begin(args, TrainerState(), TrainerControl())
     plain = FreezeCallback(freeze(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir), "train all"))
     plain.on_train_begin(SimpleNamespace(deepspeed="ds_config.json", fsdp=None), TrainerState(), TrainerControl())
+
+
+def test_a_trainer_too_short_for_its_schedule_is_refused_and_one_that_stops_unfreezing_warns(tiny_chat_model_dir):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    args = SimpleNamespace(deepspeed=None, fsdp=None)
+    callback = FreezeCallback(freeze(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir), "train all"),
+                              "gradual every=2")
+    with pytest.raises(FreezetuneError, match=r"the run has 2 steps, so it never leaves its first phase \(every=2\) "
+                                              "and trains the same blocks throughout; give every=1 or less, or more "
+                                              "max_steps"):
+        callback.on_train_begin(args, TrainerState(max_steps=2), TrainerControl())
+    with pytest.warns(UserWarning, match="the run's 4 steps end before the unfreezing reaches the plan's lowest block: "
+                                         "blocks 0-1 and the embeddings never train"):
+        callback.on_train_begin(args, TrainerState(max_steps=4), TrainerControl())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # long enough to unfreeze the whole plan: nothing to say
+        callback.on_train_begin(args, TrainerState(max_steps=8), TrainerControl())
 
 
 def test_a_second_freeze_on_one_model_is_refused_and_remove_restores_everything(tiny_chat_model_dir):

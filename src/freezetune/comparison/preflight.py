@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from freezetune.comparison.settings import CompareSettings
+from freezetune.comparison.strategies import Strategy
 from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
 from freezetune.plans.anatomy import find_anatomy
-from freezetune.plans.resolution import resolve
+from freezetune.plans.resolution import ResolvedPlan, resolve
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
 
 
@@ -99,6 +100,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
                 resolved = resolve(strategy.rules, anatomy)
                 if strategy.schedule:
                     strategy.schedule.check(resolved)
+                    _check_schedule_length(settings, strategy, resolved)
             except FreezetuneError as exc:
                 raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
     if settings.retain is not None:
@@ -129,3 +131,17 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256
+
+
+def _check_schedule_length(
+    settings: CompareSettings, strategy: Strategy, resolved: ResolvedPlan
+) -> None:
+    """A schedule its runs are too short to vary fails before anything trains: the reported runs
+    (--max-steps; an --epochs budget is checked by each run, once its data is counted) and, where
+    the rate is searched, the shorter search runs, whose rate would be chosen for the first phase."""
+    lengths = [(settings.base_config.max_steps, "more --max-steps")]
+    if settings.given_rate(strategy) is None:
+        lengths.append((settings.search_steps, "more --search-steps"))
+    for steps, more in lengths:
+        if steps:
+            strategy.schedule.check_length(resolved, steps, more)

@@ -9,6 +9,8 @@ skip it, and its moments are dropped from the optimizer's state, not kept for it
 
 from __future__ import annotations
 
+import warnings
+
 from transformers import TrainerCallback
 
 from freezetune.errors import FreezetuneError
@@ -45,6 +47,12 @@ class FreezeCallback(TrainerCallback):
                 "FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
                 "their optimizer state once for a fixed set; drop the schedule or train without them"
             )
+        if self.schedule is not None and state.max_steps > 0:
+            notice = self.schedule.check_length(
+                self.handle.universe, state.max_steps, "more max_steps"
+            )
+            if notice:  # the run ends before gradual unfreezing reaches the plan's lowest block
+                warnings.warn(notice, stacklevel=2)
         # a second train() starts from the whole plan too
         if self.handle.resolved is not self.handle.universe:
             self.handle.retarget(self.handle.universe)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from freezetune.errors import FreezetuneError
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, resolve
-from freezetune.plans.selectors import Component, Depth, Layers, Rule
+from freezetune.plans.selectors import Component, Depth, Layers, Rule, index_ranges
 
 FORMS = (
     "'gradual every=N [start=K] [step=S]' or "
@@ -133,6 +133,36 @@ class Schedule:
                 "neither the embeddings nor the head, so freeze-outside would change nothing"
             )
         return blocks
+
+    def check_length(
+        self, universe: ResolvedPlan, total_steps: int, more: str = "more steps"
+    ) -> str | None:
+        """A one-line error for a run too short to leave its first phase (the first phase's plan, run
+        as if it varied), ending in ``more``; for gradual, a notice when the run ends before the
+        whole plan trains."""
+        periods = -(-total_steps // self.every)
+        if periods < 2:
+            shorter = f"every={total_steps - 1} or less, or " if total_steps > 1 else ""
+            raise FreezetuneError(
+                f"--schedule '{self.render()}': the run has {total_steps} step"
+                f"{'s' if total_steps != 1 else ''}, so it never leaves its first phase "
+                f"(every={self.every}) and trains the same blocks throughout; give {shorter}{more}"
+            )
+        if self.kind != "gradual" or self.complete(universe, periods - 1):
+            return None
+        never = [b for b in self.check(universe) if b not in self.active(universe, periods - 1, 0)]
+        left = universe.trainable - self.plan_at(universe, periods - 1, 0).trainable
+        parts = sorted({e.part for e in universe.anatomy.entries if e.tensor in left} - {"block"})
+        named = [f"block{'s' if len(never) > 1 else ''} {index_ranges(never)}"]
+        named += [f"the {part}" for part in parts]
+        whole = (self._phases_to_complete(universe) - 1) * self.every + 1
+        return (
+            f"--schedule '{self.render()}': the run's {total_steps} steps end before the unfreezing "
+            f"reaches the plan's lowest block: {', '.join(named[:-1])}"
+            f"{' and ' if len(named) > 1 else ''}{named[-1]} never "
+            f"train{'s' if named == [f'block {never[0]}'] else ''} (the whole plan would "
+            f"train from step {whole})"
+        )
 
     def active(
         self, universe: ResolvedPlan, phase: int, seed: int, scores: dict | None = None

@@ -211,6 +211,9 @@ def open_session(
         raise FreezetuneError(
             f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
         )
+    if schedule is not None:
+        notice = schedule.check_length(resolved, config.total_steps(train.units))
+        notes += [f"notice: {notice}"] if notice else []
     lap("data")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     lap("cache")
