@@ -192,6 +192,17 @@ class TrainConfig(RunOptions):
             raise FreezetuneError("give --max-steps or a positive --epochs")
         if self.lora_r < 0:
             raise FreezetuneError(f"--lora-r must be 0 (no LoRA) or a rank, got {self.lora_r}")
+        # alpha scales the adapters' output: 0 would train nothing, a negative one flips them
+        if self.lora_alpha <= 0:
+            raise FreezetuneError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        # a negative clipping norm flips every gradient (torch scales by norm/total); negative decay grows weights
+        for name in ("max_grad_norm", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise FreezetuneError(
+                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
+                )
+        if self.max_new_tokens < 1:
+            raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.warmup is not None and self.warmup < 0:
             raise FreezetuneError(f"--warmup must be 0 or more, got {self.warmup}")
         if not 0 <= self.warmup_ratio < 1:
