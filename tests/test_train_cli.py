@@ -252,3 +252,17 @@ def test_an_empty_answer_is_said_not_left_blank(tiny_chat_model_dir, monkeypatch
     assert main(["generate", str(tiny_chat_model_dir), "--prompt", "send 3 red mugs"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "generate: the answer is empty" in err
+
+
+def test_a_warmup_and_an_eval_interval_the_run_never_reaches_are_said(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    def notices(*flags):
+        out = tmp_path / "-".join(flags)
+        assert main(train_argv(tiny_chat_model_dir, order_data, out, "--max-steps", "4", *flags, eval_generate=0)) == 0
+        printed = capsys.readouterr()
+        return [line for line in (printed.out + printed.err).splitlines() if line.startswith("notice: --")]
+
+    # warmup 4 of 4 steps: the last step's rate is 3/4 of --lr; evaluating every 4th step: only the final one
+    assert notices("--warmup", "4", "--eval-every", "4", "--lr", "1e-3") == [
+        "notice: --warmup 4 is not shorter than the run's 4 steps: the rate never reaches --lr 0.001",
+        "notice: --eval-every 4: the run has 4 steps, so it evaluates only before and after training"]
+    assert notices("--warmup", "3", "--eval-every", "3") == []  # step 4 trains at --lr, step 3 evaluates

@@ -237,6 +237,21 @@ class TrainConfig(RunOptions):
         per_epoch = num_train // self.batch_size
         return self.max_steps or max(1, math.ceil(self.epochs * per_epoch / self.grad_accum))
 
+    def unreached(self, total_steps: int) -> list[str]:
+        """What was asked that a run of ``total_steps`` never gets to (said, not left to be noticed)."""
+        notes = []
+        if self.warmup is not None and self.warmup >= total_steps:
+            notes.append(
+                f"--warmup {self.warmup} is not shorter than the run's {total_steps} steps: the rate "
+                f"never reaches --lr {self.lr:g}"
+            )
+        if self.eval_every >= total_steps:
+            notes.append(
+                f"--eval-every {self.eval_every}: the run has {total_steps} steps, so it evaluates "
+                "only before and after training"
+            )
+        return notes
+
     def reaches_second_epoch(self, num_train: int) -> bool:
         """Whether any training row comes round again (only then is caching its prefix output worth it)."""
         return self.total_steps(num_train) * self.grad_accum > num_train // self.batch_size

@@ -211,9 +211,11 @@ def open_session(
         raise FreezetuneError(
             f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
         )
+    total_steps = config.total_steps(train.units)
+    unreached = config.unreached(total_steps)
     if schedule is not None:
-        notice = schedule.check_length(resolved, config.total_steps(train.units))
-        notes += [f"notice: {notice}"] if notice else []
+        unreached.append(schedule.check_length(resolved, total_steps))
+    notes += [f"notice: {note}" for note in unreached if note]
     lap("data")
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     lap("cache")
