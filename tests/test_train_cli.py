@@ -105,6 +105,12 @@ def test_export_round_trip_and_generate(tiny_chat_model_dir, order_data, tmp_pat
     assert sampled[0] == sampled[1] != sampled[2]
     assert main(["generate", str(run_dir), "--prompt", "x", "--temperature", "-1"]) == 2
     assert "--temperature must be 0 (greedy) or more" in capsys.readouterr().err
+    # greedy decoding reads neither: asked for, they would change nothing
+    for flag, value in (("--top-p", "0.5"), ("--seed", "0")):
+        assert main(["generate", str(run_dir), "--prompt", "x", flag, value]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"freezetune generate: error: {flag} is for sampling, and without --temperature the answer is greedy "
+            f"(the same tokens whatever {flag}): give --temperature too")
 
 
 def test_a_run_refuses_another_base_model(tiny_chat_model_dir, order_data, tmp_path, capsys):

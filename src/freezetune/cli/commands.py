@@ -117,7 +117,7 @@ def run_generate(options: GenerateOptions) -> str:
         raise FreezetuneError(
             "--prompt is empty, and with --plain there is nothing to continue; give some text"
         )
-    torch.manual_seed(options.seed)  # the sampled tokens depend on the seed alone
+    torch.manual_seed(options.seed or 0)  # the sampled tokens depend on the seed alone
     device = "cuda" if torch.cuda.is_available() else "cpu"
     answer = generate(
         loaded.model.to(device),

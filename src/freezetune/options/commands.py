@@ -152,7 +152,7 @@ class GenerateOptions:
     top_p: float = opt(
         1.0, help="nucleus sampling: keep the smallest set of tokens whose probability reaches this"
     )
-    seed: int = opt(0, help="seed for sampling")
+    seed: int | None = opt(None, help="seed for sampling (default 0)")
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
@@ -164,6 +164,12 @@ class GenerateOptions:
             )
         if not 0 < self.top_p <= 1:
             raise FreezetuneError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.temperature == 0 and (self.top_p != 1 or self.seed is not None):
+            given = "--top-p" if self.top_p != 1 else "--seed"
+            raise FreezetuneError(
+                f"{given} is for sampling, and without --temperature the answer is greedy (the same "
+                f"tokens whatever {given}): give --temperature too"
+            )
 
 
 @dataclass
