@@ -167,6 +167,11 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         (args + ["--lr-grid", "1,x"], "--lr-grid '1,x': expected comma-separated multiples"),
         (args + ["--lr-grid", "1,1"], "the multiples must be positive and distinct"),
         (args + ["--lr-plan", "-1"], "--lr-plan must be positive"),
+        # ranked by answers it would not have: the runs trained, then the report failed on the missing scores
+        (args + ["--metric", "exact_match", "--eval-generate", "0"],
+         "--metric exact_match checks generated answers, and --eval-generate 0 generates none: give --eval-generate N"),
+        (args + ["--metric", "exact_match", "--objective", "cpt"],
+         "--metric exact_match checks generated answers, and --objective cpt has none (its metric is eval loss)"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", search=True) + ["--validation", "20"],
          "--validation 20 leaves no training example"),
     ]
@@ -282,3 +287,27 @@ def test_the_seeds_of_a_freeze_plan_share_its_prefix_outputs(tiny_chat_model_dir
     replayed, computed = items(tmp_path / "both"), items(tmp_path / "alone")
     assert [i["tokens"] for i in replayed] == [i["tokens"] for i in computed]
     assert [i["loss_sum"] for i in replayed] == pytest.approx([i["loss_sum"] for i in computed], rel=1e-6, abs=1e-6)
+
+
+def test_options_that_no_run_of_the_comparison_reads_are_said(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from freezetune.comparison.strategies import parse_strategy
+
+    options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_lora=1e-3, search_steps=3,
+                              retain_limit=5)
+    strategies = [parse_strategy(s) for s in ("full", "freeze bottom 50% lr=2e-3")]
+    assert options.unread(strategies) == [
+        "notice: --lr-lora 0.001 applies to no strategy: none is LoRA",
+        "notice: --lr-plan 0.001 applies to no strategy: none is a freeze plan or schedule without its own lr=",
+        "notice: --search-steps 3: every strategy's rate is given, so no rate is searched",
+        "notice: --retain-limit 5 limits the items of --retain-tasks, and none are given"]
+    # each read by some run: nothing to say
+    options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_full=None, search_steps=3)
+    assert options.unread([parse_strategy(s) for s in ("full", "freeze bottom 50%")]) == []
+    # the command says them before anything trains (compare_args gives all three kinds' rates)
+    assert main(compare_args(tiny_chat_model_dir, order_data, tmp_path / "cli", "freeze bottom 50%")) == 0
+    printed = capsys.readouterr()
+    notices = [line for line in (printed.out + printed.err).splitlines() if line.startswith("notice: --")]
+    assert notices == ["notice: --lr-full 0.0001 applies to no strategy: none is full fine-tuning",
+                       "notice: --lr-lora 0.001 applies to no strategy: none is LoRA",
+                       "notice: --search-steps 2: every strategy's rate is given, so no rate is searched"]
+

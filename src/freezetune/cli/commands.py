@@ -150,7 +150,10 @@ def run_compare(options: CompareOptions) -> str:
     started, where = (time.monotonic(), provenance())
     with StopFlag() as stop:
         run_dirs = run_comparison(
-            settings, log=say, should_stop=lambda: stop.requested, notes=(announce,)
+            settings,
+            log=say,
+            should_stop=lambda: stop.requested,
+            notes=(announce, *options.unread(settings.strategies)),
         )
     report = write_report(
         run_dirs,

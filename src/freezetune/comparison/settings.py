@@ -23,6 +23,7 @@ from freezetune.comparison.benchmarks import load_tasks
 from freezetune.comparison.strategies import (
     DEFAULT_LR,
     DEFAULT_STRATEGIES,
+    KIND_NAMES,
     LR_GRID,
     Strategy,
     parse_strategy,
@@ -131,6 +132,15 @@ class CompareOptions(RunOptions):
             )
         if self.retain_limit < 0:
             raise FreezetuneError(f"--retain-limit must be 0 or more, got {self.retain_limit}")
+        if self.metric == "exact_match" and (self.objective == "cpt" or not self.eval_generate):
+            raise FreezetuneError(
+                "--metric exact_match checks generated answers, and "
+                + (
+                    "--objective cpt has none (its metric is eval loss)"
+                    if self.objective == "cpt"
+                    else "--eval-generate 0 generates none: give --eval-generate N"
+                )
+            )
         # not installed, unknown, or data it would fetch: before the model loads
         if self.retain_tasks:
             with tempfile.TemporaryDirectory(prefix="freezetune-tasks-") as folder:
@@ -146,6 +156,26 @@ class CompareOptions(RunOptions):
             if rate is not None and rate <= 0:
                 raise FreezetuneError(f"--lr-{kind} must be positive, got {rate}")
         self.grid()
+
+    def unread(self, strategies: list[Strategy]) -> list[str]:
+        """Notices of options given that no run of this comparison reads, said before anything trains."""
+        given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
+        takers = {s.kind for s in strategies if s.lr is None}  # an own lr= wins over --lr-KIND
+        notes = [
+            f"--lr-{kind} {rate:g} applies to no strategy: none is {KIND_NAMES[kind]}"
+            + (" without its own lr=" if any(s.kind == kind for s in strategies) else "")
+            for kind, rate in given.items()
+            if rate is not None and kind not in takers
+        ]
+        if self.search_steps and all(s.lr or given[s.kind] for s in strategies):
+            notes.append(
+                f"--search-steps {self.search_steps}: every strategy's rate is given, so no rate is searched"
+            )
+        if self.retain_limit and not self.retain_tasks:
+            notes.append(
+                f"--retain-limit {self.retain_limit} limits the items of --retain-tasks, and none are given"
+            )
+        return [f"notice: {note}" for note in notes]
 
     def grid(self) -> list[float]:
         try:

@@ -16,6 +16,7 @@ from freezetune.plans.schedule import Schedule
 
 DEFAULT_STRATEGIES = ["full", "lora", "freeze bottom 75%", "freeze bottom 50%"]
 DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "plan": 2e-4}  # the centre of each kind's search
+KIND_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "plan": "a freeze plan or schedule"}
 LR_GRID = "0.25,1,4"  # the search's rates by default, as multiples of the centre
 LORA_WORDS = {"r": "lora_r", "alpha": "lora_alpha", "targets": "lora_targets"}
 
