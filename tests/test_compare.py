@@ -124,6 +124,21 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
     assert len(first["verdict"]["tests"]) == 2
 
 
+def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    from helpers import train_argv
+
+    run = tmp_path / "run"
+    assert main(train_argv(tiny_chat_model_dir, order_data, run, "--max-steps", "2", eval_generate=0)) == 0
+    capsys.readouterr()
+    # it drew the plots from exact match scores that were None: a TypeError, after an empty report folder was made
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--metric", "exact_match"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "freezetune report: error: exact match ranks these runs (asked for with --metric), but freeze bottom 75% "
+        "generated no answers (--eval-generate 0): give --metric eval_loss, or runs that answered")
+    assert not (tmp_path / "rep").exists()
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0  # auto: eval loss ranks
+
+
 def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(compare_args(tiny_chat_model_dir, order_data, out, "lora targets=no_such_proj", "freeze bottom 50%")) == 0

@@ -145,7 +145,6 @@ def write_report(
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
-    out.mkdir(parents=True, exist_ok=True)
     config = (
         (read_json(Path(run_dirs[0]) / "manifest.json", missing={}) or {}).get("config") or {}
         if run_dirs
@@ -155,6 +154,9 @@ def write_report(
         metric, config.get("objective", "sft"), config.get("eval_generate") or 0
     )
     verdict = decide(rows, chosen, why, margins, forgetting)
+    out.mkdir(
+        parents=True, exist_ok=True
+    )  # once the verdict holds: a refused report leaves no folder
     plots = render_plots(
         rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict
     )

@@ -92,6 +92,12 @@ def decide(
     the forgetting axis, "kl" (KL from the base) or "tasks" (accuracy lost on the retain tasks)."""
     done = [r for r in rows if r["status"] == "finished" and r["eval_loss"] is not None]
     failed = [r for r in rows if r["status"] == "failed"]
+    unanswered = [r["strategy"] for r in done if r.get("exact_match") is None]
+    if metric == "exact_match" and unanswered:
+        raise FreezetuneError(
+            f"exact match ranks these runs ({metric_reason}), but {', '.join(unanswered)} generated "
+            "no answers (--eval-generate 0): give --metric eval_loss, or runs that answered"
+        )
     verdict = {
         "metric": metric,
         "metric_reason": metric_reason,
