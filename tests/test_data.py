@@ -164,3 +164,25 @@ def test_the_ticket_task_routes_messages_to_five_queues_without_a_held_out_messa
     answers = {r.fields["completion"] for r in train + held}
     assert answers == set(ASKS) and all(r.fields["prompt"].startswith("Route the customer's message") for r in train)
     assert ticket_task()[0][0].fields == train[0].fields  # seeded: the same task every time
+
+
+def test_evaluation_items_that_are_also_training_items_are_said(tmp_path):
+    from freezetune.data.loading import load_data
+
+    rows = [{"prompt": f"send {i} mugs", "completion": f"qty={i}"} for i in range(12)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", rows[9:] + [{"prompt": "send a lamp", "completion": "qty=1"}])
+    notes = load_data(TOKENIZER, "sft", str(train), str(held), 64)[2]
+    assert notes[-1] == (f"notice: 3 of 4 held-out examples are also in the training data, token for token (the first: "
+                         f"{held} line 1 is {train} line 10); scores on them measure what was trained on, not "
+                         "held-out quality")
+    # the same file twice; a record repeated within one file can land on both sides of the split
+    assert "12 of 12 held-out examples are also" in load_data(TOKENIZER, "sft", str(train), str(train), 64)[2][-1]
+    repeated = write_jsonl(tmp_path / "repeated.jsonl", rows + rows[:1] * 30)
+    assert "is also in the training data" in load_data(TOKENIZER, "sft", str(repeated), None, 64)[2][-1]
+    assert not any("training data" in n for n in load_data(TOKENIZER, "sft", str(train), None, 64)[2])
+    # a preference pair matches only when both its answers do
+    pairs = [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(6)]
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", pairs)
+    other = write_jsonl(tmp_path / "other.jsonl", [{**pairs[0], "rejected": "worse"}, pairs[1]])
+    assert "1 of 2 held-out pairs is also" in load_data(TOKENIZER, "dpo", str(prefs), str(other), 64)[2][-1]

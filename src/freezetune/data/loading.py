@@ -77,7 +77,39 @@ def load_data(
         )
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
-    return train, held, notes
+    overlap = _seen_in_training(train, held, "validation" if validation else "held-out")
+    return train, held, notes + ([overlap] if overlap else [])
+
+
+def _seen_in_training(train: TokenizedData, held: TokenizedData, split: str) -> str | None:
+    """A notice when evaluation units are training units token for token (the same file given twice,
+    or a record repeated in one file): their scores measure recall of what trained, not held-out quality."""
+
+    def tokens(data: TokenizedData, unit: int) -> tuple:
+        return tuple(tuple(data.examples[r].input_ids) for r in data.rows([unit]))
+
+    # hash -> training units: a table of hashes, not a second copy of every token
+    trained: dict[int, list[int]] = {}
+    for unit in range(train.units):
+        trained.setdefault(hash(tokens(train, unit)), []).append(unit)
+    seen = []
+    for unit in range(held.units):
+        key = tokens(held, unit)
+        match = next((u for u in trained.get(hash(key), []) if tokens(train, u) == key), None)
+        if match is not None:
+            seen.append((unit, match))
+    if not seen:
+        return None
+    unit, match = seen[0]
+    where = (
+        held.examples[held.rows([unit])[0]].where,
+        train.examples[train.rows([match])[0]].where,
+    )
+    return (
+        f"notice: {len(seen)} of {held.units} {split} {_unit(held)} {'is' if len(seen) == 1 else 'are'} "
+        f"also in the training data, token for token (the first: {where[0]} is {where[1]}); scores "
+        "on them measure what was trained on, not held-out quality"
+    )
 
 
 def _unit(data: TokenizedData) -> str:
