@@ -134,6 +134,13 @@ def test_the_command_prints_pilots_and_refuses_contradictions(tiny_chat_model_di
     assert "--pilot 'soon': expected a positive budget" in capsys.readouterr().err
     assert main(argv + ["--validation", "20"]) == 2
     assert "too few to hold out --validation 20" in capsys.readouterr().err
+    # what only the pilots read, where none run: taken without a word, it changed nothing
+    assert main(argv + ["--no-pilot", "--lr", "1e-3", "--prefer", "quality"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "freezetune advise: error: --lr, --prefer are for the pilot runs, and none run (--no-pilot)")
+    assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "1GiB", "--retain", str(data)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "freezetune advise: error: --retain is for the pilot runs, and none run (without --data, only --pilot runs them)")
 
 
 def test_the_kl_through_the_target_positions_and_the_prefix_cache_is_the_plain_one(tiny_chat_model_dir):

@@ -100,7 +100,25 @@ class AdviseOptions:
             raise FreezetuneError(
                 "--validation must be at least 2 and --pilot-candidates at least 1"
             )
-        self.pilot_budget()
+        if self.pilot_budget() is None:
+            # a value other than the default is one the user chose; nothing would read it
+            chosen = [
+                flag
+                for flag, value, default in (
+                    ("--lr", self.lr, None),
+                    ("--retain", self.retain, None),
+                    ("--validation", self.validation, None),
+                    ("--prefer", self.prefer, "balanced"),
+                    ("--pilot-candidates", self.pilot_candidates, 6),
+                )
+                if value != default
+            ]
+            if chosen:
+                why = "--no-pilot" if self.no_pilot else "without --data, only --pilot runs them"
+                raise FreezetuneError(
+                    f"{', '.join(chosen)} {'is' if len(chosen) == 1 else 'are'} for the pilot runs, "
+                    f"and none run ({why})"
+                )
 
     def pilot_budget(self) -> tuple[int | None, float | None] | None:
         """(steps, seconds) the pilots may spend, or None when no pilot runs."""
