@@ -272,3 +272,13 @@ def test_a_warmup_and_an_eval_interval_the_run_never_reaches_are_said(tiny_chat_
         "notice: --warmup 4 is not shorter than the run's 4 steps: the rate never reaches --lr 0.001",
         "notice: --eval-every 4: the run has 4 steps, so it evaluates only before and after training"]
     assert notices("--warmup", "3", "--eval-every", "3") == []  # step 4 trains at --lr, step 3 evaluates
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 trains on a GPU")
+def test_fp16_without_a_gpu_is_refused_before_the_run_folder(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    # accelerate runs no fp16 autocast on a CPU: the frozen fp16 weights met fp32 activations in a traceback
+    out = tmp_path / "fp16"
+    assert main(train_argv(tiny_chat_model_dir, order_data, out, "--precision", "fp16", "--max-steps", "2")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "freezetune train: error: --precision fp16 needs a GPU (a CPU has no fp16 autocast): use bf16 or fp32")
+    assert not out.exists()

@@ -15,6 +15,10 @@ from freezetune.plans.schedule import Schedule
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("off", "memory", "disk", "auto")
 DEFAULT_PLAN = "freeze bottom 75%"
+NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping below 0 flips gradients)
+    *("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"),
+    *("max_grad_norm", "weight_decay"),
+)
 LORA_PLAN = r"train re:.*\.lora_[AB]\..*"  # peft's adapter matrices, nothing of the base model
 
 
@@ -100,7 +104,9 @@ class TrainConfig(RunOptions):
     )
     weight_decay: float = opt(0.0, help="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float = opt(1.0, help="gradient clipping norm; 0 = off")
-    precision: str = opt("auto", help="auto = bf16 on a GPU, fp32 on CPU", choices=PRECISIONS)
+    precision: str = opt(
+        "auto", help="auto = bf16 on a GPU, fp32 on CPU; fp16 on a GPU only", choices=PRECISIONS
+    )
     validation: int = opt(
         0,
         help="evaluate on N training examples carved out (seeded), not on the held-out split; 0 = off",
@@ -164,14 +170,7 @@ class TrainConfig(RunOptions):
                 raise FreezetuneError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        for name in (
-            "max_steps",
-            "validation",
-            "eval_every",
-            "save_every",
-            "eval_generate",
-            "show_generations",
-        ):
+        for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise FreezetuneError(
                     f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
@@ -195,14 +194,17 @@ class TrainConfig(RunOptions):
         # alpha scales the adapters' output: 0 would train nothing, a negative one flips them
         if self.lora_alpha <= 0:
             raise FreezetuneError(f"--lora-alpha must be positive, got {self.lora_alpha}")
-        # a negative clipping norm flips every gradient (torch scales by norm/total); negative decay grows weights
-        for name in ("max_grad_norm", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise FreezetuneError(
-                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
-                )
         if self.max_new_tokens < 1:
             raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        # accelerate runs no fp16 autocast on a CPU: fp16 frozen weights would meet fp32 activations
+        # (sharded runs refuse fp16 anywhere, with their own reason)
+        if self.precision == "fp16" and not (self.fsdp or self.zero_stage):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise FreezetuneError(
+                    "--precision fp16 needs a GPU (a CPU has no fp16 autocast): use bf16 or fp32"
+                )
         if self.warmup is not None and self.warmup < 0:
             raise FreezetuneError(f"--warmup must be 0 or more, got {self.warmup}")
         if not 0 <= self.warmup_ratio < 1:
