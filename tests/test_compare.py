@@ -139,6 +139,29 @@ def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_d
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0  # auto: eval loss ranks
 
 
+def test_report_refuses_runs_scored_on_different_items(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):
+    from helpers import train_argv
+
+    other = tmp_path / "other-eval.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"ship {i} lamps to Bob", "completion": f"qty={i}"}) + "\n"
+                             for i in range(4)))
+    monkeypatch.chdir(tmp_path)  # run folders named as a user types them: relative, one level deep
+    for name, held, plan in (("a", order_data[1], "freeze bottom 50%"), ("b", order_data[1], "train all"),
+                             ("c", other, "train all")):
+        argv = train_argv(tiny_chat_model_dir, (order_data[0], held), name, "--plan", plan, "--max-steps", "2")
+        assert main(argv) == 0
+    capsys.readouterr()
+    # items paired by their place in two different held-out files: a verdict on nothing
+    assert main(["report", "a", "c", "--out", "rep"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"freezetune report: error: a and c were not scored on the same items (held-out items: --eval-data "
+        f"{order_data[1]} vs --eval-data {other}); the report pairs runs item by item, so it takes the runs of one "
+        "comparison")
+    assert main(["report", "a", "b", "--out", "rep", "--forgetting", "kl"]) == 0  # a relative path had no parents[2]
+    assert [r["strategy"] for r in json.loads((tmp_path / "rep" / "results.json").read_text())["runs"]] == [
+        "freeze bottom 50%", "train all"]
+
+
 def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(compare_args(tiny_chat_model_dir, order_data, out, "lora targets=no_such_proj", "freeze bottom 50%")) == 0

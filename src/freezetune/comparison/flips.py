@@ -61,8 +61,10 @@ def flip_line(strategy: str, seed, changes: dict, seconds: float) -> str:
 
 
 def base_scores(run_dirs: list[Path]) -> dict | None:
-    """The base's task scores, from the comparison folder of the runs (OUT/runs/<strategy>/seed-N)."""
-    return read_json(Path(run_dirs[0]).parents[2] / "base-tasks.json") if run_dirs else None
+    """The base's task scores, from the comparison folder of the runs (OUT/runs/<strategy>/seed-N);
+    None for runs outside one (a `train` run given as 'run', whose path has no such parents)."""
+    parents = Path(run_dirs[0]).resolve().parents if run_dirs else ()
+    return read_json(parents[2] / "base-tasks.json") if len(parents) > 2 else None
 
 
 def _scored(run_dirs: list[Path], base: dict | None) -> list[dict] | None:

@@ -16,6 +16,7 @@ from freezetune.comparison.results import FIELDS, base_row, group_runs
 from freezetune.comparison.timing import timing_breakdown, timing_line
 from freezetune.comparison.verdict import choose_metric, decide
 from freezetune.comparison.wording import recommend
+from freezetune.errors import FreezetuneError
 from freezetune.plans.preview import human_bytes
 from freezetune.runs.durable import write_json
 from freezetune.runs.manifest import read_json
@@ -127,6 +128,50 @@ def measured_line(where: dict) -> str:
     return f"Measured {where['date']} on {machine}, {code}; {versions}."
 
 
+def _scored_on(manifest: dict) -> dict[str, tuple]:
+    """What decides a run's held-out items, each as (value, how to show it)."""
+    config, hashes = manifest.get("config") or {}, manifest.get("data_sha256") or {}
+    model = manifest.get("base_model") or {}
+    if config.get("validation"):
+        items = ("validation", config["validation"], hashes.get("data"))
+        shown = f"{config['validation']} validation examples of --data {config.get('data')}"
+    elif config.get("eval_data"):
+        items, shown = ("eval data", hashes.get("eval_data")), f"--eval-data {config['eval_data']}"
+    else:
+        items = ("held out of data", hashes.get("data"))
+        shown = (
+            f"held out of --data {config['data']}" if config.get("data") else "the built-in task"
+        )
+    return {
+        "base model": (model.get("sha256"), model.get("name")),
+        "objective": (config.get("objective"), config.get("objective")),
+        "seq len": (config.get("seq_len"), config.get("seq_len")),
+        "held-out items": (items, shown),
+    }
+
+
+def check_same_items(run_dirs: list[Path]) -> None:
+    """The verdict pairs runs item by item, so every run must have been scored on the same items:
+    runs of one comparison. Others are refused, naming what differs (a run that did not finish
+    has no scores to pair)."""
+    first = None
+    for run_dir in map(Path, run_dirs):
+        manifest = read_json(run_dir / "manifest.json", missing={}) or {}
+        if manifest.get("status") != "finished":
+            continue
+        facts = _scored_on(manifest)
+        if first is None:
+            first = (run_dir, facts)
+            continue
+        for what, (value, shown) in facts.items():
+            if value != first[1][what][0]:
+                raise FreezetuneError(
+                    f"{first[0]} and {run_dir} were not scored on the same items ({what}: "
+                    f"{first[1][what][1]} vs {shown}); the report pairs runs item by item, so it "
+                    "takes the runs of one comparison"
+                )
+
+
 def write_report(
     run_dirs: list[Path],
     out: Path,
@@ -142,6 +187,7 @@ def write_report(
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
     (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
     started (default: now). ``forgetting``: the verdict's forgetting axis, "kl" or "tasks"."""
+    check_same_items(run_dirs)
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
     table_rows = ([base] if base else []) + rows
