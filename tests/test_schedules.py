@@ -302,4 +302,11 @@ def test_plan_previews_a_schedules_phases_and_its_peak(tiny_chat_model_dir, caps
     assert main(["plan", model, "train all", "--schedule", "lisa layers=2 every=3"]) == 0
     text = capsys.readouterr().out
     assert "schedule: lisa layers=2 every=3 (LISA's draws for --seed 0)" in text
+    # with --max-steps, the preview says what train would of the run's length
+    assert main(["plan", model, "train all", "--schedule", "gradual every=4", "--max-steps", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notices"] == [
+        "train will refuse this: --schedule 'gradual every=4 start=1 step=1': the run has 4 steps, so it never leaves "
+        "its first phase (every=4) and trains the same blocks throughout; give every=3 or less, or more steps"]
+    assert main(["plan", model, "train all", "--schedule", "gradual every=2", "--max-steps", "4", "--json"]) == 0
+    assert "blocks 0-1 and the embeddings never train" in json.loads(capsys.readouterr().out)["notices"][0]
     assert "peak training memory estimate over the phases:" in text

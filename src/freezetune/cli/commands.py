@@ -64,6 +64,12 @@ def run_plan(options: PlanOptions) -> str:
         info["notices"].append(f"train, compare and export will not take this model: {problem}")
     if schedule is not None:
         schedule.check(resolved)
+        if options.max_steps:  # what train would say of this run's length, said at the preview
+            try:
+                notice = schedule.check_length(resolved, options.max_steps)
+            except FreezetuneError as exc:
+                notice = f"train will refuse this: {exc}"
+            info["notices"] += [notice] if notice else []
         info["schedule"] = describe_schedule(
             resolved,
             schedule,
