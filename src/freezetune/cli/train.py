@@ -50,6 +50,12 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
     from freezetune.training.loop import TrainingLoop
     from freezetune.training.session import open_session
 
+    # compare's search runs take both (validation to score, the eval data for their siblings); a user's run reads one
+    if config.eval_data and config.validation and not config.resume:
+        raise FreezetuneError(
+            f"--eval-data and --validation {config.validation} both choose what the run is scored on: "
+            "give one (with --validation, --eval-data would not be read)"
+        )
     # torchrun puts its workers in a session of their own: they go when it goes
     if os.environ.get(RELAUNCHED):
         die_with_parent(signal.SIGKILL)
