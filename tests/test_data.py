@@ -186,3 +186,19 @@ def test_evaluation_items_that_are_also_training_items_are_said(tmp_path):
     prefs = write_jsonl(tmp_path / "prefs.jsonl", pairs)
     other = write_jsonl(tmp_path / "other.jsonl", [{**pairs[0], "rejected": "worse"}, pairs[1]])
     assert "1 of 2 held-out pairs is also" in load_data(TOKENIZER, "dpo", str(prefs), str(other), 64)[2][-1]
+
+
+def test_a_saved_dataset_dict_is_read_by_the_split_named(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"send {i} mugs", "completion": f"qty={i}"} for i in range(6)]
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:4]),
+                                 "test": datasets.Dataset.from_list(rows[4:])})
+    both.save_to_disk(str(tmp_path / "both"))
+    # the train split was taken for --data and --eval-data alike, the test split never read
+    with pytest.raises(FreezetuneError, match=f"^{tmp_path / 'both'} holds the splits train, test: give one, e.g. "
+                                              f"{tmp_path / 'both' / 'train'}$"):
+        read_records(str(tmp_path / "both"))
+    assert [r.fields["completion"] for r in read_records(str(tmp_path / "both" / "test"))] == ["qty=4", "qty=5"]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "one"))
+    assert len(read_records(str(tmp_path / "one"))) == 6  # one split: nothing to choose

@@ -129,7 +129,13 @@ def read_records(path_text: str) -> list[Record]:
                 f"{path_text} is not a dataset folder saved by `datasets` ({exc})"
             ) from None
         if isinstance(table, datasets.DatasetDict):
-            table = table["train"] if "train" in table else next(iter(table.values()))
+            # which split a file means is the user's to say: each is a dataset folder of its own
+            if len(table) > 1:
+                raise FreezetuneError(
+                    f"{path_text} holds the splits {', '.join(table)}: give one, e.g. "
+                    f"{path / next(iter(table))}"
+                )
+            table = next(iter(table.values()))
         return [Record(dict(row), f"{path} row {i}") for i, row in enumerate(table)]
     suffix = path.suffix.lower()
     if suffix not in LOADERS:
