@@ -5,7 +5,7 @@ import json
 import pytest
 
 from freezetune.data.examples import IGNORE, cpt_examples, sft_examples, split_holdout
-from freezetune.data.files import read_records
+from freezetune.data.files import Record, read_records
 from freezetune.errors import FreezetuneError
 
 from conftest import build_tokenizer
@@ -62,7 +62,8 @@ def test_plain_tokenizer_without_template(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "send two mugs ", "completion": "qty=2"}])
     (example,) = sft_examples(read_records(str(path)), PLAIN, seq_len=64).examples
     assert response_text(PLAIN, example) == "qty=2<|im_end|>"
-    with pytest.raises(FreezetuneError, match="'messages' records need a tokenizer with a chat template"):
+    with pytest.raises(FreezetuneError, match=r"records of several turns \('messages', or a 'system' or 'history' "
+                                              r"field\) need a tokenizer with a chat template"):
         chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [
             {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}])
@@ -202,3 +203,39 @@ def test_a_saved_dataset_dict_is_read_by_the_split_named(tmp_path):
     assert [r.fields["completion"] for r in read_records(str(tmp_path / "both" / "test"))] == ["qty=4", "qty=5"]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "one"))
     assert len(read_records(str(tmp_path / "one"))) == 6  # one split: nothing to choose
+
+
+def test_system_and_history_fields_join_the_conversation_and_mixed_shapes_are_refused(tmp_path):
+    from freezetune.data.shapes import to_messages
+
+    def turns(record):
+        errors = []
+        return to_messages(Record(record, "r.jsonl line 1"), errors), errors
+
+    # LLaMA-Factory's Alpaca fields: they were dropped without a word, the answer trained without its context
+    messages, _ = turns({"system": "You dispatch orders.", "history": [["hi", "hello"]], "instruction": "send two mugs",
+                         "input": "", "output": "qty=2"})
+    assert messages == [{"role": "system", "content": "You dispatch orders."}, {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "send two mugs"},
+                        {"role": "assistant", "content": "qty=2"}]
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert turns({"system": "S", "messages": chat})[0][0] == {"role": "system", "content": "S"}
+    assert turns({"prompt": "a", "completion": "b", "system": ""})[0] == chat  # an empty system prompt is none
+    for record, error in [
+        ({"messages": chat, "prompt": "a", "completion": "b"},
+         "the fields of two record shapes, messages (messages) and prompt (prompt/completion): give one"),
+        ({"instruction": "a", "output": "b", "completion": "c"},
+         "the fields of two record shapes, Alpaca (instruction/output) and prompt (prompt/completion): give one"),
+        ({"messages": [{"role": "system", "content": "T"}, *chat], "system": "S"},
+         "a system prompt in field 'system' and another in 'messages'"),
+        ({"messages": chat, "history": [["x", "y"]]}, "field 'history' is for flat records; 'messages' holds every turn"),
+        ({"prompt": "a", "completion": "b", "history": [["x"]]},
+         "field 'history' must be a list of [user, assistant] string pairs"),
+        ({"prompt": "a", "completion": "b", "system": 3}, "field 'system' must be a string, got int"),
+    ]:
+        assert turns(record) == (None, [f"r.jsonl line 1: {error}"]), record
+    # rendered with the template, the history's answers carry the loss too, as every assistant turn does
+    path = write_jsonl(tmp_path / "h.jsonl", [{"history": [["hi", "hello"]], "prompt": "qty?", "completion": "qty=3"}])
+    (example,) = sft_examples(read_records(str(path)), TOKENIZER, seq_len=128).examples
+    assert response_text(TOKENIZER, example) == "hello<|im_end|>\nqty=3<|im_end|>\n"
+

@@ -1,7 +1,6 @@
 """Records -> token examples: SFT with loss on responses only, CPT packed into blocks.
 
-SFT records are one of: ``prompt``/``completion``; ``instruction``/``input``/``output``
-(Alpaca); ``messages`` (a list of ``{role, content}``). All become chat messages. With a
+SFT records are one of the shapes of shapes.py, and all become chat messages. With a
 chat template the text is rendered by the tokenizer's template, turn by turn, so that the
 tokens of every assistant turn (and only those) carry the loss; without one, prompt and
 completion are concatenated with an end-of-sequence token.
@@ -15,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from freezetune.data.files import Record
+from freezetune.data.shapes import string_field, to_messages
 from freezetune.errors import FreezetuneError
 
 IGNORE = -100
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -54,76 +53,6 @@ class TokenizedData:
         return [r for u in units for r in ((2 * u, 2 * u + 1) if self.paired else (u,))]
 
 
-def _string_field(
-    record: Record, name: str, errors: list[str], required: bool = True
-) -> str | None:
-    value = record.fields.get(name)
-    if value is None:
-        if required:
-            errors.append(f"{record.where}: field '{name}' is missing")
-        return None
-    if not isinstance(value, str):
-        errors.append(
-            f"{record.where}: field '{name}' must be a string, got {type(value).__name__}"
-        )
-        return None
-    if required and not value.strip():
-        errors.append(f"{record.where}: field '{name}' is empty")
-        return None
-    return value
-
-
-def valid_messages(record: Record, name: str, messages: list, errors: list[str]) -> bool:
-    """Whether every item is a {role, content} message; else one error naming the field and the index."""
-    for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            errors.append(
-                f"{record.where}: field '{name}[{i}]' must be {{role: system|user|assistant, content: string}}"
-            )
-            return False
-    return True
-
-
-def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
-    fields = record.fields
-    if fields.get("messages") is not None:
-        messages = fields["messages"]
-        if not isinstance(messages, list) or not messages:
-            errors.append(f"{record.where}: field 'messages' must be a non-empty list")
-            return None
-        if not valid_messages(record, "messages", messages, errors):
-            return None
-        if messages[-1]["role"] != "assistant":
-            errors.append(f"{record.where}: field 'messages' must end with an assistant message")
-            return None
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
-    if fields.get("instruction") is not None or fields.get("output") is not None:
-        instruction = _string_field(record, "instruction", errors)
-        extra = _string_field(record, "input", errors, required=False)
-        output = _string_field(record, "output", errors)
-        if instruction is None or output is None:
-            return None
-        prompt = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    if fields.get("prompt") is not None or fields.get("completion") is not None:
-        prompt, completion = (
-            _string_field(record, "prompt", errors),
-            _string_field(record, "completion", errors),
-        )
-        if prompt is None or completion is None:
-            return None
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    errors.append(
-        f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', or 'messages' "
-        f"(found {', '.join(sorted(fields)) or 'nothing'})"
-    )
-    return None
-
-
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -155,7 +84,10 @@ def _chat_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
 
 def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
     if len(messages) != 2:
-        raise FreezetuneError("'messages' records need a tokenizer with a chat template")
+        raise FreezetuneError(
+            "records of several turns ('messages', or a 'system' or 'history' field) need a "
+            "tokenizer with a chat template"
+        )
     prompt = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _encode(
         tokenizer, messages[0]["content"]
     )
@@ -204,7 +136,7 @@ def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedDat
     errors: list[str] = []
     stream: list[int] = []
     for record in records:
-        text = _string_field(record, "text", errors)
+        text = string_field(record, "text", errors)
         if text is not None:
             stream += _encode(tokenizer, text) + [tokenizer.eos_token_id]
     refuse_malformed(errors)

@@ -18,15 +18,9 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
-from freezetune.data.examples import (
-    IGNORE,
-    Example,
-    TokenizedData,
-    refuse_malformed,
-    render_sft,
-    valid_messages,
-)
+from freezetune.data.examples import IGNORE, Example, TokenizedData, refuse_malformed, render_sft
 from freezetune.data.files import Record
+from freezetune.data.shapes import valid_messages
 from freezetune.data.tasks import CITIES, COLORS, DAYS, dispatch_task
 from freezetune.errors import FreezetuneError
 

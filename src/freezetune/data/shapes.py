@@ -1,0 +1,141 @@
+"""SFT record shapes -> chat messages, the one form every record becomes.
+
+    prompt / completion                                  one user turn, one answer
+    instruction / input / output                         Alpaca: the input follows the instruction
+    messages: [{role, content}, ...]                     the conversation, ending with an answer
+
+The two flat shapes also take LLaMA-Factory's ``system`` (a system prompt) and ``history``
+(earlier turns as [user, assistant] pairs); ``messages`` takes ``system`` when it holds none of
+its own. A record that mixes two shapes is refused: which one it meant is not ours to guess.
+"""
+
+from __future__ import annotations
+
+from freezetune.data.files import Record
+
+ROLES = ("system", "user", "assistant")
+SHAPES = {
+    "messages": ("messages",),
+    "Alpaca": ("instruction", "output"),
+    "prompt": ("prompt", "completion"),
+}
+
+
+def string_field(record: Record, name: str, errors: list[str], required: bool = True) -> str | None:
+    value = record.fields.get(name)
+    if value is None:
+        if required:
+            errors.append(f"{record.where}: field '{name}' is missing")
+        return None
+    if not isinstance(value, str):
+        errors.append(
+            f"{record.where}: field '{name}' must be a string, got {type(value).__name__}"
+        )
+        return None
+    if required and not value.strip():
+        errors.append(f"{record.where}: field '{name}' is empty")
+        return None
+    return value
+
+
+def valid_messages(record: Record, name: str, messages: list, errors: list[str]) -> bool:
+    """Whether every item is a {role, content} message; else one error naming the field and the index."""
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            errors.append(
+                f"{record.where}: field '{name}[{i}]' must be {{role: system|user|assistant, content: string}}"
+            )
+            return False
+    return True
+
+
+def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
+    """The record's conversation, or None with one error appended."""
+    fields = record.fields
+    given = [
+        shape for shape, keys in SHAPES.items() if any(fields.get(k) is not None for k in keys)
+    ]
+    if len(given) > 1:
+        named = " and ".join(f"{s} ({'/'.join(SHAPES[s])})" for s in given)
+        errors.append(f"{record.where}: the fields of two record shapes, {named}: give one")
+        return None
+    if not given:
+        errors.append(
+            f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', or "
+            f"'messages' (found {', '.join(sorted(fields)) or 'nothing'})"
+        )
+        return None
+    system = string_field(record, "system", errors, required=False)
+    if system is None and fields.get("system") is not None:
+        return None  # not a string: said in errors
+    if given == ["messages"]:
+        turns = _conversation(record, errors)
+        if turns is None or fields.get("history") is not None:
+            if turns is not None:
+                errors.append(
+                    f"{record.where}: field 'history' is for flat records; 'messages' holds every turn"
+                )
+            return None
+    else:
+        turns = _flat(record, errors, given[0])
+        if turns is None:
+            return None
+    if system is not None and system.strip():
+        if turns[0]["role"] == "system":
+            errors.append(
+                f"{record.where}: a system prompt in field 'system' and another in 'messages'"
+            )
+            return None
+        turns = [{"role": "system", "content": system}, *turns]
+    return turns
+
+
+def _conversation(record: Record, errors: list[str]) -> list[dict] | None:
+    messages = record.fields["messages"]
+    if not isinstance(messages, list) or not messages:
+        errors.append(f"{record.where}: field 'messages' must be a non-empty list")
+        return None
+    if not valid_messages(record, "messages", messages, errors):
+        return None
+    if messages[-1]["role"] != "assistant":
+        errors.append(f"{record.where}: field 'messages' must end with an assistant message")
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _flat(record: Record, errors: list[str], shape: str) -> list[dict] | None:
+    """A prompt or Alpaca record, after its history's turns."""
+    if shape == "Alpaca":
+        instruction = string_field(record, "instruction", errors)
+        extra = string_field(record, "input", errors, required=False)
+        answer = string_field(record, "output", errors)
+        prompt = (
+            None
+            if instruction is None
+            else instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
+        )
+    else:
+        prompt, answer = (
+            string_field(record, "prompt", errors),
+            string_field(record, "completion", errors),
+        )
+    history = record.fields.get("history")
+    pairs = [] if history is None else history
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(t, str) for t in p)
+        for p in pairs
+    ):
+        errors.append(
+            f"{record.where}: field 'history' must be a list of [user, assistant] string pairs"
+        )
+        return None
+    if prompt is None or answer is None:
+        return None
+    earlier = [
+        {"role": r, "content": t} for pair in pairs for r, t in zip(("user", "assistant"), pair)
+    ]
+    return [*earlier, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
