@@ -38,6 +38,16 @@ def test_conversational_records_keep_earlier_assistant_turns_as_context():
     assert "qty=3" in learned and "how many" not in learned  # the earlier turn is context, not preference
 
 
+def test_a_system_field_is_the_system_prompt_of_both_sides():
+    tokenizer = build_tokenizer()
+    record = Record({"system": "You dispatch orders.", "prompt": "send three", "chosen": "qty=3", "rejected": "qty=30"},
+                    "prefs.jsonl:5")
+    pair = preference_examples([record], tokenizer, 128).pairs[0]
+    for example in (pair.chosen, pair.rejected):  # it was dropped without a word
+        assert tokenizer.decode(example.prompt_ids).startswith("<|im_start|>system\nYou dispatch orders.<|im_end|>")
+        assert "dispatch" not in tokenizer.decode([t for t in example.labels if t != IGNORE])  # context, not preference
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"prompt": "p", "chosen": "c"}, "prefs.jsonl:2: a preference record needs 'prompt', 'chosen' and 'rejected'; 'rejected' is missing (found chosen, prompt)"),
     ({"prompt": "p", "chosen": "c", "rejected": 3}, "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got a int"),

@@ -96,7 +96,11 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
     data = PreferenceData([])
     for record, (prompt, chosen, rejected) in conversations:
         sides = [
-            Record({"messages": prompt + answer}, f"{record.where} ({side})")
+            # a 'system' field is the system prompt of both sides, as in an SFT record
+            Record(
+                {"messages": prompt + answer, "system": record.fields.get("system")},
+                f"{record.where} ({side})",
+            )
             for side, answer in (("chosen", chosen), ("rejected", rejected))
         ]
         rendered = render_sft(sides, tokenizer, seq_len)
