@@ -177,6 +177,17 @@ def test_a_lora_run_exports_as_a_peft_adapter_that_generates_the_same_tokens(tin
     assert main(["export", str(plan_run), "--format", "peft", "--out", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "a PEFT adapter holds LoRA matrices only" in err and not (tmp_path / "no").exists()
+    # LoRA beside a base tensor the plan trains: the adapter was written without it, a different model on loading
+    mixed = tmp_path / "mixed"
+    assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+                 str(order_data[1]), "--out", str(mixed), "--batch-size", "4", "--seq-len", "64", "--max-steps", "2",
+                 "--eval-generate", "0", "--lora-r", "4", "--plan", r"train re:.*\.lora_[AB]\..*; train norm"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(mixed), "--format", "peft", "--out", str(tmp_path / "no")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"freezetune export: error: --format peft: {mixed} also trained model.norm.weight, and a PEFT adapter holds "
+        "LoRA matrices only; export it as an HF model folder (the default format)")
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_schedule_under_deepspeed_or_fsdp_is_refused_before_the_first_step(tiny_chat_model_dir, tmp_path):

@@ -121,10 +121,21 @@ def export_run(
     Returns the folder and the files a user had added to the export it replaced, which it keeps."""
     out_dir = Path(out_dir)
     manifest = read_manifest(run_dir)
-    if form == "peft" and not (manifest.get("config") or {}).get("lora_r"):
+    # a PEFT adapter holds LoRA matrices only: a run that trained more would lose it there
+    others = [n for n in manifest.get("trainable_names") or [] if ".lora_" not in n]
+    if form == "peft" and (others or not (manifest.get("config") or {}).get("lora_r")):
+        trained = (
+            f"also trained {others[0].removeprefix('base_model.model.')}"
+            + (
+                f" and {len(others) - 1} more of the base model's tensors"
+                if len(others) > 1
+                else ""
+            )
+            if (manifest.get("config") or {}).get("lora_r")
+            else f"trained the base model's own tensors (plan '{'; '.join(manifest.get('plan') or [])}')"
+        )
         raise FreezetuneError(
-            f"--format peft: {run_dir} trained the base model's own tensors (plan "
-            f"'{'; '.join(manifest.get('plan') or [])}'), and a PEFT adapter holds LoRA matrices only; "
+            f"--format peft: {run_dir} {trained}, and a PEFT adapter holds LoRA matrices only; "
             "export it as an HF model folder (the default format)"
         )
     check_export_target(out_dir, run_dir, force)  # before loading: a wrong --out fails at once
