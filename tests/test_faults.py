@@ -230,6 +230,8 @@ CASES = [
     Case("--weight-decay -0.1", train("--weight-decay", "-0.1"), "--weight-decay must be 0 or more, got -0.1"),
     Case("--lora-alpha 0", train("--lora-r", "4", "--lora-alpha", "0"), "--lora-alpha must be positive, got 0"),
     Case("--max-new-tokens 0", train("--max-new-tokens", "0"), "--max-new-tokens must be at least 1, got 0"),
+    Case("--lora-targets without --lora-r", train("--lora-targets", "q_proj"), "--lora-targets is for LoRA: give --lora-r N"),
+    Case("--beta without dpo", train("--beta", "0.5"), "--beta is for --objective dpo, which has a reference model"),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
     Case("--out is a file", train("--out", "{w}/train.jsonl"), "--out", None),

@@ -8,17 +8,12 @@ import functools
 import math
 from dataclasses import asdict, dataclass
 
-from freezetune.config.fields import opt, parse_size
-from freezetune.errors import FreezetuneError
+from freezetune.config.fields import opt
 from freezetune.plans.schedule import Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("off", "memory", "disk", "auto")
 DEFAULT_PLAN = "freeze bottom 75%"
-NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping below 0 flips gradients)
-    *("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"),
-    *("max_grad_norm", "weight_decay"),
-)
 LORA_PLAN = r"train re:.*\.lora_[AB]\..*"  # peft's adapter matrices, nothing of the base model
 
 
@@ -161,78 +156,10 @@ class TrainConfig(RunOptions):
     )
 
     def validate(self) -> None:
-        if self.seq_len < 2:  # before the data: a shorter limit would blame the records
-            raise FreezetuneError(
-                f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {self.seq_len}"
-            )
-        for name in ("batch_size", "grad_accum", "num_processes"):
-            if getattr(self, name) < 1:
-                raise FreezetuneError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        for name in NON_NEGATIVE:
-            if getattr(self, name) < 0:
-                raise FreezetuneError(
-                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
-                )
-        if self.objective != "dpo" and self.precompute_ref:
-            raise FreezetuneError(
-                "--precompute-ref is for --objective dpo, which has a reference model"
-            )
-        if self.beta <= 0:
-            raise FreezetuneError(f"--beta must be positive, got {self.beta}")
-        if self.objective == "dpo" and (self.fsdp or self.zero_stage):
-            raise FreezetuneError(
-                "--objective dpo runs with one process or DDP replicas; its reference is not sharded yet"
-            )
-        if self.fsdp and self.zero_stage:
-            raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
-        if self.max_steps == 0 and self.epochs <= 0:
-            raise FreezetuneError("give --max-steps or a positive --epochs")
-        if self.lora_r < 0:
-            raise FreezetuneError(f"--lora-r must be 0 (no LoRA) or a rank, got {self.lora_r}")
-        # alpha scales the adapters' output: 0 would train nothing, a negative one flips them
-        if self.lora_alpha <= 0:
-            raise FreezetuneError(f"--lora-alpha must be positive, got {self.lora_alpha}")
-        if self.max_new_tokens < 1:
-            raise FreezetuneError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        # accelerate runs no fp16 autocast on a CPU: fp16 frozen weights would meet fp32 activations
-        # (sharded runs refuse fp16 anywhere, with their own reason)
-        if self.precision == "fp16" and not (self.fsdp or self.zero_stage):
-            import torch
+        """Every value a run cannot take, refused in one line before anything loads (checks.py)."""
+        from freezetune.config.checks import check_config
 
-            if not torch.cuda.is_available():
-                raise FreezetuneError(
-                    "--precision fp16 needs a GPU (a CPU has no fp16 autocast): use bf16 or fp32"
-                )
-        if self.warmup is not None and self.warmup < 0:
-            raise FreezetuneError(f"--warmup must be 0 or more, got {self.warmup}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise FreezetuneError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr <= 0:
-            raise FreezetuneError(f"--lr must be positive, got {self.lr}")
-        if not 0 < self.layer_lr_decay <= 1:
-            raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {self.layer_lr_decay}")
-        parse_size(self.cache_ram, "--cache-ram")
-        parse_size(self.cache_limit, "--cache-limit")
-        _ = self.parsed_schedule  # its syntax fails here, before anything loads
-        check_layout(
-            self,
-            self.num_processes,
-            "--fsdp" if self.fsdp else "--zero-stage" if self.zero_stage else None,
-        )
-        if self.log_with:
-            from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-            available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[
-                self.log_with
-            ]()
-            # accelerate would drop the tracker with a log line; the user asked for it
-            if not available:
-                raise FreezetuneError(
-                    f"--log-with {self.log_with} needs the {self.log_with} package: "
-                    f"pip install {self.log_with}"
-                )
+        check_config(self)
 
     def total_steps(self, num_train: int) -> int:
         """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
@@ -279,18 +206,3 @@ class TrainConfig(RunOptions):
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> None:
-    """What the processes must allow: checked from the flags before freezetune starts them, and again in
-    each process under a launcher's own settings (torchrun, an accelerate config)."""
-    if config.batch_size % processes:
-        raise FreezetuneError(
-            f"--batch-size {config.batch_size} does not divide among {processes} processes; "
-            "the global batch must split evenly"
-        )
-    if config.schedule and sharding:
-        raise FreezetuneError(
-            f"--schedule with {sharding}: the shards and partitions are laid out once for a fixed "
-            "trainable set; train a schedule with replicas (DDP) or one process"
-        )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from freezetune.config.run import TrainConfig, check_layout
+from freezetune.config.checks import check_layout
+from freezetune.config.run import TrainConfig
 from freezetune.data.examples import TokenizedData
 from freezetune.data.files import content_hash
 from freezetune.data.loading import load_data

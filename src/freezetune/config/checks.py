@@ -1,0 +1,116 @@
+"""What a TrainConfig may not be: each value a run cannot take, refused in one line (what, and
+the rule) before a model loads; and what its processes must allow (check_layout), checked again
+in each process under a launcher's own settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from freezetune.config.fields import parse_size
+from freezetune.errors import FreezetuneError
+
+if TYPE_CHECKING:
+    from freezetune.config.run import TrainConfig
+
+NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping below 0 flips gradients)
+    *("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"),
+    *("max_grad_norm", "weight_decay"),
+)
+
+DPO_OPTIONS = ("precompute_ref", "beta")
+
+
+def check_config(config: TrainConfig) -> None:
+    if config.seq_len < 2:  # before the data: a shorter limit would blame the records
+        raise FreezetuneError(
+            f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {config.seq_len}"
+        )
+    for name in ("batch_size", "grad_accum", "num_processes"):
+        if getattr(config, name) < 1:
+            raise FreezetuneError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
+            )
+    for name in NON_NEGATIVE:
+        if getattr(config, name) < 0:
+            raise FreezetuneError(
+                f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}"
+            )
+    # options of a mode the run is not in: set away from their defaults, they would change nothing
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for needs, on, names in (
+        ("--objective dpo, which has a reference model", config.objective == "dpo", DPO_OPTIONS),
+        ("LoRA: give --lora-r N", config.lora_r > 0, ("lora_alpha", "lora_targets")),
+    ):
+        for name in names:
+            if not on and getattr(config, name) != defaults[name]:
+                raise FreezetuneError(f"--{name.replace('_', '-')} is for {needs}")
+    if config.beta <= 0:
+        raise FreezetuneError(f"--beta must be positive, got {config.beta}")
+    if config.objective == "dpo" and (config.fsdp or config.zero_stage):
+        raise FreezetuneError(
+            "--objective dpo runs with one process or DDP replicas; its reference is not sharded yet"
+        )
+    if config.fsdp and config.zero_stage:
+        raise FreezetuneError("--fsdp and --zero-stage are two ways of sharding; choose one")
+    if config.max_steps == 0 and config.epochs <= 0:
+        raise FreezetuneError("give --max-steps or a positive --epochs")
+    if config.lora_r < 0:
+        raise FreezetuneError(f"--lora-r must be 0 (no LoRA) or a rank, got {config.lora_r}")
+    # alpha scales the adapters' output: 0 would train nothing, a negative one flips them
+    if config.lora_alpha <= 0:
+        raise FreezetuneError(f"--lora-alpha must be positive, got {config.lora_alpha}")
+    if config.max_new_tokens < 1:
+        raise FreezetuneError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+    # accelerate runs no fp16 autocast on a CPU: fp16 frozen weights would meet fp32 activations
+    # (sharded runs refuse fp16 anywhere, with their own reason)
+    if config.precision == "fp16" and not (config.fsdp or config.zero_stage):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FreezetuneError(
+                "--precision fp16 needs a GPU (a CPU has no fp16 autocast): use bf16 or fp32"
+            )
+    if config.warmup is not None and config.warmup < 0:
+        raise FreezetuneError(f"--warmup must be 0 or more, got {config.warmup}")
+    if not 0 <= config.warmup_ratio < 1:
+        raise FreezetuneError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.lr <= 0:
+        raise FreezetuneError(f"--lr must be positive, got {config.lr}")
+    if not 0 < config.layer_lr_decay <= 1:
+        raise FreezetuneError(f"--layer-lr-decay must be in (0, 1], got {config.layer_lr_decay}")
+    parse_size(config.cache_ram, "--cache-ram")
+    parse_size(config.cache_limit, "--cache-limit")
+    _ = config.parsed_schedule  # its syntax fails here, before anything loads
+    check_layout(
+        config,
+        config.num_processes,
+        "--fsdp" if config.fsdp else "--zero-stage" if config.zero_stage else None,
+    )
+    if config.log_with:
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[
+            config.log_with
+        ]()
+        # accelerate would drop the tracker with a log line; the user asked for it
+        if not available:
+            raise FreezetuneError(
+                f"--log-with {config.log_with} needs the {config.log_with} package: "
+                f"pip install {config.log_with}"
+            )
+
+
+def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> None:
+    """What the processes must allow: checked from the flags before freezetune starts them, and again in
+    each process under a launcher's own settings (torchrun, an accelerate config)."""
+    if config.batch_size % processes:
+        raise FreezetuneError(
+            f"--batch-size {config.batch_size} does not divide among {processes} processes; "
+            "the global batch must split evenly"
+        )
+    if config.schedule and sharding:
+        raise FreezetuneError(
+            f"--schedule with {sharding}: the shards and partitions are laid out once for a fixed "
+            "trainable set; train a schedule with replicas (DDP) or one process"
+        )
