@@ -113,8 +113,12 @@ def run_generate(options: GenerateOptions) -> str:
     source, cache = options.source, _cache(options)
     loaded = load_run(Path(source), cache) if is_run(source) else load_model(source, cache)
     tokenizer = loaded.tokenizer
-    if getattr(tokenizer, "chat_template", None) and not options.plain:
-        turn = [{"role": "user", "content": options.prompt}]
+    templated = getattr(tokenizer, "chat_template", None) and not options.plain
+    if options.system is not None and not templated:
+        raise FreezetuneError(f"--system: {source}'s tokenizer has no chat template to put it in")
+    if templated:
+        system = [{"role": "system", "content": options.system}] if options.system else []
+        turn = [*system, {"role": "user", "content": options.prompt}]
         text = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:

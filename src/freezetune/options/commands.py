@@ -147,6 +147,9 @@ class GenerateOptions:
     plain: bool = opt(
         False, help="continue the prompt as plain text, without the chat template (e.g. after cpt)"
     )
+    system: str | None = opt(
+        None, help="system prompt before --prompt, as a record's 'system' field gives in training"
+    )
     max_new_tokens: int = opt(64, help="token limit")
     temperature: float = opt(0.0, help="sampling temperature; 0 = greedy")
     top_p: float = opt(
@@ -164,6 +167,10 @@ class GenerateOptions:
             )
         if not 0 < self.top_p <= 1:
             raise FreezetuneError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.system is not None and self.plain:
+            raise FreezetuneError(
+                "--system goes into the chat template, and --plain continues the prompt as plain text"
+            )
         if self.temperature == 0 and (self.top_p != 1 or self.seed is not None):
             given = "--top-p" if self.top_p != 1 else "--seed"
             raise FreezetuneError(
