@@ -239,3 +239,15 @@ def test_system_and_history_fields_join_the_conversation_and_mixed_shapes_are_re
     (example,) = sft_examples(read_records(str(path)), TOKENIZER, seq_len=128).examples
     assert response_text(TOKENIZER, example) == "hello<|im_end|>\nqty=3<|im_end|>\n"
 
+
+
+def test_without_a_chat_template_the_plain_rendering_is_said_once(tmp_path):
+    from freezetune.data.loading import load_data
+
+    rows = [{"prompt": f"send {i} mugs ", "completion": f"qty={i}"} for i in range(8)]
+    train, held = write_jsonl(tmp_path / "t.jsonl", rows[:6]), write_jsonl(tmp_path / "h.jsonl", rows[6:])
+    notes = load_data(PLAIN, "sft", str(train), str(held), 64)[2]
+    # a base model's tokenizer: prompt and answer are joined with nothing between them, which the user should know
+    assert notes.count("sft: the tokenizer has no chat template, so each example is its prompt followed directly by "
+                       "its answer and EOS (no separator is added)") == 1
+    assert not any("chat template" in n for n in load_data(TOKENIZER, "sft", str(train), str(held), 64)[2])

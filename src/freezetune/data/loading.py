@@ -64,7 +64,7 @@ def load_data(
             notes.append(
                 f"eval: no --eval-data, holding out {held.units} {_unit(held)} of --data (the same for every seed)"
             )
-    notes += train.notes + held.notes
+    notes += list(dict.fromkeys(train.notes + held.notes))  # a note both sides make is said once
     if validation:  # score on a seeded slice of the training data; the held-out split stays unseen
         if validation >= train.units:
             raise FreezetuneError(
