@@ -298,3 +298,17 @@ def test_fp16_without_a_gpu_is_refused_before_the_run_folder(tiny_chat_model_dir
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "freezetune train: error: --precision fp16 needs a GPU (a CPU has no fp16 autocast): use bf16 or fp32")
     assert not out.exists()
+
+
+def test_the_examples_an_epoch_leaves_out_are_said(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    # 20 examples in batches of 6: three full batches an epoch, and 2 examples wait for another (data/order.py)
+    assert main(train_argv(tiny_chat_model_dir, order_data, tmp_path / "a", "--max-steps", "0", "--epochs", "1",
+                           batch_size=6, eval_generate=0)) == 0
+    printed = capsys.readouterr()
+    assert "batches: 20 training examples in batches of 6 leave 2 out of each epoch (drawn anew each epoch)" in (
+        printed.out + printed.err)
+    # a run that ends within its first epoch leaves nothing out that it would have reached
+    assert main(train_argv(tiny_chat_model_dir, order_data, tmp_path / "b", "--max-steps", "2", batch_size=6,
+                           eval_generate=0)) == 0
+    printed = capsys.readouterr()
+    assert "batches:" not in printed.out + printed.err

@@ -213,6 +213,12 @@ def open_session(
             f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
         )
     total_steps = config.total_steps(train.units)
+    left = train.units % config.batch_size
+    if left and total_steps * config.grad_accum >= train.units // config.batch_size:
+        notes.append(  # data/order.py: full batches only, so an epoch's remainder waits for another
+            f"batches: {train.units} training {'pairs' if train.paired else 'examples'} in batches of "
+            f"{config.batch_size} leave {left} out of each epoch (drawn anew each epoch)"
+        )
     unreached = config.unreached(total_steps)
     if schedule is not None:
         unreached.append(schedule.check_length(resolved, total_steps))
