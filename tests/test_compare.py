@@ -199,6 +199,10 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         (compare_args(tiny_chat_model_dir, order_data, out, "freeze layers 40"), "--strategy 'freeze layers 40': plan rule 1"),
         (compare_args(tiny_chat_model_dir, order_data, out, "lora rank=4"), "expected r=N"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", "full"), "two strategies share the run folder name 'full'"),
+        # two spellings of one plan: the same runs twice, then a verdict that they are not separable
+        (compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "freeze bottom 2"),
+         "--strategy 'freeze bottom 2' trains the same 20 tensors as 'freeze bottom 50%', so the comparison would run "
+         "one strategy twice"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=empty_retain), "holds no text"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=tmp_path / "none.txt"), "--retain"),
         (args + ["--seeds", "0"], "--seeds must be at least 1, got 0"),

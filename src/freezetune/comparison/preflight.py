@@ -93,6 +93,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             "give the plan it would pick (freezetune advise MODEL --data FILE) as a strategy"
         )
     anatomy = find_anatomy(loaded.model)
+    seen: dict[tuple, str] = {}  # what a plan strategy runs -> the first strategy that runs it
     for strategy in settings.strategies:
         # an advised plan is resolved by construction (comparison/advised.py)
         if strategy.kind == "plan" and not strategy.advise:
@@ -103,6 +104,16 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
                     _check_schedule_length(settings, strategy, resolved)
             except FreezetuneError as exc:
                 raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
+            schedule = strategy.schedule.render() if strategy.schedule else None
+            runs = (frozenset(resolved.trainable), schedule, strategy.lr)
+            if (
+                runs in seen
+            ):  # two spellings of one plan: the same runs, twice, then "not separable"
+                raise FreezetuneError(
+                    f"--strategy '{strategy.name}' trains the same {len(resolved.trainable)} tensors "
+                    f"as '{seen[runs]}', so the comparison would run one strategy twice"
+                )
+            seen[runs] = strategy.name
     if settings.retain is not None:
         if not Path(settings.retain).is_file():
             raise FreezetuneError(f"--retain {settings.retain} does not exist")
