@@ -232,6 +232,8 @@ CASES = [
     Case("--max-new-tokens 0", train("--max-new-tokens", "0"), "--max-new-tokens must be at least 1, got 0"),
     Case("--lora-targets without --lora-r", train("--lora-targets", "q_proj"), "--lora-targets is for LoRA: give --lora-r N"),
     Case("--beta without dpo", train("--beta", "0.5"), "--beta is for --objective dpo, which has a reference model"),
+    Case("--cache-ram with the cache off", train("--prefix-cache", "off", "--cache-ram", "1GiB"),
+         "--cache-ram is for the prefix cache, which --prefix-cache off turns off"),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
     Case("--out is a file", train("--out", "{w}/train.jsonl"), "--out", None),

@@ -41,6 +41,11 @@ def check_config(config: TrainConfig) -> None:
     for needs, on, names in (
         ("--objective dpo, which has a reference model", config.objective == "dpo", DPO_OPTIONS),
         ("LoRA: give --lora-r N", config.lora_r > 0, ("lora_alpha", "lora_targets")),
+        (
+            "the prefix cache, which --prefix-cache off turns off",
+            config.prefix_cache != "off",
+            ("cache_ram", "cache_limit"),
+        ),
     ):
         for name in names:
             if not on and getattr(config, name) != defaults[name]:
