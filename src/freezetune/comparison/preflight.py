@@ -106,9 +106,8 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
                 raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
             schedule = strategy.schedule.render() if strategy.schedule else None
             runs = (frozenset(resolved.trainable), schedule, strategy.lr)
-            if (
-                runs in seen
-            ):  # two spellings of one plan: the same runs, twice, then "not separable"
+            # two spellings of one plan: the same runs, twice, then "not separable"
+            if runs in seen:
                 raise FreezetuneError(
                     f"--strategy '{strategy.name}' trains the same {len(resolved.trainable)} tensors "
                     f"as '{seen[runs]}', so the comparison would run one strategy twice"
