@@ -200,9 +200,8 @@ def write_report(
         metric, config.get("objective", "sft"), config.get("eval_generate") or 0
     )
     verdict = decide(rows, chosen, why, margins, forgetting)
-    out.mkdir(
-        parents=True, exist_ok=True
-    )  # once the verdict holds: a refused report leaves no folder
+    # once the verdict holds: a refused report leaves no folder
+    out.mkdir(parents=True, exist_ok=True)
     plots = render_plots(
         rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict
     )
