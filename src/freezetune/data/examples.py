@@ -116,11 +116,6 @@ def render_sft(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
     refuse_malformed(errors)
     render = _chat_segments if getattr(tokenizer, "chat_template", None) else _plain_segments
     data = TokenizedData([])
-    if render is _plain_segments:  # a base model's tokenizer: what the model sees is worth a line
-        data.notes.append(
-            "sft: the tokenizer has no chat template, so each example is its prompt followed "
-            "directly by its answer and EOS (no separator is added)"
-        )
     for record, messages in conversations:
         ids, labels, prompt_ids = render(tokenizer, messages)
         if len(ids) > seq_len:

@@ -64,7 +64,13 @@ def load_data(
             notes.append(
                 f"eval: no --eval-data, holding out {held.units} {_unit(held)} of --data (the same for every seed)"
             )
-    notes += list(dict.fromkeys(train.notes + held.notes))  # a note both sides make is said once
+    notes += train.notes + held.notes
+    if objective != "cpt" and not getattr(tokenizer, "chat_template", None):
+        # a base model's tokenizer: what the model sees is worth a line (examples._plain_segments)
+        notes.append(
+            f"{objective}: the tokenizer has no chat template, so each example is its prompt "
+            "followed directly by its answer and EOS (no separator is added)"
+        )
     if validation:  # score on a seeded slice of the training data; the held-out split stays unseen
         if validation >= train.units:
             raise FreezetuneError(
