@@ -18,8 +18,6 @@ NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping 
     *("max_grad_norm", "weight_decay"),
 )
 
-DPO_OPTIONS = ("precompute_ref", "beta")
-
 
 def check_config(config: TrainConfig) -> None:
     if config.seq_len < 2:  # before the data: a shorter limit would blame the records
@@ -39,7 +37,11 @@ def check_config(config: TrainConfig) -> None:
     # options of a mode the run is not in: set away from their defaults, they would change nothing
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for needs, on, names in (
-        ("--objective dpo, which has a reference model", config.objective == "dpo", DPO_OPTIONS),
+        (
+            "--objective dpo, which has a reference model",
+            config.objective == "dpo",
+            ("precompute_ref", "beta"),
+        ),
         ("LoRA: give --lora-r N", config.lora_r > 0, ("lora_alpha", "lora_targets")),
         (
             "the prefix cache, which --prefix-cache off turns off",
