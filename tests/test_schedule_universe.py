@@ -1,9 +1,10 @@
-"""What a schedule moves through: every block when no plan is given, never a schedule that cannot vary,
-and LISA with the embeddings and head kept out (freeze-outside)."""
+"""What a schedule moves through: every block when no plan is given, never a schedule that cannot vary
+(nor one its run is too short to vary), and LISA with the embeddings and head kept out (freeze-outside)."""
 
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from freezetune.cli.commands import main
 from freezetune.errors import FreezetuneError
@@ -14,6 +15,10 @@ from freezetune.plans.schedule import Schedule
 
 from conftest import build_tiny
 from helpers import metric_records, train_argv
+
+
+def schedule_args(model_dir, order_data, out, *extra):
+    return train_argv(model_dir, order_data, out, *extra, lr="1e-2", warmup=1, eval_generate=0)
 
 
 def universe(plan: str):
@@ -101,3 +106,48 @@ def test_a_trainer_callback_refuses_gradient_sampling():
 
     with pytest.raises(FreezetuneError, match="drawing by gradient scores needs the gradients of every step"):
         FreezeCallback(freeze(build_tiny("llama"), "train all"), "lisa layers=1 every=2 sample=gradient")
+
+
+def test_a_run_too_short_for_its_schedule_is_refused_and_one_that_stops_unfreezing_says_so(
+        tiny_chat_model_dir, order_data, tmp_path, capsys):
+    out = tmp_path / "short"
+    # 4 steps, every=4: one phase, the plan's top block alone, run as if it were a schedule
+    code = main(schedule_args(tiny_chat_model_dir, order_data, out, "--plan", "train all", "--max-steps", "4",
+                     "--schedule", "gradual every=4"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err == ("freezetune train: error: --schedule 'gradual every=4 start=1 step=1': the run has 4 "
+                                 "steps, so it never leaves its first phase (every=4) and trains the same blocks "
+                                 "throughout; give every=3 or less, or more steps")
+    assert not out.exists()  # refused before the run folder
+    assert main(schedule_args(tiny_chat_model_dir, order_data, out, "--max-steps", "4", "--schedule", "lisa layers=1 every=9")) == 2
+    assert "never leaves its first phase (every=9)" in capsys.readouterr().err and not out.exists()
+    # 4 steps, every=2: blocks 3, then 2-3; blocks 0-1 and the embeddings never unfreeze (the head, not tied to
+    # them, trains throughout)
+    assert main(schedule_args(tiny_chat_model_dir, order_data, out, "--plan", "train all", "--max-steps", "4",
+                     "--schedule", "gradual every=2")) == 0
+    notice = ("notice: --schedule 'gradual every=2 start=1 step=1': the run's 4 steps end before the unfreezing "
+              "reaches the plan's lowest block: blocks 0-1 and the embeddings never train (the whole plan "
+              "would train from step 7)")
+    printed = capsys.readouterr()
+    assert notice in printed.out + printed.err
+    assert [r["active_blocks"] for r in metric_records(out) if "loss" in r] == [[3], [3], [2, 3], [2, 3]]
+    # a run long enough to unfreeze the whole plan says nothing
+    anatomy = find_anatomy(AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir))
+    universe = resolve(FreezePlan.parse("train all"), anatomy)
+    assert Schedule.parse("gradual every=2").check_length(universe, 7) is None
+    assert "block 0 and the embeddings never train (" in Schedule.parse("gradual every=2").check_length(universe, 6)
+    blocks_only = resolve(FreezePlan.parse("freeze embeddings"), anatomy)
+    assert "block 0 never trains (" in Schedule.parse("gradual every=2").check_length(blocks_only, 6)
+    assert Schedule.parse("lisa layers=1 every=2").check_length(universe, 3) is None
+
+
+def test_compare_refuses_a_schedule_its_search_runs_cannot_vary(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    base = ["compare", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",
+            str(order_data[1]), "--max-steps", "8", "--batch-size", "4", "--seq-len", "64", "--out", str(out)]
+    # searched: 4-step search runs would choose the rate for the first phase alone
+    assert main(base + ["--strategy", "gradual every=4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("give every=3 or less, or more --search-steps")
+    assert main(base + ["--strategy", "lisa layers=1 every=8 lr=1e-3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("give every=7 or less, or more --max-steps")
+    assert not (out / "runs").exists()  # before anything trained

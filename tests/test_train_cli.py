@@ -251,31 +251,6 @@ def test_export_prints_only_where_it_wrote(tiny_chat_model_dir, order_data, tmp_
     assert done.stdout == f"exported to {exported}\n"
 
 
-def test_an_empty_answer_is_said_not_left_blank(tiny_chat_model_dir, monkeypatch, capsys):
-    import freezetune.training.evaluation as evaluation
-
-    monkeypatch.setattr(evaluation, "generate", lambda *args, **kwargs: [""])  # stripped whitespace
-    assert main(["generate", str(tiny_chat_model_dir), "--prompt", "send 3 red mugs"]) == 0
-    out, err = capsys.readouterr()
-    assert out == "" and "generate: the answer is empty" in err
-
-
-def test_generate_puts_a_system_prompt_before_the_prompt_as_training_data_does(tiny_chat_model_dir, monkeypatch, capsys):
-    from transformers import AutoTokenizer
-
-    import freezetune.training.evaluation as evaluation
-
-    prompts = []
-    monkeypatch.setattr(evaluation, "generate", lambda model, tokenizer, ids, *a, **k: prompts.append(ids[0]) or ["ok"])
-    assert main(["generate", str(tiny_chat_model_dir), "--prompt", "send 3", "--system", "You dispatch orders."]) == 0
-    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
-    turns = [{"role": "system", "content": "You dispatch orders."}, {"role": "user", "content": "send 3"}]
-    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    assert prompts == [tokenizer(text, add_special_tokens=False)["input_ids"]]  # the order a record's 'system' gives
-    assert main(["generate", str(tiny_chat_model_dir), "--prompt", "send 3", "--system", "S", "--plain"]) == 2
-    assert "--system goes into the chat template, and --plain continues the prompt" in capsys.readouterr().err
-
-
 def test_a_warmup_and_an_eval_interval_the_run_never_reaches_are_said(tiny_chat_model_dir, order_data, tmp_path, capsys):
     def notices(*flags):
         out = tmp_path / "-".join(flags)
