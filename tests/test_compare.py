@@ -143,6 +143,8 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         (compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", "freeze bottom 2"),
          "--strategy 'freeze bottom 2' trains the same 20 tensors as 'freeze bottom 50%', so the comparison would run "
          "one strategy twice"),
+        (compare_args(tiny_chat_model_dir, order_data, out, "lora", "lora r=8 alpha=16 targets=all-linear"),
+         "--strategy 'lora r=8 alpha=16 targets=all-linear' trains the same adapters as 'lora', so the comparison"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=empty_retain), "holds no text"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=tmp_path / "none.txt"), "--retain"),
         (args + ["--seeds", "0"], "--seeds must be at least 1, got 0"),

@@ -113,6 +113,17 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
                     f"as '{seen[runs]}', so the comparison would run one strategy twice"
                 )
             seen[runs] = strategy.name
+        elif strategy.kind == "lora":
+            lora = {**vars(settings.base_config), **strategy.lora}
+            targets = frozenset(t.strip() for t in lora["lora_targets"].split(","))
+            runs = ("lora", lora["lora_r"], lora["lora_alpha"], targets, strategy.lr)
+            # 'lora' and 'lora r=8 alpha=16' are the same adapters
+            if runs in seen:
+                raise FreezetuneError(
+                    f"--strategy '{strategy.name}' trains the same adapters as '{seen[runs]}', "
+                    "so the comparison would run one strategy twice"
+                )
+            seen[runs] = strategy.name
     if settings.retain is not None:
         if not Path(settings.retain).is_file():
             raise FreezetuneError(f"--retain {settings.retain} does not exist")
