@@ -62,7 +62,7 @@ def test_plain_tokenizer_without_template(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "send two mugs ", "completion": "qty=2"}])
     (example,) = sft_examples(read_records(str(path)), PLAIN, seq_len=64).examples
     assert response_text(PLAIN, example) == "qty=2<|im_end|>"
-    with pytest.raises(FreezetuneError, match=r"records of several turns \('messages', or a 'system' or 'history' "
+    with pytest.raises(FreezetuneError, match=r"records of several turns \('messages' or 'conversations', or a 'system' or 'history' "
                                               r"field\) need a tokenizer with a chat template"):
         chat = write_jsonl(tmp_path / "c.jsonl", [{"messages": [
             {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
@@ -251,3 +251,38 @@ def test_without_a_chat_template_the_plain_rendering_is_said_once(tmp_path):
     assert notes.count("sft: the tokenizer has no chat template, so each example is its prompt followed directly by "
                        "its answer and EOS (no separator is added)") == 1
     assert not any("chat template" in n for n in load_data(TOKENIZER, "sft", str(train), str(held), 64)[2])
+
+
+def test_sharegpt_conversations_train_as_the_same_messages(tmp_path):
+    """LLaMA-Factory's and Axolotl's ShareGPT shape: it was refused as 'no SFT fields'."""
+    from freezetune.data.shapes import to_messages
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "qty?"},
+            {"role": "assistant", "content": "qty=3"}]
+    tags = {"system": "system", "user": "human", "assistant": "gpt"}
+    sharegpt = [{"from": tags[m["role"]], "value": m["content"]} for m in chat]
+    path = write_jsonl(tmp_path / "s.jsonl", [{"messages": chat}, {"conversations": sharegpt}])
+    as_messages, as_sharegpt = sft_examples(read_records(str(path)), TOKENIZER, seq_len=256).examples
+    assert as_sharegpt.input_ids == as_messages.input_ids and as_sharegpt.labels == as_messages.labels
+
+    def errors_of(record):
+        errors = []
+        return to_messages(Record(record, "r.jsonl line 1"), errors), errors
+
+    plain = [{"from": "user", "value": "a"}, {"from": "assistant", "value": "b"}]
+    assert errors_of({"conversations": plain, "system": "S"})[0] == [
+        {"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    for record, error in [
+        # a tool turn dropped would train the answer without what the tool said
+        ({"conversations": [*sharegpt[1:3], {"from": "observation", "value": "{}"}, sharegpt[4]]},
+         "field 'conversations[2]' must be {from: human|gpt|system, value: string}, not from 'observation'"),
+        ({"conversations": [{"role": "user", "content": "a"}]},
+         "field 'conversations[0]' must be {from: human|gpt|system, value: string}"),
+        ({"conversations": sharegpt[1:2]}, "field 'conversations' must end with an assistant message"),
+        ({"conversations": []}, "field 'conversations' must be a non-empty list"),
+        ({"conversations": sharegpt, "system": "S"}, "a system prompt in field 'system' and another in 'conversations'"),
+        ({"conversations": sharegpt, "messages": chat},
+         "the fields of two record shapes, messages (messages) and ShareGPT (conversations): give one"),
+    ]:
+        assert errors_of(record) == (None, [f"r.jsonl line 1: {error}"]), record

@@ -85,8 +85,8 @@ def _chat_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
 def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
     if len(messages) != 2:
         raise FreezetuneError(
-            "records of several turns ('messages', or a 'system' or 'history' field) need a "
-            "tokenizer with a chat template"
+            "records of several turns ('messages' or 'conversations', or a 'system' or 'history' "
+            "field) need a tokenizer with a chat template"
         )
     prompt = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + _encode(
         tokenizer, messages[0]["content"]

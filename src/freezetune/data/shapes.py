@@ -3,10 +3,11 @@
     prompt / completion                                  one user turn, one answer
     instruction / input / output                         Alpaca: the input follows the instruction
     messages: [{role, content}, ...]                     the conversation, ending with an answer
+    conversations: [{from, value}, ...]                  ShareGPT: the same, tagged human/gpt/system
 
 The two flat shapes also take LLaMA-Factory's ``system`` (a system prompt) and ``history``
-(earlier turns as [user, assistant] pairs); ``messages`` takes ``system`` when it holds none of
-its own. A record that mixes two shapes is refused: which one it meant is not ours to guess.
+(earlier turns as [user, assistant] pairs); the two conversation shapes take ``system`` when
+they hold none of their own. A record that mixes two shapes is refused: which one it meant is not ours to guess.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 from freezetune.data.files import Record
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT's speaker tags, as LLaMA-Factory reads them, and the plain roles some exports use
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", **{role: role for role in ROLES}}
 SHAPES = {
     "messages": ("messages",),
+    "ShareGPT": ("conversations",),
     "Alpaca": ("instruction", "output"),
     "prompt": ("prompt", "completion"),
 }
@@ -65,19 +69,20 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
         return None
     if not given:
         errors.append(
-            f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', or "
-            f"'messages' (found {', '.join(sorted(fields)) or 'nothing'})"
+            f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', "
+            f"'messages' or 'conversations' (found {', '.join(sorted(fields)) or 'nothing'})"
         )
         return None
     system = string_field(record, "system", errors, required=False)
     if system is None and fields.get("system") is not None:
         return None  # not a string: said in errors
-    if given == ["messages"]:
-        turns = _conversation(record, errors)
+    if given[0] in ("messages", "ShareGPT"):
+        name = SHAPES[given[0]][0]
+        turns = _conversation(record, name, errors)
         if turns is None or fields.get("history") is not None:
             if turns is not None:
                 errors.append(
-                    f"{record.where}: field 'history' is for flat records; 'messages' holds every turn"
+                    f"{record.where}: field 'history' is for flat records; '{name}' holds every turn"
                 )
             return None
     else:
@@ -87,24 +92,43 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
     if system is not None and system.strip():
         if turns[0]["role"] == "system":
             errors.append(
-                f"{record.where}: a system prompt in field 'system' and another in 'messages'"
+                f"{record.where}: a system prompt in field 'system' and another in '{SHAPES[given[0]][0]}'"
             )
             return None
         turns = [{"role": "system", "content": system}, *turns]
     return turns
 
 
-def _conversation(record: Record, errors: list[str]) -> list[dict] | None:
-    messages = record.fields["messages"]
+def _conversation(record: Record, name: str, errors: list[str]) -> list[dict] | None:
+    messages = record.fields[name]
     if not isinstance(messages, list) or not messages:
-        errors.append(f"{record.where}: field 'messages' must be a non-empty list")
+        errors.append(f"{record.where}: field '{name}' must be a non-empty list")
         return None
-    if not valid_messages(record, "messages", messages, errors):
+    if name == "conversations":
+        messages = _from_sharegpt(record, messages, errors)
+        if messages is None:
+            return None
+    elif not valid_messages(record, name, messages, errors):
         return None
     if messages[-1]["role"] != "assistant":
-        errors.append(f"{record.where}: field 'messages' must end with an assistant message")
+        errors.append(f"{record.where}: field '{name}' must end with an assistant message")
         return None
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _from_sharegpt(record: Record, turns: list, errors: list[str]) -> list[dict] | None:
+    """ShareGPT turns as messages; a tool call or observation turn is refused, not dropped."""
+    messages = []
+    for i, turn in enumerate(turns):
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        if speaker not in SHAREGPT_ROLES or not isinstance(turn.get("value"), str):
+            errors.append(
+                f"{record.where}: field 'conversations[{i}]' must be {{from: human|gpt|system, "
+                f"value: string}}" + (f", not from '{speaker}'" if isinstance(speaker, str) else "")
+            )
+            return None
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn["value"]})
+    return messages
 
 
 def _flat(record: Record, errors: list[str], shape: str) -> list[dict] | None:
