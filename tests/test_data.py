@@ -114,6 +114,14 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
         ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
         ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed record(s): "),
+        # the columns of the other records are None in this one, not fields it gives
+        ('{"prompt": "a", "completion": "b"}\n{"question": 1}\n',
+         "bad.jsonl line 2: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', 'messages' or "
+         "'conversations' (found question)"),
+        # a file of the wrong shape names its fault once, not five times over
+        ('{"question": 1}\n' * 7, "bad.jsonl lines 1, 2, 3 and 4 more: no SFT fields"),
+        ('{"question": 1}\n{"prompt": "a"}\n{"question": 1}\n',
+         "bad.jsonl lines 1, 3: no SFT fields"),
     ],
 )
 def test_bad_records_name_file_line_and_field(tmp_path, content, message):

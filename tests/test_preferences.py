@@ -50,6 +50,9 @@ def test_a_system_field_is_the_system_prompt_of_both_sides():
 
 @pytest.mark.parametrize("fields, message", [
     ({"prompt": "p", "chosen": "c"}, "prefs.jsonl:2: a preference record needs 'prompt', 'chosen' and 'rejected'; 'rejected' is missing (found chosen, prompt)"),
+    # columns other records have read as None here: not fields this record gives
+    ({"prompt": "p", "chosen": "c", "rejected": None, "system": None},
+     "prefs.jsonl:2: a preference record needs 'prompt', 'chosen' and 'rejected'; 'rejected' is missing (found chosen, prompt)"),
     ({"prompt": "p", "chosen": "c", "rejected": 3}, "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got a int"),
     ({"prompt": "p", "chosen": " ", "rejected": "r"}, "prefs.jsonl:2: field 'chosen' is empty"),
     ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "user", "content": "c"}], "rejected": "r"},

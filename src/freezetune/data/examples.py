@@ -9,6 +9,7 @@ completion are concatenated with an end-of-sequence token.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -95,11 +96,39 @@ def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
     return prompt + response, [IGNORE] * len(prompt) + response, prompt
 
 
+# "orders.jsonl line 7: field 'completion' is missing", as every record error starts
+_RECORD_ERROR = re.compile(
+    r"^(?P<file>.*?) (?P<unit>line|row) (?P<n>\d+)(?P<side> \(\w+\))?: (?P<say>.*)$"
+)
+
+
 def refuse_malformed(errors: list[str], what: str = "record") -> None:
-    """Every bad record in one error: the first five by file, line and field, and how many more."""
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        raise FreezetuneError(f"{len(errors)} malformed {what}(s): {shown}")
+    """Every bad record in one error: the first five faults by file, line and field, and how many
+    more. Records with the same fault share one mention, so a file of the wrong shape reads once."""
+    if not errors:
+        return
+    faults: dict[tuple, list[str]] = {}
+    for error in errors:
+        match = _RECORD_ERROR.match(error)
+        key = (
+            (match["file"], match["unit"], match["side"] or "", match["say"]) if match else (error,)
+        )
+        faults.setdefault(key, []).append(match["n"] if match else "")
+    shown = []
+    for key, numbers in list(faults.items())[:5]:
+        if len(key) == 1:
+            shown.append(key[0])
+            continue
+        file, unit, side, say = key
+        more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
+        plural = "s" if len(numbers) > 1 else ""
+        shown.append(f"{file} {unit}{plural} {', '.join(numbers[:3])}{more}{side}: {say}")
+    rest = sum(len(numbers) for numbers in list(faults.values())[5:])
+    raise FreezetuneError(
+        f"{len(errors)} malformed {what}(s): "
+        + "; ".join(shown)
+        + (f"; and {rest} more" if rest else "")
+    )
 
 
 def sft_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:

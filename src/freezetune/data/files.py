@@ -26,6 +26,11 @@ class Record:
     fields: dict
     where: str  # "data.jsonl line 7", "data.csv line 3", "data.parquet row 12"
 
+    @property
+    def given(self) -> str:
+        """The fields this record gives, for an error: datasets fills other records' columns with None."""
+        return ", ".join(sorted(k for k, v in self.fields.items() if v is not None)) or "nothing"
+
 
 def _jsonl_line_numbers(path: Path) -> list[int]:
     """1-based numbers of the non-blank lines: datasets skips blank lines, so rows shift."""

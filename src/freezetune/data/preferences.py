@@ -71,7 +71,7 @@ def _conversation(record: Record, errors: list[str]) -> tuple[list, list, list] 
     if missing:
         errors.append(
             f"{record.where}: a preference record needs 'prompt', 'chosen' and 'rejected'; "
-            f"'{missing[0]}' is missing (found {', '.join(sorted(record.fields)) or 'nothing'})"
+            f"'{missing[0]}' is missing (found {record.given})"
         )
         return None
     prompt = _messages(record, "prompt", errors, "user")

@@ -70,7 +70,7 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
     if not given:
         errors.append(
             f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', "
-            f"'messages' or 'conversations' (found {', '.join(sorted(fields)) or 'nothing'})"
+            f"'messages' or 'conversations' (found {record.given})"
         )
         return None
     system = string_field(record, "system", errors, required=False)
