@@ -125,6 +125,24 @@ def test_better_on_one_axis_is_not_dominance_without_evidence_on_the_other(tmp_p
     assert decide(rows, "eval_loss", "test")["dominated"] == [{"strategy": "b", "by": "a"}]
 
 
+def test_runs_told_apart_on_forgetting_alone_have_no_best_quality(tmp_path):
+    rng = np.random.default_rng(7)
+    # the same loss, measured tightly; b forgets ten times more. It was "Best eval loss: a", as if a scored better
+    rows = [_strategy(tmp_path, rng, "a", 0.50, 0.010, noise=0.002), _strategy(tmp_path, rng, "b", 0.50, 0.100, noise=0.002)]
+    verdict = decide(rows, "eval_loss", "test")
+    assert verdict["dominated"] == [{"strategy": "b", "by": "a"}] and not verdict["quality_separated"]
+    assert verdict["sentence"].startswith("No measurable difference in eval loss: a, b cannot be told apart on it; "
+                                          "least forgetting: a (KL ")
+    assert "dominated: b (by a). Ranked by eval loss" in verdict["sentence"]
+    assert "Best quality: none measurably; eval loss cannot tell the strategies apart." in recommend(rows, verdict)
+    # without a forgetting measure the other axis is peak memory, and the sentence says so
+    rows = [_strategy(tmp_path / "memory", rng, name, 0.50, 0.010, noise=0.002, memory=memory)
+            for name, memory in (("a", 2**30), ("b", 2**32))]
+    for run_dir in (tmp_path / "memory").glob("*/seed-*"):
+        (run_dir / "forgetting.json").unlink()
+    assert "; least memory: a (1.00 GiB peak); dominated: b (by a)" in decide(rows, "eval_loss", "test")["sentence"]
+
+
 def test_one_seed_never_separates_and_failures_are_named(tmp_path):
     rng = np.random.default_rng(5)
     rows = [_strategy(tmp_path, rng, "a", 0.3, 0.01, seeds=1), _strategy(tmp_path, rng, "b", 0.9, 0.2, seeds=1),

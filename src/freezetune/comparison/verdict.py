@@ -208,8 +208,10 @@ def decide(
         len(quality_tests) or 1,
         seeds,
     )
+    # told apart on forgetting alone, no strategy is the best on quality, whatever its point estimate
+    quality_separated = any(better(t, LOWER_IS_BETTER[metric]) != 0 for t in quality_tests)
     named = {"best": best["strategy"], "gentlest": gentlest["strategy"], "dominated": dominated}
-    context = {**verdict, **named, "cost_metric": cost}
+    context = {**verdict, **named, "cost_metric": cost, "quality_separated": quality_separated}
     sentence = verdict_sentence(
         done, failed, context, tied_best, bool(separated), len(quality_tests), seeds
     )
@@ -221,6 +223,7 @@ def decide(
         "frontier": [r["strategy"] for r in frontier],
         "indistinguishable": [g for g in groups if len(g) > 1],
         "best": best["strategy"],
+        "quality_separated": quality_separated,
         "gentlest": gentlest["strategy"],
         "dominated": dominated,
         "hints": hints,

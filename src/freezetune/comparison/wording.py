@@ -58,11 +58,18 @@ def verdict_sentence(
             f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({units}; {corrected})."
         )
     else:
-        sentence = f"Best {METRIC_NAMES[metric]}: {best['strategy']} ({shown(best, metric)})"
-        if tied_best:
-            sentence += f", not separable from {', '.join(r['strategy'] for r in tied_best)}"
-        if gentlest is not best:
-            sentence += f"; least forgetting: {gentlest['strategy']} ({shown(gentlest, cost)})"
+        least = "least memory" if cost == "peak_memory_bytes" else "least forgetting"
+        if verdict["quality_separated"]:
+            sentence = f"Best {METRIC_NAMES[metric]}: {best['strategy']} ({shown(best, metric)})"
+            if tied_best:
+                sentence += f", not separable from {', '.join(r['strategy'] for r in tied_best)}"
+            if gentlest is not best:
+                sentence += f"; {least}: {gentlest['strategy']} ({shown(gentlest, cost)})"
+        else:
+            sentence = (
+                f"No measurable difference in {METRIC_NAMES[metric]}: {', '.join(r['strategy'] for r in done)} "
+                f"cannot be told apart on it; {least}: {gentlest['strategy']} ({shown(gentlest, cost)})"
+            )
         if dominated:
             sentence += "; dominated: " + ", ".join(
                 f"{d['strategy']} (by {d['by']})" for d in dominated
@@ -105,10 +112,15 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
         + "."
     )
     best = by_name[verdict["best"]]
-    lines.append(
-        f"Best quality: {best['strategy']}, at {ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
-        f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
-    )
+    if verdict.get("quality_separated", True):
+        lines.append(
+            f"Best quality: {best['strategy']}, at {ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
+            f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
+        )
+    else:
+        lines.append(
+            f"Best quality: none measurably; {METRIC_NAMES[metric]} cannot tell the strategies apart."
+        )
     for entry in verdict["dominated"]:
         row, winner = by_name[entry["strategy"]], by_name[entry["by"]]
         lines.append(
