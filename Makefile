@@ -1,8 +1,8 @@
 # The two commands a fresh machine needs: `make demo` (the main job) and `make test`.
 # The demo compares full fine-tuning, LoRA and `freeze bottom 75%` on the embedded SmolLM2-135M
 # and the built-in dispatch task: each strategy's learning rate searched over 3 rates, then
-# 2 seeds at the chosen rate, and the built-in quiz as a retain task: 12 minutes on 2 CPU cores
-# when last measured (the README says where it goes).
+# 2 seeds at the chosen rate, and the built-in quiz as a retain task: 12-18 minutes on 2 CPU cores
+# in the last two measurements (the README says where it goes).
 # Run again, it keeps the finished runs and only re-renders the report.
 # Both create .venv and install everything on first use; nothing is downloaded at run time.
 PYTHON ?= python3
