@@ -77,7 +77,7 @@ def test_models_that_change_logits_after_the_head_keep_the_full_head():
 def run(model_dir, data, out, *extra):
     return main(["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out),
                  "--batch-size", "4", "--seq-len", "64", "--lr", "1e-2", "--warmup", "1", "--max-steps", "6",
-                 "--eval-generate", "0", "--prefix-cache", "memory", "--epochs", "1", *extra])
+                 "--eval-generate", "0", "--prefix-cache", "memory", *extra])
 
 
 def test_training_on_the_targets_only_matches_the_full_head(tiny_chat_model_dir, order_data, tmp_path, capsys):

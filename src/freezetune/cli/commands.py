@@ -16,6 +16,7 @@ from freezetune.cli.console import say
 from freezetune.cli.evaluate import run_evaluate
 from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
+from freezetune.config.checks import check_given
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.advise import AdviseOptions
@@ -236,9 +237,11 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
     base = read_config_file(TrainConfig, Path(args.config)) if args.config else {}
     config = from_namespace(TrainConfig, args, base)
+    # typed or in the config file: a value equal to its default was still asked for
+    given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
     if config.resume:
-        given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
         config = resumed_config(config, given)
+    check_given(config, given)
     return config
 
 

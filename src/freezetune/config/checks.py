@@ -34,24 +34,10 @@ def check_config(config: TrainConfig) -> None:
             raise FreezetuneError(
                 f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}"
             )
-    # options of a mode the run is not in: set away from their defaults, they would change nothing
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    for needs, on, names in (
-        (
-            "--objective dpo, which has a reference model",
-            config.objective == "dpo",
-            ("precompute_ref", "beta"),
-        ),
-        ("LoRA: give --lora-r N", config.lora_r > 0, ("lora_alpha", "lora_targets")),
-        (
-            "the prefix cache, which --prefix-cache off turns off",
-            config.prefix_cache != "off",
-            ("cache_ram", "cache_limit"),
-        ),
-    ):
-        for name in names:
-            if not on and getattr(config, name) != defaults[name]:
-                raise FreezetuneError(f"--{name.replace('_', '-')} is for {needs}")
+    # a library caller gave what it set away from the defaults; the CLI knows what was typed
+    check_given(
+        config, {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
+    )
     if config.beta <= 0:
         raise FreezetuneError(f"--beta must be positive, got {config.beta}")
     if config.objective == "dpo" and (config.fsdp or config.zero_stage):
@@ -105,6 +91,36 @@ def check_config(config: TrainConfig) -> None:
             raise FreezetuneError(
                 f"--log-with {config.log_with} needs the {config.log_with} package: "
                 f"pip install {config.log_with}"
+            )
+
+
+def check_given(config: TrainConfig, given: set[str]) -> None:
+    """Options given that the run would never read: of a mode it is not in, or set beside the
+    option that decides in their place. Either way the user asked for something that changes nothing."""
+    for needs, on, names in (
+        (
+            "--objective dpo, which has a reference model",
+            config.objective == "dpo",
+            ("precompute_ref", "beta"),
+        ),
+        ("LoRA: give --lora-r N", config.lora_r > 0, ("lora_alpha", "lora_targets")),
+        (
+            "the prefix cache, which --prefix-cache off turns off",
+            config.prefix_cache != "off",
+            ("cache_ram", "cache_limit"),
+        ),
+    ):
+        for name in names:
+            if not on and name in given:
+                raise FreezetuneError(f"--{name.replace('_', '-')} is for {needs}")
+    for name, decides, why in (
+        ("epochs", config.max_steps > 0, f"--max-steps {config.max_steps} sets the run's length"),
+        ("warmup_ratio", config.warmup is not None, f"--warmup {config.warmup} sets the warmup"),
+    ):
+        if name in given and decides:
+            raise FreezetuneError(
+                f"--{name.replace('_', '-')} {getattr(config, name):g} has no effect: {why}; "
+                "give one of the two"
             )
 
 
