@@ -146,6 +146,9 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         (compare_args(tiny_chat_model_dir, order_data, out, "lora", "lora r=8 alpha=16 targets=all-linear"),
          "--strategy 'lora r=8 alpha=16 targets=all-linear' trains the same adapters as 'lora', so the comparison"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=empty_retain), "holds no text"),
+        (args + ["--objective", "cpt", "--eval-generate", "0", "--max-new-tokens", "9"],
+         "--max-new-tokens is for generated answers, and --objective cpt generates none"),
+        (args + ["--warmup", "1", "--warmup-ratio", "0.2"], "--warmup-ratio 0.2 has no effect: --warmup 1 sets the warmup"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", retain=tmp_path / "none.txt"), "--retain"),
         (args + ["--seeds", "0"], "--seeds must be at least 1, got 0"),
         (args + ["--lr-grid", "1,x"], "--lr-grid '1,x': expected comma-separated multiples"),
@@ -154,7 +157,8 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         # ranked by answers it would not have: the runs trained, then the report failed on the missing scores
         (args + ["--metric", "exact_match", "--eval-generate", "0"],
          "--metric exact_match checks generated answers, and --eval-generate 0 generates none: give --eval-generate N"),
-        (args + ["--metric", "exact_match", "--objective", "cpt"],
+        # typed where nothing is generated, the answer options are refused first (test_faults.py)
+        (args + ["--metric", "exact_match", "--objective", "cpt", "--eval-generate", "0"],
          "--metric exact_match checks generated answers, and --objective cpt has none (its metric is eval loss)"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", search=True) + ["--validation", "20"],
          "--validation 20 leaves no training example"),

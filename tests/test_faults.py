@@ -230,7 +230,8 @@ CASES = [
     Case("--max-grad-norm -1", train("--max-grad-norm", "-1"), "--max-grad-norm must be 0 or more, got -1.0"),
     Case("--weight-decay -0.1", train("--weight-decay", "-0.1"), "--weight-decay must be 0 or more, got -0.1"),
     Case("--lora-alpha 0", train("--lora-r", "4", "--lora-alpha", "0"), "--lora-alpha must be positive, got 0"),
-    Case("--max-new-tokens 0", train("--max-new-tokens", "0"), "--max-new-tokens must be at least 1, got 0"),
+    Case("--max-new-tokens 0", train("--eval-generate", "2", "--max-new-tokens", "0"),
+         "--max-new-tokens must be at least 1, got 0"),
     Case("--lora-targets without --lora-r", train("--lora-targets", "q_proj"), "--lora-targets is for LoRA: give --lora-r N"),
     Case("--beta without dpo", train("--beta", "0.5"), "--beta is for --objective dpo, which has a reference model"),
     # typed, an option is asked for even at its default value; beside the option that decides, it does nothing
@@ -239,6 +240,13 @@ CASES = [
          "--epochs 2 has no effect: --max-steps 2 sets the run's length; give one of the two"),
     Case("--warmup-ratio beside --warmup", train("--warmup", "1", "--warmup-ratio", "0.1"),
          "--warmup-ratio 0.1 has no effect: --warmup 1 sets the warmup; give one of the two"),
+    # generation options where nothing is generated: the answers asked for never come
+    Case("--show-generations with --eval-generate 0", train("--show-generations", "2"),
+         "--show-generations is for generated answers, and --eval-generate 0 generates none"),
+    Case("--max-new-tokens with --eval-generate 0", train("--max-new-tokens", "20"),
+         "--max-new-tokens is for generated answers, and --eval-generate 0 generates none"),
+    Case("--eval-generate with cpt", train("--objective", "cpt", "--eval-generate", "5"),
+         "--eval-generate is for generated answers, and --objective cpt generates none"),
     Case("--epochs beside max_steps in the config file", ["train", "--config", "{w}/both.yaml", "--out", "{w}/new"],
          "--epochs 1 has no effect: --max-steps 2 sets the run's length", write("both.yaml", "max_steps: 2\nepochs: 1\n")),
     Case("--cache-ram with the cache off", train("--prefix-cache", "off", "--cache-ram", "1GiB"),

@@ -241,10 +241,11 @@ def test_fewer_examples_than_one_batch_is_refused_before_the_run_folder(tiny_cha
     assert not (tmp_path / "small").exists()
 
 
-def test_export_prints_only_where_it_wrote(tiny_chat_model_dir, order_data, tmp_path):
+def test_export_prints_only_where_it_wrote(tiny_chat_model_dir, order_data, tmp_path, capsys):
     """A fresh process, as a user runs it: saving imports DeepSpeed, whose notice used to land on stdout."""
     run_dir, exported = tmp_path / "run", tmp_path / "exported"
     assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "1")) == 0
+    assert capsys.readouterr().out.startswith("finished 1 step: ")  # not "1 steps"
     done = subprocess.run([sys.executable, "-m", "freezetune", "export", str(run_dir), "--out", str(exported)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-500:]

@@ -232,17 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
+def _options(cls: type, args: argparse.Namespace) -> tuple[object, set[str]]:
+    """The command's options from its config file and flags, and which were given: typed or in the
+    file, so that a value equal to its default still counts as asked for."""
     from freezetune.training.session import resumed_config
 
-    base = read_config_file(TrainConfig, Path(args.config)) if args.config else {}
-    config = from_namespace(TrainConfig, args, base)
-    # typed or in the config file: a value equal to its default was still asked for
+    base = read_config_file(cls, Path(args.config)) if args.config else {}
+    options = from_namespace(cls, args, base)
     given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
-    if config.resume:
-        config = resumed_config(config, given)
-    check_given(config, given)
-    return config
+    if cls is TrainConfig and options.resume:
+        options = resumed_config(options, given)
+    return options, given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,18 +254,19 @@ def main(argv: list[str] | None = None) -> int:
             import datasets
 
             datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
-        if cls is TrainConfig:
-            options = _train_config(args)
-        elif cls is CompareOptions:
-            options = from_namespace(
-                cls, args, read_config_file(cls, Path(args.config)) if args.config else {}
-            )
+        given = None
+        if cls in CONFIG_FILE_COMMANDS:
+            options, given = _options(cls, args)
         else:
             options = from_namespace(cls, args)
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         check_finite(options)
         options.validate()
+        # what a run reads, against what was given: compare's runs share its options
+        if given is not None:
+            shared = options if cls is TrainConfig else options.settings().base_config
+            check_given(shared, given, typed=True)
         # stdout holds the result alone: a library that prints there while a command runs (DeepSpeed
         # logs "Setting accelerator to CPU" to stdout when export saves) joins the progress on stderr
         with contextlib.redirect_stdout(sys.stderr):

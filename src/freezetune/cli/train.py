@@ -89,4 +89,5 @@ def run_train(config: TrainConfig, argv: list[str]) -> str:
         summary += (
             f", exact match {100 * before['exact_match']:.1f}% -> {100 * after['exact_match']:.1f}%"
         )
-    return f"finished {result['step']} steps: {summary}\nrun: {result['run_dir']}"
+    steps = f"{result['step']} step{'s' * (result['step'] != 1)}"
+    return f"finished {steps}: {summary}\nrun: {result['run_dir']}"

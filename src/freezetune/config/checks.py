@@ -94,9 +94,11 @@ def check_config(config: TrainConfig) -> None:
             )
 
 
-def check_given(config: TrainConfig, given: set[str]) -> None:
+def check_given(config: TrainConfig, given: set[str], typed: bool = False) -> None:
     """Options given that the run would never read: of a mode it is not in, or set beside the
-    option that decides in their place. Either way the user asked for something that changes nothing."""
+    option that decides in their place. Either way the user asked for something that changes nothing.
+    ``typed``: ``given`` is what a user typed, not what a caller set away from the defaults (compare
+    sets generation options for search runs that generate nothing, on purpose)."""
     for needs, on, names in (
         (
             "--objective dpo, which has a reference model",
@@ -122,6 +124,26 @@ def check_given(config: TrainConfig, given: set[str]) -> None:
                 f"--{name.replace('_', '-')} {getattr(config, name):g} has no effect: {why}; "
                 "give one of the two"
             )
+    if typed:
+        _check_generation(config, given)
+
+
+def _check_generation(config: TrainConfig, given: set[str]) -> None:
+    """Generation options typed for a run that answers nothing: only SFT answers, and only N > 0."""
+    if config.objective != "sft":
+        why = f"--objective {config.objective} generates none"
+    elif config.eval_generate == 0:
+        why = "--eval-generate 0 generates none"
+    else:
+        return
+    # 0 asks for no answers, so it is never the contradiction
+    for name, asks in (
+        ("eval_generate", config.eval_generate > 0),
+        ("show_generations", config.show_generations > 0),
+        ("max_new_tokens", True),
+    ):
+        if name in given and asks:
+            raise FreezetuneError(f"--{name.replace('_', '-')} is for generated answers, and {why}")
 
 
 def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> None:
