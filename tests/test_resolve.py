@@ -164,3 +164,22 @@ def test_resolution_never_names_a_parameter_outside_the_model(plan):
         return
     assert resolved.trainable and set(resolved.trainable_names()) <= LLAMA_TENSORS
     assert sum(r["trainable_params"] for r in resolved.layer_rows()) <= resolved.trainable_params
+
+
+def test_a_plan_that_trains_base_weights_beside_lora_adapters_says_so():
+    """'freeze bottom 50%' on a peft model trained the top blocks' own weights beside their adapters, silently."""
+    from peft import LoraConfig, get_peft_model
+
+    from freezetune.hf import freeze
+    from freezetune.plans.selectors import ADAPTERS_ONLY
+
+    model = get_peft_model(build_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    anatomy = find_anatomy(model)
+    (notice,) = resolve(FreezePlan.parse("freeze bottom 50%"), anatomy).notices
+    assert notice.startswith("the model has LoRA adapters, and the plan also trains 20 of the base model's own tensors ("
+                             ) and notice.endswith(f"the adapters alone are '{ADAPTERS_ONLY}'")
+    assert resolve(FreezePlan.parse(ADAPTERS_ONLY), anatomy).notices == ()
+    assert resolve(FreezePlan.parse("freeze bottom 50%"), find_anatomy(build_tiny("llama"))).notices == ()
+    # inside a Trainer script nobody reads a preview: freeze() warns
+    with pytest.warns(UserWarning, match="freeze\\(\\): the model has LoRA adapters, and the plan also trains 20"):
+        freeze(model, "freeze bottom 50%").remove()

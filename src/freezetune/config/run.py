@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 
 from freezetune.config.fields import opt
 from freezetune.plans.schedule import Schedule
+from freezetune.plans.selectors import ADAPTERS_ONLY
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("off", "memory", "disk", "auto")
 DEFAULT_PLAN = "freeze bottom 75%"
-LORA_PLAN = r"train re:.*\.lora_[AB]\..*"  # peft's adapter matrices, nothing of the base model
+LORA_PLAN = ADAPTERS_ONLY  # with --lora-r and no --plan: the adapters alone
 
 
 @dataclass

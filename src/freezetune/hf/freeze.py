@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -208,6 +209,9 @@ def freeze(
     if gradient_checkpointing is None:
         gradient_checkpointing = checkpointing_on(model)
     handle = FreezeHandle(model, resolved, gradient_checkpointing, prefix_cache)
+    # what `freezetune plan` would print as a notice (a tied head, base weights beside adapters)
+    for notice in resolved.notices:
+        warnings.warn(f"freeze(): {notice}", stacklevel=2)
     log.info(
         "freezetune: %s trainable of %s parameters (%s)",
         f"{resolved.trainable_params:,}",

@@ -19,7 +19,11 @@ from torch import nn
 from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy, Entry
 from freezetune.plans.language import FreezePlan
-from freezetune.plans.selectors import All, Component, Depth, Layers, Regex, Rule
+from freezetune.plans.selectors import ADAPTERS_ONLY, All, Component, Depth, Layers, Regex, Rule
+
+ADAPTER = re.compile(
+    r"\.lora_"
+)  # any tensor peft's LoRA adds (A, B, embedding A/B, DoRA magnitude)
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,8 @@ def resolve(plan: FreezePlan, anatomy: Anatomy) -> ResolvedPlan:
     chosen = frozenset(t for t, on in trainable.items() if on)
     if not chosen:
         raise plan.rules[-1].error("the plan leaves nothing trainable")
-    return ResolvedPlan(plan, anatomy, chosen, tuple(_tied_notices(anatomy, chosen, decided_by)))
+    notices = [*_tied_notices(anatomy, chosen, decided_by), *_adapter_notices(anatomy, chosen)]
+    return ResolvedPlan(plan, anatomy, chosen, tuple(notices))
 
 
 def _tied_notices(anatomy: Anatomy, chosen: frozenset[str], decided_by: dict) -> list[str]:
@@ -220,6 +225,22 @@ def _tied_notices(anatomy: Anatomy, chosen: frozenset[str], decided_by: dict) ->
                 f"{', '.join(sorted(named))}, so {', '.join(others)} is {state} too"
             )
     return notices
+
+
+def _adapter_notices(anatomy: Anatomy, chosen: frozenset[str]) -> list[str]:
+    """A plan over a model with LoRA adapters that trains base tensors too: 'freeze bottom 50%' on a
+    peft model trains the top blocks' own weights beside their adapters, which few who write it mean."""
+    if not any(ADAPTER.search(t) for t in anatomy.tensors):
+        return []
+    base = [t for t in anatomy.tensors if t in chosen and not ADAPTER.search(t)]
+    if not base:
+        return []
+    params = sum(anatomy.tensors[t] for t in base)
+    return [
+        f"the model has LoRA adapters, and the plan also trains {len(base)} of the base model's own "
+        f"tensors ({params:,} parameters, the first {base[0]}); the adapters alone are "
+        f"'{ADAPTERS_ONLY}'"
+    ]
 
 
 def apply_plan(model: nn.Module, resolved: ResolvedPlan) -> None:

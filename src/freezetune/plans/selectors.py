@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from freezetune.errors import PlanError
 
+# peft's adapter matrices, nothing of the base model: a LoRA run's plan when none is given
+ADAPTERS_ONLY = r"train re:.*\.lora_[AB]\..*"
+
 ACTIONS = ("freeze", "train")
 OUTER_COMPONENTS = ("embeddings", "head", "norm")
 BLOCK_COMPONENTS = ("attn", "mlp", "norms")
