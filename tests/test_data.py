@@ -261,6 +261,18 @@ def test_without_a_chat_template_the_plain_rendering_is_said_once(tmp_path):
     assert not any("chat template" in n for n in load_data(TOKENIZER, "sft", str(train), str(held), 64)[2])
 
 
+def test_a_json_file_of_wrapped_records_and_of_records_of_one_fault_read_plainly(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(12)]
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": rows, "version": 1}))
+    with pytest.raises(FreezetuneError, match=r"wrapped.json record 1: no SFT fields; .* \(found data \(a list of 12 "
+                                              r"objects\), version\)"):
+        sft_examples(read_records(str(tmp_path / "wrapped.json")), TOKENIZER, 64)
+    # a JSON array's records are numbered, and share one mention as a .jsonl file's lines do
+    (tmp_path / "array.json").write_text(json.dumps([{"q": 1}] * 6))
+    with pytest.raises(FreezetuneError, match=r"6 malformed record\(s\): \S*array.json records 1, 2, 3 and 3 more: no SFT"):
+        sft_examples(read_records(str(tmp_path / "array.json")), TOKENIZER, 64)
+
+
 def test_sharegpt_conversations_train_as_the_same_messages(tmp_path):
     """LLaMA-Factory's and Axolotl's ShareGPT shape: it was refused as 'no SFT fields'."""
     from freezetune.data.shapes import to_messages

@@ -98,7 +98,7 @@ def _plain_segments(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
 
 # "orders.jsonl line 7: field 'completion' is missing", as every record error starts
 _RECORD_ERROR = re.compile(
-    r"^(?P<file>.*?) (?P<unit>line|row) (?P<n>\d+)(?P<side> \(\w+\))?: (?P<say>.*)$"
+    r"^(?P<file>.*?) (?P<unit>line|row|record) (?P<n>\d+)(?P<side> \(\w+\))?: (?P<say>.*)$"
 )
 
 

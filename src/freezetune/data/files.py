@@ -28,8 +28,16 @@ class Record:
 
     @property
     def given(self) -> str:
-        """The fields this record gives, for an error: datasets fills other records' columns with None."""
-        return ", ".join(sorted(k for k, v in self.fields.items() if v is not None)) or "nothing"
+        """The fields this record gives, for an error: datasets fills other records' columns with None.
+        A field holding a list of objects is said to: records wrapped in {"data": [...]} look like that."""
+
+        def said(name: str, value) -> str:
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                return f"{name} (a list of {len(value)} objects)"
+            return name
+
+        names = sorted(k for k, v in self.fields.items() if v is not None)
+        return ", ".join(said(k, self.fields[k]) for k in names) or "nothing"
 
 
 def _jsonl_line_numbers(path: Path) -> list[int]:
