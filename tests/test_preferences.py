@@ -1,6 +1,7 @@
 """Preference data for DPO: records as TRL accepts them, rendered to chosen/rejected token pairs that share
 the prompt, with the loss on the final answer only; the built-in preference task; bad records in one line."""
 
+import json
 import random
 
 import pytest
@@ -70,10 +71,34 @@ def test_a_pair_that_loses_an_answer_to_seq_len_is_skipped_and_said():
     tokenizer = build_tokenizer()
     long = Record({"prompt": "send mugs " * 40, "chosen": "qty=3", "rejected": "qty=2"}, "prefs.jsonl:1")
     short = Record({"prompt": "send mugs", "chosen": "qty=3", "rejected": "qty=2"}, "prefs.jsonl:2")
-    data = preference_examples([long, short], tokenizer, 24)
+    # at 24 tokens the short pair was cut before its answers differ, and trained as if it held a preference
+    data = preference_examples([long, short], tokenizer, 28)
     assert [p.where for p in data.pairs] == ["prefs.jsonl:2"] and data.dropped == 1 and "skipped" in data.notes[0]
     with pytest.raises(FreezetuneError, match="no usable preference pair"):
-        preference_examples([long], tokenizer, 24)
+        preference_examples([long], tokenizer, 28)
+
+
+def test_a_pair_with_the_same_answer_twice_is_skipped_and_said(tmp_path):
+    """Its loss is log 2 whatever the weights, and its reward accuracy was rounding noise (100% on a tie)."""
+    tokenizer = build_tokenizer()
+    same = Record({"prompt": "send mugs", "chosen": "qty=3", "rejected": "qty=3"}, "prefs.jsonl:1")
+    good = Record({"prompt": "send mugs", "chosen": "qty=3", "rejected": "qty=2"}, "prefs.jsonl:2")
+    # different answers that --seq-len cuts before they differ are the same pair too
+    cut = Record({"prompt": "send mugs", "chosen": "qty=3 " + "a" * 40, "rejected": "qty=3 " + "a" * 40 + "b"},
+                 "prefs.jsonl:3")
+    data = preference_examples([same, good, cut], tokenizer, 32)
+    assert [p.where for p in data.pairs] == ["prefs.jsonl:2"] and data.identical == 2
+    assert "2 preference pair(s) with the same chosen and rejected answer (as written, or once --seq-len 32 cut them) " \
+           "were skipped: they carry no preference" in data.notes
+    with pytest.raises(FreezetuneError, match="^no usable preference pair: 1 have the same chosen and rejected answer$"):
+        preference_examples([same], tokenizer, 32)
+    # one pair held out is one pair, not "1 pairs"
+    from freezetune.data.loading import load_data
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(12)))
+    notes = load_data(tokenizer, "dpo", str(path), None, 64)[2]
+    assert "eval: no --eval-data, holding out 1 pair of --data (the same for every seed)" in notes
 
 
 def test_the_built_in_preference_task_pairs_the_right_line_with_one_field_wrong():

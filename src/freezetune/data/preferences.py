@@ -39,6 +39,7 @@ class PreferenceData:
     pairs: list[PreferencePair]
     truncated: int = 0
     dropped: int = 0
+    identical: int = 0  # chosen and rejected the same tokens: no preference to learn or score
     notes: list[str] = field(default_factory=list)
 
 
@@ -110,11 +111,26 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
             continue
         data.truncated += rendered.truncated > 0
         pair = [_answer_only(e) for e in rendered.examples]
+        # the same answer twice, as written or once --seq-len cut where they differ: its loss is
+        # log 2 whatever the weights, and its "accuracy" a coin toss of rounding
+        if pair[0].input_ids == pair[1].input_ids:
+            data.identical += 1
+            continue
         data.pairs.append(PreferencePair(pair[0], pair[1], record.where))
-    if not data.pairs:
+    if not data.pairs and not data.identical:
         raise FreezetuneError(
             f"no usable preference pair: all {data.dropped} lost an answer to --seq-len {seq_len}; "
             "raise --seq-len"
+        )
+    if not data.pairs:
+        raise FreezetuneError(
+            f"no usable preference pair: {data.identical} have the same chosen and rejected answer"
+            + (f", {data.dropped} lost an answer to --seq-len {seq_len}" if data.dropped else "")
+        )
+    if data.identical:
+        data.notes.append(
+            f"{data.identical} preference pair(s) with the same chosen and rejected answer (as written, "
+            f"or once --seq-len {seq_len} cut them) were skipped: they carry no preference"
         )
     if data.truncated or data.dropped:
         data.notes.append(
