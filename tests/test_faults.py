@@ -166,6 +166,9 @@ CASES = [
     Case("export --force into the run folder", ["export", "{w}/run", "--out", "{w}/run", "--force"], "run folder itself"),
     Case("export --force into another run folder", ["export", "{w}/run", "--out", "{w}/run2", "--force"], "is a run folder",
          lambda w: shutil.copytree(w / "run", w / "run2")),
+    # peft's adapters are fp32 whatever --dtype says: the option would change nothing
+    Case("export --format peft --dtype", ["export", "{w}/run", "--out", "{w}/adapter", "--format", "peft", "--dtype", "float16"],
+         "--dtype float16 sets the merged model folder's weights, and --format peft writes the adapters alone"),
     Case("export --force onto the base model", ["export", "{w}/run", "--out", "{w}/model", "--force"], "not an earlier freezetune export"),
     Case("export --out is a file", ["export", "{w}/run", "--out", "{w}/train.jsonl"], "is a file"),
     Case("export --out under a file", ["export", "{w}/run", "--out", "{w}/train.jsonl/x"], "train.jsonl is a file"),

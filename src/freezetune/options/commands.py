@@ -133,7 +133,12 @@ class ExportOptions:
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
-        return None
+        # peft's adapters are written as peft keeps them, in fp32; the base is not written at all
+        if self.format == "peft" and self.dtype != "auto":
+            raise FreezetuneError(
+                f"--dtype {self.dtype} sets the merged model folder's weights, and --format peft "
+                "writes the adapters alone, in fp32 as peft keeps them"
+            )
 
 
 @dataclass
