@@ -107,10 +107,11 @@ def test_export_round_trip_and_generate(tiny_chat_model_dir, order_data, tmp_pat
     assert "--temperature must be 0 (greedy) or more" in capsys.readouterr().err
     # greedy decoding reads neither: asked for, they would change nothing
     for flag, value in (("--top-p", "0.5"), ("--seed", "0")):
-        assert main(["generate", str(run_dir), "--prompt", "x", flag, value]) == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1] == (
-            f"freezetune generate: error: {flag} is for sampling, and without --temperature the answer is greedy "
-            f"(the same tokens whatever {flag}): give --temperature too")
+        for temperature in ([], ["--temperature", "0"]):  # it said "without --temperature" to one who gave 0
+            assert main(["generate", str(run_dir), "--prompt", "x", flag, value, *temperature]) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == (
+                f"freezetune generate: error: {flag} is for sampling, and at --temperature 0 (the default) the answer "
+                f"is greedy (the same tokens whatever {flag}): give a --temperature above 0 too")
 
 
 def test_a_run_refuses_another_base_model(tiny_chat_model_dir, order_data, tmp_path, capsys):

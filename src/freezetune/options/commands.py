@@ -179,8 +179,8 @@ class GenerateOptions:
         if self.temperature == 0 and (self.top_p != 1 or self.seed is not None):
             given = "--top-p" if self.top_p != 1 else "--seed"
             raise FreezetuneError(
-                f"{given} is for sampling, and without --temperature the answer is greedy (the same "
-                f"tokens whatever {given}): give --temperature too"
+                f"{given} is for sampling, and at --temperature 0 (the default) the answer is greedy "
+                f"(the same tokens whatever {given}): give a --temperature above 0 too"
             )
 
 
