@@ -167,6 +167,11 @@ CASES = [
     Case("export --force into another run folder", ["export", "{w}/run", "--out", "{w}/run2", "--force"], "is a run folder",
          lambda w: shutil.copytree(w / "run", w / "run2")),
     # peft's adapters are fp32 whatever --dtype says: the option would change nothing
+    # options for a part of the preview that is not printed
+    Case("plan --seed without --schedule", ["plan", "{w}/model", "freeze bottom 50%", "--seed", "3"],
+         "--seed is for --schedule's phases, and none is given"),
+    Case("plan --format with --json", ["plan", "{w}/model", "freeze bottom 50%", "--format", "axolotl", "--json"],
+         "--json is for the preview, and --format axolotl prints the trainable set in that tool's config instead"),
     Case("export --format peft --dtype", ["export", "{w}/run", "--out", "{w}/adapter", "--format", "peft", "--dtype", "float16"],
          "--dtype float16 sets the merged model folder's weights, and --format peft writes the adapters alone"),
     Case("export --force onto the base model", ["export", "{w}/run", "--out", "{w}/model", "--force"], "not an earlier freezetune export"),

@@ -16,7 +16,6 @@ from freezetune.cli.console import say
 from freezetune.cli.evaluate import run_evaluate
 from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
-from freezetune.config.checks import check_given
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.advise import AdviseOptions
@@ -217,7 +216,8 @@ COMMANDS = {
 CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
+    """The CLI; ``typed_only``: flags not typed stay out of the namespace (what a user asked for)."""
     parser = argparse.ArgumentParser(
         prog="freezetune", description="Fine-tune language models with layer freezing."
     )
@@ -228,18 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--config", help="YAML file of these options; flags given here override it"
             )
-        add_options(sub, cls, overrides_only=cls in CONFIG_FILE_COMMANDS)
+        add_options(sub, cls, overrides_only=typed_only or cls in CONFIG_FILE_COMMANDS)
     return parser
 
 
-def _options(cls: type, args: argparse.Namespace) -> tuple[object, set[str]]:
+def _options(cls: type, args: argparse.Namespace, argv: list[str]) -> tuple[object, set[str]]:
     """The command's options from its config file and flags, and which were given: typed or in the
     file, so that a value equal to its default still counts as asked for."""
     from freezetune.training.session import resumed_config
 
-    base = read_config_file(cls, Path(args.config)) if args.config else {}
+    base = read_config_file(cls, Path(args.config)) if getattr(args, "config", None) else {}
     options = from_namespace(cls, args, base)
-    given = {k for k in vars(args) if k not in ("command", "config")} | set(base)
+    typed = vars(build_parser(typed_only=True).parse_args(argv))
+    given = {k for k in typed if k not in ("command", "config")} | set(base)
     if cls is TrainConfig and options.resume:
         options = resumed_config(options, given)
     return options, given
@@ -254,19 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             import datasets
 
             datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
-        given = None
-        if cls in CONFIG_FILE_COMMANDS:
-            options, given = _options(cls, args)
-        else:
-            options = from_namespace(cls, args)
+        options, given = _options(cls, args, argv)
         if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
             options.cache_dir = os.environ["FREEZETUNE_CACHE"]
         check_finite(options)
         options.validate()
-        # what a run reads, against what was given: compare's runs share its options
-        if given is not None:
-            shared = options if cls is TrainConfig else options.settings().base_config
-            check_given(shared, given, typed=True)
+        # what the command reads, against what was asked for
+        if hasattr(options, "check_given"):
+            options.check_given(given)
         # stdout holds the result alone: a library that prints there while a command runs (DeepSpeed
         # logs "Setting accelerator to CPU" to stdout when export saves) joins the progress on stderr
         with contextlib.redirect_stdout(sys.stderr):

@@ -28,6 +28,7 @@ from freezetune.comparison.strategies import (
     Strategy,
     parse_strategy,
 )
+from freezetune.config.checks import check_given
 from freezetune.config.fields import opt
 from freezetune.config.run import RunOptions, TrainConfig
 from freezetune.errors import FreezetuneError
@@ -156,6 +157,10 @@ class CompareOptions(RunOptions):
             if rate is not None and rate <= 0:
                 raise FreezetuneError(f"--lr-{kind} must be positive, got {rate}")
         self.grid()
+
+    def check_given(self, given: set[str]) -> None:
+        """The run options given that no run of this comparison would read, as train refuses them."""
+        check_given(self.settings().base_config, given, typed=True)
 
     def unread(self, strategies: list[Strategy]) -> list[str]:
         """Notices of options given that no run of this comparison reads, said before anything trains."""

@@ -162,6 +162,12 @@ class TrainConfig(RunOptions):
 
         check_config(self)
 
+    def check_given(self, given: set[str]) -> None:
+        """The options a user gave (typed, or in a config file) that this run would never read."""
+        from freezetune.config.checks import check_given
+
+        check_given(self, given, typed=True)
+
     def total_steps(self, num_train: int) -> int:
         """The run's optimizer steps: --max-steps, or --epochs of full batches (data/order.py)."""
         per_epoch = num_train // self.batch_size

@@ -96,6 +96,22 @@ class PlanOptions:
                 "--format writes one fixed trainable set; a --schedule changes it during the run"
             )
 
+    def check_given(self, given: set[str]) -> None:
+        """Options typed for a part of the preview this one does not print."""
+        phases = sorted({"max_steps", "seed"} & given)
+        if phases and not self.schedule:
+            flag = phases[0].replace("_", "-")
+            raise FreezetuneError(f"--{flag} is for --schedule's phases, and none is given")
+        # another tool's config lists the trainable set; the memory estimate is not in it
+        estimate = sorted(
+            {"seq_len", "batch_size", "dtype", "objective", "precompute_ref", "json"} & given
+        )
+        if estimate and self.format:
+            raise FreezetuneError(
+                f"--{estimate[0].replace('_', '-')} is for the preview, and --format {self.format} "
+                "prints the trainable set in that tool's config instead"
+            )
+
 
 def check_sizes(options) -> None:
     """The sizes a memory estimate is made for (plan, advise)."""
