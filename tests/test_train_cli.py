@@ -106,7 +106,7 @@ def test_export_round_trip_and_generate(tiny_chat_model_dir, order_data, tmp_pat
     assert main(["generate", str(run_dir), "--prompt", "x", "--temperature", "-1"]) == 2
     assert "--temperature must be 0 (greedy) or more" in capsys.readouterr().err
     # greedy decoding reads neither: asked for, they would change nothing
-    for flag, value in (("--top-p", "0.5"), ("--seed", "0")):
+    for flag, value in (("--top-p", "0.5"), ("--top-p", "1"), ("--seed", "0")):  # typed, even at the default
         for temperature in ([], ["--temperature", "0"]):  # it said "without --temperature" to one who gave 0
             assert main(["generate", str(run_dir), "--prompt", "x", flag, value, *temperature]) == 2
             assert capsys.readouterr().err.strip().splitlines()[-1] == (

@@ -192,11 +192,15 @@ class GenerateOptions:
             raise FreezetuneError(
                 "--system goes into the chat template, and --plain continues the prompt as plain text"
             )
-        if self.temperature == 0 and (self.top_p != 1 or self.seed is not None):
-            given = "--top-p" if self.top_p != 1 else "--seed"
+
+    def check_given(self, given: set[str]) -> None:
+        """Sampling options typed for a greedy answer (--top-p 1 as much as --top-p 0.5)."""
+        sampling = sorted({"top_p", "seed"} & given)
+        if sampling and self.temperature == 0:
+            flag = f"--{sampling[-1].replace('_', '-')}"
             raise FreezetuneError(
-                f"{given} is for sampling, and at --temperature 0 (the default) the answer is greedy "
-                f"(the same tokens whatever {given}): give a --temperature above 0 too"
+                f"{flag} is for sampling, and at --temperature 0 (the default) the answer is greedy "
+                f"(the same tokens whatever {flag}): give a --temperature above 0 too"
             )
 
 
