@@ -97,6 +97,9 @@ def test_a_task_that_needs_a_download_is_one_line_naming_it(tmp_path):
         load_tasks(["no_such_task"], tmp_path)
     with pytest.raises(FreezetuneError, match=r"--retain-tasks missing.yaml: no such task config file"):
         load_tasks(["missing.yaml"], tmp_path)
+    # it was scored once and reported once, as if given once
+    with pytest.raises(FreezetuneError, match=r"^--tasks builtin is given twice; give each task once$"):
+        load_tasks(["builtin", "builtin"], tmp_path, "--tasks")
 
 
 def test_without_lm_eval_the_flag_says_how_to_install_it(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):

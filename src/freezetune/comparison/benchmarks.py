@@ -99,6 +99,11 @@ def load_tasks(names: list[str], folder: Path, flag: str = "--retain-tasks") -> 
     require_lm_eval(flag)
     from lm_eval.tasks import TaskManager
 
+    # scored once either way: a second mention would look like weight it does not get
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise FreezetuneError(f"{flag} {twice} is given twice; give each task once")
+
     registered = [n for n in names if n != BUILTIN and not n.endswith((".yaml", ".yml"))]
     # indexing lm-eval's own thousands of task files takes seconds: only when a name needs it
     manager = TaskManager(include_defaults=bool(registered))
