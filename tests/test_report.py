@@ -29,6 +29,15 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
     key = lambda t: (t["axis"], t["a"], t["b"])  # noqa: E731
     assert sorted(map(oriented, again["verdict"]["tests"]), key=key) == sorted(map(oriented, first["verdict"]["tests"]), key=key)
     assert len(first["verdict"]["tests"]) == 2
+    # the comparison folder itself stands for its reported runs, in its strategies' order: it was "no manifest.json"
+    assert main(["report", str(out), "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert [r["strategy"] for r in whole["runs"]] == ["full", "freeze bottom 50%"]
+    assert whole["verdict"]["tests"] == first["verdict"]["tests"]
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    (tmp_path / "empty" / "compare.json").write_text(json.dumps({"strategies": ["full"]}))
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "none")]) == 2
+    assert "is a comparison folder with no reported run yet" in capsys.readouterr().err
 
 
 def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_dir, order_data, tmp_path, capsys):

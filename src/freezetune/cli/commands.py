@@ -188,10 +188,10 @@ def run_compare(options: CompareOptions) -> str:
 
 
 def run_report(options: ReportOptions) -> str:
-    from freezetune.comparison.report import write_report
+    from freezetune.comparison.report import reported_runs, write_report
 
     margins = parse_margins(options.margin)
-    runs = [Path(r) for r in options.runs]
+    runs = reported_runs([Path(r) for r in options.runs])
     written = write_report(
         runs,
         Path(options.out),

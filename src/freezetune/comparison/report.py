@@ -13,6 +13,7 @@ from pathlib import Path
 from freezetune.comparison.flips import task_lines
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.results import FIELDS, base_row, group_runs
+from freezetune.comparison.strategies import parse_strategy
 from freezetune.comparison.timing import timing_breakdown, timing_line
 from freezetune.comparison.verdict import choose_metric, decide
 from freezetune.comparison.wording import recommend
@@ -170,6 +171,29 @@ def check_same_items(run_dirs: list[Path]) -> None:
                     f"{first[1][what][1]} vs {shown}); the report pairs runs item by item, so it "
                     "takes the runs of one comparison"
                 )
+
+
+def reported_runs(paths: list[Path]) -> list[Path]:
+    """Run folders as given, with a `compare` output folder standing for its reported runs: each
+    strategy's seeds, in the comparison's order (its search runs are not in a report)."""
+    runs = []
+    for path in paths:
+        record = path / "compare.json"
+        if (path / "manifest.json").exists() or not record.is_file():
+            runs.append(path)
+            continue
+        found = [
+            seed
+            for name in (read_json(record) or {}).get("strategies") or []
+            for seed in sorted(
+                (path / "runs" / parse_strategy(name).slug).glob("seed-*"),
+                key=lambda d: int(d.name.removeprefix("seed-")),
+            )
+        ]
+        if not found:
+            raise FreezetuneError(f"{path} is a comparison folder with no reported run yet")
+        runs += found
+    return runs
 
 
 def write_report(

@@ -228,7 +228,11 @@ class EvaluateOptions:
 class ReportOptions:
     """Render the comparison report from existing run folders, without loading any model."""
 
-    runs: list[str] = opt(help="run folders (written by `train` or `compare`)", positional=True)
+    runs: list[str] = opt(
+        help="run folders (written by `train` or `compare`), or a `compare` output folder for "
+        "all its reported runs",
+        positional=True,
+    )
     out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
     metric: str = opt(
         "auto",
