@@ -138,6 +138,10 @@ def test_the_command_prints_pilots_and_refuses_contradictions(tiny_chat_model_di
     assert main(argv + ["--no-pilot", "--lr", "1e-3", "--prefer", "quality"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "freezetune advise: error: --lr, --prefer are for the pilot runs, and none run (--no-pilot)")
+    assert main(argv + ["--no-pilot", "--prefer", "balanced"]) == 2  # typed, even at its default value
+    assert "--prefer is for the pilot runs, and none run (--no-pilot)" in capsys.readouterr().err
+    assert main(argv + ["--pilot-candidates", "0"]) == 2
+    assert "--pilot-candidates must be at least 1, got 0" in capsys.readouterr().err
     assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "1GiB", "--retain", str(data)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "freezetune advise: error: --retain is for the pilot runs, and none run (without --data, only --pilot runs them)")

@@ -96,29 +96,23 @@ class AdviseOptions:
             raise FreezetuneError("--pilot and --no-pilot contradict each other: give one")
         if self.lr is not None and self.lr <= 0:
             raise FreezetuneError(f"--lr must be positive, got {self.lr}")
-        if (self.validation is not None and self.validation < 2) or self.pilot_candidates < 1:
+        if self.validation is not None and self.validation < 2:
+            raise FreezetuneError(f"--validation must be at least 2, got {self.validation}")
+        if self.pilot_candidates < 1:
             raise FreezetuneError(
-                "--validation must be at least 2 and --pilot-candidates at least 1"
+                f"--pilot-candidates must be at least 1, got {self.pilot_candidates}"
             )
-        if self.pilot_budget() is None:
-            # a value other than the default is one the user chose; nothing would read it
-            chosen = [
-                flag
-                for flag, value, default in (
-                    ("--lr", self.lr, None),
-                    ("--retain", self.retain, None),
-                    ("--validation", self.validation, None),
-                    ("--prefer", self.prefer, "balanced"),
-                    ("--pilot-candidates", self.pilot_candidates, 6),
-                )
-                if value != default
-            ]
-            if chosen:
-                why = "--no-pilot" if self.no_pilot else "without --data, only --pilot runs them"
-                raise FreezetuneError(
-                    f"{', '.join(chosen)} {'is' if len(chosen) == 1 else 'are'} for the pilot runs, "
-                    f"and none run ({why})"
-                )
+
+    def check_given(self, given: set[str]) -> None:
+        """Pilot options typed where no pilot runs (even at their default values)."""
+        pilot_only = ("lr", "retain", "validation", "prefer", "pilot_candidates")
+        chosen = [f"--{name.replace('_', '-')}" for name in pilot_only if name in given]
+        if chosen and self.pilot_budget() is None:
+            why = "--no-pilot" if self.no_pilot else "without --data, only --pilot runs them"
+            raise FreezetuneError(
+                f"{', '.join(chosen)} {'is' if len(chosen) == 1 else 'are'} for the pilot runs, "
+                f"and none run ({why})"
+            )
 
     def pilot_budget(self) -> tuple[int | None, float | None] | None:
         """(steps, seconds) the pilots may spend, or None when no pilot runs."""
