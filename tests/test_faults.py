@@ -168,6 +168,10 @@ CASES = [
          lambda w: shutil.copytree(w / "run", w / "run2")),
     # peft's adapters are fp32 whatever --dtype says: the option would change nothing
     # options for a part of the preview that is not printed
+    Case("evaluate --limit -1", ["evaluate", "{w}/model", "--tasks", "builtin", "--limit", "-1"],
+         "--limit must be 0 (every item) or more, got -1"),
+    Case("evaluate --batch-size 0", ["evaluate", "{w}/model", "--tasks", "builtin", "--batch-size", "0"],
+         "--batch-size must be at least 1, got 0"),
     Case("plan --seed without --schedule", ["plan", "{w}/model", "freeze bottom 50%", "--seed", "3"],
          "--seed is for --schedule's phases, and none is given"),
     Case("plan --format with --json", ["plan", "{w}/model", "freeze bottom 50%", "--format", "axolotl", "--json"],

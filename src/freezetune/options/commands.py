@@ -220,8 +220,10 @@ class EvaluateOptions:
     cache_dir: str | None = opt(None, help="where converted GGUF models are cached")
 
     def validate(self) -> None:
-        if self.limit < 0 or self.batch_size < 1:
-            raise FreezetuneError("--limit must be 0 or more and --batch-size at least 1")
+        if self.limit < 0:
+            raise FreezetuneError(f"--limit must be 0 (every item) or more, got {self.limit}")
+        if self.batch_size < 1:
+            raise FreezetuneError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
