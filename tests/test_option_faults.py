@@ -1,0 +1,59 @@
+"""The fault suite's option table: values a command cannot take, and options it would not read
+(of a mode the run is not in, beside the option that decides, for output that is not printed).
+The same rules as tests/test_faults.py: exit 2, one error line, last, and nothing the user had changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_faults import Case, check_fault, train, write
+
+CASES = [
+    # options for a part of the preview that is not printed
+    Case("evaluate --limit -1", ["evaluate", "{w}/model", "--tasks", "builtin", "--limit", "-1"],
+         "--limit must be 0 (every item) or more, got -1"),
+    Case("evaluate --batch-size 0", ["evaluate", "{w}/model", "--tasks", "builtin", "--batch-size", "0"],
+         "--batch-size must be at least 1, got 0"),
+    Case("plan --seed without --schedule", ["plan", "{w}/model", "freeze bottom 50%", "--seed", "3"],
+         "--seed is for --schedule's phases, and none is given"),
+    Case("plan --format with --json", ["plan", "{w}/model", "freeze bottom 50%", "--format", "axolotl", "--json"],
+         "--json is for the preview, and --format axolotl prints the trainable set in that tool's config instead"),
+    # peft's adapters are fp32 whatever --dtype says: the option would change nothing
+    Case("export --format peft --dtype", ["export", "{w}/run", "--out", "{w}/adapter", "--format", "peft", "--dtype", "float16"],
+         "--dtype float16 sets the merged model folder's weights, and --format peft writes the adapters alone"),
+    Case("--seq-len 1", train("--seq-len", "1"), "--seq-len must be at least 2"),
+    Case("--max-grad-norm -1", train("--max-grad-norm", "-1"), "--max-grad-norm must be 0 or more, got -1.0"),
+    Case("--weight-decay -0.1", train("--weight-decay", "-0.1"), "--weight-decay must be 0 or more, got -0.1"),
+    Case("--lora-alpha 0", train("--lora-r", "4", "--lora-alpha", "0"), "--lora-alpha must be positive, got 0"),
+    Case("--max-new-tokens 0", train("--eval-generate", "2", "--max-new-tokens", "0"),
+         "--max-new-tokens must be at least 1, got 0"),
+    Case("--lora-targets without --lora-r", train("--lora-targets", "q_proj"), "--lora-targets is for LoRA: give --lora-r N"),
+    Case("--beta without dpo", train("--beta", "0.5"), "--beta is for --objective dpo, which has a reference model"),
+    # typed, an option is asked for even at its default value; beside the option that decides, it does nothing
+    Case("--beta at its default without dpo", train("--beta", "0.1"), "--beta is for --objective dpo"),
+    Case("--epochs beside --max-steps", train("--epochs", "2"),
+         "--epochs 2 has no effect: --max-steps 2 sets the run's length; give one of the two"),
+    Case("--warmup-ratio beside --warmup", train("--warmup", "1", "--warmup-ratio", "0.1"),
+         "--warmup-ratio 0.1 has no effect: --warmup 1 sets the warmup; give one of the two"),
+    # generation options where nothing is generated: the answers asked for never come
+    Case("--show-generations with --eval-generate 0", train("--show-generations", "2"),
+         "--show-generations is for generated answers, and --eval-generate 0 generates none"),
+    Case("--max-new-tokens with --eval-generate 0", train("--max-new-tokens", "20"),
+         "--max-new-tokens is for generated answers, and --eval-generate 0 generates none"),
+    Case("--eval-generate with cpt", train("--objective", "cpt", "--eval-generate", "5"),
+         "--eval-generate is for generated answers, and --objective cpt generates none"),
+    Case("--epochs beside max_steps in the config file", ["train", "--config", "{w}/both.yaml", "--out", "{w}/new"],
+         "--epochs 1 has no effect: --max-steps 2 sets the run's length", write("both.yaml", "max_steps: 2\nepochs: 1\n")),
+    Case("--cache-ram with the cache off", train("--prefix-cache", "off", "--cache-ram", "1GiB"),
+         "--cache-ram is for the prefix cache, which --prefix-cache off turns off"),
+    Case("--eval-data with --validation", train("--validation", "4"),
+         "--eval-data and --validation 4 both choose what the run is scored on"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_option_fault(case: Case, world: Path, capsys, monkeypatch):
+    check_fault(case, world, capsys, monkeypatch)
