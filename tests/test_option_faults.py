@@ -49,6 +49,9 @@ CASES = [
          "--epochs 1 has no effect: --max-steps 2 sets the run's length", write("both.yaml", "max_steps: 2\nepochs: 1\n")),
     Case("--cache-ram with the cache off", train("--prefix-cache", "off", "--cache-ram", "1GiB"),
          "--cache-ram is for the prefix cache, which --prefix-cache off turns off"),
+    # every trained tensor at one depth takes one rate: a decay over them changes nothing
+    Case("--layer-lr-decay over one block", train("--plan", "train top 1", "--layer-lr-decay", "0.8"),
+         "--layer-lr-decay 0.8 has nothing to vary: every tensor the plan trains sits at one depth"),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
 ]

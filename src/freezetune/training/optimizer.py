@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import find_anatomy
 
 
@@ -31,6 +32,18 @@ def layer_scales(model: torch.nn.Module, layer_decay: float) -> dict[int, float]
         for e in anatomy.entries
         if e.name == e.tensor and e.name in params
     }
+
+
+def check_layer_decay(model: torch.nn.Module, layer_decay: float) -> None:
+    """A decay over tensors that all sit at one depth gives every one the same rate: it changes nothing."""
+    scales = layer_scales(model, layer_decay)
+    rates = {scales.get(id(p), 1.0) for p in model.parameters() if p.requires_grad}
+    if scales and len(rates) == 1:
+        raise FreezetuneError(
+            f"--layer-lr-decay {layer_decay:g} has nothing to vary: every tensor the plan trains sits "
+            "at one depth (one block, or the top block with the final norm and head), so all take the "
+            "same rate; give a plan over several blocks, or no --layer-lr-decay"
+        )
 
 
 def _groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:

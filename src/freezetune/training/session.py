@@ -26,6 +26,7 @@ from freezetune.runs.lock import FolderLock, lock_folder
 from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
+from freezetune.training.optimizer import check_layer_decay
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
 from freezetune.training.prefix_cache import PrefixCache
 
@@ -189,6 +190,7 @@ def open_session(
         )
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
+    check_layer_decay(loaded.model, config.layer_lr_decay)
     dtypes = store_in_training_precision(
         loaded.model, config.precision, sharded=sharding is not None
     )
