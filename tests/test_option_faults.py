@@ -52,6 +52,9 @@ CASES = [
     # every trained tensor at one depth takes one rate: a decay over them changes nothing
     Case("--layer-lr-decay over one block", train("--plan", "train top 1", "--layer-lr-decay", "0.8"),
          "--layer-lr-decay 0.8 has nothing to vary: every tensor the plan trains sits at one depth"),
+    # the runner checkpoints the blocks the backward pass runs through: here none
+    Case("--gradient-checkpointing with no block trained", train("--plan", "train norm", "--gradient-checkpointing"),
+         "--gradient-checkpointing recomputes the blocks the backward pass runs through, and this plan trains no block"),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
 ]

@@ -12,6 +12,7 @@ from freezetune.errors import FreezetuneError
 
 if TYPE_CHECKING:
     from freezetune.config.run import TrainConfig
+    from freezetune.plans.resolution import ResolvedPlan
 
 NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping below 0 flips gradients)
     *("max_steps", "validation", "eval_every", "save_every", "eval_generate", "show_generations"),
@@ -144,6 +145,17 @@ def _check_generation(config: TrainConfig, given: set[str]) -> None:
     ):
         if name in given and asks:
             raise FreezetuneError(f"--{name.replace('_', '-')} is for generated answers, and {why}")
+
+
+def check_plan_fit(config: TrainConfig, resolved: ResolvedPlan) -> None:
+    """Options the resolved plan leaves nothing to act on (the whole plan: a schedule's phases are
+    inside it)."""
+    # the runner checkpoints the blocks the backward pass runs through (training/prefix.py)
+    if config.gradient_checkpointing and resolved.backward_depth == 0:
+        raise FreezetuneError(
+            "--gradient-checkpointing recomputes the blocks the backward pass runs through, and "
+            "this plan trains no block or embedding, so it runs through none"
+        )
 
 
 def check_layout(config: TrainConfig, processes: int, sharding: str | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from freezetune.config.checks import check_layout
+from freezetune.config.checks import check_layout, check_plan_fit
 from freezetune.config.run import TrainConfig
 from freezetune.data.examples import TokenizedData
 from freezetune.data.files import content_hash
@@ -191,6 +191,7 @@ def open_session(
     resolved = resolve(plan, find_anatomy(loaded.model))
     apply_plan(loaded.model, resolved)
     check_layer_decay(loaded.model, config.layer_lr_decay)
+    check_plan_fit(config, resolved)
     dtypes = store_in_training_precision(
         loaded.model, config.precision, sharded=sharding is not None
     )
