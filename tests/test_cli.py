@@ -96,9 +96,12 @@ def test_bad_verdict_settings_are_one_line_and_exit_2(capsys, tmp_path, tiny_lla
     m = str(tiny_llama_dir)
     for argv, message in ((["compare", "--model", m, "--margin", "kl=5%"], "--margin 'kl=5%': expected METRIC=SIZE with METRIC"),
                           (["report", m, "--out", str(tmp_path), "--margin", "eval_loss=x"], "SIZE must be a number or a percentage"),
-                          (["compare", "--model", m, "--search-extensions", "-1"], "--search-extensions and --validation must be 0")):
+                          (["compare", "--model", m, "--search-extensions", "-1"], "--search-extensions must be 0 or more, got -1")):
         code, out, err = run(capsys, *argv)
         lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # the fixture's progress bar
+        # DeepSpeed's logger keeps the stream it found at import: under pytest, the capture of whichever test
+        # imported it first (a process of its own starts clean: its import happens inside main's redirect)
+        out = "".join(line for line in out.splitlines(True) if "real_accelerator.py" not in line)
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"freezetune {argv[0]}: error: ") and out == ""
         assert message in lines[0]
 

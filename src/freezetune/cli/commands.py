@@ -246,27 +246,32 @@ def _options(cls: type, args: argparse.Namespace, argv: list[str]) -> tuple[obje
     return options, given
 
 
+def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
+    """The command's options, checked, then the command itself."""
+    if args.command in ("train", "compare"):
+        import datasets
+
+        datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
+    options, given = _options(cls, args, argv)
+    if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
+        options.cache_dir = os.environ["FREEZETUNE_CACHE"]
+    check_finite(options)
+    options.validate()
+    # what the command reads, against what was asked for
+    if hasattr(options, "check_given"):
+        options.check_given(given)
+    return command(options, argv) if cls is TrainConfig else command(options)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     cls, command = COMMANDS[args.command]
     try:
-        if args.command in ("train", "compare"):
-            import datasets
-
-            datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
-        options, given = _options(cls, args, argv)
-        if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
-            options.cache_dir = os.environ["FREEZETUNE_CACHE"]
-        check_finite(options)
-        options.validate()
-        # what the command reads, against what was asked for
-        if hasattr(options, "check_given"):
-            options.check_given(given)
-        # stdout holds the result alone: a library that prints there while a command runs (DeepSpeed
-        # logs "Setting accelerator to CPU" to stdout when export saves) joins the progress on stderr
+        # stdout holds the result alone: a library that prints there while a command checks or runs
+        # (DeepSpeed logs "Setting accelerator to CPU" to stdout on import) joins the progress on stderr
         with contextlib.redirect_stdout(sys.stderr):
-            output = command(options, argv) if cls is TrainConfig else command(options)
+            output = _run(cls, command, args, argv)
         if output:
             print(output)
     except FreezetuneError as exc:

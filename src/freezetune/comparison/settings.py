@@ -148,10 +148,11 @@ class CompareOptions(RunOptions):
                 load_tasks(self.retain_tasks, Path(folder))
         if self.seeds < 1:
             raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
-        if self.search_steps < 0 or self.validation < 0 or self.search_extensions < 0:
-            raise FreezetuneError(
-                "--search-steps, --search-extensions and --validation must be 0 or more"
-            )
+        for name in ("search_steps", "search_extensions", "validation"):
+            if getattr(self, name) < 0:
+                raise FreezetuneError(
+                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
+                )
         for kind in ("full", "lora", "plan"):
             rate = getattr(self, f"lr_{kind}")
             if rate is not None and rate <= 0:
