@@ -281,12 +281,13 @@ def test_options_that_no_run_of_the_comparison_reads_are_said(tiny_chat_model_di
     from freezetune.comparison.strategies import parse_strategy
 
     options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_lora=1e-3, search_steps=3,
-                              retain_limit=5)
+                              retain_limit=5, lr_grid="0.5,2")
     strategies = [parse_strategy(s) for s in ("full", "freeze bottom 50% lr=2e-3")]
     assert options.unread(strategies) == [
         "notice: --lr-lora 0.001 applies to no strategy: none is LoRA",
         "notice: --lr-plan 0.001 applies to no strategy: none is a freeze plan or schedule without its own lr=",
         "notice: --search-steps 3: every strategy's rate is given, so no rate is searched",
+        "notice: --lr-grid 0.5,2: every strategy's rate is given, so no rate is searched",
         "notice: --retain-limit 5 limits the items of --retain-tasks, and none are given"]
     # each read by some run: nothing to say
     options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_full=None, search_steps=3)
@@ -297,5 +298,6 @@ def test_options_that_no_run_of_the_comparison_reads_are_said(tiny_chat_model_di
     notices = [line for line in (printed.out + printed.err).splitlines() if line.startswith("notice: --")]
     assert notices == ["notice: --lr-full 0.0001 applies to no strategy: none is full fine-tuning",
                        "notice: --lr-lora 0.001 applies to no strategy: none is LoRA",
-                       "notice: --search-steps 2: every strategy's rate is given, so no rate is searched"]
+                       "notice: --search-steps 2: every strategy's rate is given, so no rate is searched",
+                       "notice: --validation 4: every strategy's rate is given, so no rate is searched"]
 

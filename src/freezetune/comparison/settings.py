@@ -164,7 +164,7 @@ class CompareOptions(RunOptions):
         check_given(self.settings().base_config, given, typed=True)
 
     def unread(self, strategies: list[Strategy]) -> list[str]:
-        """Notices of options given that no run of this comparison reads, said before anything trains."""
+        """Notices of options set (off their defaults) that no run of the comparison reads."""
         given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
         takers = {s.kind for s in strategies if s.lr is None}  # an own lr= wins over --lr-KIND
         notes = [
@@ -173,10 +173,14 @@ class CompareOptions(RunOptions):
             for kind, rate in given.items()
             if rate is not None and kind not in takers
         ]
-        if self.search_steps and all(s.lr or given[s.kind] for s in strategies):
-            notes.append(
-                f"--search-steps {self.search_steps}: every strategy's rate is given, so no rate is searched"
-            )
+        if all(s.lr or given[s.kind] for s in strategies):
+            defaults = {f.name: f.default for f in fields(self)}
+            notes += [
+                f"--{name.replace('_', '-')} {getattr(self, name)}: every strategy's rate is given, "
+                "so no rate is searched"
+                for name in ("search_steps", "lr_grid", "search_extensions", "validation")
+                if getattr(self, name) != defaults[name]
+            ]
         if self.retain_limit and not self.retain_tasks:
             notes.append(
                 f"--retain-limit {self.retain_limit} limits the items of --retain-tasks, and none are given"
