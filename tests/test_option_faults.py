@@ -55,6 +55,9 @@ CASES = [
     # the runner checkpoints the blocks the backward pass runs through: here none
     Case("--gradient-checkpointing with no block trained", train("--plan", "train norm", "--gradient-checkpointing"),
          "--gradient-checkpointing recomputes the blocks the backward pass runs through, and this plan trains no block"),
+    # a folder that is no run, holding a file of the name a run writes: it was written over
+    Case("--out holding a file the run would write", train("--out", "{w}/mine"),
+         "mine holds eval.json, which the run would write over", write("mine/eval.json", '{"mine": 1}')),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
 ]

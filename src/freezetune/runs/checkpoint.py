@@ -35,6 +35,35 @@ SEP = "::"  # parameter name + SEP + state key, in optimizer.safetensors
 CHECKSUM = "freezetune_sha256"  # safetensors header key of a file's tensors_sha256
 
 
+# what a run writes into its folder: in a folder that is no run, one of them is the user's
+RUN_FILES = (
+    "metrics.jsonl",
+    "eval.json",
+    "eval-items.jsonl",
+    "generations.jsonl",
+    "trainable.safetensors",
+)
+
+
+def check_new_run_folder(path: Path) -> None:
+    """A new run may go into ``path``: a folder that does not hold a run, nor a file a run would write."""
+    if path.exists() and not path.is_dir():
+        raise FreezetuneError(f"--out {path} is a file, not a folder")
+    if (path / "manifest.json").exists():
+        if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
+            raise FreezetuneError(
+                f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out"
+            )
+        return
+    # no manifest: these are not a run's, and the run would write over them
+    theirs = [name for name in (*RUN_FILES, "checkpoints") if (path / name).exists()]
+    if theirs:
+        raise FreezetuneError(
+            f"--out {path} holds {theirs[0]}, which the run would write over, and is no run folder "
+            "(no manifest.json): choose another --out"
+        )
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """A checksum of names, dtypes, shapes and bits: what a file holds, however it is laid out on disk."""
     digest = hashlib.sha256()

@@ -20,7 +20,7 @@ from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
-from freezetune.runs.checkpoint import checkpoint_dirs
+from freezetune.runs.checkpoint import check_new_run_folder, checkpoint_dirs
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
 from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
@@ -68,15 +68,8 @@ def _run_dir(config: TrainConfig) -> Path:
     if config.resume:
         return Path(config.resume)
     if config.out:
-        path = Path(config.out)
-        if path.exists() and not path.is_dir():
-            raise FreezetuneError(f"--out {path} is a file, not a folder")
-        if (path / "manifest.json").exists():
-            if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
-                raise FreezetuneError(
-                    f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out"
-                )
-        return path
+        check_new_run_folder(Path(config.out))
+        return Path(config.out)
     slug = Path(config.model).name.replace(".gguf", "")
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
