@@ -62,7 +62,7 @@ def load_data(
         else:
             train, held = split_holdout(train, 0.05, SPLIT_SEED)
             notes.append(
-                f"eval: no --eval-data, holding out {held.units} {_unit(held, held.units)} of --data "
+                f"eval: no --eval-data, holding out {held.units} {_unit(held)} of --data "
                 "(the same for every seed)"
             )
     notes += train.notes + held.notes
@@ -76,11 +76,11 @@ def load_data(
         if validation >= train.units:
             raise FreezetuneError(
                 f"--validation {validation} leaves no training example "
-                f"(the training data has {train.units} {_unit(train, train.units)})"
+                f"(the training data has {train.units} {_unit(train)})"
             )
         train, held = split_holdout(train, 0.0, SPLIT_SEED, count=validation)
         notes.append(
-            f"eval: {held.units} training {_unit(held, held.units)} carved out as the validation split"
+            f"eval: {held.units} training {_unit(held)} carved out as the validation split"
         )
     if not held.examples:
         raise FreezetuneError("no evaluation example: give --eval-data or more --data")
@@ -113,12 +113,12 @@ def _seen_in_training(train: TokenizedData, held: TokenizedData, split: str) -> 
         train.examples[train.rows([match])[0]].where,
     )
     return (
-        f"notice: {len(seen)} of {held.units} {split} {_unit(held, held.units)} {'is' if len(seen) == 1 else 'are'} "
+        f"notice: {len(seen)} of {held.units} {split} {_unit(held)} {'is' if len(seen) == 1 else 'are'} "
         f"also in the training data, token for token (the first: {where[0]} is {where[1]}); scores "
         "on them measure what was trained on, not held-out quality"
     )
 
 
-def _unit(data: TokenizedData, count: int) -> str:
+def _unit(data: TokenizedData) -> str:
     """'pairs' or 'examples', as the data holds, and singular for one ("holding out 1 pair")."""
-    return ("pair" if data.paired else "example") + ("s" if count != 1 else "")
+    return ("pair" if data.paired else "example") + ("s" if data.units != 1 else "")
