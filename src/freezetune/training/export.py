@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from freezetune.distributed.state import apply_trainable
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
+from freezetune.plans.resolution import ADAPTER
 from freezetune.runs.checkpoint import checkpoint_dirs, damage, read_tensors
 from freezetune.runs.durable import staged_dir, write_json
 from freezetune.runs.manifest import check_base, model_hash, read_json, read_manifest
@@ -122,7 +123,7 @@ def export_run(
     out_dir = Path(out_dir)
     manifest = read_manifest(run_dir)
     # a PEFT adapter holds LoRA matrices only: a run that trained more would lose it there
-    others = [n for n in manifest.get("trainable_names") or [] if ".lora_" not in n]
+    others = [n for n in manifest.get("trainable_names") or [] if not ADAPTER.search(n)]
     if form == "peft" and (others or not (manifest.get("config") or {}).get("lora_r")):
         trained = (
             f"also trained {others[0].removeprefix('base_model.model.')}"
