@@ -7,7 +7,8 @@
 
 The two flat shapes also take LLaMA-Factory's ``system`` (a system prompt) and ``history``
 (earlier turns as [user, assistant] pairs); the two conversation shapes take ``system`` when
-they hold none of their own. A record that mixes two shapes is refused: which one it meant is not ours to guess.
+they hold none of their own. A record that mixes two shapes is refused: which one it meant is
+not ours to guess.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
     system = string_field(record, "system", errors, required=False)
     if system is None and fields.get("system") is not None:
         return None  # not a string: said in errors
+    name = SHAPES[given[0]][0]  # the shape's first field: for a conversation, all its turns
     if given[0] in ("messages", "ShareGPT"):
-        name = SHAPES[given[0]][0]
         turns = _conversation(record, name, errors)
         if turns is None or fields.get("history") is not None:
             if turns is not None:
@@ -92,7 +93,7 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
     if system is not None and system.strip():
         if turns[0]["role"] == "system":
             errors.append(
-                f"{record.where}: a system prompt in field 'system' and another in '{SHAPES[given[0]][0]}'"
+                f"{record.where}: a system prompt in field 'system' and another in '{name}'"
             )
             return None
         turns = [{"role": "system", "content": system}, *turns]
