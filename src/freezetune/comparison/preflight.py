@@ -9,6 +9,7 @@ from pathlib import Path
 
 from freezetune.comparison.settings import CompareSettings
 from freezetune.comparison.strategies import Strategy
+from freezetune.config.fields import flag_of
 from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
@@ -67,7 +68,7 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
         if changed:
             raise FreezetuneError(
                 f"{settings.out} holds a comparison with another {', '.join(changed)} "
-                f"(--{changed[0].replace('_', '-')}); "
+                f"({flag_of(changed[0])}); "
                 "choose another --out"
             )
 

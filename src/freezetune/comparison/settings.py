@@ -29,7 +29,7 @@ from freezetune.comparison.strategies import (
     parse_strategy,
 )
 from freezetune.config.checks import check_given
-from freezetune.config.fields import opt
+from freezetune.config.fields import flag_of, opt
 from freezetune.config.run import RunOptions, TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import MARGIN_HELP, parse_margins
@@ -151,7 +151,7 @@ class CompareOptions(RunOptions):
         for name in ("search_steps", "search_extensions", "validation"):
             if getattr(self, name) < 0:
                 raise FreezetuneError(
-                    f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
+                    f"{flag_of(name)} must be 0 or more, got {getattr(self, name)}"
                 )
         for kind in ("full", "lora", "plan"):
             rate = getattr(self, f"lr_{kind}")
@@ -176,7 +176,7 @@ class CompareOptions(RunOptions):
         if all(s.lr or given[s.kind] for s in strategies):
             defaults = {f.name: f.default for f in fields(self)}
             notes += [
-                f"--{name.replace('_', '-')} {getattr(self, name)}: every strategy's rate is given, "
+                f"{flag_of(name)} {getattr(self, name)}: every strategy's rate is given, "
                 "so no rate is searched"
                 for name in ("search_steps", "lr_grid", "search_extensions", "validation")
                 if getattr(self, name) != defaults[name]

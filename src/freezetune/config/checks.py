@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from freezetune.config.fields import parse_size
+from freezetune.config.fields import flag_of, parse_size
 from freezetune.errors import FreezetuneError
 
 if TYPE_CHECKING:
@@ -28,13 +28,11 @@ def check_config(config: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "num_processes"):
         if getattr(config, name) < 1:
             raise FreezetuneError(
-                f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
+                f"{flag_of(name)} must be at least 1, got {getattr(config, name)}"
             )
     for name in NON_NEGATIVE:
         if getattr(config, name) < 0:
-            raise FreezetuneError(
-                f"--{name.replace('_', '-')} must be 0 or more, got {getattr(config, name)}"
-            )
+            raise FreezetuneError(f"{flag_of(name)} must be 0 or more, got {getattr(config, name)}")
     # a library caller gave what it set away from the defaults; the CLI knows what was typed
     check_given(
         config, {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
@@ -115,14 +113,14 @@ def check_given(config: TrainConfig, given: set[str], typed: bool = False) -> No
     ):
         for name in names:
             if not on and name in given:
-                raise FreezetuneError(f"--{name.replace('_', '-')} is for {needs}")
+                raise FreezetuneError(f"{flag_of(name)} is for {needs}")
     for name, decides, why in (
         ("epochs", config.max_steps > 0, f"--max-steps {config.max_steps} sets the run's length"),
         ("warmup_ratio", config.warmup is not None, f"--warmup {config.warmup} sets the warmup"),
     ):
         if name in given and decides:
             raise FreezetuneError(
-                f"--{name.replace('_', '-')} {getattr(config, name):g} has no effect: {why}; "
+                f"{flag_of(name)} {getattr(config, name):g} has no effect: {why}; "
                 "give one of the two"
             )
     if typed:
@@ -144,7 +142,7 @@ def _check_generation(config: TrainConfig, given: set[str]) -> None:
         ("max_new_tokens", True),
     ):
         if name in given and asks:
-            raise FreezetuneError(f"--{name.replace('_', '-')} is for generated answers, and {why}")
+            raise FreezetuneError(f"{flag_of(name)} is for generated answers, and {why}")
 
 
 def check_plan_fit(config: TrainConfig, resolved: ResolvedPlan) -> None:

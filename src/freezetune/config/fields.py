@@ -45,6 +45,11 @@ UNITS = {
 }
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of an option field: seq_len -> --seq-len."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_size(text: str, flag: str) -> int:
     """'8GiB', '512 MiB', '2e9'... as bytes, or a one-line error naming the flag."""
     match = SIZE.fullmatch(text)

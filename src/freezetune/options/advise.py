@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from freezetune.config.fields import opt, parse_size
+from freezetune.config.fields import flag_of, opt, parse_size
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import MODEL_HELP, check_sizes
 from freezetune.plans.memory import DTYPES
@@ -106,7 +106,7 @@ class AdviseOptions:
     def check_given(self, given: set[str]) -> None:
         """Pilot options typed where no pilot runs (even at their default values)."""
         pilot_only = ("lr", "retain", "validation", "prefer", "pilot_candidates")
-        chosen = [f"--{name.replace('_', '-')}" for name in pilot_only if name in given]
+        chosen = [flag_of(name) for name in pilot_only if name in given]
         if chosen and self.pilot_budget() is None:
             why = "--no-pilot" if self.no_pilot else "without --data, only --pilot runs them"
             raise FreezetuneError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freezetune.config.fields import opt
+from freezetune.config.fields import flag_of, opt
 from freezetune.errors import FreezetuneError
 from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
@@ -100,15 +100,16 @@ class PlanOptions:
         """Options typed for a part of the preview this one does not print."""
         phases = sorted({"max_steps", "seed"} & given)
         if phases and not self.schedule:
-            flag = phases[0].replace("_", "-")
-            raise FreezetuneError(f"--{flag} is for --schedule's phases, and none is given")
+            raise FreezetuneError(
+                f"{flag_of(phases[0])} is for --schedule's phases, and none is given"
+            )
         # another tool's config lists the trainable set; the memory estimate is not in it
         estimate = sorted(
             {"seq_len", "batch_size", "dtype", "objective", "precompute_ref", "json"} & given
         )
         if estimate and self.format:
             raise FreezetuneError(
-                f"--{estimate[0].replace('_', '-')} is for the preview, and --format {self.format} "
+                f"{flag_of(estimate[0])} is for the preview, and --format {self.format} "
                 "prints the trainable set in that tool's config instead"
             )
 
@@ -118,7 +119,7 @@ def check_sizes(options) -> None:
     for name in ("seq_len", "batch_size"):
         if getattr(options, name) < 1:
             raise FreezetuneError(
-                f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}"
+                f"{flag_of(name)} must be at least 1, got {getattr(options, name)}"
             )
 
 
@@ -197,7 +198,7 @@ class GenerateOptions:
         """Sampling options typed for a greedy answer (--top-p 1 as much as --top-p 0.5)."""
         sampling = sorted({"top_p", "seed"} & given)
         if sampling and self.temperature == 0:
-            flag = f"--{sampling[-1].replace('_', '-')}"
+            flag = flag_of(sampling[-1])
             raise FreezetuneError(
                 f"{flag} is for sampling, and at --temperature 0 (the default) the answer is greedy "
                 f"(the same tokens whatever {flag}): give a --temperature above 0 too"

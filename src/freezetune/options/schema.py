@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from freezetune.config.fields import flag_of
 from freezetune.errors import FreezetuneError, yaml_problem
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -36,7 +37,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
     for item in dataclasses.fields(cls):
         meta, kind = item.metadata, hints[item.name]
         base = _without_none(kind)
-        flag = f"--{item.name.replace('_', '-')}"
+        flag = flag_of(item.name)
         default = argparse.SUPPRESS if overrides_only else item.default
         if meta.get("positional"):
             many = typing.get_origin(base) is list
@@ -153,12 +154,10 @@ def check_finite(options) -> None:
     for item in dataclasses.fields(options):
         value = getattr(options, item.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise FreezetuneError(
-                f"--{item.name.replace('_', '-')} must be a finite number, got {value}"
-            )
+            raise FreezetuneError(f"{flag_of(item.name)} must be a finite number, got {value}")
         # torch keeps rates and norms as float32 tensors
         if isinstance(value, float) and abs(value) > FLOAT32_MAX:
             raise FreezetuneError(
-                f"--{item.name.replace('_', '-')} {value:g} is beyond the largest float32 "
+                f"{flag_of(item.name)} {value:g} is beyond the largest float32 "
                 f"({FLOAT32_MAX:.3g}); give a smaller number"
             )

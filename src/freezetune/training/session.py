@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from freezetune.config.checks import check_layout, check_plan_fit
+from freezetune.config.fields import flag_of
 from freezetune.config.run import TrainConfig
 from freezetune.data.examples import TokenizedData
 from freezetune.data.files import content_hash
@@ -101,7 +102,7 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     key = changed_setting(saved, config, sorted(given))
     if key is not None:
         raise FreezetuneError(
-            f"--{key.replace('_', '-')} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
+            f"{flag_of(key)} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
             "a resumed run keeps its config"
         )
     # the run's cache settings stay the run's unless given again; the rest takes this invocation's values
@@ -133,7 +134,7 @@ def check_resumable(
     for key, now in data_hashes(config).items():
         if key in saved and saved[key] != now:
             raise FreezetuneError(
-                f"--resume {run_dir}: the content of --{key.replace('_', '-')} {getattr(config, key)} "
+                f"--resume {run_dir}: the content of {flag_of(key)} {getattr(config, key)} "
                 "has changed since the run started; a resumed run must see the data it started with"
             )
 
