@@ -215,29 +215,6 @@ def test_each_strategy_reports_the_peak_memory_of_its_own_process(tmp_path, orde
     assert peaks[1] < peaks[0] - 150 * 2**20, [p / 2**20 for p in peaks]
 
 
-def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
-    from freezetune.comparison.timing import timing_breakdown, timing_line
-
-    def run(folder, steps, **seconds):
-        folder.mkdir(parents=True)
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "step_time_s": s}) + "\n" for i, s in enumerate(steps)))
-        (folder / "timing.json").write_text(json.dumps(seconds))
-
-    run(tmp_path / "runs" / "a" / "seed-0", [1.0, 2.0], loading=1.0, evaluation=2.0, generation=0.5, retain=0.5)
-    run(tmp_path / "runs" / "a" / "search" / "lr-0.001", [1.0], loading=1.0, evaluation=0.5)
-    (tmp_path / "base-timing.json").write_text(json.dumps({"base": 3.0}))
-    timing = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=20.0)
-    assert {k: timing[k] for k in ("training", "search", "evaluation", "generation", "retain", "loading", "base", "other")} == \
-        {"training": 3.0, "search": 1.0, "evaluation": 2.5, "generation": 0.5, "retain": 0.5, "loading": 2.0, "base": 3.0, "other": 7.5}
-    assert timing["complete"] and timing["total_over_training"] == 5.0 and timing["runs"] == timing["runs_timed"] == 2
-    assert timing_line(timing).startswith("Time: 20 s in all (5.0x the training and search steps): training 3 s, search 1 s")
-    # a resumed comparison: its runs' seconds exceed this invocation's wall time, so nothing is left to call "other"
-    resumed = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=10.0)
-    assert resumed["other"] is None and not resumed["complete"] and resumed["total_over_training"] is None
-    # no ratio of this invocation's seconds over steps an earlier one trained (a re-rendered demo said "0.0x")
-    assert timing_line(resumed).startswith("Time: 10 s in this invocation; the runs, some trained by an earlier one: training 3 s")
-
-
 def test_each_strategy_is_parsed_once_and_the_checks_use_what_was_parsed(tiny_chat_model_dir, order_data, tmp_path, monkeypatch):
     from freezetune.comparison.preflight import validate
     from freezetune.plans.language import FreezePlan
@@ -292,6 +269,11 @@ def test_options_that_no_run_of_the_comparison_reads_are_said(tiny_chat_model_di
     # each read by some run: nothing to say
     options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_full=None, search_steps=3)
     assert options.unread([parse_strategy(s) for s in ("full", "freeze bottom 50%")]) == []
+    # typed at its default, an option was still asked for: the CLI passes what was typed
+    options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp")
+    assert options.unread([parse_strategy(s) for s in ("full", "freeze bottom 50%")], given={"validation", "retain_limit"}) == [
+        "notice: --validation 64: every strategy's rate is given, so no rate is searched",
+        "notice: --retain-limit 0 limits the items of --retain-tasks, and none are given"]
     # the command says them before anything trains (compare_args gives all three kinds' rates)
     assert main(compare_args(tiny_chat_model_dir, order_data, tmp_path / "cli", "freeze bottom 50%")) == 0
     printed = capsys.readouterr()

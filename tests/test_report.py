@@ -1,5 +1,6 @@
 """`freezetune report`: the comparison report re-rendered from run folders, without a model, and
-the runs it refuses to pair (scored on other items, or ranked by answers they never gave)."""
+the runs it refuses to pair (scored on other items, or ranked by answers they never gave), and its
+timing line."""
 
 import json
 
@@ -72,3 +73,26 @@ def test_report_refuses_runs_scored_on_different_items(tiny_chat_model_dir, orde
     assert main(["report", "a", "b", "--out", "rep", "--forgetting", "kl"]) == 0  # a relative path had no parents[2]
     assert [r["strategy"] for r in json.loads((tmp_path / "rep" / "results.json").read_text())["runs"]] == [
         "freeze bottom 50%", "train all"]
+
+
+def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
+    from freezetune.comparison.timing import timing_breakdown, timing_line
+
+    def run(folder, steps, **seconds):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "step_time_s": s}) + "\n" for i, s in enumerate(steps)))
+        (folder / "timing.json").write_text(json.dumps(seconds))
+
+    run(tmp_path / "runs" / "a" / "seed-0", [1.0, 2.0], loading=1.0, evaluation=2.0, generation=0.5, retain=0.5)
+    run(tmp_path / "runs" / "a" / "search" / "lr-0.001", [1.0], loading=1.0, evaluation=0.5)
+    (tmp_path / "base-timing.json").write_text(json.dumps({"base": 3.0}))
+    timing = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=20.0)
+    assert {k: timing[k] for k in ("training", "search", "evaluation", "generation", "retain", "loading", "base", "other")} == \
+        {"training": 3.0, "search": 1.0, "evaluation": 2.5, "generation": 0.5, "retain": 0.5, "loading": 2.0, "base": 3.0, "other": 7.5}
+    assert timing["complete"] and timing["total_over_training"] == 5.0 and timing["runs"] == timing["runs_timed"] == 2
+    assert timing_line(timing).startswith("Time: 20 s in all (5.0x the training and search steps): training 3 s, search 1 s")
+    # a resumed comparison: its runs' seconds exceed this invocation's wall time, so nothing is left to call "other"
+    resumed = timing_breakdown([tmp_path / "runs" / "a" / "seed-0"], wall_s=10.0)
+    assert resumed["other"] is None and not resumed["complete"] and resumed["total_over_training"] is None
+    # no ratio of this invocation's seconds over steps an earlier one trained (a re-rendered demo said "0.0x")
+    assert timing_line(resumed).startswith("Time: 10 s in this invocation; the runs, some trained by an earlier one: training 3 s")

@@ -143,8 +143,9 @@ def run_generate(options: GenerateOptions) -> str:
     return answer
 
 
-def run_compare(options: CompareOptions) -> str:
-    """`freezetune compare`: every strategy's run, then the report."""
+def run_compare(options: CompareOptions, given: set[str] | None = None) -> str:
+    """`freezetune compare`: every strategy's run, then the report; ``given``: the options asked
+    for (typed or in the config file), for the notices of those no run reads."""
     from freezetune.comparison.report import write_report
     from freezetune.comparison.runner import run_comparison
     from freezetune.comparison.timing import timing_line
@@ -163,7 +164,7 @@ def run_compare(options: CompareOptions) -> str:
             settings,
             log=say,
             should_stop=lambda: stop.requested,
-            notes=(announce, *options.unread(settings.strategies)),
+            notes=(announce, *options.unread(settings.strategies, given)),
         )
     report = write_report(
         run_dirs,
@@ -260,7 +261,9 @@ def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
     # what the command reads, against what was asked for
     if hasattr(options, "check_given"):
         options.check_given(given)
-    return command(options, argv) if cls is TrainConfig else command(options)
+    if cls is TrainConfig:
+        return command(options, argv)
+    return command(options, given) if cls is CompareOptions else command(options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,25 +163,25 @@ class CompareOptions(RunOptions):
         """The run options given that no run of this comparison would read, as train refuses them."""
         check_given(self.settings().base_config, given, typed=True)
 
-    def unread(self, strategies: list[Strategy]) -> list[str]:
-        """Notices of options set (off their defaults) that no run of the comparison reads."""
-        given = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
+    def unread(self, strategies: list[Strategy], given: set[str] | None = None) -> list[str]:
+        """Notices of options asked for (``given``, else set off their defaults) that no run reads."""
+        given = given or {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+        rates = {"full": self.lr_full, "lora": self.lr_lora, "plan": self.lr_plan}
         takers = {s.kind for s in strategies if s.lr is None}  # an own lr= wins over --lr-KIND
         notes = [
             f"--lr-{kind} {rate:g} applies to no strategy: none is {KIND_NAMES[kind]}"
             + (" without its own lr=" if any(s.kind == kind for s in strategies) else "")
-            for kind, rate in given.items()
+            for kind, rate in rates.items()
             if rate is not None and kind not in takers
         ]
-        if all(s.lr or given[s.kind] for s in strategies):
-            defaults = {f.name: f.default for f in fields(self)}
+        if all(s.lr or rates[s.kind] for s in strategies):
             notes += [
                 f"{flag_of(name)} {getattr(self, name)}: every strategy's rate is given, "
                 "so no rate is searched"
                 for name in ("search_steps", "lr_grid", "search_extensions", "validation")
-                if getattr(self, name) != defaults[name]
+                if name in given
             ]
-        if self.retain_limit and not self.retain_tasks:
+        if "retain_limit" in given and not self.retain_tasks:
             notes.append(
                 f"--retain-limit {self.retain_limit} limits the items of --retain-tasks, and none are given"
             )
