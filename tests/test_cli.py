@@ -127,6 +127,19 @@ def test_help_comes_from_the_typed_options(capsys):
     assert "{axolotl,llama-factory}" in out
 
 
+def test_a_flag_typed_twice_with_two_values_is_refused(capsys, tiny_llama_dir, tmp_path):
+    # argparse keeps the last without a word: `--data a --data b` trained on b alone
+    for argv, flag, values in ((["train", "--data", "a.jsonl", "--data", "b.jsonl"], "--data", "a.jsonl, then b.jsonl"),
+                               (["train", "--config", "a.yaml", "--config", "b.yaml"], "--config", "a.yaml, then b.yaml"),
+                               (["plan", str(tiny_llama_dir), "train top 1", "--seq-len", "64", "--seq-len", "128"], "--seq-len", "64, then 128")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: argument {flag}: given twice ({values}); give it once")
+    # the same value twice asks for one thing
+    assert main(["plan", str(tiny_llama_dir), "train top 1", "--seq-len", "64", "--seq-len", "64"]) == 0
+
+
 def test_a_start_up_ctrl_c_that_an_import_swallowed_still_stops_before_training():
     import signal as signals
 

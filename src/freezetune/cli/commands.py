@@ -28,7 +28,13 @@ from freezetune.options.commands import (
     ReportOptions,
     parse_margins,
 )
-from freezetune.options.schema import add_options, check_finite, from_namespace, read_config_file
+from freezetune.options.schema import (
+    GivenOnce,
+    add_options,
+    check_finite,
+    from_namespace,
+    read_config_file,
+)
 from freezetune.runs.stop import StopFlag
 
 
@@ -227,7 +233,10 @@ def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
         if cls in CONFIG_FILE_COMMANDS:
             sub.add_argument(
-                "--config", help="YAML file of these options; flags given here override it"
+                "--config",
+                action=GivenOnce,
+                default=argparse.SUPPRESS,
+                help="YAML file of these options; flags given here override it",
             )
         add_options(sub, cls, overrides_only=typed_only or cls in CONFIG_FILE_COMMANDS)
     return parser

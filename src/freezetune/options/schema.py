@@ -30,6 +30,19 @@ def _without_none(kind):
     return kind
 
 
+class GivenOnce(argparse.Action):
+    """A flag's value, refused when typed again with another: argparse keeps the last without a
+    word, so `--data a.jsonl --data b.jsonl` trained on b alone. Seen only where unset flags stay
+    out of the namespace (``overrides_only``); the CLI parses that way for every command."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.default is argparse.SUPPRESS and getattr(namespace, self.dest, values) != values:
+            raise argparse.ArgumentError(
+                self, f"given twice ({getattr(namespace, self.dest)}, then {values}); give it once"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool = False) -> None:
     """One flag per field. ``overrides_only``: unset flags stay out of the namespace, so that
     only what the user typed overrides a config file."""
@@ -68,6 +81,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
             parser.add_argument(
                 flag,
                 dest=item.name,
+                action=GivenOnce,
                 type=base,
                 **optional,
                 default=None if required else default,
