@@ -79,6 +79,9 @@ def _bad_inputs(tmp_path, model_dir):
         (["plan", m, str(tmp_path / "gone.yaml")], "plan file"),
         (["plan", m, "train layers 0,2", "--format", "llama-factory"], "cannot express this plan for LLaMA-Factory"),
         (["plan", m, "freeze all; train head", "--seq-len", "0"], "--seq-len must be at least 1, got 0"),
+        # train's spelling, where plan takes them without a flag: argparse said only "unrecognized arguments"
+        (["plan", "--model", m, "--plan", "train top 1"], "--model: the model is given without a flag here: freezetune plan MODEL PLAN"),
+        (["plan", m, "--plan=train top 1"], "--plan: the plan is given without a flag here: freezetune plan MODEL PLAN"),
     ]
 
 

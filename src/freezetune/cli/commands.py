@@ -29,10 +29,10 @@ from freezetune.options.commands import (
     parse_margins,
 )
 from freezetune.options.schema import (
-    GivenOnce,
     add_options,
     check_finite,
     from_namespace,
+    positional_as_flag,
     read_config_file,
 )
 from freezetune.runs.stop import StopFlag
@@ -231,14 +231,8 @@ def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
-        if cls in CONFIG_FILE_COMMANDS:
-            sub.add_argument(
-                "--config",
-                action=GivenOnce,
-                default=argparse.SUPPRESS,
-                help="YAML file of these options; flags given here override it",
-            )
-        add_options(sub, cls, overrides_only=typed_only or cls in CONFIG_FILE_COMMANDS)
+        config_file = cls in CONFIG_FILE_COMMANDS
+        add_options(sub, cls, overrides_only=typed_only or config_file, config_file=config_file)
     return parser
 
 
@@ -277,6 +271,9 @@ def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # `plan --model M`, as train spells it: argparse would only say "unrecognized arguments"
+    if argv and argv[0] in COMMANDS and (hint := positional_as_flag(COMMANDS[argv[0]][0], argv)):
+        return _fail(argv[0], hint)
     args = build_parser().parse_args(argv)
     cls, command = COMMANDS[args.command]
     try:

@@ -43,9 +43,21 @@ class GivenOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool = False) -> None:
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    overrides_only: bool = False,
+    config_file: bool = False,
+) -> None:
     """One flag per field. ``overrides_only``: unset flags stay out of the namespace, so that
-    only what the user typed overrides a config file."""
+    only what the user typed overrides a config file; ``config_file``: a --config flag for one."""
+    if config_file:
+        parser.add_argument(
+            "--config",
+            action=GivenOnce,
+            default=argparse.SUPPRESS,
+            help="YAML file of these options; flags given here override it",
+        )
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         meta, kind = item.metadata, hints[item.name]
@@ -89,6 +101,19 @@ def add_options(parser: argparse.ArgumentParser, cls: type, overrides_only: bool
                 choices=meta.get("choices"),
                 help=meta["help"] + default_text,
             )
+
+
+def positional_as_flag(cls: type, argv: list[str]) -> str | None:
+    """What to say when a positional argument of command ``argv[0]`` was typed as a flag."""
+    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")]
+    typed = next((a for a in argv if a.split("=")[0] in {flag_of(n) for n in names}), None)
+    if typed is None:
+        return None
+    usage = " ".join(n.upper() for n in names)
+    return (
+        f"{typed.split('=')[0]}: the {typed.split('=')[0][2:]} is given without a flag here: "
+        f"freezetune {argv[0]} {usage}"
+    )
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None = None):
