@@ -12,11 +12,25 @@ from freezetune.training.session import open_session
 
 def train_argv(model_dir, data, out, *extra: str, **flags) -> list[str]:
     """`freezetune train` of a tiny model on (train, eval) files into ``out``: batch 4 of 64 tokens, then
-    ``flags`` (seq_len=128 is --seq-len 128), then ``extra`` (which wins over both, as on a command line)."""
+    ``flags`` (seq_len=128 is --seq-len 128), then ``extra`` (which wins over both)."""
     argv = ["train", "--model", str(model_dir), "--data", str(data[0]), "--eval-data", str(data[1]), "--out", str(out)]
     for name, value in {"batch_size": 4, "seq_len": 64, **flags}.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv + list(extra)
+    return overridden(argv, extra)
+
+
+def overridden(argv: list[str], extra) -> list[str]:
+    """``argv`` with each `--flag value` of ``extra`` in place of its own, the rest of ``extra`` after:
+    the CLI refuses an input such as --data typed twice, where a second value would read as "this too"."""
+    argv, extra = list(argv), list(extra)
+    rest = []
+    while extra:
+        word = extra.pop(0)
+        if word.startswith("--") and word in argv and extra and not extra[0].startswith("--"):
+            argv[argv.index(word) + 1] = extra.pop(0)
+        else:
+            rest.append(word)
+    return argv + rest
 
 
 def metric_records(run_dir: Path) -> list[dict]:

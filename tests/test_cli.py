@@ -130,17 +130,24 @@ def test_help_comes_from_the_typed_options(capsys):
     assert "{axolotl,llama-factory}" in out
 
 
-def test_a_flag_typed_twice_with_two_values_is_refused(capsys, tiny_llama_dir, tmp_path):
+def test_an_input_typed_twice_is_refused_and_other_flags_override(capsys, tiny_llama_dir, tmp_path):
     # argparse keeps the last without a word: `--data a --data b` trained on b alone
-    for argv, flag, values in ((["train", "--data", "a.jsonl", "--data", "b.jsonl"], "--data", "a.jsonl, then b.jsonl"),
-                               (["train", "--config", "a.yaml", "--config", "b.yaml"], "--config", "a.yaml, then b.yaml"),
-                               (["plan", str(tiny_llama_dir), "train top 1", "--seq-len", "64", "--seq-len", "128"], "--seq-len", "64, then 128")):
+    for argv, flag, said in ((["train", "--data", "a.jsonl", "--data", "b.jsonl"], "--data",
+                              "(a.jsonl, then b.jsonl); a run reads one data file: join the files into one"),
+                             (["train", "--plan", "freeze all", "--plan", "train top 2"], "--plan",
+                              "(freeze all, then train top 2); one plan: join its rules with ';' (freeze all; train top 2)"),
+                             (["train", "--config", "a.yaml", "--config", "b.yaml"], "--config", "(a.yaml, then b.yaml)"),
+                             (["advise", str(tiny_llama_dir), "--data", "a.jsonl", "--data", "b.jsonl"], "--data", "(a.jsonl, then")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
-        assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: argument {flag}: given twice ({values}); give it once")
-    # the same value twice asks for one thing
-    assert main(["plan", str(tiny_llama_dir), "train top 1", "--seq-len", "64", "--seq-len", "64"]) == 0
+        assert f"error: argument {flag}: given twice {said}" in capsys.readouterr().err.splitlines()[-1]
+    # the same file twice asks for one; any other flag typed again overrides, as on any command line
+    assert main(["plan", str(tiny_llama_dir), "train top 1", "--seq-len", "64", "--seq-len", "128"]) == 0
+    assert "seq 128" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # --help, read after both: the parse went past them
+        main(["train", "--config", "c.yaml", "--config", "c.yaml", "--help"])
+    assert exit_info.value.code == 0
 
 
 def test_a_start_up_ctrl_c_that_an_import_swallowed_still_stops_before_training():

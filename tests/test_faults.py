@@ -20,6 +20,7 @@ import transformers as T
 from freezetune.cli.commands import main
 
 from conftest import build_tokenizer
+from helpers import overridden
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -41,8 +42,8 @@ class Case:
 
 
 def train(*extra):
-    return ["train", "--model", "{w}/model", "--data", "{w}/train.jsonl", "--eval-data", "{w}/eval.jsonl", "--out", "{w}/new",
-            "--batch-size", "4", "--seq-len", "64", "--max-steps", "2", "--eval-generate", "0", *extra]
+    return overridden(["train", "--model", "{w}/model", "--data", "{w}/train.jsonl", "--eval-data", "{w}/eval.jsonl", "--out", "{w}/new",
+                       "--batch-size", "4", "--seq-len", "64", "--max-steps", "2", "--eval-generate", "0"], extra)
 
 
 def write(rel: str, data: bytes | str):

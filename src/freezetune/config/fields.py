@@ -17,8 +17,11 @@ def opt(
     positional: bool = False,
     const=None,
     metavar: str | None = None,
+    once: str | None = None,
 ):
-    """``const``: the flag may be given without a value, and then takes this one (`--pilot`)."""
+    """``const``: the flag may be given without a value, and then takes this one (`--pilot`);
+    ``once``: typed twice, the flag is refused with this hint, where a second value reads as
+    "and this too" (`--data a --data b`), not as an override."""
     return field(
         default=default,
         metadata={
@@ -27,6 +30,7 @@ def opt(
             "positional": positional,
             "const": const,
             "metavar": metavar,
+            "once": once,
         },
     )
 

@@ -36,9 +36,12 @@ class RunOptions:
         None,
         help="training data (.jsonl .json .csv .parquet .txt or a `datasets` folder); default: "
         "the built-in dispatch task (sft), its preference pairs (dpo) or stdlib docstrings (cpt)",
+        once="a run reads one data file: join the files into one",
     )
     eval_data: str | None = opt(
-        None, help="held-out data; default: the built-in task's held-out split, or 5%% of --data"
+        None,
+        help="held-out data; default: the built-in task's held-out split, or 5%% of --data",
+        once="a run reads one held-out file: join the files into one",
     )
     seq_len: int = opt(
         256, help="maximum tokens per example (SFT truncates, CPT packs to this length)"
@@ -71,6 +74,7 @@ class TrainConfig(RunOptions):
         None,
         help="freeze plan text, or a .yaml/.json/.txt plan file (default 'freeze bottom 75%%'; "
         "with LoRA: train the adapters only; with --schedule: 'train all', every block to draw from)",
+        once="one plan: join its rules with ';' (freeze all; train top 2)",
     )
     lora_r: int = opt(
         0, help="LoRA rank through peft; 0 = no LoRA (the plan then applies to the wrapped model)"

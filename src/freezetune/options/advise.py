@@ -36,7 +36,9 @@ class AdviseOptions:
 
     model: str = opt(help=MODEL_HELP, positional=True)
     data: str | None = opt(
-        None, help="your training data: adds a gradient probe (a few batches, no weight moves)"
+        None,
+        help="your training data: adds a gradient probe (a few batches, no weight moves)",
+        once="the probe reads one data file: join the files into one",
     )
     objective: str = opt(
         "sft",

@@ -31,14 +31,19 @@ def _without_none(kind):
 
 
 class GivenOnce(argparse.Action):
-    """A flag's value, refused when typed again with another: argparse keeps the last without a
-    word, so `--data a.jsonl --data b.jsonl` trained on b alone. Seen only where unset flags stay
-    out of the namespace (``overrides_only``); the CLI parses that way for every command."""
+    """A flag refused when typed again with another value. argparse keeps the last, which is an
+    override for most flags, but `--data a.jsonl --data b.jsonl` trained on b alone. Seen only
+    where unset flags stay out of the namespace (``overrides_only``), as the CLI parses."""
+
+    def __init__(self, *args, hint: str = "give it once", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if self.default is argparse.SUPPRESS and getattr(namespace, self.dest, values) != values:
+        earlier = getattr(namespace, self.dest, values)
+        if self.default is argparse.SUPPRESS and earlier is not values and earlier != values:
             raise argparse.ArgumentError(
-                self, f"given twice ({getattr(namespace, self.dest)}, then {values}); give it once"
+                self, f"given twice ({earlier}, then {values}); {self.hint}"
             )
         setattr(namespace, self.dest, values)
 
@@ -55,6 +60,7 @@ def add_options(
         parser.add_argument(
             "--config",
             action=GivenOnce,
+            hint="one config file: give other options as flags",
             default=argparse.SUPPRESS,
             help="YAML file of these options; flags given here override it",
         )
@@ -90,10 +96,11 @@ def add_options(
             optional = {"nargs": "?", "const": meta["const"]} if meta.get("const") else {}
             if meta.get("metavar"):
                 optional["metavar"] = meta["metavar"]
+            if meta.get("once"):
+                optional |= {"action": GivenOnce, "hint": meta["once"]}
             parser.add_argument(
                 flag,
                 dest=item.name,
-                action=GivenOnce,
                 type=base,
                 **optional,
                 default=None if required else default,
