@@ -189,6 +189,9 @@ def test_compare_scores_retain_tasks_on_every_run_and_ranks_forgetting_by_them(t
 
 
 def test_evaluate_scores_a_run_against_its_base_and_a_model_alone(trained, tiny_chat_model_dir, capsys):
+    import datasets
+
+    datasets.enable_progress_bars()  # as in a fresh process: an earlier test's command turned them off
     run = trained / "run"
     assert main(["evaluate", str(run), "--tasks", "builtin", "--limit", "24", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
@@ -202,6 +205,8 @@ def test_evaluate_scores_a_run_against_its_base_and_a_model_alone(trained, tiny_
     assert line == (f"freezetune_builtin: {100 * base['accuracy']:.1f}% -> {100 * tuned['accuracy']:.1f}% of 24 items; "
                     f"{len(change['right_to_wrong'])} right -> wrong, {len(change['wrong_to_right'])} wrong -> right")
     assert main(["evaluate", str(tiny_chat_model_dir), "--tasks", "builtin", "--limit", "24"]) == 0
-    assert capsys.readouterr().out.strip() == f"freezetune_builtin: {100 * base['accuracy']:.1f}% of 24 items (acc)"
+    printed = capsys.readouterr()
+    assert printed.out.strip() == f"freezetune_builtin: {100 * base['accuracy']:.1f}% of 24 items (acc)"
+    assert "examples/s" not in printed.err  # datasets' bar for the task's split, beside evaluate's own
     assert main(["evaluate", str(run), "--tasks", "piqa"]) == 2
     assert "freezetune evaluate: error: --tasks piqa: its data is not on this machine" in capsys.readouterr().err

@@ -252,10 +252,10 @@ def _options(cls: type, args: argparse.Namespace, argv: list[str]) -> tuple[obje
 
 def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
     """The command's options, checked, then the command itself."""
-    if args.command in ("train", "compare"):
+    if args.command in ("train", "compare", "evaluate"):
         import datasets
 
-        datasets.disable_progress_bars()  # one bar per data file read is noise beside the training bar
+        datasets.disable_progress_bars()  # one bar per data file read is noise beside the command's own
     options, given = _options(cls, args, argv)
     if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
         options.cache_dir = os.environ["FREEZETUNE_CACHE"]
