@@ -14,6 +14,7 @@ from freezetune.cli.advise import run_advise
 from freezetune.cli.cache import run_cache
 from freezetune.cli.console import say
 from freezetune.cli.evaluate import run_evaluate
+from freezetune.cli.generate import run_generate
 from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
 from freezetune.config.run import TrainConfig
@@ -107,46 +108,6 @@ def run_export(options: ExportOptions) -> str:
     return f"exported to {out}" + (
         f" (kept what you had added there: {', '.join(kept)})" if kept else ""
     )
-
-
-def run_generate(options: GenerateOptions) -> str:
-    import torch
-
-    from freezetune.models.loading import load_model
-    from freezetune.training.evaluation import generate
-    from freezetune.training.export import is_run, load_run
-
-    source, cache = options.source, _cache(options)
-    loaded = load_run(Path(source), cache) if is_run(source) else load_model(source, cache)
-    tokenizer = loaded.tokenizer
-    templated = getattr(tokenizer, "chat_template", None) and not options.plain
-    if options.system is not None and not templated:
-        raise FreezetuneError(f"--system: {source}'s tokenizer has no chat template to put it in")
-    if templated:
-        system = [{"role": "system", "content": options.system}] if options.system else []
-        turn = [*system, {"role": "user", "content": options.prompt}]
-        text = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(options.prompt)["input_ids"]
-    if not ids:
-        raise FreezetuneError(
-            "--prompt is empty, and with --plain there is nothing to continue; give some text"
-        )
-    torch.manual_seed(options.seed or 0)  # the sampled tokens depend on the seed alone
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    answer = generate(
-        loaded.model.to(device),
-        tokenizer,
-        [ids],
-        options.max_new_tokens,
-        device,
-        temperature=options.temperature,
-        top_p=options.top_p,
-    )[0]
-    if not answer:  # an empty stdout alone would look like a failure
-        say("generate: the answer is empty (only whitespace or special tokens were generated)")
-    return answer
 
 
 def run_compare(options: CompareOptions, given: set[str] | None = None) -> str:

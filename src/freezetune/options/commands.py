@@ -164,7 +164,8 @@ class GenerateOptions:
 
     source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
     prompt: str = opt(
-        help="user message (rendered with the chat template when the tokenizer has one, unless --plain)"
+        help="user message (rendered with the chat template when the tokenizer has one, unless "
+        "--plain); '-' reads it from stdin"
     )
     plain: bool = opt(
         False, help="continue the prompt as plain text, without the chat template (e.g. after cpt)"
