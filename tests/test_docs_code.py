@@ -56,6 +56,7 @@ def test_every_command_the_docs_show_is_one_the_cli_takes():
     assert len(commands) > 20  # README, train, compare, advise, preferences, distributed...
     for doc, line in commands:
         words = shlex.split(line, comments=True)[1:]
+        words = words[: next((i for i, w in enumerate(words) if w in ("<", ">", "|")), len(words))]  # the shell's
         elided = "..." in words  # "freezetune compare ... --retain-tasks x.yaml": the flags alone are checked
         try:
             args = build_parser().parse_args([w for w in words if w != "..."])
