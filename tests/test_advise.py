@@ -139,6 +139,8 @@ def test_candidates_span_the_whole_depth_and_the_budget_says_what_it_excluded():
     texts = candidate_plans(8, [8, 7, 1, 1, 1, 1, 1, 1])
     assert {"train layers 0", "train layers 3", "train layers 0-1", "train layers 3-4", "train layers 0,7",
             "train top 2; train norm; train head", "train layers 0-1,6-7", "train layers 0-3", "train layers 2-5"} <= set(texts)
+    # the best-evidenced blocks are written as a plan would write them, in ranges
+    assert "train layers 0-2,7" in candidate_plans(8, [8, 7, 6, 1, 1, 1, 1, 5])
     anatomy = find_anatomy(build_tiny("llama"))  # 4 blocks
     evidence = [5.0, 1.0, 1.0, 1.0]
     found = candidates(anatomy, evidence, 64, 2, "float32")

@@ -18,6 +18,7 @@ from freezetune.plans.anatomy import Anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.memory import estimate_memory
 from freezetune.plans.resolution import ResolvedPlan, resolve
+from freezetune.plans.selectors import index_ranges
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Candidate:
 
 
 def _span(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}-{last}"
+    return index_ranges(list(range(first, last + 1)))
 
 
 def candidate_plans(layers: int, evidence: list[float]) -> list[str]:
@@ -60,7 +61,7 @@ def _families(layers: int, evidence: list[float]) -> list[tuple[str, str]]:
             (f"train attn@top {k}", "attn"),
             (f"train layers {_span(0, k - 1)}", "bottom"),
             (f"train layers {_span(middle, middle + k - 1)}", "middle"),
-            ("train layers " + ",".join(str(i) for i in sorted(ranked[:k])), "ranked"),
+            (f"train layers {index_ranges(sorted(ranked[:k]))}", "ranked"),  # 13-22, not 13,14,...
         ]
         if k >= 2:
             low, high = k // 2, k - k // 2
