@@ -183,3 +183,18 @@ def test_stdout_holds_the_result_alone(capsys, monkeypatch, tmp_path):
     code, out, err = run(capsys, "report", str(tmp_path / "a-run"), "--out", str(tmp_path / "report"))
     assert code == 0 and out == f"report: {tmp_path / 'report'}\n"
     assert "Setting accelerator to CPU" in err
+
+
+def test_a_config_file_takes_one_value_for_a_list_and_names_the_options_an_unknown_key_begins(tmp_path):
+    from freezetune.comparison.settings import CompareOptions
+    from freezetune.errors import FreezetuneError
+    from freezetune.options.schema import read_config_file
+
+    config = tmp_path / "compare.yaml"
+    config.write_text("strategy: freeze bottom 50%\nretain_tasks: builtin\n")  # what `--strategy X` gives
+    assert read_config_file(CompareOptions, config) == {"strategy": ["freeze bottom 50%"], "retain_tasks": ["builtin"]}
+    for key, hint in (("lr", "'lr_full', 'lr_lora', 'lr_plan' or 'lr_grid'"), ("max", "'max_steps' or 'max_new_tokens'"),
+                      ("max_stepz", "'max_steps'")):
+        config.write_text(f"seeds: 2\n{key}: 1\n")
+        with pytest.raises(FreezetuneError, match=rf"^config file .*compare.yaml line 2: unknown option '{key}' \(did you mean {hint}\?\)$"):
+            read_config_file(CompareOptions, config)

@@ -162,8 +162,14 @@ def read_config_file(cls: type, path: Path) -> dict:
             )
         lines[key] = key_node.start_mark.line + 1
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            # `lr` in a compare file: the options it begins are the likely ones (lr_full, lr_plan)
+            close = [f for f in fields if f.startswith(key + "_")] or difflib.get_close_matches(
+                key, fields, n=1
+            )
+            others = "".join(f"{c!r}, " for c in close[:-2]) + "".join(
+                f"{c!r} or " for c in close[-2:-1]
+            )
+            hint = f" (did you mean {others}{close[-1]!r}?)" if close else ""
             raise FreezetuneError(f"{where}: unknown option '{key_node.value}'{hint}")
         value = yaml.safe_load(yaml.serialize(value_node))
         values[key] = _coerce(value, hints[key], fields[key], where)
@@ -175,6 +181,8 @@ def _coerce(value, kind, item, where: str):
         return None
     base = _without_none(kind)
     target = typing.get_origin(base) or base  # list[str] -> list
+    if target is list and isinstance(value, str):  # `strategy: full`, a list of one
+        value = [value]
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if target is float and isinstance(value, float) and not math.isfinite(value):
