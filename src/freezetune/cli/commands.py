@@ -29,13 +29,8 @@ from freezetune.options.commands import (
     ReportOptions,
     parse_margins,
 )
-from freezetune.options.schema import (
-    add_options,
-    check_finite,
-    from_namespace,
-    positional_as_flag,
-    read_config_file,
-)
+from freezetune.options.other_names import misnamed_flag
+from freezetune.options.schema import add_options, check_finite, from_namespace, read_config_file
 from freezetune.runs.stop import StopFlag
 
 
@@ -232,8 +227,8 @@ def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `plan --model M`, as train spells it: argparse would only say "unrecognized arguments"
-    if argv and argv[0] in COMMANDS and (hint := positional_as_flag(COMMANDS[argv[0]][0], argv)):
+    # `plan --model M`, as train spells it, or `--learning_rate`: argparse says "unrecognized"
+    if argv and argv[0] in COMMANDS and (hint := misnamed_flag(COMMANDS[argv[0]][0], argv)):
         return _fail(argv[0], hint)
     args = build_parser().parse_args(argv)
     cls, command = COMMANDS[args.command]

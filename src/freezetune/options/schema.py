@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -19,6 +18,7 @@ import yaml
 
 from freezetune.config.fields import flag_of
 from freezetune.errors import FreezetuneError, yaml_problem
+from freezetune.options.other_names import did_you_mean, likely_options
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -110,19 +110,6 @@ def add_options(
             )
 
 
-def positional_as_flag(cls: type, argv: list[str]) -> str | None:
-    """What to say when a positional argument of command ``argv[0]`` was typed as a flag."""
-    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")]
-    typed = next((a for a in argv if a.split("=")[0] in {flag_of(n) for n in names}), None)
-    if typed is None:
-        return None
-    usage = " ".join(n.upper() for n in names)
-    return (
-        f"{typed.split('=')[0]}: the {typed.split('=')[0][2:]} is given without a flag here: "
-        f"freezetune {argv[0]} {usage}"
-    )
-
-
 def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None = None):
     """Build ``cls`` from dataclass defaults, then ``base`` (a config file), then the namespace."""
     values = dict(base or {})
@@ -162,15 +149,10 @@ def read_config_file(cls: type, path: Path) -> dict:
             )
         lines[key] = key_node.start_mark.line + 1
         if key not in fields:
-            # `lr` in a compare file: the options it begins are the likely ones (lr_full, lr_plan)
-            close = [f for f in fields if f.startswith(key + "_")] or difflib.get_close_matches(
-                key, fields, n=1
+            meant = [repr(name) for name in likely_options(key, list(fields))]
+            raise FreezetuneError(
+                f"{where}: unknown option '{key_node.value}'{did_you_mean(meant)}"
             )
-            others = "".join(f"{c!r}, " for c in close[:-2]) + "".join(
-                f"{c!r} or " for c in close[-2:-1]
-            )
-            hint = f" (did you mean {others}{close[-1]!r}?)" if close else ""
-            raise FreezetuneError(f"{where}: unknown option '{key_node.value}'{hint}")
         value = yaml.safe_load(yaml.serialize(value_node))
         values[key] = _coerce(value, hints[key], fields[key], where)
     return values
