@@ -194,7 +194,7 @@ def test_a_config_file_takes_one_value_for_a_list_and_names_the_options_an_unkno
     config.write_text("strategy: freeze bottom 50%\nretain_tasks: builtin\n")  # what `--strategy X` gives
     assert read_config_file(CompareOptions, config) == {"strategy": ["freeze bottom 50%"], "retain_tasks": ["builtin"]}
     for key, hint in (("lr", "'lr_full', 'lr_lora', 'lr_plan' or 'lr_grid'"), ("max", "'max_steps' or 'max_new_tokens'"),
-                      ("max_stepz", "'max_steps'"), ("cutoff_len", "'seq_len'"), ("output_dir", "'out'"),
+                      ("max_stepz", "'max_steps'"), ("cutoff_len", "'seq_len'"), ("output_dir", "'out'"), ("freeze_trainable_layers", "'strategy'"),
                       ("learning_rate", "'lr_full', 'lr_lora', 'lr_plan' or 'lr_grid'")):
         config.write_text(f"seeds: 2\n{key}: 1\n")
         with pytest.raises(FreezetuneError, match=rf"^config file .*compare.yaml line 2: unknown option '{key}' \(did you mean {hint}\?\)$"):
@@ -206,6 +206,7 @@ def test_a_flag_spelled_as_hf_or_llama_factory_spell_it_is_given_ours(capsys):
     for argv, said in ((["train", "--learning_rate", "1e-4"], "--learning_rate: no such flag (did you mean --lr?)"),
                        (["train", "--max_steps=3"], "--max_steps: no such flag (did you mean --max-steps?)"),
                        (["train", "--bf16"], "--bf16: no such flag (did you mean --precision?)"),
+                       (["compare", "--plan", "freeze all"], "--plan: no such flag (did you mean --strategy?)"),
                        (["compare", "--learning-rate", "1"], "--learning-rate: no such flag (did you mean --lr-full, --lr-lora, "
                                                              "--lr-plan or --lr-grid?)")):
         assert main(argv) == 2

@@ -36,6 +36,13 @@ OTHER_TOOLS = {
     "eval_steps": "eval_every",
     "resume_from_checkpoint": "resume",
     "stage": "objective",  # LLaMA-Factory: sft, pt, dpo
+    # what to freeze: a plan here (`freezetune plan MODEL PLAN --format` prints theirs)
+    "finetuning_type": "plan",  # LLaMA-Factory
+    "freeze_trainable_layers": "plan",
+    "freeze_trainable_modules": "plan",
+    "freeze_extra_modules": "plan",
+    "unfrozen_parameters": "plan",  # Axolotl
+    "plan": "strategy",  # compare: a plan is one strategy
     "pref_beta": "beta",
     "bf16": "precision",
     "fp16": "precision",
@@ -45,7 +52,8 @@ OTHER_TOOLS = {
 def likely_options(key: str, fields: list[str]) -> list[str]:
     """The options an unknown ``key`` most likely means: what another tool calls it, else those it
     begins (`lr` in a compare file: lr_full, lr_lora, ...), else the closest spelling."""
-    key = OTHER_TOOLS.get(key, key)
+    while key not in fields and key in OTHER_TOOLS:  # freeze_trainable_layers -> plan -> strategy
+        key = OTHER_TOOLS[key]
     if key in fields:
         return [key]
     return [f for f in fields if f.startswith(key + "_")] or difflib.get_close_matches(
