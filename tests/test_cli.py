@@ -120,6 +120,14 @@ def test_console_script_exit_status(tiny_llama_dir):
     assert bad.stderr.strip().splitlines()[-1].startswith("freezetune plan: error: plan rule 1 'freeze layers 12'")
 
 
+def test_version(capsys):
+    from freezetune import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"freezetune {__version__}\n"
+
+
 def test_help_comes_from_the_typed_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["plan", "--help"])

@@ -181,9 +181,12 @@ CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 
 def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
     """The CLI; ``typed_only``: flags not typed stay out of the namespace (what a user asked for)."""
+    from freezetune import __version__
+
     parser = argparse.ArgumentParser(
         prog="freezetune", description="Fine-tune language models with layer freezing."
     )
+    parser.add_argument("--version", action="version", version=f"freezetune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, _) in COMMANDS.items():
         sub = commands.add_parser(name, help=cls.__doc__, description=cls.__doc__)
