@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +127,9 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"freezetune {__version__}\n"
+    import tomllib  # the version written in two places, the package's and its metadata's: one number
+
+    assert tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"] == __version__
 
 
 def test_help_comes_from_the_typed_options(capsys):
