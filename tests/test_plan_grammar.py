@@ -86,6 +86,10 @@ def test_list_form_and_files(tmp_path):
         ("train mlp@middle", "after '@' comes a depth like 'layers 20-29'"),
         ("train re:", "'re:' needs a regular expression"),
         ("train re:model.(", "invalid regular expression 'model.('"),
+        # rules joined as in prose, which the selector error ("unknown selector 'bottom 75%, train top 1'") left to guess
+        ("freeze bottom 75%, train top 1", "plan rule 1 'freeze bottom 75%, train top 1' at column 1: two rules in one: "
+                                           "separate them with ';' ('freeze bottom 75%; train top 1')"),
+        ("freeze layers 0-21 and Train head", "('freeze layers 0-21; Train head')"),
     ],
 )
 def test_parse_errors_name_the_rule(text, message):

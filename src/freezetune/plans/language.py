@@ -160,6 +160,12 @@ def _parse_rule(text: str, number: int, column: int | None) -> Rule:
     rest = rest.strip()
     if not rest:
         raise fail(f"'{action}' needs a selector, e.g. '{action} bottom 75%'")
+    joined = re.search(r"(,|\band\b|\bthen\b)\s*(freeze|train)\b", rest, re.IGNORECASE)
+    if joined and rest[:3].lower() != "re:":  # "freeze bottom 75%, train top 1": two rules in one
+        second = rest[joined.start(2) :]
+        raise fail(
+            f"two rules in one: separate them with ';' ('{action} {rest[: joined.start()].rstrip()}; {second}')"
+        )
     try:
         selector = _parse_selector(rest)
     except ValueError as exc:
