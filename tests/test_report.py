@@ -35,6 +35,18 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert [r["strategy"] for r in whole["runs"]] == ["full", "freeze bottom 50%"]
     assert whole["verdict"]["tests"] == first["verdict"]["tests"]
+    # a user's own report.html or results.csv is not written over, by report or a new compare; an earlier report is
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("mine")
+    (mine / "results.csv").write_text("a,b\n")
+    assert main(["report", str(out), "--out", str(mine)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--out {mine} holds report.html, which the report would write over, "
+                                                    "and no freezetune report (its results.json): choose another --out")
+    assert main(compare_args(tiny_chat_model_dir, order_data, mine, "full")) == 2
+    assert "holds report.html, which the report would write over" in capsys.readouterr().err
+    assert (mine / "report.html").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["report.html", "results.csv"]
+    assert main(["report", str(out), "--out", str(tmp_path / "whole"), "--margin", "eval_loss=0.1"]) == 0
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     (tmp_path / "empty" / "compare.json").write_text(json.dumps({"strategies": ["full"]}))
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "none")]) == 2

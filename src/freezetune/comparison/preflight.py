@@ -5,6 +5,7 @@ comparisons."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from freezetune.comparison.settings import CompareSettings
@@ -36,8 +37,31 @@ def fingerprint(settings: CompareSettings, base_sha256: str, model_files: dict[s
     }
 
 
+# what a report writes in its folder
+REPORT_FILES = ("report.html", "report.md", "results.json", "results.csv", "plots")
+
+
+def check_report_folder(out: Path) -> None:
+    """A report may go into ``out``: a folder holding none of a report's files, or an earlier
+    freezetune report's (re-rendered with another margin, say), never the user's own."""
+    if out.exists() and not out.is_dir():
+        raise FreezetuneError(f"--out {out} is a file, not a folder")
+    theirs = [name for name in REPORT_FILES if (out / name).exists()]
+    try:
+        earlier = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if theirs and not (isinstance(earlier, dict) and {"runs", "verdict"} <= set(earlier)):
+        raise FreezetuneError(
+            f"--out {out} holds {theirs[0]}, which the report would write over, and no freezetune "
+            "report (its results.json): choose another --out"
+        )
+
+
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
     state_path = settings.out / "compare.json"
+    if not state_path.is_file():
+        check_report_folder(settings.out)
     if state_path.is_file():
         earlier = read_json(state_path)
         if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):

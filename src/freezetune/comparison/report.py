@@ -12,6 +12,7 @@ from pathlib import Path
 
 from freezetune.comparison.flips import task_lines
 from freezetune.comparison.plots import render_plots
+from freezetune.comparison.preflight import check_report_folder
 from freezetune.comparison.results import FIELDS, base_row, group_runs
 from freezetune.comparison.strategies import parse_strategy
 from freezetune.comparison.timing import timing_breakdown, timing_line
@@ -211,6 +212,7 @@ def write_report(
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
     (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
     started (default: now). ``forgetting``: the verdict's forgetting axis, "kl" or "tasks"."""
+    check_report_folder(out)
     check_same_items(run_dirs)
     rows = group_runs([Path(d) for d in run_dirs])
     base = base_row([Path(d) for d in run_dirs])
