@@ -60,6 +60,13 @@ CASES = [
          "mine holds eval.json, which the run would write over", write("mine/eval.json", '{"mine": 1}')),
     Case("--eval-data with --validation", train("--validation", "4"),
          "--eval-data and --validation 4 both choose what the run is scored on"),
+    # an empty value (an unset shell variable) is no request for the default: --data '' trained on the built-in
+    # task, --out '' wrote into the current folder, --plan '' trained 'freeze bottom 75%'
+    Case("--data ''", train("--data", ""), "--data is empty: give a value, or drop the flag for its default"),
+    Case("--out ''", train("--out", " "), "--out is empty: give a value, or drop the flag for its default"),
+    Case("--plan '' in a config file", ["train", "--config", "{w}/plan.yaml"], "--plan is empty", write("plan.yaml", "plan: ''\n")),
+    Case("compare --strategy ''", ["compare", "--model", "{w}/model", "--strategy", "full", "--strategy", ""], "--strategy is empty"),
+    Case("plan ''", ["plan", "", "train top 1"], "MODEL is empty: give a value"),
 ]
 
 

@@ -30,7 +30,13 @@ from freezetune.options.commands import (
     parse_margins,
 )
 from freezetune.options.other_names import misnamed_flag
-from freezetune.options.schema import add_options, check_finite, from_namespace, read_config_file
+from freezetune.options.schema import (
+    add_options,
+    check_finite,
+    check_not_blank,
+    from_namespace,
+    read_config_file,
+)
 from freezetune.runs.stop import StopFlag
 
 
@@ -219,6 +225,7 @@ def _run(cls: type, command, args: argparse.Namespace, argv: list[str]) -> str:
     if getattr(options, "cache_dir", "unset") is None and os.environ.get("FREEZETUNE_CACHE"):
         options.cache_dir = os.environ["FREEZETUNE_CACHE"]
     check_finite(options)
+    check_not_blank(options)
     options.validate()
     # what the command reads, against what was asked for
     if hasattr(options, "check_given"):
