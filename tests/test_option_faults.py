@@ -73,3 +73,11 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_option_fault(case: Case, world: Path, capsys, monkeypatch):
     check_fault(case, world, capsys, monkeypatch)
+
+
+def test_the_library_refuses_an_empty_value_as_the_cli_does():
+    from freezetune.config.run import TrainConfig
+    from freezetune.errors import FreezetuneError
+
+    with pytest.raises(FreezetuneError, match=r"^--data is empty: give a value, or drop the flag for its default$"):
+        TrainConfig(data="").validate()  # data=os.environ.get("DATA", "") in a script

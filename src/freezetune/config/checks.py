@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from freezetune.config.fields import flag_of, parse_size
+from freezetune.config.fields import check_not_blank, flag_of, parse_size
 from freezetune.errors import FreezetuneError
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping 
 
 
 def check_config(config: TrainConfig) -> None:
+    check_not_blank(config)  # TrainConfig(data=os.environ.get("DATA", "")) is no default either
     if config.seq_len < 2:  # before the data: a shorter limit would blame the records
         raise FreezetuneError(
             f"--seq-len must be at least 2 (a next-token loss needs two tokens), got {config.seq_len}"

@@ -65,3 +65,22 @@ def parse_size(text: str, flag: str) -> int:
                 f"{flag} '{text}': expected a size such as 8GiB, 512MiB or 2e9 (bytes)"
             ) from None
     return int(float(match.group(1)) * UNITS[(match.group(2) or "b").lower()])
+
+
+def check_not_blank(options, allowed: tuple[str, ...] = ("prompt", "system")) -> None:
+    """No empty path, plan or name: `--data "$DATA"` with DATA unset trained on the built-in task,
+    and `compare --out ''` took the current folder for its own. An empty prompt is text."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if item.name in allowed or not any(
+            isinstance(v, str) and not v.strip()
+            for v in (value if isinstance(value, list) else [value])
+        ):
+            continue
+        name = item.name.upper() if item.metadata.get("positional") else flag_of(item.name)
+        optional = (
+            item.default is not dataclasses.MISSING
+            or item.default_factory is not dataclasses.MISSING
+        )
+        or_default = ", or drop the flag for its default" if optional else ""
+        raise FreezetuneError(f"{name} is empty: give a value{or_default}")

@@ -197,22 +197,3 @@ def check_finite(options) -> None:
                 f"{flag_of(item.name)} {value:g} is beyond the largest float32 "
                 f"({FLOAT32_MAX:.3g}); give a smaller number"
             )
-
-
-def check_not_blank(options, allowed: tuple[str, ...] = ("prompt", "system")) -> None:
-    """No empty path, plan or name: `--data "$DATA"` with DATA unset trained on the built-in task,
-    and `--out ''` wrote into the current folder. An empty prompt or system prompt is text."""
-    for item in dataclasses.fields(options):
-        value = getattr(options, item.name)
-        if item.name in allowed or not any(
-            isinstance(v, str) and not v.strip()
-            for v in (value if isinstance(value, list) else [value])
-        ):
-            continue
-        name = item.name.upper() if item.metadata.get("positional") else flag_of(item.name)
-        optional = (
-            item.default is not dataclasses.MISSING
-            or item.default_factory is not dataclasses.MISSING
-        )
-        or_default = ", or drop the flag for its default" if optional else ""
-        raise FreezetuneError(f"{name} is empty: give a value{or_default}")
