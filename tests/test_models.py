@@ -81,3 +81,37 @@ def test_embedded_default_model(capsys):
     with pytest.raises(FreezetuneError, match=r"nearest plan it can express is 'freeze bottom 75%; freeze norm' "
                                               r"\(freeze_trainable_layers: 8\)"):
         render(resolve(FreezePlan.parse("freeze bottom 75%"), find_anatomy(loaded.model)), "llama-factory")
+
+
+def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_ones_said(tmp_path, capsys, order_data,
+                                                                                       tiny_chat_model_dir):
+    import torch
+    import transformers as T
+
+    from freezetune.models.positions import position_limit
+
+    from conftest import ARCHITECTURES, build_tiny, build_tokenizer
+
+    assert position_limit(build_tiny("gpt2")) == (64, True)
+    assert position_limit(build_tiny("opt")) == (64, True)  # OPT's table keeps 2 rows more
+    assert position_limit(build_tiny("llama")) == (2048, False)  # rotary: no table
+    folder, tokenizer = tmp_path / "gpt2", build_tokenizer()
+    torch.manual_seed(0)
+    T.GPT2LMHeadModel(T.GPT2Config(**dict(ARCHITECTURES["gpt2"][2], vocab_size=len(tokenizer)))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("send three red mugs to Alice in Lyon by Friday\n" * 40)
+    # it was an IndexError traceback from the embedding, in training or in generating
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(folder), "--objective", "cpt", "--data", str(text), "--seq-len", "65", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"freezetune train: error: --seq-len 65 is beyond the 64 positions of {folder}: its position embeddings are "
+        "learned, one per position, so a longer sequence cannot run; give --seq-len 64 or less")
+    assert not out.exists()
+    assert main(["generate", str(folder), "--plain", "--prompt", "send three red mugs", "--max-new-tokens", "64"]) == 2
+    assert "--max-new-tokens 64: a prompt of" in capsys.readouterr().err
+    # past rotary positions a run can go on, and is told
+    assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+                 "--seq-len", "2049", "--max-steps", "1", "--batch-size", "4", "--eval-generate", "0", "--out", str(tmp_path / "r")]) == 0
+    assert (f"notice: --seq-len 2049 is beyond the 2048 positions {tiny_chat_model_dir} was trained on (max_position_embeddings)"
+            in capsys.readouterr().err)

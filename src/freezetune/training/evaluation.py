@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from freezetune.data.examples import IGNORE, Example, collate, pad_token_id
+from freezetune.models.positions import check_generation_length
 from freezetune.runs.durable import write_json, write_text
 from freezetune.training.prefix import PrefixRunner
 
@@ -119,6 +120,7 @@ def generate(
         for start in batches(len(prompts), batch_size, progress):
             chunk = prompts[start : start + batch_size]
             width = max(len(p) for p in chunk)
+            check_generation_length(model, width, max_new_tokens)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, prompt in enumerate(chunk):

@@ -18,6 +18,7 @@ from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
+from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
@@ -171,6 +172,7 @@ def open_session(
         config.model, cache_dir=Path(config.cache_dir) if config.cache_dir else None, dtype=stored
     )
     require_causal_lm(loaded, "train")
+    past_positions = check_seq_len(loaded.model, config.seq_len, config.model)
     lap("model")
     base_sha256 = model_hash(loaded.path, config.cache_dir)
     lap("hash")
@@ -224,7 +226,7 @@ def open_session(
     cache, cache_note = choose_cache(config, resolved, base_sha256, train, held, dtype, loaded)
     lap("cache")
     notes += [cache_note, *(cache.notices if cache is not None else [])]
-    notes += [f"notice: {n}" for n in resolved.notices]
+    notes += [f"notice: {n}" for n in resolved.notices] + [past_positions] * bool(past_positions)
     if not config.resume and not main_process:
         # the main process writes the manifest; the others only their shards
         run_dir.mkdir(parents=True, exist_ok=True)
