@@ -108,6 +108,8 @@ def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_one
         f"freezetune train: error: --seq-len 65 is beyond the 64 positions of {folder}: its position embeddings are "
         "learned, one per position, so a longer sequence cannot run; give --seq-len 64 or less")
     assert not out.exists()
+    assert main(["compare", "--model", str(folder), "--objective", "cpt", "--data", str(text), "--seq-len", "65", "--out", str(out)]) == 2
+    assert "--seq-len 65 is beyond the 64 positions" in capsys.readouterr().err and not out.exists()
     assert main(["generate", str(folder), "--plain", "--prompt", "send three red mugs", "--max-new-tokens", "64"]) == 2
     assert "--max-new-tokens 64: a prompt of" in capsys.readouterr().err
     # past rotary positions a run can go on, and is told

@@ -14,6 +14,7 @@ from freezetune.config.fields import flag_of
 from freezetune.data.files import content_hash
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import load_model, require_causal_lm
+from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.resolution import ResolvedPlan, resolve
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
@@ -112,6 +113,9 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
     )
     require_causal_lm(loaded, "compare")
+    check_seq_len(
+        loaded.model, settings.base_config.seq_len, settings.model
+    )  # each run says its notice
     if settings.base_config.objective == "dpo" and any(s.advise for s in settings.strategies):
         raise FreezetuneError(  # its probe and its pilots measure the SFT loss
             "--strategy advise probes the gradients of the SFT loss; with --objective dpo "
