@@ -110,6 +110,8 @@ def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_one
     assert not out.exists()
     assert main(["compare", "--model", str(folder), "--objective", "cpt", "--data", str(text), "--seq-len", "65", "--out", str(out)]) == 2
     assert "--seq-len 65 is beyond the 64 positions" in capsys.readouterr().err and not out.exists()
+    assert main(["advise", str(folder), "--objective", "cpt", "--data", str(text), "--no-pilot"]) == 2  # --seq-len 512
+    assert "--seq-len 512 is beyond the 64 positions" in capsys.readouterr().err
     assert main(["generate", str(folder), "--plain", "--prompt", "send three red mugs", "--max-new-tokens", "64"]) == 2
     assert "--max-new-tokens 64: a prompt of" in capsys.readouterr().err
     # past rotary positions a run can go on, and is told

@@ -13,6 +13,7 @@ def run_advise(options: AdviseOptions) -> str:
     """`freezetune advise`: evidence per block, candidate plans, pilot runs and the pick within the budget."""
     from freezetune.advice import advisor, pilot_data, pilots
     from freezetune.models.loading import load_model, require_causal_lm
+    from freezetune.models.positions import check_seq_len
 
     loaded = load_model(
         options.model, cache_dir=Path(options.cache_dir) if options.cache_dir else None
@@ -22,6 +23,9 @@ def run_advise(options: AdviseOptions) -> str:
         from freezetune.data.loading import load_data
 
         require_causal_lm(loaded, "advise --data" if options.data else "advise --pilot")
+        past_positions = check_seq_len(loaded.model, options.seq_len, options.model)
+        if past_positions:
+            say(past_positions)
         train, _, _ = load_data(
             loaded.tokenizer, options.objective, options.data, seq_len=options.seq_len
         )
