@@ -120,3 +120,24 @@ def test_compare_never_uses_a_damaged_retain_set_and_builds_it_again(tiny_chat_m
     (out / "retain.json").write_text(json.dumps(examples))
     assert main(args) == 0
     assert "retain.json is not the file its distributions were computed on" in capsys.readouterr().err
+
+
+def test_a_run_given_relative_paths_resumes_and_exports_from_another_folder(tiny_chat_model_dir, order_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(tiny_chat_model_dir, work / "model")
+    for file in order_data:
+        shutil.copy(file, work / file.name)
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(train_args("model", [order_data[0].name, order_data[1].name], "run")) == 0
+    run = work / "run"
+    shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])  # stopped at step 2 of 4, as in `unfinished`
+    (run / "trainable.safetensors").unlink()
+    edit_json(run / "manifest.json", status="running")
+    # `--model model` and `--data train.jsonl` name nothing from here: it was "unknown model 'model'"
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
+    assert main(["export", str(run), "--out", str(elsewhere / "merged")]) == 0
+    assert (elsewhere / "merged" / "config.json").is_file()

@@ -199,7 +199,7 @@ def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
 def _options(cls: type, args: argparse.Namespace, argv: list[str]) -> tuple[object, set[str]]:
     """The command's options from its config file and flags, and which were given: typed or in the
     file, so that a value equal to its default still counts as asked for."""
-    from freezetune.training.session import resumed_config
+    from freezetune.training.resume import resumed_config
 
     base = read_config_file(cls, Path(args.config)) if getattr(args, "config", None) else {}
     options = from_namespace(cls, args, base)

@@ -21,7 +21,7 @@ from freezetune.errors import FreezetuneError
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import lock_folder
 from freezetune.runs.manifest import meaning_hashes, read_manifest
-from freezetune.training.session import changed_setting
+from freezetune.training.resume import changed_setting
 
 
 def _launch(spec: dict, spec_path: Path, should_stop: Callable[[], bool]) -> str:

@@ -186,3 +186,16 @@ def step_seconds(run_dir: Path) -> float:
     if not metrics.is_file():
         return 0.0
     return sum(r.get("step_time_s", 0.0) for r in read_metrics(metrics, warn=lambda _: None))
+
+
+def findable(typed: str | None, recorded: str | None) -> str | None:
+    """A model or data path a run was given: as recorded absolute at its start (``absolute``) where
+    it is still there, else as typed. A run folder is exported or resumed from any working
+    directory, where a relative `--model tiny` named nothing."""
+    return recorded if recorded and Path(recorded).exists() else typed
+
+
+def absolute(path: str | Path | None) -> str | None:
+    """``path`` made absolute where it names a local file or folder; a name (an embedded model, a
+    hub id) stays as it is."""
+    return str(Path(path).absolute()) if path and Path(path).exists() else None

@@ -21,7 +21,7 @@ from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
 from freezetune.plans.resolution import ADAPTER
 from freezetune.runs.checkpoint import checkpoint_dirs, damage, read_tensors
 from freezetune.runs.durable import staged_dir, write_json
-from freezetune.runs.manifest import check_base, model_hash, read_json, read_manifest
+from freezetune.runs.manifest import check_base, findable, model_hash, read_json, read_manifest
 from freezetune.training.lora import merge_lora, wrap_lora
 
 EXPORT_MARK = "freezetune-export.json"  # what the export came from; also what marks a folder as ours to replace
@@ -40,7 +40,10 @@ def load_run(
         )
     # before the model loads: a damaged file fails at once
     trained = _read_trained(Path(run_dir), weights)
-    loaded = load_model(base or manifest["base_model"]["name"], cache_dir=cache_dir)
+    recorded = (manifest.get("paths") or {}).get("model")
+    loaded = load_model(
+        base or findable(manifest["base_model"]["name"], recorded), cache_dir=cache_dir
+    )
     check_base(manifest, model_hash(loaded.path, cache_dir), loaded.path, run_dir)
     config = manifest.get("config") or {}
     if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from freezetune.config.checks import check_layout, check_plan_fit
-from freezetune.config.fields import flag_of
 from freezetune.config.run import TrainConfig
 from freezetune.data.examples import TokenizedData
-from freezetune.data.files import content_hash
 from freezetune.data.loading import load_data
 from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
@@ -22,28 +20,16 @@ from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
-from freezetune.runs.checkpoint import check_new_run_folder, checkpoint_dirs
+from freezetune.runs.checkpoint import check_new_run_folder
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
-from freezetune.runs.manifest import check_base, meaning_hashes, model_hash, read_manifest, versions
+from freezetune.runs.manifest import absolute, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
 from freezetune.training.lora import wrap_lora
 from freezetune.training.optimizer import check_layer_decay
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
 from freezetune.training.prefix_cache import PrefixCache
-
-# where the frozen prefix's outputs are kept, not what they are (a cached run's losses match an uncached one's)
-CACHE_SETTINGS = {"prefix_cache", "cache_dir", "cache_ram", "cache_limit"}
-RESUME_MAY_CHANGE = {
-    "resume",
-    "out",
-    "log_with",
-    "show_generations",
-    "num_processes",
-    "fsdp",
-    "zero_stage",
-    *CACHE_SETTINGS,
-}
+from freezetune.training.resume import check_resumable, data_hashes
 
 
 @dataclass
@@ -74,70 +60,6 @@ def _run_dir(config: TrainConfig) -> Path:
         return Path(config.out)
     slug = Path(config.model).name.replace(".gguf", "")
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def changed_setting(saved: dict, config: TrainConfig, keys) -> str | None:
-    """The first of ``keys`` that would change a run's results and on which ``config`` differs from the
-    run's saved config (a resume, or a comparison deciding whether a run can be reused)."""
-    # a run saved before an option existed had its default
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return next(
-        (
-            key
-            for key in keys
-            if key not in RESUME_MAY_CHANGE
-            and getattr(config, key) != saved.get(key, defaults.get(key))
-        ),
-        None,
-    )
-
-
-def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """The config of the run being resumed; a flag that would change its results is refused."""
-    manifest = read_manifest(Path(config.resume))
-    if not checkpoint_dirs(Path(config.resume)):
-        raise FreezetuneError(
-            f"--resume {config.resume}: the run holds no checkpoint to continue from"
-        )
-    saved = dict(manifest["config"])
-    key = changed_setting(saved, config, sorted(given))
-    if key is not None:
-        raise FreezetuneError(
-            f"{flag_of(key)} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
-            "a resumed run keeps its config"
-        )
-    # the run's cache settings stay the run's unless given again; the rest takes this invocation's values
-    kept = CACHE_SETTINGS - given
-    saved.update({key: getattr(config, key) for key in RESUME_MAY_CHANGE - kept})
-    return TrainConfig(**saved)
-
-
-def data_hashes(config: TrainConfig) -> dict[str, str | None]:
-    """The content of the data files a run reads, so that a resume can tell they are still the same."""
-    return {"data": content_hash(config.data), "eval_data": content_hash(config.eval_data)}
-
-
-def check_resumable(
-    manifest: dict, run_dir: Path, config: TrainConfig, base_sha256: str, base_path: Path
-) -> None:
-    """A resumed run must continue what it started: unfinished, on the same base model (weights, config and
-    tokenizer files) and the same data; each refusal names what changed."""
-    if manifest.get("status") == "finished":
-        raise FreezetuneError(
-            f"--resume {run_dir}: the run has finished ({manifest.get('steps')} steps); nothing is "
-            "left to continue (its results stay as they are; start a new run with --out)"
-        )
-    try:
-        check_base(manifest, base_sha256, base_path, run_dir)
-    except FreezetuneError as exc:
-        raise FreezetuneError(f"--resume: {exc}") from None
-    saved = manifest.get("data_sha256") or {}  # runs from before this check recorded none
-    for key, now in data_hashes(config).items():
-        if key in saved and saved[key] != now:
-            raise FreezetuneError(
-                f"--resume {run_dir}: the content of {flag_of(key)} {getattr(config, key)} "
-                "has changed since the run started; a resumed run must see the data it started with"
-            )
 
 
 def open_session(
@@ -253,6 +175,8 @@ def open_session(
                 "total_params": resolved.total_params,
                 "config": config.to_dict(),
                 "data_sha256": data_hashes(config),
+                # a relative --model or --data, as a later resume or export elsewhere finds it
+                "paths": {k: absolute(getattr(config, k)) for k in ("model", "data", "eval_data")},
                 "versions": versions(),
                 "dtypes": dtypes,
                 "startup_s": seconds,
