@@ -150,6 +150,11 @@ def test_one_seed_never_separates_and_failures_are_named(tmp_path):
     verdict = decide(rows, "eval_loss", "test")
     assert verdict["sentence"].startswith("No measurable difference: a, b") and "Failed: c (boom)" in verdict["sentence"]
     assert decide([rows[2]], "eval_loss", "test")["frontier"] == []
+    # one run finished: no "Best quality: none measurably; eval loss cannot tell the strategies apart" beside it
+    alone = decide([rows[0], rows[2]], "eval_loss", "test")
+    lines = recommend([rows[0], rows[2]], alone)
+    assert lines[0].startswith("Only a finished; there is nothing to compare it with.")
+    assert lines[1].startswith("On the frontier of eval loss") and not any(line.startswith("Best") for line in lines)
 
 
 def test_seeds_scored_on_different_items_are_refused(tmp_path):

@@ -112,7 +112,9 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
         + "."
     )
     best = by_name[verdict["best"]]
-    if verdict.get("quality_separated", True):
+    if len(on) == 1 and not verdict["dominated"]:  # one run finished: the sentence said so
+        pass
+    elif verdict.get("quality_separated", True):
         lines.append(
             f"Best quality: {best['strategy']}, at {ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
             f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
