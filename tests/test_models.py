@@ -114,6 +114,10 @@ def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_one
     assert "--seq-len 512 is beyond the 64 positions" in capsys.readouterr().err
     assert main(["generate", str(folder), "--plain", "--prompt", "send three red mugs", "--max-new-tokens", "64"]) == 2
     assert "--max-new-tokens 64: a prompt of" in capsys.readouterr().err
+    # train's answers: refused before the run folder exists, not at the evaluation before training
+    assert main(["train", "--model", str(folder), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
+                 "--seq-len", "64", "--eval-generate", "2", "--max-new-tokens", "60", "--out", str(out)]) == 2
+    assert "--max-new-tokens 60: a prompt of" in capsys.readouterr().err and not out.exists()
     # past rotary positions a run can go on, and is told
     assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
                  "--seq-len", "2049", "--max-steps", "1", "--batch-size", "4", "--eval-generate", "0", "--out", str(tmp_path / "r")]) == 0

@@ -16,7 +16,7 @@ from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
-from freezetune.models.positions import check_seq_len
+from freezetune.models.positions import check_generation_length, check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
@@ -128,6 +128,14 @@ def open_session(
         config.seq_len,
         config.validation,
     )
+    if (
+        config.objective == "sft" and config.eval_generate
+    ):  # the answers' length, before the run folder
+        prompts = [e.prompt_ids for e in held.examples if e.reference is not None][
+            : config.eval_generate
+        ]
+        longest = max(map(len, prompts), default=0)
+        check_generation_length(loaded.model, longest, config.max_new_tokens)
     if train.units < config.batch_size:  # epochs use full batches only
         what = "pairs" if train.paired else "examples"
         raise FreezetuneError(
