@@ -127,6 +127,9 @@ def test_parse_strategy():
         parse_strategy("lora rank=4")
     with pytest.raises(FreezetuneError, match="lr must be a positive number, not 'fast'"):
         parse_strategy("full lr=fast")
+    # no adapter to train: every search run failed on "matches no parameter", then "every strategy failed"
+    with pytest.raises(FreezetuneError, match=r"^--strategy 'lora r=0': r must be at least 1, not 0$"):
+        parse_strategy("lora r=0")
 
 
 def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, tmp_path, capsys, retain_text):

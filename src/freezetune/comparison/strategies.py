@@ -107,6 +107,9 @@ def parse_strategy(text: str) -> Strategy:
                 raise FreezetuneError(
                     f"--strategy '{text}': {key} must be a whole number, not '{value}'"
                 )
+            # r=0 is no adapter: every search run failed on "matches no parameter"
+            if key != "targets" and int(value) < 1:
+                raise FreezetuneError(f"--strategy '{text}': {key} must be at least 1, not {value}")
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
         return Strategy(name, "lora", LORA_PLAN, lora, rate)
     if (
