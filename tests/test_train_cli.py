@@ -265,6 +265,11 @@ def test_a_warmup_and_an_eval_interval_the_run_never_reaches_are_said(tiny_chat_
         "notice: --warmup 4 is not shorter than the run's 4 steps: the rate never reaches --lr 0.001",
         "notice: --eval-every 4: the run has 4 steps, so it evaluates only before and after training"]
     assert notices("--warmup", "3", "--eval-every", "3") == []  # step 4 trains at --lr, step 3 evaluates
+    from freezetune.config.run import TrainConfig
+
+    assert TrainConfig(warmup=2, eval_every=1, lr=1e-3).unreached(1) == [  # it was "the run's 1 steps"
+        "--warmup 2 is not shorter than the run's 1 step: the rate never reaches --lr 0.001",
+        "--eval-every 1: the run has 1 step, so it evaluates only before and after training"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 trains on a GPU")

@@ -179,15 +179,15 @@ class TrainConfig(RunOptions):
 
     def unreached(self, total_steps: int) -> list[str]:
         """What was asked that a run of ``total_steps`` never gets to (said, not left to be noticed)."""
-        notes = []
+        notes, steps = [], f"{total_steps} step{'s' * (total_steps != 1)}"
         if self.warmup is not None and self.warmup >= total_steps:
             notes.append(
-                f"--warmup {self.warmup} is not shorter than the run's {total_steps} steps: the rate "
+                f"--warmup {self.warmup} is not shorter than the run's {steps}: the rate "
                 f"never reaches --lr {self.lr:g}"
             )
         if self.eval_every >= total_steps:
             notes.append(
-                f"--eval-every {self.eval_every}: the run has {total_steps} steps, so it evaluates "
+                f"--eval-every {self.eval_every}: the run has {steps}, so it evaluates "
                 "only before and after training"
             )
         return notes

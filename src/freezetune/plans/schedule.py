@@ -157,7 +157,9 @@ class Schedule:
         named += [f"the {part}" for part in parts]
         whole = (self._phases_to_complete(universe) - 1) * self.every + 1
         return (
-            f"--schedule '{self.render()}': the run's {total_steps} steps end before the unfreezing "
+            f"--schedule '{self.render()}': the run's "
+            + (f"{total_steps} steps end" if total_steps != 1 else "1 step ends")
+            + " before the unfreezing "
             f"reaches the plan's lowest block: {', '.join(named[:-1])}"
             f"{' and ' if len(named) > 1 else ''}{named[-1]} never "
             f"train{'s' if named == [f'block {never[0]}'] else ''} (the whole plan would "
