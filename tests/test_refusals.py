@@ -81,6 +81,8 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_chat_model_dir, order_dat
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
     assert "the run has finished (4 steps)" in refused(["train", "--resume", str(run)], capsys)
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()} == before
+    assert main(train_args(tiny_chat_model_dir, order_data, tmp_path / "one", "--max-steps", "1")) == 0
+    assert "the run has finished (1 step);" in refused(["train", "--resume", str(tmp_path / "one")], capsys)  # "1 steps"
 
 
 def test_compare_refuses_to_pool_runs_of_a_base_whose_config_changed(tiny_chat_model_dir, order_data, tmp_path, capsys):

@@ -232,7 +232,8 @@ def advise(
     over = favoured if favoured.score > chosen.score else None
     if over is not None:
         reason += (
-            f" Of the plans training {chosen.blocks} blocks, '{over.plan}' holds more of the evidence "
+            f" Of the plans training {chosen.blocks} block{'s' * (chosen.blocks != 1)}, '{over.plan}' "
+            "holds more of the evidence "
             f"({100 * over.score:.0f}%) but needs about {human_bytes(over.memory_estimate_bytes)}, over the budget."
         )
     params = block_sizes(anatomy)[0]

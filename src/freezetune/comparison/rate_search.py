@@ -56,7 +56,8 @@ def choose_rate(
     grid = settings.search_grid(strategy)
     announce = (
         f"{strategy.name}: searching the learning rate over {', '.join(f'{r:g}' for r in grid)} "
-        f"({settings.search_steps} steps each, scored on {settings.validation} validation examples)"
+        f"({settings.search_steps} step{'s' * (settings.search_steps != 1)} each, scored on "
+        f"{settings.validation} validation example{'s' * (settings.validation != 1)})"
     )
     extended: list[float] = []
     while True:

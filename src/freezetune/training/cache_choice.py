@@ -178,6 +178,7 @@ def choose_cache(
         else ""
     )
     return cache, (
-        f"prefix cache: {mode}, output of {blocks} for about {examples} examples{per}{only}, "
+        f"prefix cache: {mode}, output of {blocks} for about {examples} example{'s' * (examples != 1)}"
+        f"{per}{only}, "
         f"{size / 2**20:.1f} MiB {where}{reused}{evicted}{stale_note}"
     )

@@ -77,7 +77,8 @@ def check_resumable(
     tokenizer files) and the same data; each refusal names what changed."""
     if manifest.get("status") == "finished":
         raise FreezetuneError(
-            f"--resume {run_dir}: the run has finished ({manifest.get('steps')} steps); nothing is "
+            f"--resume {run_dir}: the run has finished ({manifest.get('steps')} step"
+            f"{'s' * (manifest.get('steps') != 1)}); nothing is "
             "left to continue (its results stay as they are; start a new run with --out)"
         )
     try:
