@@ -94,6 +94,12 @@ def eval_loss(
     }
 
 
+def answered(examples: list[Example], count: int) -> list[tuple[int, Example]]:
+    """(item id, example) of the held-out items whose answers are generated and checked: the first
+    ``count`` with a reference answer."""
+    return [(i, e) for i, e in enumerate(examples) if e.reference is not None][:count]
+
+
 def generate(
     model,
     tokenizer,
@@ -188,9 +194,8 @@ def evaluate_model(
     result["items"] = [
         {"id": i, "loss_sum": s, "tokens": t} for i, (s, t) in enumerate(zip(sums, tokens))
     ]
-    checkable = [(i, e) for i, e in enumerate(examples) if e.reference is not None]
-    if config.objective == "sft" and checkable and config.eval_generate:
-        chosen = checkable[: config.eval_generate]
+    chosen = answered(examples, config.eval_generate)
+    if config.objective == "sft" and chosen:
         started = time.perf_counter()
         answers = generate(
             model,

@@ -25,6 +25,7 @@ from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
 from freezetune.runs.manifest import absolute, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
+from freezetune.training.evaluation import answered
 from freezetune.training.lora import wrap_lora
 from freezetune.training.optimizer import check_layer_decay
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
@@ -128,13 +129,10 @@ def open_session(
         config.seq_len,
         config.validation,
     )
-    if (
-        config.objective == "sft" and config.eval_generate
-    ):  # the answers' length, before the run folder
-        prompts = [e.prompt_ids for e in held.examples if e.reference is not None][
-            : config.eval_generate
-        ]
-        longest = max(map(len, prompts), default=0)
+    # the answers the evaluation generates, within a learned position table: before the run folder
+    chosen = answered(held.examples, config.eval_generate) if config.objective == "sft" else []
+    if chosen:
+        longest = max(len(e.prompt_ids) for _, e in chosen)
         check_generation_length(loaded.model, longest, config.max_new_tokens)
     if train.units < config.batch_size:  # epochs use full batches only
         what = "pairs" if train.paired else "examples"
