@@ -61,41 +61,42 @@ def check_report_folder(out: Path) -> None:
 
 def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
     state_path = settings.out / "compare.json"
+    # a new comparison: its report must not write over the user's files
     if not state_path.is_file():
         check_report_folder(settings.out)
-    if state_path.is_file():
-        earlier = read_json(state_path)
-        if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):
-            raise FreezetuneError(
-                f"{state_path}: damaged; it does not say which comparison {settings.out} holds"
+        return
+    earlier = read_json(state_path)
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("fingerprint"), dict):
+        raise FreezetuneError(
+            f"{state_path}: damaged; it does not say which comparison {settings.out} holds"
+        )
+    earlier = earlier["fingerprint"]
+    changed = [k for k in pinned if earlier.get(k) != pinned[k]]
+    # the same --model, but another model
+    if "model_sha256" in changed or "model_files" in changed:
+        was, now = earlier.get("model_files"), pinned["model_files"]
+        # None: a comparison from before the files were recorded
+        if "model_sha256" in changed or was is None:
+            what = (
+                "its weights changed"
+                if "model_sha256" in changed
+                else "its config and tokenizer files were recorded"
             )
-        earlier = earlier["fingerprint"]
-        changed = [k for k in pinned if earlier.get(k) != pinned[k]]
-        # the same --model, but another model
-        if "model_sha256" in changed or "model_files" in changed:
-            was, now = earlier.get("model_files"), pinned["model_files"]
-            # None: a comparison from before the files were recorded
-            if "model_sha256" in changed or was is None:
-                what = (
-                    "its weights changed"
-                    if "model_sha256" in changed
-                    else "its config and tokenizer files were recorded"
-                )
-            else:
-                what = (
-                    ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n)))
-                    + " changed"
-                )
-            raise FreezetuneError(
-                f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
-                "and base reference may belong to another model: choose another --out"
+        else:
+            what = (
+                ", ".join(sorted(n for n in set(was) | set(now) if was.get(n) != now.get(n)))
+                + " changed"
             )
-        if changed:
-            raise FreezetuneError(
-                f"{settings.out} holds a comparison with another {', '.join(changed)} "
-                f"({flag_of(changed[0])}); "
-                "choose another --out"
-            )
+        raise FreezetuneError(
+            f"{settings.out} holds a comparison of {settings.model} from before {what}; its runs "
+            "and base reference may belong to another model: choose another --out"
+        )
+    if changed:
+        raise FreezetuneError(
+            f"{settings.out} holds a comparison with another {', '.join(changed)} "
+            f"({flag_of(changed[0])}); "
+            "choose another --out"
+        )
 
 
 def validate(settings: CompareSettings) -> tuple[object, str]:
@@ -113,9 +114,8 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
     )
     require_causal_lm(loaded, "compare")
-    check_seq_len(
-        loaded.model, settings.base_config.seq_len, settings.model
-    )  # each run says its notice
+    # a learned position table's end, refused here; past rotary positions each run says its notice
+    check_seq_len(loaded.model, settings.base_config.seq_len, settings.model)
     if settings.base_config.objective == "dpo" and any(s.advise for s in settings.strategies):
         raise FreezetuneError(  # its probe and its pilots measure the SFT loss
             "--strategy advise probes the gradients of the SFT loss; with --objective dpo "

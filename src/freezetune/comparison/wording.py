@@ -112,14 +112,14 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
         + "."
     )
     best = by_name[verdict["best"]]
-    if len(on) == 1 and not verdict["dominated"]:  # one run finished: the sentence said so
-        pass
-    elif verdict.get("quality_separated", True):
+    # with one run finished there is no best to name: the sentence said so
+    compared = len(on) > 1 or verdict["dominated"]
+    if compared and verdict.get("quality_separated", True):
         lines.append(
             f"Best quality: {best['strategy']}, at {ratio(best['step_time_s'], min(r['step_time_s'] for r in on))} "
             f"the fastest frontier step time and {best['peak_memory_bytes'] / 2**30:.2f} GiB peak memory."
         )
-    else:
+    elif compared:
         lines.append(
             f"Best quality: none measurably; {METRIC_NAMES[metric]} cannot tell the strategies apart."
         )
