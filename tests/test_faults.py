@@ -220,13 +220,6 @@ CASES = [
     Case("unsupported data type", train("--data", "{w}/data.xml"), "unsupported type '.xml'", write("data.xml", "<a/>")),
     Case("empty data", train("--data", "{w}/empty.jsonl"), "no usable SFT example", write("empty.jsonl", "\n")),
     # flags and config keys
-    Case("--lr nan", train("--lr", "nan"), "--lr must be a finite number"),
-    Case("--lr inf", train("--lr", "inf"), "--lr must be a finite number"),
-    Case("--lr beyond float32", train("--lr", "1e39"), "--lr 1e+39 is beyond"),
-    Case("a non-ASCII digit in a schedule", train("--schedule", "gradual every=²"), "every"),
-    Case("--max-grad-norm nan", train("--max-grad-norm", "nan"), "--max-grad-norm must be a finite number"),
-    Case("lr: .nan in a config file", ["train", "--config", "{w}/run.yaml"], "run.yaml line 2: 'lr' must be a finite number",
-         write("run.yaml", "max_steps: 2\nlr: .nan\n")),
     Case("--out is a file", train("--out", "{w}/train.jsonl"), "--out", None),
     Case("--out is read-only", train("--out", "{w}/readonly/run"), "Read-only file system", patch=read_only),
     Case("a layer out of range", train("--plan", "train layers 9"), "layer 9 is out of range"),
@@ -242,7 +235,6 @@ CASES = [
     Case("disk full while saving a checkpoint", train("--save-every", "1"), "No space left on device", patch=disk_full,
          may_change=("new",)),
     # compare and report
-    Case("compare --lr-plan nan", ["compare", "--lr-plan", "nan", "--out", "{w}/cmp"], "--lr-plan must be a finite number"),
     Case("compare --strategy qlora", ["compare", "--strategy", "qlora", "--out", "{w}/cmp"], "unknown strategy 'qlora'"),
     Case("compare --strategy 'lora r=x'", ["compare", "--strategy", "lora r=x", "--out", "{w}/cmp"], "r must be a whole number"),
     Case("compare --strategy 'lora r=²'", ["compare", "--strategy", "lora r=²", "--out", "{w}/cmp"], "r must be a whole number"),

@@ -12,6 +12,15 @@ import pytest
 from test_faults import Case, check_fault, train, write
 
 CASES = [
+    # numbers a run cannot take: nan, inf, beyond float32, a digit int() reads but the schedule's grammar does not
+    Case("--lr nan", train("--lr", "nan"), "--lr must be a finite number"),
+    Case("--lr inf", train("--lr", "inf"), "--lr must be a finite number"),
+    Case("--lr beyond float32", train("--lr", "1e39"), "--lr 1e+39 is beyond"),
+    Case("a non-ASCII digit in a schedule", train("--schedule", "gradual every=²"), "every"),
+    Case("--max-grad-norm nan", train("--max-grad-norm", "nan"), "--max-grad-norm must be a finite number"),
+    Case("lr: .nan in a config file", ["train", "--config", "{w}/run.yaml"], "run.yaml line 2: 'lr' must be a finite number",
+         write("run.yaml", "max_steps: 2\nlr: .nan\n")),
+    Case("compare --lr-plan nan", ["compare", "--lr-plan", "nan", "--out", "{w}/cmp"], "--lr-plan must be a finite number"),
     # options for a part of the preview that is not printed
     Case("evaluate --limit -1", ["evaluate", "{w}/model", "--tasks", "builtin", "--limit", "-1"],
          "--limit must be 0 (every item) or more, got -1"),
