@@ -223,3 +223,31 @@ def test_a_flag_spelled_as_hf_or_llama_factory_spell_it_is_given_ours(capsys):
                                                              "--lr-plan or --lr-grid?)")):
         assert main(argv) == 2
         assert capsys.readouterr().err.strip() == f"freezetune {argv[0]}: error: {said}"
+
+
+def test_argparse_refusals_are_one_line_like_every_other(capsys):
+    # argparse printed the command's whole usage first: 28 lines for a mistyped --objective
+    for argv, said in ((["train", "--objective", "xyz"], "freezetune train: error: argument --objective: invalid choice: 'xyz'"),
+                       (["train", "--max-steps"], "freezetune train: error: argument --max-steps: expected one argument"),
+                       (["train", "--max-steps", "two"], "freezetune train: error: argument --max-steps: invalid int value: 'two'"),
+                       (["train", "--bogus", "1"], "freezetune train: error: unrecognized arguments: --bogus 1; "
+                                                   "freezetune train --help lists its options"),
+                       (["plan"], "freezetune plan: error: the following arguments are required: model, plan"),
+                       (["bogus"], "freezetune: error: argument COMMAND: invalid choice: 'bogus'"),
+                       ([], "freezetune: error: the following arguments are required: COMMAND")):
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:
+            code = exit_info.code
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith(said), (argv, err)
+
+
+def test_a_near_miss_of_a_flag_is_given_the_flag(capsys):
+    # argparse said "unrecognized arguments: --steps 3"; an abbreviation (--seq) is argparse's to take
+    for argv, said in ((["train", "--steps", "3"], "--steps: no such flag (did you mean --max-steps?)"),
+                       (["train", "--warmup_ratio", "0.1"], "--warmup_ratio: no such flag (did you mean --warmup-ratio?)"),
+                       (["compare", "--strategies", "full"], "--strategies: no such flag (did you mean --strategy?)"),
+                       (["plan", "m", "train all", "--seqlen", "8"], "--seqlen: no such flag (did you mean --seq-len?)")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"freezetune {argv[0]}: error: {said}"

@@ -180,11 +180,19 @@ COMMANDS = {
 CONFIG_FILE_COMMANDS = (TrainConfig, CompareOptions)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, refusing as every other refusal here does: in one line, with exit status 2."""
+
+    def error(self, message: str):
+        # argparse printed the command's whole usage first: 28 lines for a mistyped --objective
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser(typed_only: bool = False) -> argparse.ArgumentParser:
     """The CLI; ``typed_only``: flags not typed stay out of the namespace (what a user asked for)."""
     from freezetune import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="freezetune", description="Fine-tune language models with layer freezing."
     )
     parser.add_argument("--version", action="version", version=f"freezetune {__version__}")
@@ -235,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     # `plan --model M`, as train spells it, or `--learning_rate`: argparse says "unrecognized"
     if argv and argv[0] in COMMANDS and (hint := misnamed_flag(COMMANDS[argv[0]][0], argv)):
         return _fail(argv[0], hint)
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse says so as "freezetune: error:", without the command or where to look
+        listed = " ".join(unknown)
+        return _fail(
+            args.command,
+            f"unrecognized arguments: {listed}; freezetune {args.command} --help lists its options",
+        )
     cls, command = COMMANDS[args.command]
     try:
         # stdout holds the result alone: a library that prints there while a command checks or runs

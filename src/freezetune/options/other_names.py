@@ -90,4 +90,9 @@ def misnamed_flag(cls: type, argv: list[str]) -> str | None:
         if name in OTHER_TOOLS:
             meant = [flag_of(n) for n in likely_options(name, fields)]
             return f"{flag}: no such flag{did_you_mean(meant)}"
+        flags = [flag_of(n) for n in fields if n not in bare] + ["--config", "--help", "--version"]
+        if any(known.startswith(flag) for known in flags):
+            continue  # an abbreviation: argparse takes it, or refuses it as ambiguous
+        if near := difflib.get_close_matches(name, [n for n in fields if n not in bare], n=1):
+            return f"{flag}: no such flag{did_you_mean([flag_of(near[0])])}"  # --steps: --max-steps
     return None
