@@ -171,6 +171,11 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
         assert len(err) == 1 and message in err[0], (argv, err)
     assert not (out / "runs").exists()  # nothing trained
+    # a malformed data file with every rate given: refused before compare.json pins the folder to it
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"\n')
+    assert main(compare_args(tiny_chat_model_dir, (broken, order_data[1]), tmp_path / "c2", "full")) == 2
+    assert "broken.jsonl line 2: not valid JSON" in capsys.readouterr().err and not (tmp_path / "c2").exists()
     # a folder that holds another comparison is refused
     assert main(compare_args(tiny_chat_model_dir, order_data, out, "freeze bottom 50%", retain=retain_text)) == 0
     other = order_data[0].parent / "other.jsonl"

@@ -118,6 +118,10 @@ def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_one
     assert main(["train", "--model", str(folder), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
                  "--seq-len", "64", "--eval-generate", "2", "--max-new-tokens", "60", "--out", str(out)]) == 2
     assert "--max-new-tokens 60: a prompt of" in capsys.readouterr().err and not out.exists()
+    # and compare's, before its compare.json (it failed at the base reference's answers, the folder written)
+    assert main(["compare", "--model", str(folder), "--data", str(order_data[0]), "--eval-data", str(order_data[1]), "--seq-len", "64",
+                 "--strategy", "full", "--lr-full", "1e-3", "--max-new-tokens", "60", "--out", str(out)]) == 2
+    assert "--max-new-tokens 60: a prompt of" in capsys.readouterr().err and not out.exists()
     # past rotary positions a run can go on, and is told
     assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data", str(order_data[1]),
                  "--seq-len", "2049", "--max-steps", "1", "--batch-size", "4", "--eval-generate", "0", "--out", str(tmp_path / "r")]) == 0

@@ -165,11 +165,22 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             raise FreezetuneError(
                 f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
             )
-    if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
-        from freezetune.data.loading import load_data
+    from freezetune.data.loading import load_data
+    from freezetune.training.evaluation import check_answers_fit
 
+    # a malformed record or an answer past the positions, refused before compare.json pins --out
+    config = settings.base_config
+    _, held, _ = load_data(
+        loaded.tokenizer,
+        config.objective,
+        config.data,
+        config.eval_data,
+        config.seq_len,
+        config.validation,
+    )
+    check_answers_fit(loaded.model, held.examples, config)
+    if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
         # too few examples for the validation split fail here, before anything trains
-        config = settings.base_config
         load_data(
             loaded.tokenizer,
             config.objective,

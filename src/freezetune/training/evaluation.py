@@ -100,6 +100,15 @@ def answered(examples: list[Example], count: int) -> list[tuple[int, Example]]:
     return [(i, e) for i, e in enumerate(examples) if e.reference is not None][:count]
 
 
+def check_answers_fit(model, examples: list[Example], config) -> None:
+    """The answers a run's evaluation will generate fit a learned position table: said before a
+    run or a comparison writes its folder, not at the first answer."""
+    chosen = answered(examples, config.eval_generate) if config.objective == "sft" else []
+    if chosen:
+        longest = max(len(e.prompt_ids) for _, e in chosen)
+        check_generation_length(model, longest, config.max_new_tokens)
+
+
 def generate(
     model,
     tokenizer,

@@ -16,7 +16,7 @@ from freezetune.distributed.processes import process_state
 from freezetune.distributed.sharding import FsdpSettings, ZeroSettings, check_sharding
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model, require_causal_lm
-from freezetune.models.positions import check_generation_length, check_seq_len
+from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.resolution import ResolvedPlan, apply_plan, resolve
@@ -25,7 +25,7 @@ from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
 from freezetune.runs.manifest import absolute, meaning_hashes, model_hash, read_manifest, versions
 from freezetune.training.cache_choice import choose_cache
-from freezetune.training.evaluation import answered
+from freezetune.training.evaluation import check_answers_fit
 from freezetune.training.lora import wrap_lora
 from freezetune.training.optimizer import check_layer_decay
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
@@ -130,10 +130,7 @@ def open_session(
         config.validation,
     )
     # the answers the evaluation generates, within a learned position table: before the run folder
-    chosen = answered(held.examples, config.eval_generate) if config.objective == "sft" else []
-    if chosen:
-        longest = max(len(e.prompt_ids) for _, e in chosen)
-        check_generation_length(loaded.model, longest, config.max_new_tokens)
+    check_answers_fit(loaded.model, held.examples, config)
     if train.units < config.batch_size:  # epochs use full batches only
         what = "pairs" if train.paired else "examples"
         raise FreezetuneError(
