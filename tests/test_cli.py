@@ -1,6 +1,7 @@
 """The plan command as a user runs it: output, JSON shape, and one-line errors with exit 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,23 @@ def test_a_near_miss_of_a_flag_is_given_the_flag(capsys):
                        (["plan", "m", "train all", "--seqlen", "8"], "--seqlen: no such flag (did you mean --seq-len?)")):
         assert main(argv) == 2
         assert capsys.readouterr().err.strip() == f"freezetune {argv[0]}: error: {said}"
+
+
+def test_a_config_file_lists_a_plan_as_a_plan_file_does_and_refuses_items_of_another_kind(tmp_path):
+    from freezetune.comparison.settings import CompareOptions
+    from freezetune.config.run import TrainConfig
+    from freezetune.errors import FreezetuneError
+    from freezetune.options.schema import read_config_file
+
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 2\nplan:\n  - freeze all\n  - train: top 2\n")  # was "'plan' must be str"
+    assert read_config_file(TrainConfig, config) == {"max_steps": 2, "plan": "freeze all; train top 2"}
+    config.write_text("plan:\n  - freeze all; train top 2\n")
+    with pytest.raises(FreezetuneError, match=r"^config file .*run.yaml line 1: 'plan': rule 1 'freeze all; train top 2' holds more"):
+        read_config_file(TrainConfig, config)
+    # a list option's items: a list or a mapping in a strategy list was an AttributeError traceback
+    for text, said in (("strategy:\n  - full\n  - [freeze all, train top 2]\n", "'strategy' item 2 must be str, got ['freeze all', 'train top 2']"),
+                       ("retain_tasks:\n  - {name: hellaswag}\n", "'retain_tasks' item 1 must be str, got {'name': 'hellaswag'}")):
+        config.write_text(text)
+        with pytest.raises(FreezetuneError, match=rf"^config file .*run.yaml line 1: {re.escape(said)}$"):
+            read_config_file(CompareOptions, config)

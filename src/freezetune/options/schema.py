@@ -19,6 +19,7 @@ import yaml
 from freezetune.config.fields import flag_of
 from freezetune.errors import FreezetuneError, yaml_problem
 from freezetune.options.other_names import did_you_mean, likely_options
+from freezetune.plans.language import FreezePlan
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -154,17 +155,26 @@ def read_config_file(cls: type, path: Path) -> dict:
                 f"{where}: unknown option '{key_node.value}'{did_you_mean(meant)}"
             )
         value = yaml.safe_load(yaml.serialize(value_node))
+        if key == "plan" and isinstance(value, list):  # its rules, listed as a plan file lists them
+            value = FreezePlan.from_list(value, source=f"{where}: 'plan'").render()
         values[key] = _coerce(value, hints[key], fields[key], where)
     return values
 
 
-def _coerce(value, kind, item, where: str):
+def _coerce(value, kind, item, where: str, name: str = ""):
+    """``value`` as the field's type, or a one-line error naming the file, line and option (or
+    ``name``, an item of a list option)."""
+    name = name or f"'{item.name}'"
     if value is None and type(None) in typing.get_args(kind):
         return None
     base = _without_none(kind)
     target = typing.get_origin(base) or base  # list[str] -> list
     if target is list and isinstance(value, str):  # `strategy: full`, a list of one
         value = [value]
+    if target is list and isinstance(value, list):
+        value = [
+            _coerce(v, str, item, where, f"'{item.name}' item {n}") for n, v in enumerate(value, 1)
+        ]
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if target is float and isinstance(value, float) and not math.isfinite(value):
@@ -176,7 +186,7 @@ def _coerce(value, kind, item, where: str):
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise FreezetuneError(f"{where}: '{item.name}' must be {target.__name__}, got {value!r}")
+        raise FreezetuneError(f"{where}: {name} must be {target.__name__}, got {value!r}")
     choices = item.metadata.get("choices")
     if choices and value not in choices:
         raise FreezetuneError(
