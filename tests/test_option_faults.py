@@ -74,6 +74,10 @@ CASES = [
     Case("--data ''", train("--data", ""), "--data is empty: give a value, or drop the flag for its default"),
     Case("--out ''", train("--out", " "), "--out is empty: give a value, or drop the flag for its default"),
     Case("--plan '' in a config file", ["train", "--config", "{w}/plan.yaml"], "--plan is empty", write("plan.yaml", "plan: ''\n")),
+    # "does not exist" misled: it is there, and a folder
+    Case("--config a folder", ["train", "--config", "{w}"], "is a folder, not a file"),
+    Case("--plan a folder.yaml", ["plan", "{w}/model", "{w}/model.yaml"], "model.yaml is a folder, not a file",
+         lambda w: (w / "model.yaml").mkdir()),
     Case("compare --strategy ''", ["compare", "--model", "{w}/model", "--strategy", "full", "--strategy", ""], "--strategy is empty"),
     Case("plan ''", ["plan", "", "train top 1"], "MODEL is empty: give a value"),
 ]

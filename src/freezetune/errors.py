@@ -19,3 +19,14 @@ def yaml_problem(exc: Exception) -> str:
     where = f" line {mark.line + 1}" if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
     return f"{where}: not valid YAML: {problem}"
+
+
+def missing_file(what: str, path) -> str:
+    """Why ``path`` cannot be read as a file: "does not exist" misled where it is a folder."""
+    from pathlib import Path
+
+    return (
+        f"{what} {path} is a folder, not a file"
+        if Path(path).is_dir()
+        else f"{what} {path} does not exist"
+    )

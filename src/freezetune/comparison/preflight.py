@@ -12,7 +12,7 @@ from freezetune.comparison.settings import CompareSettings
 from freezetune.comparison.strategies import Strategy
 from freezetune.config.fields import flag_of
 from freezetune.data.files import content_hash
-from freezetune.errors import FreezetuneError
+from freezetune.errors import FreezetuneError, missing_file
 from freezetune.models.loading import load_model, require_causal_lm
 from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
@@ -155,7 +155,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             seen[runs] = strategy.name
     if settings.retain is not None:
         if not Path(settings.retain).is_file():
-            raise FreezetuneError(f"--retain {settings.retain} does not exist")
+            raise FreezetuneError(missing_file("--retain", settings.retain))
         from freezetune.data.files import read_records
 
         records = read_records(settings.retain)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from freezetune.config.fields import flag_of
-from freezetune.errors import FreezetuneError, yaml_problem
+from freezetune.errors import FreezetuneError, missing_file, yaml_problem
 from freezetune.options.other_names import did_you_mean, likely_options
 from freezetune.plans.language import FreezePlan
 
@@ -127,7 +127,7 @@ def from_namespace(cls: type, namespace: argparse.Namespace, base: dict | None =
 def read_config_file(cls: type, path: Path) -> dict:
     """A YAML/JSON mapping of ``cls`` fields, checked key by key; errors give the file and line."""
     if not path.is_file():
-        raise FreezetuneError(f"config file {path} does not exist")
+        raise FreezetuneError(missing_file("config file", path))
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from freezetune.errors import PlanError, yaml_problem
+from freezetune.errors import PlanError, missing_file, yaml_problem
 from freezetune.plans.selectors import (
     ACTIONS,
     BLOCK_COMPONENTS,
@@ -111,7 +111,7 @@ class FreezePlan:
     def load(cls, path: Path) -> FreezePlan:
         """Read a plan file: .yaml/.yml/.json hold a list (or {plan: ...}); other files hold text."""
         if not path.is_file():
-            raise PlanError(f"plan file {path} does not exist")
+            raise PlanError(missing_file("plan file", path))
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() not in (".yaml", ".yml", ".json"):
             return _with_source(lambda: cls.parse(text), path)
