@@ -113,7 +113,7 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         ('{"question": "a"}\n', "bad.jsonl line 1: no SFT fields; expected 'prompt'+'completion'"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
         ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
-        ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed record(s): "),
+        ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed records: "),
         # the columns of the other records are None in this one, not fields it gives
         ('{"prompt": "a", "completion": "b"}\n{"question": 1}\n',
          "bad.jsonl line 2: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', 'messages' or "
@@ -122,6 +122,8 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         ('{"question": 1}\n' * 7, "bad.jsonl lines 1, 2, 3 and 4 more: no SFT fields"),
         ('{"question": 1}\n{"prompt": "a"}\n{"question": 1}\n',
          "bad.jsonl lines 1, 3: no SFT fields"),
+        # one record with two faults is one malformed record, not "2 malformed record(s)"
+        ('{"prompt": ["a", "b"], "completion": ["c", "d"]}\n', "1 malformed record: "),
     ],
 )
 def test_bad_records_name_file_line_and_field(tmp_path, content, message):
@@ -233,5 +235,5 @@ def test_a_json_file_of_wrapped_records_and_of_records_of_one_fault_read_plainly
         sft_examples(read_records(str(tmp_path / "wrapped.json")), TOKENIZER, 64)
     # a JSON array's records are numbered, and share one mention as a .jsonl file's lines do
     (tmp_path / "array.json").write_text(json.dumps([{"q": 1}] * 6))
-    with pytest.raises(FreezetuneError, match=r"6 malformed record\(s\): \S*array.json records 1, 2, 3 and 3 more: no SFT"):
+    with pytest.raises(FreezetuneError, match=r"6 malformed records: \S*array.json records 1, 2, 3 and 3 more: no SFT"):
         sft_examples(read_records(str(tmp_path / "array.json")), TOKENIZER, 64)

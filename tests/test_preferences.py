@@ -54,8 +54,10 @@ def test_a_system_field_is_the_system_prompt_of_both_sides():
     # columns other records have read as None here: not fields this record gives
     ({"prompt": "p", "chosen": "c", "rejected": None, "system": None},
      "prefs.jsonl:2: a preference record needs 'prompt', 'chosen' and 'rejected'; 'rejected' is missing (found chosen, prompt)"),
-    ({"prompt": "p", "chosen": "c", "rejected": 3}, "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got a int"),
+    ({"prompt": "p", "chosen": "c", "rejected": 3}, "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got int"),
     ({"prompt": "p", "chosen": " ", "rejected": "r"}, "prefs.jsonl:2: field 'chosen' is empty"),
+    ({"prompt": "p", "chosen": "c", "rejected": []},
+     "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got an empty list"),
     ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "user", "content": "c"}], "rejected": "r"},
      "prefs.jsonl:2: field 'chosen' must end with an assistant message"),
     ({"prompt": [{"role": "robot", "content": "p"}], "chosen": "c", "rejected": "r"},
@@ -64,7 +66,7 @@ def test_a_system_field_is_the_system_prompt_of_both_sides():
 def test_a_bad_record_names_its_file_line_and_field(fields, message):
     with pytest.raises(FreezetuneError) as caught:
         preference_examples([Record(fields, "prefs.jsonl:2")], build_tokenizer(), 64)
-    assert str(caught.value) == f"1 malformed preference record(s): {message}"
+    assert str(caught.value) == f"1 malformed preference record: {message}"
 
 
 def test_a_pair_that_loses_an_answer_to_seq_len_is_skipped_and_said():

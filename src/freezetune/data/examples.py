@@ -124,8 +124,12 @@ def refuse_malformed(errors: list[str], what: str = "record") -> None:
         plural = "s" if len(numbers) > 1 else ""
         shown.append(f"{file} {unit}{plural} {', '.join(numbers[:3])}{more}{side}: {say}")
     rest = sum(len(numbers) for numbers in list(faults.values())[5:])
+    # a record with two faults is one malformed record
+    records = len(
+        {(m["file"], m["unit"], m["n"]) if (m := _RECORD_ERROR.match(e)) else e for e in errors}
+    )
     raise FreezetuneError(
-        f"{len(errors)} malformed {what}(s): "
+        f"{records} malformed {what}{'s' * (records != 1)}: "
         + "; ".join(shown)
         + (f"; and {rest} more" if rest else "")
     )

@@ -52,7 +52,7 @@ def _messages(record: Record, name: str, errors: list[str], last: str) -> list[d
             return None
         return [{"role": last, "content": value}]
     if not isinstance(value, list) or not value:
-        kind = "missing" if value is None else f"a {type(value).__name__}"
+        kind = "an empty list" if isinstance(value, list) else type(value).__name__
         errors.append(
             f"{record.where}: field '{name}' must be a string or a non-empty list of messages, got {kind}"
         )
