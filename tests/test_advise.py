@@ -152,3 +152,14 @@ def test_candidates_span_the_whole_depth_and_the_budget_says_what_it_excluded():
     assert by_plan["train layers 0"].predicted_step_ratio > by_plan["train top 1"].predicted_step_ratio
     budget = by_plan["train top 1"].memory_estimate_bytes  # the top block fits, the bottom one does not
     assert pick([c for c in found if c.blocks == 1], budget).plan == "train top 1"
+
+
+def test_a_model_of_one_block_has_no_layers_to_choose_between(tmp_path, capsys):
+    from conftest import ARCHITECTURES, build_tokenizer
+
+    config_cls, model_cls, kwargs = ARCHITECTURES["llama"]
+    tokenizer = build_tokenizer()
+    model_cls(config_cls(**dict(kwargs, num_hidden_layers=1, vocab_size=len(tokenizer)))).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["advise", str(tmp_path), "--no-pilot"]) == 2
+    assert capsys.readouterr().err.strip().endswith("the model has 1 block: there are no layers to choose between")  # not "1 block(s)"

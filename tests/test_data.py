@@ -79,7 +79,7 @@ def test_truncation_is_counted_and_empty_responses_dropped(tmp_path):
     data = sft_examples(read_records(str(path)), TOKENIZER, seq_len=48)
     assert data.truncated == 2 and data.dropped == 1 and len(data.examples) == 2
     assert all(len(e.input_ids) <= 48 for e in data.examples)
-    assert data.notes == ["2 example(s) longer than --seq-len 48 were truncated; 1 lost their whole response and were skipped"]
+    assert data.notes == ["2 examples longer than --seq-len 48 were truncated; 1 lost its whole response and was skipped"]
 
 
 def test_cpt_packs_text_into_blocks(tmp_path):

@@ -90,9 +90,9 @@ def test_a_pair_with_the_same_answer_twice_is_skipped_and_said(tmp_path):
                  "prefs.jsonl:3")
     data = preference_examples([same, good, cut], tokenizer, 32)
     assert [p.where for p in data.pairs] == ["prefs.jsonl:2"] and data.identical == 2
-    assert "2 preference pair(s) with the same chosen and rejected answer (as written, or once --seq-len 32 cut them) " \
-           "were skipped: they carry no preference" in data.notes
-    with pytest.raises(FreezetuneError, match="^no usable preference pair: 1 have the same chosen and rejected answer$"):
+    assert "2 preference pairs with the same chosen and rejected answer (as written, or once --seq-len 32 cut them) " \
+           "skipped: no preference to learn" in data.notes
+    with pytest.raises(FreezetuneError, match="^no usable preference pair: 1 has the same chosen and rejected answer$"):
         preference_examples([same], tokenizer, 32)
     # one pair held out is one pair, not "1 pairs"
     from freezetune.data.loading import load_data

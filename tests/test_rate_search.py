@@ -60,7 +60,7 @@ def test_a_best_rate_at_the_bottom_extends_downward(tmp_path):
 def test_the_extensions_are_bounded_and_the_log_says_the_edge_remains(tmp_path):
     result, trained, log = search(tmp_path, best_lr=1.0, extensions=1)
     assert result["extended"] == [3.2e-3] and result["chosen"] == 3.2e-3 and result["at_grid_edge"]
-    assert "still the highest rate after 1 extension(s)" in log
+    assert "still the highest rate after 1 extension, " in log
     none, _, _ = search(tmp_path / "never", best_lr=1.0, extensions=0)
     assert none["extended"] == [] and none["chosen"] == 8e-4 and none["at_grid_edge"]
 

@@ -190,7 +190,8 @@ def advise(
     anatomy = find_anatomy(loaded.model)
     if anatomy.num_layers < 2:
         raise FreezetuneError(
-            f"the model has {anatomy.num_layers} block(s): there are no layers to choose between"
+            f"the model has {anatomy.num_layers} block{'s' * (anatomy.num_layers != 1)}: "
+            "there are no layers to choose between"
         )
     snr = snr_scores(loaded.model, anatomy)
     gradient, accelerator = None, make_accelerator("fp32", None, Path("."))

@@ -109,7 +109,7 @@ def choose_rate(
         + f"; the search trained for {train_s:.0f} s)"
         + (
             f"; it is still the {'highest' if chosen == grid[-1] else 'lowest'} rate "
-            f"after {len(extended)} extension(s), "
+            f"after {len(extended)} extension{'s' * (len(extended) != 1)}, "
             "so a wider --lr-grid or more --search-extensions may find a better one"
             if edge
             else ""

@@ -193,11 +193,16 @@ def _finish(data: TokenizedData, kind: str, seq_len: int) -> None:
             f"no usable {kind} example: the data holds no record with text to learn from"
         )
     if data.truncated:
+        one, dropped_one = data.truncated == 1, data.dropped == 1
         lost = (
-            f"; {data.dropped} lost their whole response and were skipped" if data.dropped else ""
+            f"; {data.dropped} lost {'its' if dropped_one else 'their'} whole response and "
+            f"{'was' if dropped_one else 'were'} skipped"
+            if data.dropped
+            else ""
         )
         data.notes.append(
-            f"{data.truncated} example(s) longer than --seq-len {seq_len} were truncated{lost}"
+            f"{data.truncated} example{'' if one else 's'} longer than --seq-len {seq_len} "
+            f"{'was' if one else 'were'} truncated{lost}"
         )
 
 

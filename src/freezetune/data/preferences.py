@@ -124,18 +124,21 @@ def preference_examples(records: list[Record], tokenizer, seq_len: int) -> Prefe
         )
     if not data.pairs:
         raise FreezetuneError(
-            f"no usable preference pair: {data.identical} have the same chosen and rejected answer"
+            f"no usable preference pair: {data.identical} {'has' if data.identical == 1 else 'have'} "
+            "the same chosen and rejected answer"
             + (f", {data.dropped} lost an answer to --seq-len {seq_len}" if data.dropped else "")
         )
     if data.identical:
         data.notes.append(
-            f"{data.identical} preference pair(s) with the same chosen and rejected answer (as written, "
-            f"or once --seq-len {seq_len} cut them) were skipped: they carry no preference"
+            f"{data.identical} preference pair{'s' * (data.identical != 1)} with the same chosen and "
+            f"rejected answer (as written, or once --seq-len {seq_len} cut them) skipped: "
+            "no preference to learn"
         )
     if data.truncated or data.dropped:
         data.notes.append(
-            f"{data.truncated} preference pair(s) longer than --seq-len {seq_len} were truncated; "
-            f"{data.dropped} lost a whole answer and were skipped"
+            f"{data.truncated} preference pair{'s' * (data.truncated != 1)} longer than --seq-len "
+            f"{seq_len} truncated; {data.dropped} lost a whole answer and "
+            f"{'was' if data.dropped == 1 else 'were'} skipped"
         )
     return data
 
