@@ -60,3 +60,11 @@ def test_dpo_counts_two_rows_per_pair_and_a_reference_of_the_trained_tensors_onl
     assert main(["plan", "smollm2-135m", "freeze bottom 75%", "--objective", "dpo"]) == 0
     assert "reference" in capsys.readouterr().out
     assert main(["plan", "smollm2-135m", "freeze bottom 75%", "--precompute-ref"]) == 2
+
+
+def test_the_preview_names_each_kind_in_words(tiny_llama_dir, capsys):
+    from freezetune.cli.commands import main
+
+    assert main(["plan", str(tiny_llama_dir), "train top 1", "--dtype", "bfloat16"]) == 0
+    kinds = [line.split()[0:2] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert ["working", "copies"] in kinds and not any("_" in kind[0] for kind in kinds)  # was "working_copies"

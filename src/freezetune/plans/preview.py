@@ -115,7 +115,8 @@ def render_text(info: dict) -> str:
     mine, full = info["memory_estimate_bytes"], info["full_finetune_memory_estimate_bytes"]
     kinds = ("weights", "gradients", "optimizer", "working_copies", "activations", "logits")
     for key in (*kinds, *(["reference"] if dpo else []), "total"):
-        lines.append(f"  {key:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
+        label = key.replace("_", " ")  # the JSON's key, in words
+        lines.append(f"  {label:<14}{human_bytes(mine[key]):>51}  {human_bytes(full[key]):>15}")
     lines += [f"notice: {notice}" for notice in info["notices"]]
     return "\n".join(lines)
 
