@@ -194,3 +194,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.originalname in SLOW and item.nodeid not in KEPT_FAST:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def this_sessions_prefix_caches_are_removed(tmp_path_factory):
+    """Runs on the tiny models under pytest's temporary folder leave their prefix caches in
+    ~/.cache/freezetune: once those models are gone the caches are junk, a few dozen per suite."""
+    yield
+    from freezetune.models.loading import DEFAULT_CACHE_DIR
+    from freezetune.training.cache_folder import cache_entries, remove_cache
+
+    ours = str(tmp_path_factory.getbasetemp())  # this session's only: another may be running beside it
+    for entry in cache_entries(DEFAULT_CACHE_DIR / "prefix"):
+        if str(entry["meta"].get("model", "")).startswith(ours):
+            remove_cache(entry["path"])
