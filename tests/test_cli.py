@@ -64,6 +64,9 @@ def _bad_inputs(tmp_path, model_dir):
     empty_dir.mkdir()
     bad_gguf = tmp_path / "broken.gguf"
     bad_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    for folder, marker in (("cmp", "compare.json"), ("run", "manifest.json")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / marker).write_text("{}")
     m = str(model_dir)
     return [
         (["plan", "no-such-model", "freeze all"], "unknown model 'no-such-model': not an embedded model (smollm2-135m)"),
@@ -71,6 +74,9 @@ def _bad_inputs(tmp_path, model_dir):
         (["plan", "./missing/folder", "freeze all"], "model path ./missing/folder does not exist"),
         (["plan", str(not_model), "freeze all"], "notes.txt is not a model: expected a folder with config.json or a .gguf file"),
         (["plan", str(empty_dir), "freeze all"], "empty is not a model"),
+        # freezetune's own folders, given where a model goes: what they are, and where the model is
+        (["plan", str(tmp_path / "cmp"), "freeze all"], f"a .gguf file; it is a comparison, whose runs are {tmp_path}/cmp/runs/STRATEGY/seed-N"),
+        (["plan", str(tmp_path / "run"), "freeze all"], f"it is a freezetune run: `freezetune export {tmp_path}/run --out DIR` makes a model"),
         (["plan", str(bad_gguf), "freeze all"], "broken.gguf is not a GGUF model transformers can read"),
         (["plan", m, "freeze sideways 3"], "plan rule 1 'freeze sideways 3' at column 1: unknown selector 'sideways 3'"),
         (["plan", m, "freeze all; train re:("], "plan rule 2 'train re:(' at column 13: invalid regular expression"),
@@ -88,6 +94,7 @@ def _bad_inputs(tmp_path, model_dir):
 
 
 def test_every_bad_input_is_one_line_and_exit_2(capsys, tmp_path, tiny_llama_dir):
+    capsys.readouterr()  # the fixture's model, saved first in a lone run, imports DeepSpeed, which logs to stdout
     for argv, message in _bad_inputs(tmp_path, tiny_llama_dir):
         code, out, err = run(capsys, *argv, "--cache-dir", str(tmp_path / "cache"))
         lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]

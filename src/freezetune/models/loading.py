@@ -128,8 +128,15 @@ def resolve_model_path(name: str, cache_dir: Path | None = None) -> Path:
             return convert_gguf(path.resolve(), cache_dir)
         if path.is_dir() and (path / "config.json").is_file():
             return path
+        # freezetune's own folders, mistaken for a model: say what they are and where the model is
+        if (path / "compare.json").is_file():
+            what = f"; it is a comparison, whose runs are {name}/runs/STRATEGY/seed-N"
+        elif (path / "manifest.json").is_file():
+            what = f"; it is a freezetune run: `freezetune export {name} --out DIR` makes a model folder of it"
+        else:
+            what = ""
         raise FreezetuneError(
-            f"{name} is not a model: expected a folder with config.json or a .gguf file"
+            f"{name} is not a model: expected a folder with config.json or a .gguf file{what}"
         )
     if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
         raise FreezetuneError(f"model path {name} does not exist")
