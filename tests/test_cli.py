@@ -82,6 +82,9 @@ def _bad_inputs(tmp_path, model_dir):
         (["plan", m, "freeze all; train re:("], "plan rule 2 'train re:(' at column 13: invalid regular expression"),
         (["plan", m, "freeze layers 9"], "layer 9 is out of range: the model has 4 blocks (0-3)"),
         (["plan", m, "freeze all; train re:nothing"], "plan rule 2 'train re:nothing' at column 13: matches no parameter"),
+        # a part of names, as Axolotl's patterns match: re: matches whole ones, and says how to write a part
+        (["plan", m, "freeze all; train re:mlp"], "matches no whole parameter name of LlamaForCausalLM, and is part of 12 "
+                                                  "(e.g. model.layers.0.mlp.gate_proj.weight); re: matches whole names: write re:.*mlp.*"),
         (["plan", m, " ; "], "empty plan"),
         (["plan", m, "freeze all"], "plan rule 1 'freeze all' at column 1: the plan leaves nothing trainable"),
         (["plan", m, str(tmp_path / "gone.yaml")], "plan file"),

@@ -160,6 +160,15 @@ def select(rule: Rule, anatomy: Anatomy) -> list[Entry]:
         matched = [e for e in entries if pattern.fullmatch(e.name)]
     else:
         matched = _select_structural(rule, anatomy)
+    if not matched and isinstance(selector, Regex):
+        # re: matches whole names, where Axolotl's and LLaMA-Factory's patterns match a part
+        inside = [e.name for e in entries if re.search(selector.pattern, e.name)]
+        if inside:
+            raise rule.error(
+                f"matches no whole parameter name of {anatomy.model_class}, and is part of "
+                f"{len(inside)} (e.g. {inside[0]}); re: matches whole names: "
+                f"write re:.*{selector.pattern}.*"
+            )
     if not matched:
         raise rule.error(f"matches no parameter of {anatomy.model_class}")
     return matched
