@@ -51,3 +51,18 @@ def test_retarget_changes_what_trains_and_drops_the_moments_of_what_stops(tiny_c
     groups = [list(g["params"]) for g in optimizer.param_groups]
     assert not trainer.trainable.move_to(trainer.resolved, trainer.retarget)
     assert [list(g["params"]) for g in optimizer.param_groups] == groups
+
+
+def test_a_run_after_a_retarget_trains_its_own_plan(tiny_chat_model_dir, order_data, tmp_path):
+    # the first-step check kept the plan's names: "model.norm.weight received no gradient; the forward pass
+    # does not reach it", of a tensor the retarget had frozen
+    from safetensors import safe_open
+
+    config = TrainConfig(model=str(tiny_chat_model_dir), data=str(order_data[0]), eval_data=str(order_data[1]),
+                         out=str(tmp_path / "run"), batch_size=4, seq_len=64, max_steps=2, eval_generate=0,
+                         plan="freeze bottom 75%")
+    trainer = TrainingLoop(open_session(config), log=lambda message: None, progress=False)
+    trainer.retarget(resolve(FreezePlan.parse("train top 2"), find_anatomy(trainer.model)))
+    assert trainer.run()["status"] == "finished"
+    with safe_open(str(tmp_path / "run" / "trainable.safetensors"), "pt") as saved:
+        assert "model.norm.weight" in saved.keys() and BELOW not in saved.keys()  # the plan's tensors, as the manifest says

@@ -263,7 +263,8 @@ class TrainingLoop:
         )
         self.runner.retarget(resolved)
         self.runner.train_mode()
-        self.resolved = resolved  # its names: self.trainable.applied
+        # what the first-step check and run()'s step boundary take it to train, whoever called
+        self.resolved, self.trainable.applied = resolved, resolved.trainable_names()
         return optimizer
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
