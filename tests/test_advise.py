@@ -2,6 +2,7 @@
 respects the budget, and one-line errors where no advice can be given."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_the_pick_respects_the_budget_and_says_when_nothing_fits(tiny_chat_model
     assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "1KiB"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "Loading weights" not in line]
     assert len(err) == 1 and "no candidate plan fits the memory budget of 1.0 KiB; the smallest" in err[0]
-    assert err[0].endswith("; raise --memory-budget")
+    assert re.search(r"needs about (.*); give a --memory-budget of \1 or more$", err[0])
     assert main(["advise", str(tiny_chat_model_dir), "--memory-budget", "lots"]) == 2
     assert "--memory-budget 'lots': expected a size such as 8GiB" in capsys.readouterr().err
 
@@ -163,3 +164,17 @@ def test_a_model_of_one_block_has_no_layers_to_choose_between(tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path)
     assert main(["advise", str(tmp_path), "--no-pilot"]) == 2
     assert capsys.readouterr().err.strip().endswith("the model has 1 block: there are no layers to choose between")  # not "1 block(s)"
+
+
+def test_a_default_budget_that_nothing_fits_is_said_to_be_the_default(tmp_path, order_data, capsys):
+    # "raise --memory-budget", to a user who had given none
+    from conftest import ARCHITECTURES, build_tokenizer
+
+    config_cls, model_cls, kwargs = ARCHITECTURES["llama"]
+    build_tokenizer().save_pretrained(tmp_path)
+    # a large vocabulary's logits outweigh every block: one block's plan needs more than half of full fine-tuning's
+    model_cls(config_cls(**dict(kwargs, vocab_size=20000))).save_pretrained(tmp_path)
+    assert main(["advise", str(tmp_path), "--data", str(order_data[0]), "--no-pilot", "--seq-len", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no candidate plan fits" in err and "MiB (no memory budget given: half of full fine-tuning's estimate); the smallest" in err
+    assert re.search(r"needs about (.*); give a --memory-budget of \1 or more$", err)

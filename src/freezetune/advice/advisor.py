@@ -106,20 +106,23 @@ def gradient_scores(
     return [math.sqrt(g) / math.sqrt(n) if n else 0.0 for g, n in zip(grads, norms)]
 
 
-def pick(found: list[Candidate], budget: int) -> Candidate:
-    """The candidate covering the most evidence whose estimate fits ``budget``; the smaller one on a tie."""
+def pick(found: list[Candidate], budget: int, said: str = "") -> Candidate:
+    """The candidate covering the most evidence whose estimate fits ``budget``; the smaller one on a tie.
+    ``said``: the budget in words, where it is no --memory-budget the user gave."""
+    said = said or f"the memory budget of {human_bytes(budget)}"
     fitting = [c for c in found if c.memory_estimate_bytes <= budget]
     if not fitting:
         smallest = min(found, key=lambda c: c.memory_estimate_bytes)
         raise FreezetuneError(
-            f"no candidate plan fits the memory budget of {human_bytes(budget)}; the smallest, "
-            f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}; raise --memory-budget"
+            f"no candidate plan fits {said}; the smallest, "
+            f"'{smallest.plan}', needs about {human_bytes(smallest.memory_estimate_bytes)}; give a "
+            f"--memory-budget of {human_bytes(smallest.memory_estimate_bytes)} or more"
         )
     best = max(fitting, key=lambda c: (c.score, -c.memory_estimate_bytes))
     if best.score <= 0:
         raise FreezetuneError(
-            f"no candidate within the memory budget of {human_bytes(budget)} trains a block with evidence "
-            "(the evidence sits in blocks only larger plans reach); raise --memory-budget"
+            f"no candidate within {said} trains a block with evidence "
+            "(the evidence sits in blocks only larger plans reach); give a larger --memory-budget"
         )
     return best
 
@@ -214,13 +217,13 @@ def advise(
     full_bytes = estimate_memory(
         anatomy, full.trainable_params, full.backward_depth, seq_len, batch_size, dtype
     )["total"]
-    chosen = pick(found, budget or full_bytes // 2)
-    which = "gradients on the data" if gradient else "weight spectra (no data)"
     within = (
         f"the memory budget of {human_bytes(budget)}"
         if budget
         else f"{human_bytes(full_bytes // 2)} (no memory budget given: half of full fine-tuning's estimate)"
     )
+    chosen = pick(found, budget or full_bytes // 2, within)
+    which = "gradients on the data" if gradient else "weight spectra (no data)"
     reason = (
         f"'{chosen.plan}' trains the blocks holding {100 * chosen.score:.0f}% of the evidence ({which}), the most "
         f"of any candidate within {within}; its estimate is {human_bytes(chosen.memory_estimate_bytes)} and its "
