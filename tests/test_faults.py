@@ -250,7 +250,7 @@ CASES = [
          "prefs.jsonl line 2: a preference record needs 'prompt', 'chosen' and 'rejected'; 'rejected' is missing",
          write("prefs.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')),
     Case("dpo record with a number for an answer", train("--objective", "dpo", "--data", "{w}/prefs.jsonl"),
-         "prefs.jsonl line 1: field 'chosen' must be a string or a non-empty list of messages, got a int",
+         "prefs.jsonl line 1: field 'chosen' must be a string or a non-empty list of messages, got int",
          write("prefs.jsonl", '{"prompt": "a", "chosen": 3, "rejected": "c"}\n')),
     Case("dpo conversation whose prompt ends with the assistant", train("--objective", "dpo", "--data", "{w}/prefs.jsonl"),
          "prefs.jsonl line 1: field 'prompt' must end with a user message",
