@@ -3,6 +3,7 @@ frozen prefix even with the Trainer's gradient checkpointing, the first-step che
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -169,6 +170,24 @@ def test_a_lora_run_exports_as_a_peft_adapter_that_generates_the_same_tokens(tin
                                          add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert generate(adapted, tokenizer, [ids], 12, "cpu")[0] == expected and expected
+    # `generate ADAPTER`, as peft users load one (AutoPeftModelForCausalLM): it was "not a model"
+    adapter = tmp_path / "adapter"
+    assert main(["generate", str(adapter), "--prompt", "send 7 red mugs to Alice", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    assert main(["evaluate", str(adapter), "--tasks", "builtin", "--limit", "2"]) == 0  # beside its base, as a run is
+    scored = capsys.readouterr().out
+    assert scored.startswith("freezetune_builtin: ") and "% -> " in scored and "of 2 items" in scored
+    # on a base other than the one it was trained on: refused, as a run is
+    other = tmp_path / "other-base"
+    AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    changed = AutoModelForCausalLM.from_pretrained(other)
+    changed.model.norm.weight.data += 1
+    changed.save_pretrained(other)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other)}))
+    assert main(["generate", str(adapter), "--prompt", "send 7"]) == 2
+    assert "refusing to mix them" in capsys.readouterr().err
 
     plan_run = tmp_path / "plan"
     assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",

@@ -17,24 +17,19 @@ def run_evaluate(options: EvaluateOptions) -> str:
 
     from freezetune.comparison.benchmarks import load_tasks, score_tasks
     from freezetune.comparison.flips import flips
-    from freezetune.models.loading import load_model
-    from freezetune.runs.manifest import read_manifest
-    from freezetune.training.export import is_run, load_run
+    from freezetune.training.sources import base_of, load_source
 
     cache = Path(options.cache_dir) if options.cache_dir else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # the built-in quiz is written where lm-eval reads it, and gone afterwards
     with tempfile.TemporaryDirectory(prefix="freezetune-tasks-") as folder:
         load_tasks(options.tasks, Path(folder), "--tasks")  # a bad name fails before a model loads
-        models = {}
-        if is_run(options.source):
-            models["base"] = read_manifest(Path(options.source))["base_model"]["name"]
-            models["run"] = options.source
-        else:
-            models["model"] = options.source
+        # a run or an adapter is scored beside its base: what training changed, item by item
+        base = base_of(options.source)
+        models = {"base": base, "run": options.source} if base else {"model": options.source}
         scores = {}
         for role, source in models.items():
-            loaded = load_run(Path(source), cache) if role == "run" else load_model(source, cache)
+            loaded = load_source(source, cache)
             say(f"scoring the {role} ({source}) on {', '.join(options.tasks)}")
             scores[role] = score_tasks(
                 loaded.model.to(device),

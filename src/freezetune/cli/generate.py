@@ -1,4 +1,4 @@
-"""`freezetune generate`: one answer from a run folder or a model, for a quick look."""
+"""`freezetune generate`: one answer from a run folder, an adapter folder or a model, for a quick look."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from freezetune.options.commands import GenerateOptions
 def run_generate(options: GenerateOptions) -> str:
     import torch
 
-    from freezetune.models.loading import load_model
     from freezetune.training.evaluation import generate
-    from freezetune.training.export import is_run, load_run
+    from freezetune.training.sources import load_source
 
     source, cache = options.source, Path(options.cache_dir) if options.cache_dir else None
     # `--prompt -`: the prompt piped in, as a long or multi-line one would be
     prompt = sys.stdin.read() if options.prompt == "-" else options.prompt
-    loaded = load_run(Path(source), cache) if is_run(source) else load_model(source, cache)
+    loaded = load_source(source, cache)
     tokenizer = loaded.tokenizer
     templated = getattr(tokenizer, "chat_template", None) and not options.plain
     if options.system is not None and not templated:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from torch import nn
@@ -20,14 +21,28 @@ def wrap_lora(model: nn.Module, rank: int, alpha: int, targets: str) -> nn.Modul
         r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none"
     )
     try:
-        # peft reads a transformers property that now warns; nothing for the user to do
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-            )
+        with _quiet_peft():
             return get_peft_model(model, config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise FreezetuneError(f"--lora-targets {targets}: {str(exc).splitlines()[0]}") from None
+
+
+def load_adapters(model: nn.Module, folder) -> nn.Module:
+    """The adapters peft saved in ``folder``, on ``model``, folded into its weights."""
+    from peft import PeftModel
+
+    with _quiet_peft():
+        return merge_lora(PeftModel.from_pretrained(model, folder))
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    # peft reads a transformers property that now warns; nothing for the user to do
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
