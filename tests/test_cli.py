@@ -64,7 +64,7 @@ def _bad_inputs(tmp_path, model_dir):
     empty_dir.mkdir()
     bad_gguf = tmp_path / "broken.gguf"
     bad_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
-    for folder, marker in (("cmp", "compare.json"), ("run", "manifest.json")):
+    for folder, marker in (("cmp", "compare.json"), ("run", "manifest.json"), ("adapter", "adapter_config.json")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / marker).write_text("{}")
     m = str(model_dir)
@@ -77,6 +77,7 @@ def _bad_inputs(tmp_path, model_dir):
         # freezetune's own folders, given where a model goes: what they are, and where the model is
         (["plan", str(tmp_path / "cmp"), "freeze all"], f"a .gguf file; it is a comparison, whose runs are {tmp_path}/cmp/runs/STRATEGY/seed-N"),
         (["plan", str(tmp_path / "run"), "freeze all"], f"it is a freezetune run: `freezetune export {tmp_path}/run --out DIR` makes a model"),
+        (["plan", str(tmp_path / "adapter"), "freeze all"], "it is a PEFT adapter, which generate and evaluate take as it is"),
         (["plan", str(bad_gguf), "freeze all"], "broken.gguf is not a GGUF model transformers can read"),
         (["plan", m, "freeze sideways 3"], "plan rule 1 'freeze sideways 3' at column 1: unknown selector 'sideways 3'"),
         (["plan", m, "freeze all; train re:("], "plan rule 2 'train re:(' at column 13: invalid regular expression"),

@@ -133,6 +133,8 @@ def resolve_model_path(name: str, cache_dir: Path | None = None) -> Path:
             what = f"; it is a comparison, whose runs are {name}/runs/STRATEGY/seed-N"
         elif (path / "manifest.json").is_file():
             what = f"; it is a freezetune run: `freezetune export {name} --out DIR` makes a model folder of it"
+        elif (path / "adapter_config.json").is_file():
+            what = "; it is a PEFT adapter, which generate and evaluate take as it is, on its base"
         else:
             what = ""
         raise FreezetuneError(
