@@ -29,7 +29,7 @@ from freezetune.comparison.strategies import (
     parse_strategy,
 )
 from freezetune.config.checks import check_given
-from freezetune.config.fields import flag_of, opt
+from freezetune.config.fields import check_seed, flag_of, opt
 from freezetune.config.run import RunOptions, TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.commands import MARGIN_HELP, parse_margins
@@ -148,11 +148,10 @@ class CompareOptions(RunOptions):
                 load_tasks(self.retain_tasks, Path(folder))
         if self.seeds < 1:
             raise FreezetuneError(f"--seeds must be at least 1, got {self.seeds}")
+        check_seed(self.seed, self.seeds)
         for name in ("search_steps", "search_extensions", "validation"):
-            if getattr(self, name) < 0:
-                raise FreezetuneError(
-                    f"{flag_of(name)} must be 0 or more, got {getattr(self, name)}"
-                )
+            if (value := getattr(self, name)) < 0:
+                raise FreezetuneError(f"{flag_of(name)} must be 0 or more, got {value}")
         for kind in ("full", "lora", "plan"):
             rate = getattr(self, f"lr_{kind}")
             if rate is not None and rate <= 0:

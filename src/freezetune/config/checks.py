@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from freezetune.config.fields import check_not_blank, flag_of, parse_size
+from freezetune.config.fields import check_not_blank, check_seed, flag_of, parse_size
 from freezetune.errors import FreezetuneError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def check_config(config: TrainConfig) -> None:
     )
     if config.beta <= 0:
         raise FreezetuneError(f"--beta must be positive, got {config.beta}")
+    check_seed(config.seed)
     if config.objective == "dpo" and (config.fsdp or config.zero_stage):
         raise FreezetuneError(
             "--objective dpo runs with one process or DDP replicas; its reference is not sharded yet"

@@ -84,3 +84,17 @@ def check_not_blank(options, allowed: tuple[str, ...] = ("prompt", "system")) ->
         )
         or_default = ", or drop the flag for its default" if optional else ""
         raise FreezetuneError(f"{name} is empty: give a value{or_default}")
+
+
+SEED_LIMIT = 2**32 - 1  # numpy's generator takes no other seed (torch's takes more)
+
+
+def check_seed(seed: int | None, count: int = 1) -> None:
+    """A seed every generator a run seeds can take: -1 was a numpy traceback at the run's start.
+    ``count``: compare's --seeds, the seeds --seed, --seed + 1, ... that its runs take."""
+    if seed is not None and not 0 <= seed <= SEED_LIMIT:
+        raise FreezetuneError(f"--seed must be between 0 and {SEED_LIMIT}, got {seed}")
+    if seed is not None and seed + count - 1 > SEED_LIMIT:
+        raise FreezetuneError(
+            f"--seed {seed} with --seeds {count} runs seeds past the largest, {SEED_LIMIT}"
+        )

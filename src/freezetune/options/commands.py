@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freezetune.config.fields import flag_of, opt
+from freezetune.config.fields import check_seed, flag_of, opt
 from freezetune.errors import FreezetuneError
 from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
@@ -85,6 +85,7 @@ class PlanOptions:
 
     def validate(self) -> None:
         check_sizes(self)
+        check_seed(self.seed)
         if self.precompute_ref and self.objective != "dpo":
             raise FreezetuneError(
                 "--precompute-ref is for --objective dpo, which has a reference model"
@@ -190,6 +191,7 @@ class GenerateOptions:
             )
         if not 0 < self.top_p <= 1:
             raise FreezetuneError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check_seed(self.seed)
         if self.system is not None and self.plain:
             raise FreezetuneError(
                 "--system goes into the chat template, and --plain continues the prompt as plain text"
