@@ -37,6 +37,14 @@ CASES = [
     Case("--max-grad-norm -1", train("--max-grad-norm", "-1"), "--max-grad-norm must be 0 or more, got -1.0"),
     Case("--weight-decay -0.1", train("--weight-decay", "-0.1"), "--weight-decay must be 0 or more, got -0.1"),
     Case("--lora-alpha 0", train("--lora-r", "4", "--lora-alpha", "0"), "--lora-alpha must be positive, got 0"),
+    # a step of more batches than the data holds repeats examples; --grad-accum 1e11 grew to 17 GiB and never ended its step
+    Case("--grad-accum past the data", train("--grad-accum", "6"),
+         "--grad-accum 6: one optimizer step takes 6 batches, and 20 training examples make 5 of 4, so a step would see "
+         "an example twice; give --grad-accum 5 or less"),
+    # compare's runs each failed on it, after the base was evaluated
+    Case("compare --batch-size past the data", ["compare", "--model", "{w}/model", "--data", "{w}/train.jsonl", "--batch-size", "64",
+                                                "--strategy", "full", "--lr-full", "1e-3", "--out", "{w}/cmp"],
+         "error: 19 training examples are fewer than one batch (--batch-size 64)"),
     # seeds numpy cannot take: a ValueError traceback at the run's start, or every compare run failed on it
     Case("--seed -1", train("--seed", "-1"), "--seed must be between 0 and 4294967295, got -1"),
     Case("generate --seed 2**70", ["generate", "{w}/run", "--prompt", "a", "--temperature", "1", "--seed", str(2**70)],

@@ -167,10 +167,11 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             )
     from freezetune.data.loading import load_data
     from freezetune.training.evaluation import check_answers_fit
+    from freezetune.training.session import check_batches
 
-    # a malformed record or an answer past the positions, refused before compare.json pins --out
+    # a malformed record, too few examples, an answer past the positions: before compare.json pins --out
     config = settings.base_config
-    _, held, _ = load_data(
+    train, held, _ = load_data(
         loaded.tokenizer,
         config.objective,
         config.data,
@@ -179,6 +180,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
         config.validation,
     )
     check_answers_fit(loaded.model, held.examples, config)
+    check_batches(train, config)
     if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
         # too few examples for the validation split fail here, before anything trains
         load_data(

@@ -63,6 +63,22 @@ def _run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_batches(train, config: TrainConfig) -> None:
+    """A batch, and an optimizer step's batches, within the training data (epochs use full batches)."""
+    what = "pairs" if train.paired else "examples"
+    if train.units < config.batch_size:
+        raise FreezetuneError(
+            f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
+        )
+    batches = train.units // config.batch_size
+    if config.grad_accum > batches:  # a step's batches then repeat examples; a huge one never ended
+        raise FreezetuneError(
+            f"--grad-accum {config.grad_accum}: one optimizer step takes {config.grad_accum} batches, "
+            f"and {train.units} training {what} make {batches} of {config.batch_size}, so a step "
+            f"would see an example twice; give --grad-accum {batches} or less"
+        )
+
+
 def open_session(
     config: TrainConfig,
     dtype: torch.dtype = torch.float32,
@@ -131,11 +147,7 @@ def open_session(
     )
     # the answers the evaluation generates, within a learned position table: before the run folder
     check_answers_fit(loaded.model, held.examples, config)
-    if train.units < config.batch_size:  # epochs use full batches only
-        what = "pairs" if train.paired else "examples"
-        raise FreezetuneError(
-            f"{train.units} training {what} are fewer than one batch (--batch-size {config.batch_size})"
-        )
+    check_batches(train, config)
     total_steps = config.total_steps(train.units)
     left = train.units % config.batch_size
     if left and total_steps * config.grad_accum >= train.units // config.batch_size:
