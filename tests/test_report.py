@@ -108,3 +108,9 @@ def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
     assert resumed["other"] is None and not resumed["complete"] and resumed["total_over_training"] is None
     # no ratio of this invocation's seconds over steps an earlier one trained (a re-rendered demo said "0.0x")
     assert timing_line(resumed).startswith("Time: 10 s in this invocation; the runs, some trained by an earlier one: training 3 s")
+    # the runs of `train`, reported side by side: their own steps, not a comparison's layout (it said "Time (runs only): .")
+    run(tmp_path / "mine" / "run-1", [0.01, 0.02])
+    (tmp_path / "mine" / "seed-9").mkdir()  # a folder beside it is no run of these
+    alone = timing_breakdown([tmp_path / "mine" / "run-1"], wall_s=None)
+    assert alone["training"] == 0.03 and alone["runs"] == 1 and timing_line(alone) == "Time (runs only): training 0.03 s."
+    assert timing_line(timing_breakdown([], wall_s=None)) == "Time (runs only): none recorded."

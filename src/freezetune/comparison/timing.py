@@ -37,8 +37,10 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
     an earlier invocation counts its runs' seconds but only this invocation's wall time: then
     ``other`` is None and ``complete`` False."""
     seconds = dict.fromkeys(PHASES, 0.0)
-    groups = sorted({Path(d).parent for d in run_dirs})
+    # a comparison's seed run stands for its strategy's seeds and searches; a `train` run, itself
+    groups = sorted({Path(d).parent for d in run_dirs if Path(d).name.startswith("seed-")})
     runs = [d for g in groups for d in (*sorted(g.glob("seed-*")), *sorted(g.glob("search/lr-*")))]
+    runs += [Path(d) for d in run_dirs if not Path(d).name.startswith("seed-")]
     timed = 0
     for run_dir in runs:
         seconds["search" if run_dir.parent.name == "search" else "training"] += step_seconds(
@@ -75,7 +77,9 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
 
 def timing_line(timing: dict) -> str:
     """The breakdown in one line of the report."""
-    shown = [f"{phase} {timing[phase]:.0f} s" for phase in (*PHASES, "other") if timing.get(phase)]
+    shown = [
+        f"{phase} {_seconds(timing[phase])}" for phase in (*PHASES, "other") if timing.get(phase)
+    ]
     total = timing.get("total")
     ratio = timing.get("total_over_training")
     if total is not None and timing.get("complete"):
@@ -86,4 +90,9 @@ def timing_line(timing: dict) -> str:
         head = f"Time: {total:.0f} s in this invocation; the runs, some trained by an earlier one"
     else:
         head = "Time (runs only)"
-    return f"{head}: {', '.join(shown)}."
+    return f"{head}: {', '.join(shown)}." if shown else f"{head}: none recorded."
+
+
+def _seconds(value: float) -> str:
+    # a short run's steps took 0.03 s in all: "0 s" said they took nothing
+    return f"{value:.0f} s" if value >= 10 else f"{value:.2g} s"
