@@ -251,7 +251,8 @@ def test_a_second_freeze_on_one_model_is_refused_and_remove_restores_everything(
     handle = freeze(model, "freeze bottom 50%")
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     patched = [dict(block.__dict__) for block in blocks]
-    with pytest.raises(FreezetuneError, match=r"already has a handle \(plan 'freeze bottom 50%'\); call its remove\(\) first"):
+    with pytest.raises(FreezetuneError, match=r"already has a handle \(plan 'freeze bottom 50%'\); call its remove\(\) first, "
+                                              r"then freeze\(\) with the new plan$"):
         freeze(model, "freeze bottom 25%")
     # the refused call changed nothing: the first handle's state stands
     assert {name: p.requires_grad for name, p in model.named_parameters()} == frozen
@@ -264,3 +265,19 @@ def test_a_second_freeze_on_one_model_is_refused_and_remove_restores_everything(
     assert sum(not p.requires_grad for p in model.parameters()) > 0
     again.remove()
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_trainer_built_after_a_retarget_is_told_to_freeze_again(tiny_chat_model_dir, tmp_path):
+    # its optimizer held the retargeted set; the callback went back to the whole plan, and the first step failed its
+    # check with "did not change after the optimizer step" (freeze()'s own message had said to retarget)
+    from freezetune import FreezePlan, find_anatomy, resolve
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "freeze bottom 50%")
+    handle.retarget(resolve(FreezePlan.parse("train top 1"), find_anatomy(model)))
+    before = snapshot(model)
+    with pytest.raises(FreezetuneError, match=r"^FreezeCallback: the Trainer's optimizer was built after the handle was "
+                                              r"retargeted to 'train top 1', so it lacks model\.layers\.2\.\S+ and the rest of "
+                                              r"the plan freeze\(\) applied \('freeze bottom 50%'\); to train another plan, remove"):
+        sft_trainer(tiny_chat_model_dir, tmp_path, model, [FreezeCallback(handle)]).train()
+    assert all((p == before[n]).all() for n, p in model.named_parameters())  # refused before any step

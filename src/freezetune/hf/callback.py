@@ -39,7 +39,7 @@ class FreezeCallback(TrainerCallback):
         self.still, self.rate = False, None
         self.guard: FirstStepGuard | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if self.schedule is not None and (
             getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
         ):
@@ -55,6 +55,10 @@ class FreezeCallback(TrainerCallback):
                 warnings.warn(notice, stacklevel=2)
         # a second train() starts from the whole plan too
         if self.handle.resolved is not self.handle.universe:
+            if not (getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)):
+                self._check_optimizer_holds(
+                    optimizer
+                )  # their optimizers hold flat shards, not tensors
             self.handle.retarget(self.handle.universe)
         self.trainable = TrainableSet(self.handle.universe, self.schedule, self.trainable.seed)
 
@@ -90,6 +94,21 @@ class FreezeCallback(TrainerCallback):
             logs.update(extra)  # reporters that run after this callback see them
         if state.log_history:
             state.log_history[-1].update(extra)  # the Trainer's record of this log
+
+    def _check_optimizer_holds(self, optimizer) -> None:
+        """The Trainer's optimizer over the whole plan: one built after a retarget lacks the rest, and
+        its first step failed the check with "did not change after the optimizer step"."""
+        held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+        params = dict(self.handle.model.named_parameters())
+        names = self.handle.universe.trainable_names()
+        missing = [n for n in names if n in params and id(params[n]) not in held]
+        if optimizer is not None and missing:
+            raise FreezetuneError(
+                f"FreezeCallback: the Trainer's optimizer was built after the handle was retargeted to "
+                f"'{self.handle.resolved.plan.render()}', so it lacks {missing[0]} and the rest of the plan "
+                f"freeze() applied ('{self.handle.universe.plan.render()}'); to train another plan, "
+                "remove() the handle and freeze() the model again before building the Trainer"
+            )
 
     def _guard(self, light: bool) -> FirstStepGuard:
         names = {name for name, p in self.handle.model.named_parameters() if p.requires_grad}

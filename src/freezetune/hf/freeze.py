@@ -203,7 +203,7 @@ def freeze(
     if earlier is not None:
         raise FreezetuneError(
             f"freeze(): this model already has a handle (plan '{earlier.resolved.plan.render()}'); "
-            "call its remove() first, or its retarget() to change what trains"
+            "call its remove() first, then freeze() with the new plan"
         )
     resolved = resolve(plan, find_anatomy(model))
     if gradient_checkpointing is None:
