@@ -23,21 +23,14 @@ def _advice(settings: CompareSettings, loaded, strategy: Strategy, log) -> dict:
     from freezetune.advice.advisor import advise
     from freezetune.advice.pilot_data import hold_out, pilot_data
     from freezetune.advice.pilots import PilotBudget, PilotRequest
-    from freezetune.data.loading import load_data
+    from freezetune.training.session import run_data
 
     config, started = settings.base_config, time.perf_counter()
     # the rate searches' validation split, when the comparison has one; else one carved the same way
     searched = settings.validation and any(
         settings.given_rate(s) is None for s in settings.strategies
     )
-    train, held, _ = load_data(
-        loaded.tokenizer,
-        config.objective,
-        config.data,
-        config.eval_data,
-        config.seq_len,
-        settings.validation if searched else 0,
-    )
+    train, held, _ = run_data(loaded.tokenizer, config, settings.validation if searched else 0)
     request = None
     if strategy.pilot is not None:
         kept, validation = (train.examples, held.examples) if searched else hold_out(train)

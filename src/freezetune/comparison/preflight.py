@@ -165,32 +165,17 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             raise FreezetuneError(
                 f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
             )
-    from freezetune.data.loading import load_data
     from freezetune.training.evaluation import check_answers_fit
-    from freezetune.training.session import check_batches
+    from freezetune.training.session import check_batches, run_data
 
     # a malformed record, too few examples, an answer past the positions: before compare.json pins --out
     config = settings.base_config
-    train, held, _ = load_data(
-        loaded.tokenizer,
-        config.objective,
-        config.data,
-        config.eval_data,
-        config.seq_len,
-        config.validation,
-    )
+    train, held, _ = run_data(loaded.tokenizer, config)
     check_answers_fit(loaded.model, held.examples, config)
     check_batches(train, config)
     if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
         # too few examples for the validation split fail here, before anything trains
-        load_data(
-            loaded.tokenizer,
-            config.objective,
-            config.data,
-            config.eval_data,
-            config.seq_len,
-            settings.validation,
-        )
+        run_data(loaded.tokenizer, config, settings.validation)
     base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
     return loaded, base_sha256

@@ -15,7 +15,6 @@ from freezetune.comparison.flips import tasks_current
 from freezetune.comparison.forgetting import base_distributions, build_retain
 from freezetune.comparison.settings import CompareSettings
 from freezetune.data.examples import pad_token_id
-from freezetune.data.loading import load_data
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
 from freezetune.runs.checkpoint import read_metadata, read_tensors, save_trainable
@@ -23,6 +22,7 @@ from freezetune.runs.durable import set_aside, write_json, write_text
 from freezetune.runs.manifest import read_json
 from freezetune.training.evaluation import evaluate_model
 from freezetune.training.preference import evaluate_base
+from freezetune.training.session import run_data
 
 
 def _retain_damage(retain: Path, reference: Path) -> str | None:
@@ -50,14 +50,7 @@ def base_reference(settings: CompareSettings, loaded, log, progress: bool) -> di
     computed = not path.is_file()
     if not path.is_file():
         config = settings.base_config
-        _, held, _ = load_data(
-            tokenizer,
-            config.objective,
-            config.data,
-            config.eval_data,
-            config.seq_len,
-            config.validation,
-        )
+        _, held, _ = run_data(tokenizer, config)
         log("evaluating the base model once, as the reference row")
         if config.objective == "dpo":
             measured = evaluate_base(base, tokenizer, held.examples, config, device, progress)

@@ -63,6 +63,15 @@ def _run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def run_data(tokenizer, config: TrainConfig, validation: int | None = None):
+    """(train, held, notes): what a run of ``config`` trains on and is scored on; ``validation``:
+    carve that many training examples instead (a rate search's split)."""
+    carved = config.validation if validation is None else validation
+    return load_data(
+        tokenizer, config.objective, config.data, config.eval_data, config.seq_len, carved
+    )
+
+
 def check_batches(train, config: TrainConfig) -> None:
     """A batch, and an optimizer step's batches, within the training data (epochs use full batches)."""
     what = "pairs" if train.paired else "examples"
@@ -137,14 +146,7 @@ def open_session(
         # a schedule the plan cannot hold fails before the run folder exists
         schedule.check(resolved)
     lap("plan")
-    train, held, notes = load_data(
-        loaded.tokenizer,
-        config.objective,
-        config.data,
-        config.eval_data,
-        config.seq_len,
-        config.validation,
-    )
+    train, held, notes = run_data(loaded.tokenizer, config)
     # the answers the evaluation generates, within a learned position table: before the run folder
     check_answers_fit(loaded.model, held.examples, config)
     check_batches(train, config)
