@@ -40,10 +40,7 @@ def load_run(
         )
     # before the model loads: a damaged file fails at once
     trained = _read_trained(Path(run_dir), weights)
-    recorded = (manifest.get("paths") or {}).get("model")
-    loaded = load_model(
-        base or findable(manifest["base_model"]["name"], recorded), cache_dir=cache_dir
-    )
+    loaded = load_model(base or run_base(manifest), cache_dir=cache_dir)
     check_base(manifest, model_hash(loaded.path, cache_dir), loaded.path, run_dir)
     config = manifest.get("config") or {}
     if config.get("lora_r"):  # rebuild the same adapters, load them, fold them into the weights
@@ -55,6 +52,12 @@ def load_run(
     else:
         apply_trainable(loaded.model, trained, weights)
     return loaded
+
+
+def run_base(manifest: dict) -> str:
+    """The base model a run was trained on, as it can be loaded from here: the path recorded absolute,
+    where it is still there, else the name as typed."""
+    return findable(manifest["base_model"]["name"], (manifest.get("paths") or {}).get("model"))
 
 
 def _read_trained(run_dir: Path, weights: Path) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import LoadedModel, load_model
 from freezetune.runs.manifest import check_base, findable, model_hash, read_json, read_manifest
-from freezetune.training.export import EXPORT_MARK, is_run, load_run
+from freezetune.training.export import EXPORT_MARK, is_run, load_run, run_base
 from freezetune.training.lora import load_adapters
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -23,20 +23,23 @@ def is_adapter(source: str) -> bool:
 def base_of(source: str) -> str | None:
     """The base model a run or an adapter was trained on, as it can be loaded; None for a model."""
     if is_run(source):
-        manifest = read_manifest(Path(source))
-        return findable(manifest["base_model"]["name"], (manifest.get("paths") or {}).get("model"))
-    if not is_adapter(source):
-        return None
+        return run_base(read_manifest(Path(source)))
+    return _adapter(source)[0] if is_adapter(source) else None
+
+
+def _adapter(source: str) -> tuple[str, dict | None]:
+    """An adapter folder's base model, as it can be loaded, and freezetune's export marker (None
+    for an adapter another tool saved)."""
     config = read_json(Path(source) / ADAPTER_CONFIG)
     named = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not named:
         raise FreezetuneError(
             f"{Path(source) / ADAPTER_CONFIG} names no base model (base_model_name_or_path)"
         )
-    mark = Path(source) / EXPORT_MARK
+    marker = read_json(Path(source) / EXPORT_MARK)
     # freezetune's export wrote the base as typed too: an embedded name outlives its converted folder
-    typed = read_json(mark)["base_model"]["name"] if mark.is_file() else named
-    return findable(typed, named)
+    typed = marker["base_model"]["name"] if marker is not None else named
+    return findable(typed, named), marker
 
 
 def load_source(source: str, cache_dir: Path | None = None) -> LoadedModel:
@@ -45,9 +48,10 @@ def load_source(source: str, cache_dir: Path | None = None) -> LoadedModel:
         return load_run(Path(source), cache_dir)
     if not is_adapter(source):
         return load_model(source, cache_dir)
-    loaded = load_model(base_of(source), cache_dir)
-    mark = Path(source) / EXPORT_MARK
-    if mark.is_file():  # the base it was trained on, as for a run: same weights, config, tokenizer
-        check_base(read_json(mark), model_hash(loaded.path, cache_dir), loaded.path, Path(source))
+    base, marker = _adapter(source)
+    loaded = load_model(base, cache_dir)
+    # the base it was trained on, as for a run: same weights, config, tokenizer
+    if marker is not None:
+        check_base(marker, model_hash(loaded.path, cache_dir), loaded.path, Path(source))
     loaded.model = load_adapters(loaded.model, source)
     return loaded
