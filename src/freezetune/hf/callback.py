@@ -40,9 +40,8 @@ class FreezeCallback(TrainerCallback):
         self.guard: FirstStepGuard | None = None
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        if self.schedule is not None and (
-            getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
-        ):
+        sharded = getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
+        if self.schedule is not None and sharded:
             raise FreezetuneError(
                 "FreezeCallback: a schedule changes the trainable set, but DeepSpeed and FSDP lay out "
                 "their optimizer state once for a fixed set; drop the schedule or train without them"
@@ -55,10 +54,8 @@ class FreezeCallback(TrainerCallback):
                 warnings.warn(notice, stacklevel=2)
         # a second train() starts from the whole plan too
         if self.handle.resolved is not self.handle.universe:
-            if not (getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)):
-                self._check_optimizer_holds(
-                    optimizer
-                )  # their optimizers hold flat shards, not tensors
+            if not sharded:  # a sharded optimizer holds flat shards, not the model's tensors
+                self._check_optimizer_holds(optimizer)
             self.handle.retarget(self.handle.universe)
         self.trainable = TrainableSet(self.handle.universe, self.schedule, self.trainable.seed)
 
@@ -98,11 +95,13 @@ class FreezeCallback(TrainerCallback):
     def _check_optimizer_holds(self, optimizer) -> None:
         """The Trainer's optimizer over the whole plan: one built after a retarget lacks the rest, and
         its first step failed the check with "did not change after the optimizer step"."""
+        if optimizer is None:
+            return
         held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
         params = dict(self.handle.model.named_parameters())
         names = self.handle.universe.trainable_names()
         missing = [n for n in names if n in params and id(params[n]) not in held]
-        if optimizer is not None and missing:
+        if missing:
             raise FreezetuneError(
                 f"FreezeCallback: the Trainer's optimizer was built after the handle was retargeted to "
                 f"'{self.handle.resolved.plan.render()}', so it lacks {missing[0]} and the rest of the plan "
