@@ -75,6 +75,8 @@ def misnamed_flag(cls: type, argv: list[str]) -> str | None:
     (`train --learning_rate 1e-4`)."""
     fields = [f.name for f in dataclasses.fields(cls)]
     bare = [f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")]
+    flagged = [n for n in fields if n not in bare]
+    own_flags = [flag_of(n) for n in flagged] + ["--config", "--help", "--version"]
     for word in argv[1:]:
         flag = word.split("=")[0]
         name = flag[2:].replace("-", "_")
@@ -90,9 +92,8 @@ def misnamed_flag(cls: type, argv: list[str]) -> str | None:
         if name in OTHER_TOOLS:
             meant = [flag_of(n) for n in likely_options(name, fields)]
             return f"{flag}: no such flag{did_you_mean(meant)}"
-        flags = [flag_of(n) for n in fields if n not in bare] + ["--config", "--help", "--version"]
-        if any(known.startswith(flag) for known in flags):
+        if any(known.startswith(flag) for known in own_flags):
             continue  # an abbreviation: argparse takes it, or refuses it as ambiguous
-        if near := difflib.get_close_matches(name, [n for n in fields if n not in bare], n=1):
+        if near := difflib.get_close_matches(name, flagged, n=1):
             return f"{flag}: no such flag{did_you_mean([flag_of(near[0])])}"  # --steps: --max-steps
     return None
