@@ -195,6 +195,8 @@ def test_compare_scores_preference_pairs_with_the_verdicts_statistics(tiny_chat_
     report = (out / "report.md").read_text()
     assert "| eval DPO loss |" in report and "| preference accuracy |" in report and "exact match" not in report
     assert stdout.startswith(verdict["sentence"])
+    # the verdict and its recommendation name the metric as the table does: the DPO loss, not an SFT eval loss
+    assert "eval DPO loss" in verdict["sentence"] and "eval loss" not in stdout
 
 
 @pytest.mark.parametrize("extra, message", [

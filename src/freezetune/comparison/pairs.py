@@ -25,6 +25,15 @@ LOWER_IS_BETTER = {
     "task_drop": True,
     "peak_memory_bytes": True,
 }
+
+
+def metric_name(metric: str, rows: list[dict]) -> str:
+    """A metric's name in words; a preference comparison's eval loss is its DPO loss, as its table says."""
+    if metric == "eval_loss" and any(r.get("preference_accuracy") is not None for r in rows):
+        return "eval DPO loss"
+    return METRIC_NAMES[metric]
+
+
 # "not worse": eval loss within 1% of the strategies' mean, exact match within 2 points, KL within
 # 10% of the mean KL, retain-task accuracy within 2 points
 MARGINS = {

@@ -27,11 +27,11 @@ from freezetune.comparison.pairs import (
     LEVEL,
     LOWER_IS_BETTER,
     MARGINS,
-    METRIC_NAMES,
     better,
     dominance,
     margin,
     memory_order,
+    metric_name,
     pair_tests,
 )
 from freezetune.comparison.results import item_tables
@@ -253,11 +253,11 @@ def _hints(
     if needed is not None and needed > seeds:
         return [
             f"about {needed} seeds (now {seeds}) would likely separate {a['strategy']} from {b['strategy']} "
-            f"on {METRIC_NAMES[metric]}"
+            f"on {metric_name(metric, top)}"
         ]
     if items_are_the_limit(difference, gap, tests):
         return [
-            f"more seeds would not separate {a['strategy']} from {b['strategy']} on {METRIC_NAMES[metric]}: the "
+            f"more seeds would not separate {a['strategy']} from {b['strategy']} on {metric_name(metric, top)}: the "
             f"{difference.shape[1]} items are the limit; only more distinct eval items would"
         ]
     return []

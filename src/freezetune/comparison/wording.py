@@ -3,7 +3,7 @@ each number with its interval."""
 
 from __future__ import annotations
 
-from freezetune.comparison.pairs import METRIC_NAMES
+from freezetune.comparison.pairs import metric_name
 
 
 def shown(row: dict, metric: str) -> str:
@@ -13,7 +13,7 @@ def shown(row: dict, metric: str) -> str:
         return f"exact match {100 * row['exact_match']:.1f}%{interval}"
     if metric in ("eval_loss", "retain_kl"):
         interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
-        return f"{'eval loss' if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
+        return f"{metric_name(metric, [row]) if metric == 'eval_loss' else 'KL'} {row[metric]:.4g}{interval}"
     if metric == "task_drop":  # shown as the change in accuracy: a drop of 2 points reads -2.0
         interval = f" [{-100 * ci[1]:+.1f}, {-100 * ci[0]:+.1f}]" if ci else ""
         return f"retain-task accuracy {-100 * row[metric] + 0.0:+.1f} pts{interval}"
@@ -49,32 +49,34 @@ def verdict_sentence(
         sentence = f"Only {done[0]['strategy']} finished; there is nothing to compare it with."
     elif not pairs and len(done) > 1:
         sentence = (
-            f"No test on {METRIC_NAMES[metric]} was possible: some runs have no per-item records "
+            f"No test on {metric_name(metric, done)} was possible: some runs have no per-item records "
             "(eval-items.jsonl, written since freezetune scores items one by one); run the comparison again."
         )
     elif not separated:
         sentence = (
             f"No measurable difference: {', '.join(r['strategy'] for r in done)} cannot be told apart on "
-            f"{METRIC_NAMES[metric]} or {METRIC_NAMES[cost]} ({units}; {corrected})."
+            f"{metric_name(metric, done)} or {metric_name(cost, done)} ({units}; {corrected})."
         )
     else:
         least = "least memory" if cost == "peak_memory_bytes" else "least forgetting"
         if verdict["quality_separated"]:
-            sentence = f"Best {METRIC_NAMES[metric]}: {best['strategy']} ({shown(best, metric)})"
+            sentence = (
+                f"Best {metric_name(metric, done)}: {best['strategy']} ({shown(best, metric)})"
+            )
             if tied_best:
                 sentence += f", not separable from {', '.join(r['strategy'] for r in tied_best)}"
             if gentlest is not best:
                 sentence += f"; {least}: {gentlest['strategy']} ({shown(gentlest, cost)})"
         else:
             sentence = (
-                f"No measurable difference in {METRIC_NAMES[metric]}: {', '.join(r['strategy'] for r in done)} "
+                f"No measurable difference in {metric_name(metric, done)}: {', '.join(r['strategy'] for r in done)} "
                 f"cannot be told apart on it; {least}: {gentlest['strategy']} ({shown(gentlest, cost)})"
             )
         if dominated:
             sentence += "; dominated: " + ", ".join(
                 f"{d['strategy']} (by {d['by']})" for d in dominated
             )
-        chosen = f"{METRIC_NAMES[metric]}, chosen before training: {metric_reason}"
+        chosen = f"{metric_name(metric, done)}, chosen before training: {metric_reason}"
         sentence += f". Ranked by {chosen} ({units}; {corrected})."
     if failed:
         sentence += (
@@ -105,7 +107,7 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
     by_name = {r["strategy"]: r for r in rows}
     on = [by_name[name] for name in verdict["frontier"]]
     lines.append(
-        f"On the frontier of {METRIC_NAMES[metric]} against {METRIC_NAMES[cost]}: "
+        f"On the frontier of {metric_name(metric, rows)} against {metric_name(cost, rows)}: "
         + "; ".join(
             f"{r['strategy']} ({shown(r, metric)}, {shown(r, cost)}, lr {r['lr']:.3g})" for r in on
         )
@@ -121,14 +123,14 @@ def recommend(rows: list[dict], verdict: dict) -> list[str]:
         )
     elif compared:
         lines.append(
-            f"Best quality: none measurably; {METRIC_NAMES[metric]} cannot tell the strategies apart."
+            f"Best quality: none measurably; {metric_name(metric, rows)} cannot tell the strategies apart."
         )
     for entry in verdict["dominated"]:
         row, winner = by_name[entry["strategy"]], by_name[entry["by"]]
         lines.append(
             f"{row['strategy']} is dominated by {winner['strategy']}: "
             f"{shown(row, metric)} vs {shown(winner, metric)}, "
-            f"{difference(row, winner, cost)} the {METRIC_NAMES[cost]}, "
+            f"{difference(row, winner, cost)} the {metric_name(cost, rows)}, "
             f"{ratio(row['peak_memory_bytes'], winner['peak_memory_bytes'])} the peak memory, "
             f"{ratio(row['step_time_s'], winner['step_time_s'])} the step time."
         )
