@@ -188,6 +188,10 @@ def test_a_lora_run_exports_as_a_peft_adapter_that_generates_the_same_tokens(tin
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other)}))
     assert main(["generate", str(adapter), "--prompt", "send 7"]) == 2
     assert "refusing to mix them" in capsys.readouterr().err
+    # an export marker someone rewrote is refused in one line, not a TypeError
+    (adapter / "freezetune-export.json").write_text("[1]")
+    assert main(["generate", str(adapter), "--prompt", "send 7"]) == 2
+    assert "freezetune-export.json: no base_model.name" in capsys.readouterr().err.strip().splitlines()[-1]
 
     plan_run = tmp_path / "plan"
     assert main(["train", "--model", str(tiny_chat_model_dir), "--data", str(order_data[0]), "--eval-data",

@@ -37,6 +37,12 @@ def _adapter(source: str) -> tuple[str, dict | None]:
             f"{Path(source) / ADAPTER_CONFIG} names no base model (base_model_name_or_path)"
         )
     marker = read_json(Path(source) / EXPORT_MARK)
+    recorded = marker.get("base_model") if isinstance(marker, dict) else None
+    if marker is not None and not (isinstance(recorded, dict) and recorded.get("name")):
+        raise FreezetuneError(
+            f"{Path(source) / EXPORT_MARK}: no base_model.name, so not an export marker freezetune "
+            "wrote; remove the file to load the adapter as peft saved it"
+        )
     # freezetune's export wrote the base as typed too: an embedded name outlives its converted folder
     typed = marker["base_model"]["name"] if marker is not None else named
     return findable(typed, named), marker
