@@ -183,3 +183,22 @@ def test_a_plan_that_trains_base_weights_beside_lora_adapters_says_so():
     # inside a Trainer script nobody reads a preview: freeze() warns
     with pytest.warns(UserWarning, match="freeze\\(\\): the model has LoRA adapters, and the plan also trains 20"):
         freeze(model, "freeze bottom 50%").remove()
+
+
+def test_checkpointing_under_a_plan_that_trains_no_block_is_said_not_ignored():
+    """TRL turns checkpointing on by default; under 'train norm' nothing is recomputed (the CLI refuses the flag)."""
+    import warnings
+
+    from freezetune.hf import freeze
+
+    model = build_tiny("llama")
+    idle = "freeze\\(\\): gradient checkpointing has nothing to recompute: the plan 'freeze all; train norm' trains no block"
+    with pytest.warns(UserWarning, match=idle):
+        freeze(model, "freeze all; train norm", gradient_checkpointing=True).remove()
+    handle = freeze(model, "freeze all; train norm")
+    with pytest.warns(UserWarning, match=idle):  # a Trainer turning it on later
+        model.gradient_checkpointing_enable()
+    handle.remove()
+    with warnings.catch_warnings():  # a plan that trains a block: checkpointing recomputes it, no warning
+        warnings.simplefilter("error")
+        freeze(model, "freeze bottom 50%", gradient_checkpointing=True).remove()

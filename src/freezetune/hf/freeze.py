@@ -93,6 +93,17 @@ class FreezeHandle:
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def warn_idle_checkpointing(self, checkpointing: bool) -> None:
+        """Checkpointing asked for (TRL's default) under a plan whose backward runs through no block:
+        nothing to recompute, so said rather than silently ignored (the CLI refuses it)."""
+        if checkpointing and self.universe.backward_depth == 0:
+            warnings.warn(
+                f"freeze(): gradient checkpointing has nothing to recompute: the plan "
+                f"'{self.universe.plan.render()}' trains no block or embedding, so the backward "
+                "pass runs through none",
+                stacklevel=3,
+            )
+
     @property
     def active_blocks(self) -> list[int]:
         return [row["index"] for row in self.resolved.layer_rows() if row["trainable_params"]]
@@ -100,6 +111,7 @@ class FreezeHandle:
     def _checkpointing_on(self, *args, **kwargs) -> None:
         """What a Trainer's ``gradient_checkpointing=True`` gets: checkpointing of the trained blocks only
         (non-reentrant; transformers' every_n_layers and offload settings do not apply)."""
+        self.warn_idle_checkpointing(True)
         self._reinstall(True)
 
     def _checkpointing_off(self) -> None:
@@ -209,6 +221,7 @@ def freeze(
     if gradient_checkpointing is None:
         gradient_checkpointing = checkpointing_on(model)
     handle = FreezeHandle(model, resolved, gradient_checkpointing, prefix_cache)
+    handle.warn_idle_checkpointing(gradient_checkpointing)
     # what `freezetune plan` would print as a notice (a tied head, base weights beside adapters)
     for notice in resolved.notices:
         warnings.warn(f"freeze(): {notice}", stacklevel=2)
