@@ -68,3 +68,27 @@ def test_the_preview_names_each_kind_in_words(tiny_llama_dir, capsys):
     assert main(["plan", str(tiny_llama_dir), "train top 1", "--dtype", "bfloat16"]) == 0
     kinds = [line.split()[0:2] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert ["working", "copies"] in kinds and not any("_" in kind[0] for kind in kinds)  # was "working_copies"
+
+
+def test_logits_are_counted_as_the_chunked_head_computes_them():
+    """The head projects the targets chunk by chunk (training/head.py): 8*b*s*V overstated a long batch's logits
+    several-fold (SmolLM2's vocabulary, seq 1024, batch 8: 3 GiB counted, about 1.4 GiB measured for the whole step)."""
+    import transformers as T
+
+    from freezetune.plans.memory import HEAD_CHUNK_BYTES
+
+    def logits(model, objective="sft"):
+        resolved = resolve(FreezePlan.parse("freeze bottom 50%"), find_anatomy(model))
+        return describe(resolved, "m", seq_len=4096, batch_size=256, objective=objective)["memory_estimate_bytes"]["logits"]
+
+    whole = 8 * 256 * 4096 * 128
+    assert whole > 2 * HEAD_CHUNK_BYTES and logits(build_tiny("llama")) == 2 * HEAD_CHUNK_BYTES
+    # DPO keeps each row's logits for its backward; a soft-capping model's head runs over every position
+    assert logits(build_tiny("llama"), "dpo") == 2 * whole
+    gemma = T.Gemma2ForCausalLM(T.Gemma2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, intermediate_size=64, vocab_size=128, head_dim=8,
+                                               final_logit_softcapping=30.0))
+    assert logits(gemma) == whole
+    # below one chunk nothing changes
+    _, small, _ = estimate("freeze bottom 50%")
+    assert small["logits"] == 8 * 2 * 64 * 128

@@ -53,6 +53,9 @@ class Dims:
     hidden_size: int
     num_heads: int
     vocab_size: int
+    target_head: bool = (
+        False  # the head can project the target positions alone (head_problem is None)
+    )
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,21 @@ def _dims(model: nn.Module) -> Dims:
     )
     vocab = pick("vocab_size") or (int(weight.shape[0]) if weight is not None else 0)
     heads = pick("num_attention_heads", "n_head", "num_heads") or max(1, hidden // 64)
-    return Dims(hidden_size=hidden, num_heads=heads, vocab_size=vocab)
+    return Dims(hidden, heads, vocab, target_head=head_problem(model) is None)
+
+
+def head_problem(model: nn.Module) -> str | None:
+    """Why the output layer cannot be restricted to the target positions (training/head.py), or None."""
+    getter = getattr(model, "get_output_embeddings", None)
+    layer = getter() if getter else None
+    if not isinstance(layer, nn.Linear) or type(layer).forward is not nn.Linear.forward:
+        return f"the output layer is a {type(layer).__name__}, not a plain linear layer"
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        return "the model soft-caps its logits after the output layer"
+    if getattr(config, "output_router_logits", False):
+        return "the model adds its routers' load-balancing loss to the cross-entropy"
+    return None
 
 
 def find_anatomy(model: nn.Module) -> Anatomy:

@@ -8,7 +8,9 @@ keeps a 16-bit working copy of each trained weight while a step runs: 2 more byt
 Activations follow Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per block at
 16 bits, kept only for the blocks the backward pass runs through (from the lowest
 trainable block up, or all of them if the embeddings train). A frozen prefix under
-no-grad keeps just its output. Logits are fp32 with their gradient: 8*b*s*V bytes.
+no-grad keeps just its output. Logits are fp32 with their gradient: 8*b*s*V bytes, at most
+two chunks of HEAD_CHUNK_BYTES where the head projects the targets alone, chunk by chunk, and
+recomputes each in the backward (training/head.py; DPO's rows and a sharded head keep theirs).
 DPO runs two rows (chosen, rejected) per pair, and its reference holds a copy of each trained
 tensor in fp32 (training/dpo.py: the frozen weights are shared, not copied); with
 --precompute-ref it holds none.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from freezetune.plans.anatomy import Anatomy
 
 DTYPES = ("float32", "bfloat16", "float16")
+HEAD_CHUNK_BYTES = 256 << 20  # the most fp32 logits training/head.py computes at once
 
 
 def _frozen_bytes(dtype: str) -> int:
@@ -27,6 +30,11 @@ def _frozen_bytes(dtype: str) -> int:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
     return 4 if dtype == "float32" else 2
+
+
+def _logit_bytes(whole: int, chunked: bool) -> int:
+    """A step's logits and their gradient: a chunk and its gradient at a time when the head is chunked."""
+    return min(whole, 2 * HEAD_CHUNK_BYTES) if chunked else whole
 
 
 def estimate_memory(
@@ -54,7 +62,7 @@ def estimate_memory(
         # autocast keeps a 16-bit copy of each fp32 trained weight for the step's matmuls
         "working_copies": trainable_params * (0 if dtype == "float32" else 2),
         "activations": int(per_block * backward_depth) + prefix_output,
-        "logits": 8 * b * s * vocab,
+        "logits": _logit_bytes(8 * b * s * vocab, anatomy.dims.target_head and objective != "dpo"),
     }
     if objective == "dpo":
         estimate["reference"] = 0 if precompute_ref else trainable_params * 4

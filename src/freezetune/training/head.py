@@ -26,8 +26,10 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from freezetune.data.examples import IGNORE
+from freezetune.plans.anatomy import head_problem
+from freezetune.plans.memory import HEAD_CHUNK_BYTES
 
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = HEAD_CHUNK_BYTES  # a module global, so that a test can make chunks small
 
 
 def _loss_sum(
@@ -70,17 +72,7 @@ class TargetHead:
 
     def problem(self) -> str | None:
         """Why the head cannot be restricted to the targets on this model, or None."""
-        if (
-            not isinstance(self.layer, nn.Linear)
-            or type(self.layer).forward is not nn.Linear.forward
-        ):
-            return f"the output layer is a {type(self.layer).__name__}, not a plain linear layer"
-        config = getattr(self.model, "config", None)
-        if getattr(config, "final_logit_softcapping", None):
-            return "the model soft-caps its logits after the output layer"
-        if getattr(config, "output_router_logits", False):
-            return "the model adds its routers' load-balancing loss to the cross-entropy"
-        return None
+        return head_problem(self.model)
 
     def install(self) -> TargetHead:
         """Patch the output layer, unless another patch (another TargetHead) already holds it."""
