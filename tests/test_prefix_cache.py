@@ -105,8 +105,8 @@ def test_the_key_covers_what_changes_the_prefix_output(tiny_chat_model_dir, orde
     assert key() != plain
 
 
-def make_cache(root: Path, name: str, days_ago: float, size: int = 1024) -> Path:
-    cache = DiskPrefixCache(root / "prefix" / name, 1 * MiB, meta={"model": "tiny", "plan": f"plan {name}"})
+def make_cache(root: Path, name: str, days_ago: float, size: int = 1024, **meta) -> Path:
+    cache = DiskPrefixCache(root / "prefix" / name, 1 * MiB, meta={"model": "tiny", "plan": f"plan {name}", **meta})
     cache.put("a@1", torch.zeros(size // 4))
     cache.save()
     stamp = time.time() - days_ago * 86400
@@ -116,12 +116,13 @@ def make_cache(root: Path, name: str, days_ago: float, size: int = 1024) -> Path
 
 
 def test_cache_list_and_clear_touch_only_freezetune_caches(tmp_path, capsys):
-    old, new = make_cache(tmp_path, "old", 10), make_cache(tmp_path, "new", 0)
+    old, new = make_cache(tmp_path, "old", 10, schedule="gradual every=4"), make_cache(tmp_path, "new", 0)
     (tmp_path / "prefix" / "notes.txt").write_text("mine")
     (tmp_path / "prefix" / "photos").mkdir()
     assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[1].startswith("new") and "tiny / plan new" in listing[1] and listing[2].startswith("old")
+    assert listing[1].startswith("new") and listing[1].endswith("tiny / plan new") and listing[2].startswith("old")
+    assert listing[2].endswith("tiny / plan old / schedule gradual every=4")  # 'train all' alone read as no prefix
     assert listing[-1].startswith("2 caches")
     assert main(["cache", "clear", "--older-than", "5", "--cache-dir", str(tmp_path)]) == 0
     assert "removed 1 of 2 prefix caches" in capsys.readouterr().out

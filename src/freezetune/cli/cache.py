@@ -50,6 +50,8 @@ def run_cache(options: CacheOptions) -> str:
             "(damaged marker: a run at this key rebuilds it)"
             if entry["damaged"]
             else f"{meta.get('model', '?')} / {meta.get('plan', '?')}"
+            # a schedule's cache holds its first phase's frozen prefix, not the plan's
+            + (f" / schedule {meta['schedule']}" if meta.get("schedule") else "")
         )
         lines.append(
             f"{Path(entry['path']).name:<40}{human_bytes(entry['bytes']):>10}  {used:<17}  {what}"
