@@ -10,6 +10,7 @@ from freezetune.plans.formats import FORMATS
 from freezetune.plans.memory import DTYPES
 
 MODEL_HELP = "embedded model name (smollm2-135m), HF model folder, .gguf file, or a hub id in the local HF cache"
+SOURCE_HELP = "run folder, PEFT adapter folder (it names its base), or any model `plan` accepts"
 MARGIN_HELP = (
     "how much worse on one axis still counts as 'not worse' when the other axis dominates, as METRIC=SIZE, "
     "repeatable: eval_loss=1%% and retain_kl=10%% (of the strategies' mean), exact_match=2%% and "
@@ -161,9 +162,10 @@ class ExportOptions:
 
 @dataclass
 class GenerateOptions:
-    """Generate from a run folder or a model, for a quick look (greedy unless --temperature is set)."""
+    """Generate from a run folder, a PEFT adapter folder or a model, for a quick look (greedy unless
+    --temperature is set)."""
 
-    source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
+    source: str = opt(help=SOURCE_HELP, positional=True)
     prompt: str = opt(
         help="user message (rendered with the chat template when the tokenizer has one, unless "
         "--plain); '-' reads it from stdin"
@@ -210,10 +212,10 @@ class GenerateOptions:
 
 @dataclass
 class EvaluateOptions:
-    """Score a run folder (against its base: accuracy before and after, the items that flipped) or
-    a model on lm-evaluation-harness tasks, in memory and offline."""
+    """Score a run or PEFT adapter folder (against its base: accuracy before and after, the items that
+    flipped) or a model on lm-evaluation-harness tasks, in memory and offline."""
 
-    source: str = opt(help="run folder, or any model `plan` accepts", positional=True)
+    source: str = opt(help=SOURCE_HELP, positional=True)
     tasks: list[str] = opt(
         help="'builtin' (the 222-item quiz shipped with freezetune), a task config .yaml on local "
         "files, or a registered task whose data is in the local datasets cache; give once per task"
