@@ -3,6 +3,7 @@ the runs it refuses to pair (scored on other items, or ranked by answers they ne
 timing line."""
 
 import json
+import shutil
 
 from freezetune.cli.commands import main
 
@@ -64,6 +65,14 @@ def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_d
         "generated no answers (--eval-generate 0): give --metric eval_loss, or runs that answered")
     assert not (tmp_path / "rep").exists()
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0  # auto: eval loss ranks
+    # the same run twice, or a copy of it, was one strategy with seeds [0, 0]: its evidence counted twice
+    shutil.copytree(run, tmp_path / "copy")
+    for twice in ([run, run], [run, tmp_path / "copy"]):
+        assert main(["report", *map(str, twice), "--out", str(tmp_path / "twice")]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"freezetune report: error: {twice[0]} and {twice[1]} are both 'freeze bottom 75%' with seed 0: runs of "
+            "one strategy are its seeds, and each counts once; give one of them")
+    assert not (tmp_path / "twice").exists()
 
 
 def test_report_refuses_runs_scored_on_different_items(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):

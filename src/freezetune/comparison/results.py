@@ -245,6 +245,12 @@ def group_runs(run_dirs: list[Path]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for run_dir in run_dirs:
         run = read_run(Path(run_dir))
+        # the same run given twice, or a copy of it, would be counted as two seeds
+        for twin in (r for r in groups.get(run["strategy"], []) if r["seed"] == run["seed"]):
+            raise FreezetuneError(
+                f"{twin['run_dir']} and {run_dir} are both '{run['strategy']}' with seed {run['seed']}: "
+                "runs of one strategy are its seeds, and each counts once; give one of them"
+            )
         groups.setdefault(run["strategy"], []).append(run)
     rows = []
     for runs in groups.values():
