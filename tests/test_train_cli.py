@@ -159,6 +159,9 @@ def test_bad_train_inputs_are_one_line_with_exit_2(tiny_chat_model_dir, order_da
         (["train", "--model", str(tiny_chat_model_dir), "--plan", "freeze sideways"], "plan rule 1 'freeze sideways'"),
         (["train", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["export", str(plain_dir), "--out", str(tmp_path / "o")], "is not a freezetune run"),
+        # a mistyped run folder is missing, not a folder without a manifest
+        (["train", "--resume", str(tmp_path / "typo")], f"{tmp_path / 'typo'} does not exist"),
+        (["report", str(tmp_path / "typo"), "--out", str(tmp_path / "r")], f"{tmp_path / 'typo'} does not exist"),
     ]
     for argv, message in cases:
         code = main(argv)

@@ -16,7 +16,7 @@ import numpy as np
 from freezetune.comparison.flips import base_scores, base_task_fields, task_fields, task_table
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.errors import FreezetuneError
-from freezetune.runs.manifest import read_json, read_jsonl, read_metrics
+from freezetune.runs.manifest import not_a_run, read_json, read_jsonl, read_metrics
 
 FIELDS = [
     "strategy",
@@ -65,7 +65,7 @@ def read_run(run_dir: Path) -> dict:
     manifest = read_object(run_dir / "manifest.json")
     failed = read_object(run_dir / "failed.json")
     if manifest is None and failed is None:
-        raise FreezetuneError(f"{run_dir} is not a freezetune run: no manifest.json")
+        raise FreezetuneError(not_a_run(run_dir))
     measured = read_object(run_dir / "forgetting.json") or {}
     config = (manifest or {}).get("config", {})
     default_name = "lora" if config.get("lora_r") else "; ".join((manifest or {}).get("plan", []))

@@ -112,10 +112,17 @@ def read_jsonl(path: Path) -> list[dict]:
         raise FreezetuneError(f"{path}: damaged, not JSON lines") from None
 
 
+def not_a_run(run_dir: Path) -> str:
+    """Why ``run_dir`` is no run; a mistyped path is said to be missing, not to lack a manifest."""
+    if not Path(run_dir).exists():
+        return f"{run_dir} does not exist"
+    return f"{run_dir} is not a freezetune run: no manifest.json"
+
+
 def read_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / "manifest.json"
     if not path.is_file():
-        raise FreezetuneError(f"{run_dir} is not a freezetune run: no manifest.json")
+        raise FreezetuneError(not_a_run(run_dir))
     manifest = read_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model"), dict):
         raise FreezetuneError(
