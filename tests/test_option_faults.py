@@ -5,6 +5,7 @@ The same rules as tests/test_faults.py: exit 2, one error line, last, and nothin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,17 @@ def test_the_library_refuses_an_empty_value_as_the_cli_does():
 
     with pytest.raises(FreezetuneError, match=r"^--data is empty: give a value, or drop the flag for its default$"):
         TrainConfig(data="").validate()  # data=os.environ.get("DATA", "") in a script
+
+
+@pytest.mark.parametrize("values, said", [
+    ({"objective": "rl"}, "--objective must be one of sft, cpt, dpo, got 'rl'"),  # was a KeyError deep in the session
+    ({"zero_stage": 5}, "--zero-stage must be one of 0, 1, 2, 3, got 5"),
+    ({"lr": float("nan")}, "--lr must be a finite number, got nan"),  # trained on nonsense
+])
+def test_the_library_refuses_what_argparse_would_have(values, said):
+    from freezetune.config.run import TrainConfig
+    from freezetune.errors import FreezetuneError
+
+    with pytest.raises(FreezetuneError, match=f"^{re.escape(said)}$"):
+        TrainConfig(**values).validate()
+    TrainConfig(log_with=None).validate()  # an optional left unset is no choice to check

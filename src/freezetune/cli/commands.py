@@ -17,7 +17,7 @@ from freezetune.cli.evaluate import run_evaluate
 from freezetune.cli.generate import run_generate
 from freezetune.cli.train import run_train
 from freezetune.comparison.settings import CompareOptions
-from freezetune.config.fields import check_not_blank
+from freezetune.config.fields import check_finite, check_not_blank
 from freezetune.config.run import TrainConfig
 from freezetune.errors import FreezetuneError
 from freezetune.options.advise import AdviseOptions
@@ -31,7 +31,7 @@ from freezetune.options.commands import (
     parse_margins,
 )
 from freezetune.options.other_names import misnamed_flag
-from freezetune.options.schema import add_options, check_finite, from_namespace, read_config_file
+from freezetune.options.schema import add_options, from_namespace, read_config_file
 from freezetune.runs.stop import StopFlag
 
 

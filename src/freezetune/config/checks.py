@@ -7,7 +7,14 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from freezetune.config.fields import check_not_blank, check_seed, flag_of, parse_size
+from freezetune.config.fields import (
+    check_choices,
+    check_finite,
+    check_not_blank,
+    check_seed,
+    flag_of,
+    parse_size,
+)
 from freezetune.errors import FreezetuneError
 
 if TYPE_CHECKING:
@@ -21,6 +28,8 @@ NON_NEGATIVE = (  # counts, then floats a negative value turns around (clipping 
 
 
 def check_config(config: TrainConfig) -> None:
+    check_choices(config)  # TrainConfig(objective="rl") was a KeyError deep in the session
+    check_finite(config)
     check_not_blank(config)  # TrainConfig(data=os.environ.get("DATA", "")) is no default either
     if config.seq_len < 2:  # before the data: a shorter limit would blame the records
         raise FreezetuneError(

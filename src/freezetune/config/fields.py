@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import field
 
 from freezetune.errors import FreezetuneError
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def opt(
@@ -98,3 +101,26 @@ def check_seed(seed: int | None, count: int = 1) -> None:
         raise FreezetuneError(
             f"--seed {seed} with --seeds {count} runs seeds past the largest, {SEED_LIMIT}"
         )
+
+
+def check_finite(options) -> None:
+    """Every float option a finite number: nan or inf would train (or search) nonsense, not fail."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FreezetuneError(f"{flag_of(item.name)} must be a finite number, got {value}")
+        # torch keeps rates and norms as float32 tensors
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise FreezetuneError(
+                f"{flag_of(item.name)} {value:g} is beyond the largest float32 "
+                f"({FLOAT32_MAX:.3g}); give a smaller number"
+            )
+
+
+def check_choices(options) -> None:
+    """Every option with choices one of them: argparse and config files check, a library caller may not."""
+    for item in dataclasses.fields(options):
+        value, choices = getattr(options, item.name), item.metadata.get("choices")
+        if choices and value is not None and value not in choices:  # None: an optional left unset
+            shown = ", ".join(map(str, choices))
+            raise FreezetuneError(f"{flag_of(item.name)} must be one of {shown}, got {value!r}")

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from freezetune.config.fields import flag_of
+from freezetune.config.fields import FLOAT32_MAX, flag_of
 from freezetune.errors import FreezetuneError, missing_file, yaml_problem
 from freezetune.options.other_names import did_you_mean, likely_options
 from freezetune.plans.language import FreezePlan
-
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _without_none(kind):
@@ -193,17 +191,3 @@ def _coerce(value, kind, item, where: str, name: str = ""):
             f"{where}: '{item.name}' must be one of {', '.join(choices)}, got {value!r}"
         )
     return value
-
-
-def check_finite(options) -> None:
-    """Every float option a finite number: nan or inf would train (or search) nonsense, not fail."""
-    for item in dataclasses.fields(options):
-        value = getattr(options, item.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise FreezetuneError(f"{flag_of(item.name)} must be a finite number, got {value}")
-        # torch keeps rates and norms as float32 tensors
-        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
-            raise FreezetuneError(
-                f"{flag_of(item.name)} {value:g} is beyond the largest float32 "
-                f"({FLOAT32_MAX:.3g}); give a smaller number"
-            )
