@@ -160,7 +160,7 @@ NON_UTF8 = b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "
 
 CASES = [
     # export never destroys what it did not write
-    Case("export into a folder with files", ["export", "{w}/run", "--out", "{w}/thesis"], "already holds files",
+    Case("export into a folder with files", ["export", "{w}/run", "--out", "{w}/thesis"], "already holds files; choose a new folder",
          write("thesis/thesis.txt", "keep")),
     Case("export --force into a folder that is no export", ["export", "{w}/run", "--out", "{w}/thesis", "--force"],
          "not an earlier freezetune export", write("thesis/thesis.txt", "keep")),

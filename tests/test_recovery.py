@@ -155,7 +155,9 @@ def test_export_force_replaces_an_earlier_export_only(world, capsys):
     marker = json.loads((out / EXPORT_MARK).read_text())
     assert marker["run"] == str((world / "run").resolve()) and marker["base_model"]["sha256"]
     assert main(["export", str(world / "run"), "--out", str(out)]) == 2
-    assert "pass --force" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(
+        f"--out {out} holds an earlier export; pass --force to replace it (files you added there are kept), "
+        "or choose a new folder")  # it was "already holds files ... or pass --force", as of any folder
     (out / "model.safetensors").write_bytes(b"stale")
     assert main(["export", str(world / "run"), "--out", str(out), "--force"]) == 0
     assert (out / "model.safetensors").read_bytes() != b"stale"

@@ -89,12 +89,17 @@ def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
         raise FreezetuneError(f"--out {out_dir} is the run folder itself; choose a new folder")
     if (out_dir / "manifest.json").is_file():
         raise FreezetuneError(f"--out {out_dir} is a run folder; choose a new folder")
-    if not force:
+    earlier = (out_dir / EXPORT_MARK).is_file()
+    if (
+        not force and earlier
+    ):  # said as what it is: "or pass --force" read as though it might not be
         raise FreezetuneError(
-            f"--out {out_dir} already holds files; choose a new folder, or pass --force "
-            "to replace an earlier export"
+            f"--out {out_dir} holds an earlier export; pass --force to replace it (files you added "
+            "there are kept), or choose a new folder"
         )
-    if not (out_dir / EXPORT_MARK).is_file():
+    if not force:
+        raise FreezetuneError(f"--out {out_dir} already holds files; choose a new folder")
+    if not earlier:
         raise FreezetuneError(
             f"--out {out_dir} is not an earlier freezetune export (no {EXPORT_MARK}); "
             "--force replaces only those"
