@@ -50,7 +50,7 @@ def test_every_command_the_docs_show_is_one_the_cli_takes():
     import shlex
 
     from freezetune.cli.commands import COMMANDS, build_parser, from_namespace
-    from freezetune.options.schema import check_finite
+    from freezetune.config.fields import check_finite
 
     commands = shown_commands()
     assert len(commands) > 20  # README, train, compare, advise, preferences, distributed...
