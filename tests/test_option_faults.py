@@ -76,6 +76,11 @@ CASES = [
          "--epochs 1 has no effect: --max-steps 2 sets the run's length", write("both.yaml", "max_steps: 2\nepochs: 1\n")),
     Case("--cache-ram with the cache off", train("--prefix-cache", "off", "--cache-ram", "1GiB"),
          "--cache-ram is for the prefix cache, which --prefix-cache off turns off"),
+    # a memory cache is unbounded and never in the folder: neither size was read
+    Case("--cache-limit with a memory cache", train("--prefix-cache", "memory", "--cache-limit", "1GiB"),
+         "--cache-limit is for a cache that may go to disk (--prefix-cache auto or disk); --prefix-cache memory keeps"),
+    Case("--cache-ram with a memory cache", train("--prefix-cache", "memory", "--cache-ram", "1GiB"),
+         "--cache-ram is for a cache that may go to disk"),
     # every trained tensor at one depth takes one rate: a decay over them changes nothing
     Case("--layer-lr-decay over one block", train("--plan", "train top 1", "--layer-lr-decay", "0.8"),
          "--layer-lr-decay 0.8 has nothing to vary: every tensor the plan trains sits at one depth"),

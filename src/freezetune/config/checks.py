@@ -121,6 +121,12 @@ def check_given(config: TrainConfig, given: set[str], typed: bool = False) -> No
             config.prefix_cache != "off",
             ("cache_ram", "cache_limit"),
         ),
+        (  # a memory cache is neither bounded by --cache-ram nor kept in the folder
+            "a cache that may go to disk (--prefix-cache auto or disk); --prefix-cache memory "
+            "keeps every entry in memory",
+            config.prefix_cache != "memory",
+            ("cache_ram", "cache_limit"),
+        ),
     ):
         for name in names:
             if not on and name in given:
