@@ -112,6 +112,9 @@ def test_a_sequence_past_a_learned_position_table_is_refused_and_past_rotary_one
     assert "--seq-len 65 is beyond the 64 positions" in capsys.readouterr().err and not out.exists()
     assert main(["advise", str(folder), "--objective", "cpt", "--data", str(text), "--no-pilot"]) == 2  # --seq-len 512
     assert "--seq-len 512 is beyond the 64 positions" in capsys.readouterr().err
+    # plan previews it, and says a run would refuse the --seq-len its estimate is for
+    assert main(["plan", str(folder), "freeze bottom 50%"]) == 0
+    assert "notice: train will refuse this: --seq-len 512 is beyond the 64 positions" in capsys.readouterr().out
     assert main(["generate", str(folder), "--plain", "--prompt", "send three red mugs", "--max-new-tokens", "64"]) == 2
     assert "--max-new-tokens 64: a prompt of" in capsys.readouterr().err
     # train's answers: refused before the run folder exists, not at the evaluation before training

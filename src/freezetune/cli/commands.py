@@ -42,6 +42,7 @@ def _cache(options) -> Path | None:
 def run_plan(options: PlanOptions) -> str:
     """`freezetune plan`: the preview as text, JSON, or another tool's format."""
     from freezetune.models.loading import causal_lm_problem, load_model
+    from freezetune.models.positions import check_seq_len
     from freezetune.plans.anatomy import find_anatomy
     from freezetune.plans.formats import render
     from freezetune.plans.language import FreezePlan
@@ -65,6 +66,11 @@ def run_plan(options: PlanOptions) -> str:
     problem = causal_lm_problem(loaded.model)
     if problem:  # a preview is still useful, but the user should not find out at `train`
         info["notices"].append(f"train, compare and export will not take this model: {problem}")
+    try:  # the estimate is for this --seq-len: said when a run could not take it
+        beyond = check_seq_len(loaded.model, options.seq_len, options.model)
+    except FreezetuneError as exc:
+        beyond = f"train will refuse this: {exc}"
+    info["notices"] += [beyond.removeprefix("notice: ")] if beyond else []
     if schedule is not None:
         schedule.check(resolved)
         if options.max_steps:  # what train would say of this run's length, said at the preview
