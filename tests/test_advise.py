@@ -180,3 +180,20 @@ def test_a_default_budget_that_nothing_fits_is_said_to_be_the_default(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no candidate plan fits" in err and "MiB (no memory budget given: half of full fine-tuning's estimate); the smallest" in err
     assert re.search(r"needs about (.*); give a --memory-budget of \1 or more$", err)
+
+
+def test_weights_whose_spectra_are_all_noise_give_no_evidence_and_say_data_would(tmp_path, capsys):
+    from conftest import ARCHITECTURES, build_tokenizer
+
+    config_cls, model_cls, kwargs = ARCHITECTURES["llama"]
+    tokenizer = build_tokenizer()
+    model = model_cls(config_cls(**dict(kwargs, vocab_size=len(tokenizer))))
+    with torch.no_grad():  # flat spectra: every singular value 1, below the noise edge std * (sqrt(m) + sqrt(n))
+        for name, weight in model.named_parameters():
+            if ".layers." in name and weight.dim() == 2:
+                torch.nn.init.orthogonal_(weight)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["advise", str(tmp_path), "--seq-len", "64", "--no-pilot"]) == 2
+    assert capsys.readouterr().err.strip().endswith(  # it named only "no gradient reached them", with no data given
+        "no evidence: every block scored 0 (no 2-d weights, or spectra all noise, as random weights have: give --data)")

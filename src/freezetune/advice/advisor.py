@@ -209,9 +209,9 @@ def advise(
         )
     evidence = gradient or snr
     if not any(score > 0 for score in evidence):
-        raise FreezetuneError(
-            "no evidence: every block scored 0 (no 2-d weights, or no gradient reached them)"
-        )
+        spectra = "no 2-d weights, or spectra all noise, as random weights have: give --data"
+        why = "no gradient reached them" if gradient else spectra
+        raise FreezetuneError(f"no evidence: every block scored 0 ({why})")
     found = candidates(anatomy, evidence, seq_len, batch_size, dtype)
     full = resolve(FreezePlan.parse("train all"), anatomy)
     full_bytes = estimate_memory(
