@@ -46,6 +46,12 @@ CASES = [
     Case("compare --batch-size past the data", ["compare", "--model", "{w}/model", "--data", "{w}/train.jsonl", "--batch-size", "64",
                                                 "--strategy", "full", "--lr-full", "1e-3", "--out", "{w}/cmp"],
          "error: 19 training examples are fewer than one batch (--batch-size 64)"),
+    # without a validation split a search run scores the eval split: the rate was chosen on the items that judge it
+    Case("compare --validation 0 with a searched rate", ["compare", "--model", "{w}/model", "--data", "{w}/train.jsonl",
+                                                         "--strategy", "full", "--strategy", "freeze bottom 50%",
+                                                         "--lr-full", "1e-3", "--validation", "0", "--out", "{w}/cmp"],
+         "--validation 0 would choose the rate of freeze bottom 50% on the reported eval split, which then judges it; "
+         "give --validation N (default 64), or --lr-plan"),
     # seeds numpy cannot take: a ValueError traceback at the run's start, or every compare run failed on it
     Case("--seed -1", train("--seed", "-1"), "--seed must be between 0 and 4294967295, got -1"),
     Case("generate --seed 2**70", ["generate", "{w}/run", "--prompt", "a", "--temperature", "1", "--seed", str(2**70)],

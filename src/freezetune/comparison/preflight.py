@@ -109,6 +109,13 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'"
         )
     settings.base_config.validate()
+    searched = [s for s in settings.strategies if settings.given_rate(s) is None]
+    # a run without a validation split scores its eval split
+    if searched and not settings.validation:
+        raise FreezetuneError(
+            f"--validation 0 would choose the rate of {searched[0].name} on the reported eval "
+            f"split, which then judges it; give --validation N (default 64), or --lr-{searched[0].kind}"
+        )
     loaded = load_model(
         settings.model,
         Path(settings.base_config.cache_dir) if settings.base_config.cache_dir else None,
@@ -173,8 +180,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
     train, held, _ = run_data(loaded.tokenizer, config)
     check_answers_fit(loaded.model, held.examples, config)
     check_batches(train, config)
-    if settings.validation and any(settings.given_rate(s) is None for s in settings.strategies):
-        # too few examples for the validation split fail here, before anything trains
+    if searched:  # too few examples for the validation split fail here, before anything trains
         run_data(loaded.tokenizer, config, settings.validation)
     base_sha256 = model_hash(loaded.path, settings.base_config.cache_dir)
     check_output_folder(settings, fingerprint(settings, base_sha256, meaning_hashes(loaded.path)))
