@@ -96,6 +96,28 @@ def test_report_refuses_runs_scored_on_different_items(tiny_chat_model_dir, orde
         "freeze bottom 50%", "train all"]
 
 
+def test_report_says_when_the_runs_did_not_train_on_one_budget(tiny_chat_model_dir, order_data, tmp_path, capsys):
+    # the same held-out items, so the tests pair them; but a longer run on other data is not a better strategy
+    other = tmp_path / "other-train.jsonl"
+    other.write_text(order_data[0].read_text().replace("Alice", "Bob"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_argv(tiny_chat_model_dir, order_data, a, "--max-steps", "2", eval_generate=0)) == 0
+    assert main(train_argv(tiny_chat_model_dir, (other, order_data[1]), b, "--plan", "train all", "--max-steps", "3",
+                           "--batch-size", "2", eval_generate=0)) == 0
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    tail = "; the verdict compares the runs as they trained, not the strategies on one budget."
+    assert said[0].startswith(f"Not the same training data: {order_data[0]} (sha256 ") and said[0].endswith(tail)
+    assert said[1:3] == [f"Not the same steps: 2 in {a}, 3 in {b}{tail}",
+                         f"Not the same examples per step: 4 in {a}, 2 in {b}{tail}"]
+    assert said[1] in json.loads((tmp_path / "rep" / "results.json").read_text())["recommendation"]
+    assert said[1] in (tmp_path / "rep" / "report.md").read_text()
+    # one budget: nothing to say
+    assert main(["report", str(a), "--out", str(tmp_path / "alone")]) == 0
+    assert capsys.readouterr().out.startswith("report: ")
+
+
 def test_the_timing_breakdown_adds_up_and_says_when_it_cannot(tmp_path):
     from freezetune.comparison.timing import timing_breakdown, timing_line
 

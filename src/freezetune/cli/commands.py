@@ -158,6 +158,7 @@ def run_compare(options: CompareOptions, given: set[str] | None = None) -> str:
 
 
 def run_report(options: ReportOptions) -> str:
+    from freezetune.comparison.controls import unequal_budgets
     from freezetune.comparison.report import reported_runs, write_report
 
     margins = parse_margins(options.margin)
@@ -169,7 +170,8 @@ def run_report(options: ReportOptions) -> str:
         margins=margins,
         forgetting=options.forgetting,
     )
-    return f"report: {written}"
+    # said where the user looks, as well as in the report's verdict
+    return "\n".join([*unequal_budgets(runs), f"report: {written}"])
 
 
 COMMANDS = {

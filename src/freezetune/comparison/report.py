@@ -10,6 +10,7 @@ import csv
 import html
 from pathlib import Path
 
+from freezetune.comparison.controls import check_same_items, unequal_budgets
 from freezetune.comparison.flips import task_lines
 from freezetune.comparison.plots import render_plots
 from freezetune.comparison.preflight import check_report_folder
@@ -130,50 +131,6 @@ def measured_line(where: dict) -> str:
     return f"Measured {where['date']} on {machine}, {code}; {versions}."
 
 
-def _scored_on(manifest: dict) -> dict[str, tuple]:
-    """What decides a run's held-out items, each as (value, how to show it)."""
-    config, hashes = manifest.get("config") or {}, manifest.get("data_sha256") or {}
-    model = manifest.get("base_model") or {}
-    if config.get("validation"):
-        items = ("validation", config["validation"], hashes.get("data"))
-        shown = f"{config['validation']} validation examples of --data {config.get('data')}"
-    elif config.get("eval_data"):
-        items, shown = ("eval data", hashes.get("eval_data")), f"--eval-data {config['eval_data']}"
-    else:
-        items = ("held out of data", hashes.get("data"))
-        shown = (
-            f"held out of --data {config['data']}" if config.get("data") else "the built-in task"
-        )
-    return {
-        "base model": (model.get("sha256"), model.get("name")),
-        "objective": (config.get("objective"), config.get("objective")),
-        "seq len": (config.get("seq_len"), config.get("seq_len")),
-        "held-out items": (items, shown),
-    }
-
-
-def check_same_items(run_dirs: list[Path]) -> None:
-    """The verdict pairs runs item by item, so every run must have been scored on the same items:
-    runs of one comparison. Others are refused, naming what differs (a run that did not finish
-    has no scores to pair)."""
-    first = None
-    for run_dir in map(Path, run_dirs):
-        manifest = read_json(run_dir / "manifest.json", missing={}) or {}
-        if manifest.get("status") != "finished":
-            continue
-        facts = _scored_on(manifest)
-        if first is None:
-            first = (run_dir, facts)
-            continue
-        for what, (value, shown) in facts.items():
-            if value != first[1][what][0]:
-                raise FreezetuneError(
-                    f"{first[0]} and {run_dir} were not scored on the same items ({what}: "
-                    f"{first[1][what][1]} vs {shown}); the report pairs runs item by item, so it "
-                    "takes the runs of one comparison"
-                )
-
-
 def reported_runs(paths: list[Path]) -> list[Path]:
     """Run folders as given, with a `compare` output folder standing for its reported runs: each
     strategy's seeds, in the comparison's order (its search runs are not in a report)."""
@@ -231,7 +188,7 @@ def write_report(
     plots = render_plots(
         rows, out / "plots", [r for r in rows if r["strategy"] in verdict["frontier"]], verdict
     )
-    advice = recommend(rows, verdict)
+    advice = recommend(rows, verdict) + unequal_budgets(run_dirs)
     flipped = task_lines(rows)
     results = {
         "provenance": where or provenance(),
