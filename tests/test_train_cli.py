@@ -176,7 +176,13 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, ord
     assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 0
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--lr", "0.5"]) == 2
-    assert "--lr 0.5 differs from the resumed run's 0.01" in capsys.readouterr().err
+    assert "--lr 0.5 differs from the resumed run, which had 0.01; a resumed run keeps its config" in capsys.readouterr().err
+    # a default is said as what it was, not as the config's None
+    assert main(["train", "--resume", str(run_dir), "--plan", "train all"]) == 2
+    assert "--plan 'train all' differs from the resumed run, which had the default plan 'freeze bottom 75%'" in \
+        capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--schedule", "lisa layers=1 every=2"]) == 2
+    assert "--schedule 'lisa layers=1 every=2' differs from the resumed run, which had none;" in capsys.readouterr().err
     assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     import shutil

@@ -53,9 +53,12 @@ def resumed_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     saved = dict(manifest["config"])
     key = changed_setting(saved, config, sorted(given))
     if key is not None:
+        was = repr(saved[key]) if saved.get(key) is not None else "none"
+        if key == "plan" and saved.get(key) is None:  # it was "the resumed run's None"
+            was = f"the default plan '{'; '.join(manifest.get('plan') or [])}'"
         raise FreezetuneError(
-            f"{flag_of(key)} {getattr(config, key)!r} differs from the resumed run's {saved.get(key)!r}; "
-            "a resumed run keeps its config"
+            f"{flag_of(key)} {getattr(config, key)!r} differs from the resumed run, which had "
+            f"{was}; a resumed run keeps its config"
         )
     # the run's cache settings stay the run's unless given again; the rest takes this invocation's values
     kept = CACHE_SETTINGS - given
