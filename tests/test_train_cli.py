@@ -184,7 +184,8 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, ord
     assert main(["train", "--resume", str(run_dir), "--schedule", "lisa layers=1 every=2"]) == 2
     assert "--schedule 'lisa layers=1 every=2' differs from the resumed run, which had none;" in capsys.readouterr().err
     assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 2
-    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    # finished: --resume would be refused too ("nothing is left to continue"), so it is not suggested
+    assert capsys.readouterr().err.strip().endswith(f"{run_dir} holds a finished run; choose another --out")
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints")
@@ -192,6 +193,8 @@ def test_resume_needs_a_checkpoint_and_keeps_its_config(tiny_chat_model_dir, ord
     assert "holds no checkpoint to continue from" in capsys.readouterr().err
     # a folder whose run died before any checkpoint can be started over
     (run_dir / "trainable.safetensors").unlink()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
     assert main(train_args(tiny_chat_model_dir, order_data, run_dir, "--max-steps", "2")) == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 

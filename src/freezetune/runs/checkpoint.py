@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from freezetune.errors import FreezetuneError
 from freezetune.models.loading import file_sha256
 from freezetune.runs.durable import remove_leftovers, staged_dir, staged_file
+from freezetune.runs.manifest import read_json
 from freezetune.runs.rng import load_rng, rng_name, save_rng
 
 KEEP_CHECKPOINTS = 2
@@ -50,6 +51,11 @@ def check_new_run_folder(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise FreezetuneError(f"--out {path} is a file, not a folder")
     if (path / "manifest.json").exists():
+        manifest = read_json(path / "manifest.json")
+        if (
+            isinstance(manifest, dict) and manifest.get("status") == "finished"
+        ):  # --resume would be refused too: nothing is left to continue
+            raise FreezetuneError(f"{path} holds a finished run; choose another --out")
         if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
             raise FreezetuneError(
                 f"{path} already holds a run; pass --resume {path} to continue it, or choose another --out"
