@@ -53,9 +53,8 @@ class Dims:
     hidden_size: int
     num_heads: int
     vocab_size: int
-    target_head: bool = (
-        False  # the head can project the target positions alone (head_problem is None)
-    )
+    # the head can project the target positions alone (head_problem is None)
+    target_head: bool = False
 
 
 @dataclass(frozen=True)
