@@ -104,6 +104,10 @@ def test_list_and_file_errors(tmp_path):
         FreezePlan.from_list(["freeze all", 3])
     with pytest.raises(PlanError, match="holds more than one rule"):
         FreezePlan.from_list(["freeze all; train head"])
+    # two keys in one mapping are two rules in one item; a mapping of one key is a rule
+    with pytest.raises(PlanError, match=r"rule 2 must be .* got \{'train': 'head', 'freeze': 'norm'\}; a mapping takes one key"):
+        FreezePlan.from_list(["freeze all", {"train": "head", "freeze": "norm"}])
+    assert FreezePlan.from_list(["freeze all", {"train": "top 2"}]).render() == "freeze all; train top 2"
     with pytest.raises(PlanError, match="expected a list of rules"):
         FreezePlan.from_list({"freeze": "all", "train": "head"})
     with pytest.raises(PlanError, match="plan file .*missing.yaml does not exist"):

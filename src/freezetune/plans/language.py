@@ -86,8 +86,13 @@ class FreezePlan:
                 ((action, selector),) = item.items()
                 item = f"{action} {selector}"
             if not isinstance(item, str):
+                # a mapping of two keys is two rules in one item, as YAML reads `{train: a, freeze: b}`
+                hint = (
+                    "; a mapping takes one key, freeze or train" if isinstance(item, dict) else ""
+                )
                 raise PlanError(
-                    f"{source}: rule {number} must be a string like 'freeze bottom 75%', got {item!r}"
+                    f"{source}: rule {number} must be a string like 'freeze bottom 75%' or "
+                    f"{{train: top 2}}, got {item!r}{hint}"
                 )
             if "\n" in item.strip() or ";" in item:
                 raise PlanError(
