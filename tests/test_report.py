@@ -73,6 +73,15 @@ def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_d
             f"freezetune report: error: {twice[0]} and {twice[1]} are both 'freeze bottom 75%' with seed 0: runs of "
             "one strategy are its seeds, and each counts once; give one of them")
     assert not (tmp_path / "twice").exists()
+    # one plan at another rate is no seed of it: the row showed the first run's rate over both
+    other_rate = tmp_path / "other-rate"
+    assert main(train_argv(tiny_chat_model_dir, order_data, other_rate, "--max-steps", "2", "--seed", "1", "--lr", "1e-3",
+                           eval_generate=0)) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), str(other_rate), "--out", str(tmp_path / "rates")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"freezetune report: error: {run} and {other_rate} are both 'freeze bottom 75%', at lr 0.0002 and 0.001: runs "
+        "of one strategy are its seeds, at one rate; report each rate's runs apart")
 
 
 def test_report_refuses_runs_scored_on_different_items(tiny_chat_model_dir, order_data, tmp_path, capsys, monkeypatch):

@@ -58,6 +58,24 @@ def check_same_items(run_dirs: list[Path]) -> None:
                 )
 
 
+def check_seed_of(seeds: list[dict], run: dict) -> None:
+    """``run`` may join ``seeds``, its strategy's runs so far: a seed counts once (the same folder given
+    twice, or a copy, was counted twice), and seeds share one rate (a row shows one)."""
+    for other in seeds:
+        name, rates = run["strategy"], (other["lr"], run["lr"])
+        if None not in rates and rates[0] != rates[1]:
+            raise FreezetuneError(
+                f"{other['run_dir']} and {run['run_dir']} are both '{name}', at lr {rates[0]:g} and "
+                f"{rates[1]:g}: runs of one strategy are its seeds, at one rate; report each rate's "
+                "runs apart"
+            )
+        if other["seed"] == run["seed"]:
+            raise FreezetuneError(
+                f"{other['run_dir']} and {run['run_dir']} are both '{name}' with seed {run['seed']}: "
+                "runs of one strategy are its seeds, and each counts once; give one of them"
+            )
+
+
 def _trained_on(manifest: dict) -> dict[str, tuple]:
     """What a run trained on and how much of it, each as (value, how to show it)."""
     config, hashes = manifest.get("config") or {}, manifest.get("data_sha256") or {}

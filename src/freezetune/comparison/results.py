@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from freezetune.comparison.controls import check_seed_of
 from freezetune.comparison.flips import base_scores, base_task_fields, task_fields, task_table
 from freezetune.comparison.statistics import mean_std, wilson
 from freezetune.errors import FreezetuneError
@@ -245,13 +246,8 @@ def group_runs(run_dirs: list[Path]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for run_dir in run_dirs:
         run = read_run(Path(run_dir))
-        # the same run given twice, or a copy of it, would be counted as two seeds
-        for twin in (r for r in groups.get(run["strategy"], []) if r["seed"] == run["seed"]):
-            raise FreezetuneError(
-                f"{twin['run_dir']} and {run_dir} are both '{run['strategy']}' with seed {run['seed']}: "
-                "runs of one strategy are its seeds, and each counts once; give one of them"
-            )
-        groups.setdefault(run["strategy"], []).append(run)
+        check_seed_of(groups.setdefault(run["strategy"], []), run)
+        groups[run["strategy"]].append(run)
     rows = []
     for runs in groups.values():
         search = read_object(Path(runs[0]["run_dir"]).parent / "search.json")
