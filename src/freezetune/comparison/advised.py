@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from freezetune.comparison.rate_search import searched_strategies
 from freezetune.comparison.settings import CompareSettings
 from freezetune.comparison.strategies import Strategy
 from freezetune.plans.language import FreezePlan
@@ -27,9 +28,7 @@ def _advice(settings: CompareSettings, loaded, strategy: Strategy, log) -> dict:
 
     config, started = settings.base_config, time.perf_counter()
     # the rate searches' validation split, when the comparison has one; else one carved the same way
-    searched = settings.validation and any(
-        settings.given_rate(s) is None for s in settings.strategies
-    )
+    searched = settings.validation and bool(searched_strategies(settings))
     train, held, _ = run_data(loaded.tokenizer, config, settings.validation if searched else 0)
     request = None
     if strategy.pilot is not None:

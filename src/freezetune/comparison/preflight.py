@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from freezetune.comparison.rate_search import searched_strategies
 from freezetune.comparison.settings import CompareSettings
 from freezetune.comparison.strategies import Strategy
 from freezetune.config.fields import flag_of
@@ -109,7 +110,7 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             f"two strategies share the run folder name '{max(slugs, key=slugs.count)}'"
         )
     settings.base_config.validate()
-    searched = [s for s in settings.strategies if settings.given_rate(s) is None]
+    searched = searched_strategies(settings)
     # a run without a validation split scores its eval split
     if searched and not settings.validation:
         raise FreezetuneError(

@@ -39,6 +39,11 @@ def _search_results(grid: list[float], configs) -> list[dict]:
     return results
 
 
+def searched_strategies(settings: CompareSettings) -> list[Strategy]:
+    """The strategies whose rate is not given: the search chooses it, on the validation split."""
+    return [s for s in settings.strategies if settings.given_rate(s) is None]
+
+
 def choose_rate(
     settings: CompareSettings, strategy: Strategy, train: Callable[[list, str], str], log
 ) -> float | str | None:
