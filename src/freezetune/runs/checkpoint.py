@@ -52,9 +52,8 @@ def check_new_run_folder(path: Path) -> None:
         raise FreezetuneError(f"--out {path} is a file, not a folder")
     if (path / "manifest.json").exists():
         manifest = read_json(path / "manifest.json")
-        if (
-            isinstance(manifest, dict) and manifest.get("status") == "finished"
-        ):  # --resume would be refused too: nothing is left to continue
+        # --resume would be refused too: nothing is left to continue
+        if isinstance(manifest, dict) and manifest.get("status") == "finished":
             raise FreezetuneError(f"{path} holds a finished run; choose another --out")
         if checkpoint_dirs(path) or (path / "trainable.safetensors").exists():
             raise FreezetuneError(

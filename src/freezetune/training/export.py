@@ -90,9 +90,8 @@ def check_export_target(out_dir: Path, run_dir: Path, force: bool) -> None:
     if (out_dir / "manifest.json").is_file():
         raise FreezetuneError(f"--out {out_dir} is a run folder; choose a new folder")
     earlier = (out_dir / EXPORT_MARK).is_file()
-    if (
-        not force and earlier
-    ):  # said as what it is: "or pass --force" read as though it might not be
+    # said as what it is: "or pass --force" read as though it might not be
+    if not force and earlier:
         raise FreezetuneError(
             f"--out {out_dir} holds an earlier export; pass --force to replace it (files you added "
             "there are kept), or choose a new folder"

@@ -44,7 +44,7 @@ def _adapter(source: str) -> tuple[str, dict | None]:
             "wrote; remove the file to load the adapter as peft saved it"
         )
     # freezetune's export wrote the base as typed too: an embedded name outlives its converted folder
-    typed = marker["base_model"]["name"] if marker is not None else named
+    typed = recorded["name"] if marker is not None else named
     return findable(typed, named), marker
 
 
