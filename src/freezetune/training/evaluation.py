@@ -100,6 +100,20 @@ def answered(examples: list[Example], count: int) -> list[tuple[int, Example]]:
     return [(i, e) for i, e in enumerate(examples) if e.reference is not None][:count]
 
 
+def fewer_answers(examples: list[Example], config) -> str | None:
+    """A notice when the held-out split has fewer answerable examples than --eval-generate asks
+    for: exact match is then scored on fewer items than the user counted on."""
+    if config.objective != "sft" or not config.eval_generate:
+        return None
+    have = len(answered(examples, config.eval_generate))
+    if have >= config.eval_generate:
+        return None
+    return (
+        f"exact match is scored on the {have} held-out example{'s' * (have != 1)} with an answer, "
+        f"fewer than --eval-generate {config.eval_generate} asks for"
+    )
+
+
 def check_answers_fit(model, examples: list[Example], config) -> None:
     """The answers a run's evaluation will generate fit a learned position table: said before a
     run or a comparison writes its folder, not at the first answer."""
