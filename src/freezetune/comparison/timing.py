@@ -50,9 +50,8 @@ def timing_breakdown(run_dirs: list[Path], wall_s: float | None) -> dict:
         timed += bool(recorded)
         for phase in ("evaluation", "generation", "retain", "tasks", "loading"):
             seconds[phase] += recorded.get(phase, 0.0)
-    comparisons = {
-        g.parent.parent for g in groups
-    }  # OUT/runs/<strategy>: OUT holds the base's timing
+    # OUT/runs/<strategy>: OUT holds the base's timing
+    comparisons = {g.parent.parent for g in groups}
     for comparison in comparisons:
         base = read_json(comparison / "base-timing.json") or {}
         seconds["base"] += base.get("base", 0.0)

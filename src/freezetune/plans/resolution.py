@@ -21,9 +21,8 @@ from freezetune.plans.anatomy import Anatomy, Entry
 from freezetune.plans.language import FreezePlan
 from freezetune.plans.selectors import ADAPTERS_ONLY, All, Component, Depth, Layers, Regex, Rule
 
-ADAPTER = re.compile(
-    r"\.lora_"
-)  # any tensor peft's LoRA adds (A, B, embedding A/B, DoRA magnitude)
+# any tensor peft's LoRA adds (A, B, embedding A/B, DoRA magnitude)
+ADAPTER = re.compile(r"\.lora_")
 
 
 @dataclass(frozen=True)
