@@ -168,6 +168,10 @@ def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, t
          "--metric exact_match checks generated answers, and --objective cpt has none (its metric is eval loss)"),
         (compare_args(tiny_chat_model_dir, order_data, out, "full", search=True) + ["--validation", "20"],
          "--validation 20 leaves no training example"),
+        # every answer is 14 tokens: each run would score 0% and the verdict would rank on nothing
+        (args + ["--max-new-tokens", "8"], "exact match cannot rank the strategies: none of the 2 held-out answers can "
+         "be matched: each is longer than --max-new-tokens 8 tokens; --max-new-tokens 14 fits every answer, or rank "
+         "by --metric eval_loss"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

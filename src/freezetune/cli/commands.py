@@ -134,6 +134,7 @@ def run_compare(options: CompareOptions, given: set[str] | None = None) -> str:
             log=say,
             should_stop=lambda: stop.requested,
             notes=(announce, *options.unread(settings.strategies, given)),
+            metric=options.metric,
         )
     report = write_report(
         run_dirs,

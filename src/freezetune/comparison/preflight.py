@@ -100,8 +100,9 @@ def check_output_folder(settings: CompareSettings, pinned: dict) -> None:
         )
 
 
-def validate(settings: CompareSettings) -> tuple[object, str]:
-    """Everything that can be wrong, found before the first run trains."""
+def validate(settings: CompareSettings, metric: str = "auto") -> tuple[object, str]:
+    """Everything that can be wrong, found before the first run trains; ``metric``: the one the
+    report will rank by (--metric)."""
     if not settings.strategies:
         raise FreezetuneError("give at least one --strategy")
     slugs = [s.slug for s in settings.strategies]
@@ -173,13 +174,22 @@ def validate(settings: CompareSettings) -> tuple[object, str]:
             raise FreezetuneError(
                 f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
             )
-    from freezetune.training.evaluation import check_answers_fit
+    from freezetune.comparison.verdict import choose_metric
+    from freezetune.training.answers import answer_lengths, check_answers_fit, out_of_reach
     from freezetune.training.session import check_batches, run_data
 
     # a malformed record, too few examples, an answer past the positions: before compare.json pins --out
     config = settings.base_config
     train, held, _ = run_data(loaded.tokenizer, config)
     check_answers_fit(loaded.model, held.examples, config)
+    lengths = answer_lengths(held.examples, loaded.tokenizer, config)
+    ranked_by, _ = choose_metric(metric, config.objective, config.eval_generate)
+    # a metric no run can score above zero would rank nothing; some answers out of reach are a notice
+    if ranked_by == "exact_match" and lengths and min(lengths) > config.max_new_tokens:
+        raise FreezetuneError(
+            f"exact match cannot rank the strategies: {out_of_reach(lengths, config.max_new_tokens)}, "
+            "or rank by --metric eval_loss"
+        )
     check_batches(train, config)
     if searched:  # too few examples for the validation split fail here, before anything trains
         run_data(loaded.tokenizer, config, settings.validation)

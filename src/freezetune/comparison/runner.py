@@ -138,11 +138,12 @@ def run_comparison(
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
     notes: tuple[str, ...] = (),
+    metric: str = "auto",
 ) -> list[Path]:
     """Run every strategy not yet finished; returns the seed run folders of the strategies reached
     (when ``should_stop`` interrupts, the running worker checkpoints first). ``notes``: said once the
-    settings are known to be good."""
-    loaded, base_sha256 = validate(settings)
+    settings are known to be good; ``metric``: the one the report will rank by."""
+    loaded, base_sha256 = validate(settings, metric)
     for note in notes:
         log(note)
     lock = lock_folder(settings.out, "comparison")  # its workers each hold their own run folder

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from freezetune.data.examples import IGNORE, Example, collate, pad_token_id
 from freezetune.models.positions import check_generation_length
 from freezetune.runs.durable import write_json, write_text
+from freezetune.training.answers import answered, exact_match
 from freezetune.training.prefix import PrefixRunner
 
 
@@ -94,35 +95,6 @@ def eval_loss(
     }
 
 
-def answered(examples: list[Example], count: int) -> list[tuple[int, Example]]:
-    """(item id, example) of the held-out items whose answers are generated and checked: the first
-    ``count`` with a reference answer."""
-    return [(i, e) for i, e in enumerate(examples) if e.reference is not None][:count]
-
-
-def fewer_answers(examples: list[Example], config) -> str | None:
-    """A notice when the held-out split has fewer answerable examples than --eval-generate asks
-    for: exact match is then scored on fewer items than the user counted on."""
-    if config.objective != "sft" or not config.eval_generate:
-        return None
-    have = len(answered(examples, config.eval_generate))
-    if have >= config.eval_generate:
-        return None
-    return (
-        f"exact match is scored on the {have} held-out example{'s' * (have != 1)} with an answer, "
-        f"fewer than --eval-generate {config.eval_generate} asks for"
-    )
-
-
-def check_answers_fit(model, examples: list[Example], config) -> None:
-    """The answers a run's evaluation will generate fit a learned position table: said before a
-    run or a comparison writes its folder, not at the first answer."""
-    chosen = answered(examples, config.eval_generate) if config.objective == "sft" else []
-    if chosen:
-        longest = max(len(e.prompt_ids) for _, e in chosen)
-        check_generation_length(model, longest, config.max_new_tokens)
-
-
 def generate(
     model,
     tokenizer,
@@ -174,12 +146,6 @@ def even_batch(count: int, most: int = 64) -> int:
     where each new token is per-step overhead (100 answers: 2 batches of 50, not 32+32+32+4)."""
     batches = max(1, math.ceil(count / most))
     return max(1, math.ceil(count / batches))
-
-
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(
-        len(references), 1
-    )
 
 
 def evaluate_model(

@@ -24,8 +24,8 @@ from freezetune.runs.checkpoint import check_new_run_folder
 from freezetune.runs.durable import write_json
 from freezetune.runs.lock import FolderLock, lock_folder
 from freezetune.runs.manifest import absolute, meaning_hashes, model_hash, read_manifest, versions
+from freezetune.training.answers import answer_notices, check_answers_fit
 from freezetune.training.cache_choice import choose_cache
-from freezetune.training.evaluation import check_answers_fit, fewer_answers
 from freezetune.training.lora import wrap_lora
 from freezetune.training.optimizer import check_layer_decay
 from freezetune.training.precision import MIXED, store_in_training_precision, training_precision
@@ -149,7 +149,7 @@ def open_session(
     train, held, notes = run_data(loaded.tokenizer, config)
     # the answers the evaluation generates, within a learned position table: before the run folder
     check_answers_fit(loaded.model, held.examples, config)
-    notes += [f"notice: {note}" for note in [fewer_answers(held.examples, config)] if note]
+    notes += [f"notice: {n}" for n in answer_notices(held.examples, loaded.tokenizer, config)]
     check_batches(train, config)
     total_steps = config.total_steps(train.units)
     left = train.units % config.batch_size
