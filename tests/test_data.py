@@ -111,6 +111,8 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b", "completion": "c"}\n',
          "bad.jsonl line 2: field 'completion' is given twice in one record"),
         ('{"question": "a"}\n', "bad.jsonl line 1: no SFT fields; expected 'prompt'+'completion'"),
+        # TRL's SFT reads plain 'text' records; here they are continued pre-training's, and the error says so
+        ('{"text": "a"}\n', "(found text); raw 'text' records train with --objective cpt"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
         ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
         ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed records: "),

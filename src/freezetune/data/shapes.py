@@ -69,9 +69,11 @@ def to_messages(record: Record, errors: list[str]) -> list[dict] | None:
         errors.append(f"{record.where}: the fields of two record shapes, {named}: give one")
         return None
     if not given:
+        # TRL's SFT takes plain 'text' records; here they are continued pre-training's
+        raw = "; raw 'text' records train with --objective cpt" if "text" in fields else ""
         errors.append(
             f"{record.where}: no SFT fields; expected 'prompt'+'completion', 'instruction'+'output', "
-            f"'messages' or 'conversations' (found {record.given})"
+            f"'messages' or 'conversations' (found {record.given}){raw}"
         )
         return None
     system = string_field(record, "system", errors, required=False)
