@@ -140,10 +140,19 @@ def test_lisa_through_the_callback_drops_the_moments_of_resting_blocks(tiny_chat
 def test_a_failed_first_step_check_stops_training_with_the_reason(tiny_chat_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
     handle = freeze(model, "freeze bottom 50%")
-    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)  # unfrozen by hand: the prefix runner never sees it
+    # a trained tensor whose gradient something cuts (here a hook that detaches its output)
+    model.model.layers[3].mlp.up_proj.register_forward_hook(lambda module, inputs, output: output.detach())
     trainer = sft_trainer(tiny_chat_model_dir, tmp_path, model, [FreezeCallback(handle)])
     with pytest.raises(FreezetuneError, match="FreezeCallback: first step: trainable tensor "
-                                              "model.layers.0.mlp.up_proj.weight received no gradient"):
+                                              "model.layers.3.mlp.up_proj.weight received no gradient"):
+        trainer.train()
+    # unfrozen by hand below the prefix runner: refused at the first forward, before any step
+    handle.remove()
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir)
+    handle = freeze(model, "freeze bottom 50%")
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)
+    trainer = sft_trainer(tiny_chat_model_dir, tmp_path, model, [FreezeCallback(handle)])
+    with pytest.raises(FreezetuneError, match="model.layers.0.mlp.up_proj.weight requires grad, but it is below block 2"):
         trainer.train()
 
 

@@ -139,3 +139,26 @@ def test_a_moe_load_balancing_loss_keeps_every_router_running(order_data, tmp_pa
     monkeypatch.setattr("freezetune.training.cache_choice.router_loss", lambda model: False)
     replayed = losses("replayed", "memory")
     assert replayed[:5] == uncached[:5] and replayed[5:] != pytest.approx(uncached[5:], rel=1e-6)
+
+
+@pytest.mark.parametrize("unfrozen", ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"])
+def test_a_prefix_tensor_set_to_require_grad_after_freeze_is_refused_at_the_forward(unfrozen):
+    """Set trainable by hand after the plan, block 0 ran without autograd and got no gradient, silently
+    (the LISA fault of LMFlow #726: layers that train in name only)."""
+    import warnings
+
+    from freezetune.errors import FreezetuneError
+    from freezetune.hf import freeze
+
+    model, _, batch = setup("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tied head's notice
+        handle = freeze(model, "freeze bottom 50%")
+    model.train()
+    model(**batch).loss.backward()  # as planned: no error
+    model.get_parameter(unfrozen).requires_grad_(True)
+    with pytest.raises(FreezetuneError, match=rf"^{unfrozen} requires grad, but it is below block 2"):
+        model(**batch)
+    with torch.no_grad():
+        model(**batch)  # evaluation computes no gradient: nothing is lost
+    handle.remove()

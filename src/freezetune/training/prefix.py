@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from freezetune.errors import FreezetuneError
 from freezetune.plans.anatomy import Anatomy
 from freezetune.plans.resolution import ResolvedPlan
 from freezetune.training.prefix_cache import PrefixCache
@@ -85,6 +86,14 @@ class PrefixRunner:
 
     # --- installation -------------------------------------------------------------------
     def install(self) -> PrefixRunner:
+        params = dict(self.model.named_parameters())
+        # what runs without autograd: a tensor here set to require grad later would never get one
+        self.prefix_params = [
+            (e.name, params[e.name])
+            for e in self.resolved.anatomy.entries
+            if e.name in params
+            and (e.part == "embeddings" or (e.part == "block" and e.layer < self.depth))
+        ]
         for index, block in enumerate(self.blocks):
             if index < self.depth:
                 self._patch(index, self._prefix_forward(index, block.forward))
@@ -217,6 +226,8 @@ class PrefixRunner:
         last = index == self.depth - 1
 
         def forward(*args, **kwargs):
+            if index == 0 and torch.is_grad_enabled():
+                self._check_prefix_frozen()
             if self._replay:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 if last:
@@ -237,6 +248,18 @@ class PrefixRunner:
             return output
 
         return forward
+
+    def _check_prefix_frozen(self) -> None:
+        """A prefix tensor set to require grad after the plan was applied (by hand, or by another
+        library) would be trained by no gradient, silently: refused at the first forward instead."""
+        for name, param in self.prefix_params:
+            if param.requires_grad:
+                raise FreezetuneError(
+                    f"{name} requires grad, but it is below block {self.depth}, in the frozen prefix "
+                    f"that plan '{self.resolved.plan.render()}' runs without autograd, so it would "
+                    "get no gradient; something set requires_grad after the plan was applied: "
+                    "change the plan instead (with freeze(): handle.remove(), then freeze() again)"
+                )
 
     def _cached_batch(self, like: torch.Tensor) -> torch.Tensor:
         rows = [self.cache.get(key) for key in self._keys]
