@@ -114,6 +114,11 @@ def test_holdout_split_is_seeded_and_disjoint(tmp_path):
         # TRL's SFT reads plain 'text' records; here they are continued pre-training's, and the error says so
         ('{"text": "a"}\n', "(found text); raw 'text' records train with --objective cpt"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl line 1: field 'messages' must end with an assistant message"),
+        # an empty answer trained EOS alone and an empty generation "matched" it; a flat record's was refused
+        ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]}\n',
+         "bad.jsonl line 1: field 'messages[1].content' is empty"),
+        ('{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": ""}]}\n',
+         "bad.jsonl line 1: field 'conversations[1].value' is empty"),
         ('{"messages": [{"role": "robot", "content": "a"}]}\n', "field 'messages[0]' must be {role: system|user|assistant"),
         ('{"instruction": "x"}\n{"instruction": "y"}\n', "2 malformed records: "),
         # the columns of the other records are None in this one, not fields it gives

@@ -60,6 +60,9 @@ def test_a_system_field_is_the_system_prompt_of_both_sides():
      "prefs.jsonl:2: field 'rejected' must be a string or a non-empty list of messages, got an empty list"),
     ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "user", "content": "c"}], "rejected": "r"},
      "prefs.jsonl:2: field 'chosen' must end with an assistant message"),
+    # an empty answer as a message is refused as an empty string is, naming the user's own field
+    ({"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": ""}]},
+     "prefs.jsonl:2: field 'rejected[0].content' is empty"),
     ({"prompt": [{"role": "robot", "content": "p"}], "chosen": "c", "rejected": "r"},
      "prefs.jsonl:2: field 'prompt[0]' must be {role: system|user|assistant, content: string}"),
 ])

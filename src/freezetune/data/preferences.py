@@ -63,6 +63,9 @@ def _messages(record: Record, name: str, errors: list[str], last: str) -> list[d
         article = "an" if last == "assistant" else "a"  # "a user", "an assistant"
         errors.append(f"{record.where}: field '{name}' must end with {article} {last} message")
         return None
+    if last == "assistant" and not value[-1]["content"].strip():
+        errors.append(f"{record.where}: field '{name}[{len(value) - 1}].content' is empty")
+        return None
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 

@@ -116,6 +116,11 @@ def _conversation(record: Record, name: str, errors: list[str]) -> list[dict] | 
     if messages[-1]["role"] != "assistant":
         errors.append(f"{record.where}: field '{name}' must end with an assistant message")
         return None
+    # the answer the loss and exact match are about, refused empty as a flat record's is
+    if not messages[-1]["content"].strip():
+        key = "value" if name == "conversations" else "content"
+        errors.append(f"{record.where}: field '{name}[{len(messages) - 1}].{key}' is empty")
+        return None
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
