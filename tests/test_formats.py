@@ -52,6 +52,8 @@ def test_llama_factory_arguments(text, expected):
         ("llama", "train top 1; train norm", "would also train 6 tensors the plan freezes (e.g. model.layers.0.input_layernorm.weight)"),
         ("llama", "freeze all; train norm", "because 'norm' is also a substring of 8 tensor names inside the blocks"),
         ("llama", "freeze bottom 75%", "the nearest plan it can express is 'freeze bottom 75%; freeze norm' (freeze_trainable_layers: 1)"),
+        # the plan's own 'train norm' is dropped, not undone by a 'freeze norm' after it
+        ("llama", "train norm; train top 2", "the nearest plan it can express is 'train top 2' (freeze_trainable_layers: 2)"),
         ("llama", "train mlp@top 2; train attn@top 1", "trains mlp vs mlp+self_attn in different layers"),
         ("llama", "freeze all; train re:model.layers.3.mlp.up_proj.weight", "trains part of 'mlp' in layer 3"),
     ],

@@ -176,15 +176,22 @@ def _nearest(resolved: ResolvedPlan, extras: list[str]) -> str:
     dropped = [parts[x] for x in over if parts.get(x) in ("norm", "head", "embeddings")]
     if not dropped:
         return ""
-    text = "; ".join([resolved.plan.render()] + [f"freeze {part}" for part in dropped])
-    try:
-        nearer = resolve(FreezePlan.parse(text), resolved.anatomy)
-        config, selected, _ = _llama_factory_config(nearer)
-        _check("LLaMA-Factory", selected, nearer)
-    except FreezetuneError:
-        return ""
-    layers = config["freeze_trainable_layers"]
-    return f"; the nearest plan it can express is '{text}' (freeze_trainable_layers: {layers})"
+    freezes = [f"freeze {part}" for part in dropped]
+    # the plan's own 'train norm' dropped rather than undone by a 'freeze norm' after it
+    kept = [
+        r.render() for r in resolved.plan.rules if r.render() not in {f"train {p}" for p in dropped}
+    ]
+    for rules in (kept, kept + freezes, resolved.plan.to_list() + freezes):
+        text = "; ".join(rules)
+        try:
+            nearer = resolve(FreezePlan.parse(text), resolved.anatomy)
+            config, selected, _ = _llama_factory_config(nearer)
+            _check("LLaMA-Factory", selected, nearer)
+        except FreezetuneError:
+            continue
+        layers = config["freeze_trainable_layers"]
+        return f"; the nearest plan it can express is '{text}' (freeze_trainable_layers: {layers})"
+    return ""
 
 
 def _llama_factory_modules(resolved: ResolvedPlan, trained: list[int]) -> list[str]:
