@@ -91,3 +91,19 @@ def test_trl_dpo_with_freeze_copies_the_whole_model_for_its_reference(tmp_path, 
             assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in policy.parameters())
             assert trained < sum(p.numel() for p in policy.parameters()) // 2  # the copy is mostly frozen weights
     handle.remove()
+
+
+def test_the_reference_says_what_it_shares_with_the_policy_and_what_it_copies():
+    """It said "the frozen prefix shared with the policy" under full fine-tuning, which shares nothing."""
+    from freezetune.training.dpo import Reference
+
+    from conftest import build_tiny
+
+    model = build_tiny("llama")
+    names = [n for n, _ in model.named_parameters()]
+    everything = Reference(model, names, precompute=False)
+    assert everything.describe().startswith(f"reference: the base model, as a copy of the {len(names)} tensors the "
+                                            "policy trains (")
+    top = Reference(model, names[-3:], precompute=False)
+    assert top.describe().startswith(f"reference: the base model, as the policy's {len(names) - 3} frozen tensors "
+                                     "(shared) and a copy of the 3 tensors the policy trains (")

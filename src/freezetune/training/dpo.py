@@ -91,6 +91,7 @@ class Reference:
         self.model, self.precomputed = model, precompute
         params = dict(model.named_parameters())
         self.tensors = {} if precompute else {n: params[n].detach().clone() for n in names}
+        self.frozen = len(params) - len(self.tensors)  # the weights policy and reference share
         self.memo: dict[str, float] = {}
 
     @property
@@ -100,10 +101,10 @@ class Reference:
     def describe(self) -> str:
         if self.precomputed:
             return "reference: every pair scored by the base model before training (--precompute-ref); no weights held"
-        shared = f"{len(self.tensors)} trained tensors copied ({self.nbytes / 2**20:.1f} MiB)"
-        return (
-            f"reference: the base model, as the frozen prefix shared with the policy plus {shared}"
-        )
+        copied = f"a copy of the {len(self.tensors)} tensors the policy trains ({self.nbytes / 2**20:.1f} MiB)"
+        if not self.frozen:  # full fine-tuning: nothing to share
+            return f"reference: the base model, as {copied}"
+        return f"reference: the base model, as the policy's {self.frozen} frozen tensors (shared) and {copied}"
 
     def known(self, keys: list[str]) -> bool:
         return all(k in self.memo for k in keys)
