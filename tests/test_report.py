@@ -48,6 +48,15 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
     assert "holds report.html, which the report would write over" in capsys.readouterr().err
     assert (mine / "report.html").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["report.html", "results.csv"]
     assert main(["report", str(out), "--out", str(tmp_path / "whole"), "--margin", "eval_loss=0.1"]) == 0
+    # a metric asked for once the results are in is not one fixed before training, as the verdict said it was
+    def ranked(metric):
+        assert main(["report", str(out), "--out", str(tmp_path / metric), "--metric", metric]) == 0
+        verdict = json.loads((tmp_path / metric / "results.json").read_text())["verdict"]
+        return verdict["metric_chosen"], verdict["metric_reason"], verdict["sentence"]
+    assert ranked("eval_loss")[:2] == ("after training", "asked for with report --metric once the runs had finished")
+    assert "Ranked by eval loss, chosen after training: asked for with report" in ranked("eval_loss")[2]
+    # the comparison's own metric, asked for again, stays the one it fixed, with its reason
+    assert ranked("exact_match")[:2] == ("before training", first["verdict"]["metric_reason"])
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     (tmp_path / "empty" / "compare.json").write_text(json.dumps({"strategies": ["full"]}))
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "none")]) == 2

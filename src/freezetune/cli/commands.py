@@ -170,6 +170,7 @@ def run_report(options: ReportOptions) -> str:
         metric=options.metric,
         margins=margins,
         forgetting=options.forgetting,
+        metric_after=True,
     )
     # said where the user looks, as well as in the report's verdict
     return "\n".join([*unequal_budgets(runs), f"report: {written}"])

@@ -154,6 +154,20 @@ def reported_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
+def fixed_in_advance(run_dirs: list[Path], metric: str) -> str | None:
+    """Why ``metric`` ranks, where every run is a comparison's whose own verdict ranked by it, fixed
+    before training (that comparison's reason); else None."""
+    if not run_dirs or not all(Path(d).name.startswith("seed-") for d in run_dirs):
+        return None
+    folders = {Path(d).resolve().parents[2] for d in run_dirs}  # OUT/runs/<strategy>/seed-N
+    verdicts = [(read_json(f / "results.json") or {}).get("verdict") or {} for f in folders]
+    fixed = all(
+        v.get("metric") == metric and v.get("metric_chosen", "before training") == "before training"
+        for v in verdicts
+    )
+    return verdicts[0].get("metric_reason") if fixed else None
+
+
 def write_report(
     run_dirs: list[Path],
     out: Path,
@@ -163,9 +177,11 @@ def write_report(
     wall_s: float | None = None,
     where: dict | None = None,
     forgetting: str = "kl",
+    metric_after: bool = False,
 ) -> Path:
     """``metric``: the quality metric that ranks; "auto" decides from the runs' task (their config),
-    never their results.
+    never their results. ``metric_after``: ``metric`` was given once the runs had finished
+    (`freezetune report --metric`): unless their comparison fixed the same one, the verdict says so.
     ``margins``: verdict.decide's, in place of its defaults. ``wall_s``: how long the `compare` that wrote it ran
     (this invocation only: runs kept from an earlier one are not in it). ``where``: its provenance, taken when it
     started (default: now). ``forgetting``: the verdict's forgetting axis, "kl" or "tasks"."""
@@ -182,7 +198,16 @@ def write_report(
     chosen, why = choose_metric(
         metric, config.get("objective", "sft"), config.get("eval_generate") or 0
     )
-    verdict = decide(rows, chosen, why, margins, forgetting)
+    when = "before training"
+    if metric_after and metric != "auto":
+        fixed = fixed_in_advance(run_dirs, chosen)
+        # a metric picked with the results in view is no longer one fixed before them
+        when, why = (
+            ("before training", fixed)
+            if fixed
+            else ("after training", "asked for with report --metric once the runs had finished")
+        )
+    verdict = decide(rows, chosen, why, margins, forgetting, when)
     # once the verdict holds: a refused report leaves no folder
     out.mkdir(parents=True, exist_ok=True)
     plots = render_plots(

@@ -85,6 +85,7 @@ def decide(
     metric_reason: str = "",
     margins: dict | None = None,
     forgetting: str = "kl",
+    metric_chosen: str = "before training",
 ) -> dict:
     """The verdict over strategy rows (results.strategy_row) on the quality ``metric`` chosen beforehand:
     every test, the frontier, the best and gentlest, what dominates what, hints, the sentence.
@@ -101,6 +102,7 @@ def decide(
     verdict = {
         "metric": metric,
         "metric_reason": metric_reason,
+        "metric_chosen": metric_chosen,
         "quality_metric": metric,
         "cost_metric": None,
         "tests": [],

@@ -76,7 +76,7 @@ def verdict_sentence(
             sentence += "; dominated: " + ", ".join(
                 f"{d['strategy']} (by {d['by']})" for d in dominated
             )
-        chosen = f"{metric_name(metric, done)}, chosen before training: {metric_reason}"
+        chosen = f"{metric_name(metric, done)}, chosen {verdict['metric_chosen']}: {metric_reason}"
         sentence += f". Ranked by {chosen} ({units}; {corrected})."
     if failed:
         sentence += (
