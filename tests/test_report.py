@@ -13,7 +13,9 @@ from test_compare import compare_args
 
 def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_data, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze bottom 50%", seeds=2)) == 0
+    # ranked by eval loss, fixed before training where auto would pick exact match: the report keeps it
+    argv = compare_args(tiny_chat_model_dir, order_data, out, "full", "freeze bottom 50%", seeds=2)
+    assert main(argv + ["--metric", "eval_loss"]) == 0
     runs = sorted((out / "runs").glob("*/seed-*"))
     assert len(runs) == 4
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "again")]) == 0
@@ -53,10 +55,11 @@ def test_report_command_rerenders_from_run_folders(tiny_chat_model_dir, order_da
         assert main(["report", str(out), "--out", str(tmp_path / metric), "--metric", metric]) == 0
         verdict = json.loads((tmp_path / metric / "results.json").read_text())["verdict"]
         return verdict["metric_chosen"], verdict["metric_reason"], verdict["sentence"]
-    assert ranked("eval_loss")[:2] == ("after training", "asked for with report --metric once the runs had finished")
-    assert "Ranked by eval loss, chosen after training: asked for with report" in ranked("eval_loss")[2]
-    # the comparison's own metric, asked for again, stays the one it fixed, with its reason
-    assert ranked("exact_match")[:2] == ("before training", first["verdict"]["metric_reason"])
+    assert ranked("exact_match")[:2] == ("after training", "asked for with report --metric once the runs had finished")
+    assert "Ranked by exact match, chosen after training: asked for with report" in ranked("exact_match")[2]
+    # the comparison's own metric, asked for again or by auto, stays the one it fixed, with its reason
+    assert ranked("eval_loss")[:2] == ("before training", "asked for with --metric") == \
+        (whole["verdict"]["metric_chosen"], whole["verdict"]["metric_reason"])
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     (tmp_path / "empty" / "compare.json").write_text(json.dumps({"strategies": ["full"]}))
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "none")]) == 2

@@ -154,18 +154,21 @@ def reported_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def fixed_in_advance(run_dirs: list[Path], metric: str) -> str | None:
-    """Why ``metric`` ranks, where every run is a comparison's whose own verdict ranked by it, fixed
-    before training (that comparison's reason); else None."""
+def fixed_metric(run_dirs: list[Path]) -> tuple[str, str] | None:
+    """(metric, reason) that the comparison of every run fixed before training, where all are one
+    comparison's runs (or several that agree); else None."""
     if not run_dirs or not all(Path(d).name.startswith("seed-") for d in run_dirs):
         return None
     folders = {Path(d).resolve().parents[2] for d in run_dirs}  # OUT/runs/<strategy>/seed-N
     verdicts = [(read_json(f / "results.json") or {}).get("verdict") or {} for f in folders]
-    fixed = all(
-        v.get("metric") == metric and v.get("metric_chosen", "before training") == "before training"
+    fixed = {
+        (v.get("metric"), v.get("metric_reason"))
         for v in verdicts
+        if v.get("metric") and v.get("metric_chosen", "before training") == "before training"
+    }
+    return (
+        fixed.pop() if len(fixed) == 1 and len(verdicts) == len(folders) and all(verdicts) else None
     )
-    return verdicts[0].get("metric_reason") if fixed else None
 
 
 def write_report(
@@ -198,15 +201,13 @@ def write_report(
     chosen, why = choose_metric(
         metric, config.get("objective", "sft"), config.get("eval_generate") or 0
     )
-    when = "before training"
-    if metric_after and metric != "auto":
-        fixed = fixed_in_advance(run_dirs, chosen)
+    when, fixed = "before training", fixed_metric(run_dirs) if metric_after else None
+    if fixed and (metric == "auto" or fixed[0] == chosen):
+        # a comparison's runs rank by what it fixed before training, not by auto's rule again
+        chosen, why = fixed
+    elif metric_after and metric != "auto":
         # a metric picked with the results in view is no longer one fixed before them
-        when, why = (
-            ("before training", fixed)
-            if fixed
-            else ("after training", "asked for with report --metric once the runs had finished")
-        )
+        when, why = "after training", "asked for with report --metric once the runs had finished"
     verdict = decide(rows, chosen, why, margins, forgetting, when)
     # once the verdict holds: a refused report leaves no folder
     out.mkdir(parents=True, exist_ok=True)

@@ -244,8 +244,9 @@ class ReportOptions:
     out: str = opt(help="folder for report.html, report.md, results.json, results.csv")
     metric: str = opt(
         "auto",
-        help="the quality metric that ranks: exact_match, eval_loss, or auto (from the runs' task: "
-        "exact match where answers were generated for SFT, else eval loss)",
+        help="the quality metric that ranks: exact_match, eval_loss, or auto (the one the runs' "
+        "comparison fixed; else from their task: exact match where answers were generated for "
+        "SFT, else eval loss)",
         choices=("auto", "exact_match", "eval_loss"),
     )
     margin: list[str] | None = opt(None, help=MARGIN_HELP)
