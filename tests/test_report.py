@@ -73,7 +73,8 @@ def test_report_refuses_to_rank_by_answers_the_runs_never_gave(tiny_chat_model_d
     # it drew the plots from exact match scores that were None: a TypeError, after an empty report folder was made
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--metric", "exact_match"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "freezetune report: error: exact match ranks these runs (asked for with --metric), but freeze bottom 75% "
+        "freezetune report: error: exact match ranks these runs (asked for with report --metric once the runs had "
+        "finished), but freeze bottom 75% "
         "generated no answers (--eval-generate 0): give --metric eval_loss, or runs that answered")
     assert not (tmp_path / "rep").exists()
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0  # auto: eval loss ranks
