@@ -283,3 +283,21 @@ def test_a_config_file_lists_a_plan_as_a_plan_file_does_and_refuses_items_of_ano
         config.write_text(text)
         with pytest.raises(FreezetuneError, match=rf"^config file .*run.yaml line 1: {re.escape(said)}$"):
             read_config_file(CompareOptions, config)
+
+
+def test_a_rate_written_1e_3_in_a_config_file_is_the_number(tmp_path):
+    """PyYAML reads 1e-3 (no dot) as a string: 'lr' must be float, got '1e-3' refused what users write."""
+    from freezetune.comparison.settings import CompareOptions
+    from freezetune.errors import FreezetuneError
+    from freezetune.options.schema import read_config_file
+
+    config = tmp_path / "compare.yaml"
+    config.write_text("lr_full: 1e-3\nlr_plan: 5E+1\nlr_lora: '-2.5e-4'\nmax_steps: 4\n")
+    assert read_config_file(CompareOptions, config) == {"lr_full": 1e-3, "lr_plan": 50.0, "lr_lora": -2.5e-4,
+                                                         "max_steps": 4}
+    for text, said in (("lr_full: 1e999\n", "'lr_full' must be a finite number, got inf"),
+                       ("lr_full: one\n", "'lr_full' must be float, got 'one'"),
+                       ("max_steps: 1e3\n", "'max_steps' must be int, got '1e3'")):  # a count is no float
+        config.write_text(text)
+        with pytest.raises(FreezetuneError, match=rf"^config file .*compare.yaml line 1: {re.escape(said)}$"):
+            read_config_file(CompareOptions, config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,9 @@ from freezetune.config.fields import FLOAT32_MAX, flag_of
 from freezetune.errors import FreezetuneError, missing_file, yaml_problem
 from freezetune.options.other_names import did_you_mean, likely_options
 from freezetune.plans.language import FreezePlan
+
+# a number in exponent form without a dot (1e-3, 5E+4): YAML 1.1 leaves it a string
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _without_none(kind):
@@ -174,6 +178,9 @@ def _coerce(value, kind, item, where: str, name: str = ""):
             _coerce(v, str, item, where, f"'{item.name}' item {n}") for n, v in enumerate(value, 1)
         ]
     if target is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    # PyYAML (YAML 1.1) reads 1e-3 as a string, as it has no dot: for a float option it is one
+    if target is float and isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value.strip()):
         value = float(value)
     if target is float and isinstance(value, float) and not math.isfinite(value):
         raise FreezetuneError(f"{where}: '{item.name}' must be a finite number, got {value!r}")
