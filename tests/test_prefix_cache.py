@@ -143,6 +143,25 @@ def test_the_cache_folder_keeps_under_its_cap(tiny_chat_model_dir, order_data, t
     assert not old.exists() and newer.exists()
 
 
+def test_a_cache_larger_than_its_cap_is_not_written_and_evicts_nothing(tiny_chat_model_dir, order_data, tmp_path,
+                                                                       capsys):
+    """It removed every other cache, then wrote its own past the cap anyway."""
+    old = make_cache(tmp_path, "old", 10, size=16 * 1024)
+    argv = run_args(tiny_chat_model_dir, order_data, tmp_path / "disk", "--prefix-cache", "disk", "--cache-dir",
+                    str(tmp_path), "--cache-limit", "50KiB")
+    assert main(argv) == 2
+    assert "--prefix-cache disk: its 135.5 KiB of prefix outputs pass --cache-limit 50KiB; raise --cache-limit, or " \
+        "give --prefix-cache off" in capsys.readouterr().err
+    assert not (tmp_path / "disk").exists() and old.exists()
+    # auto chose disk by size (past --cache-ram): it runs without a cache, and says why
+    argv = run_args(tiny_chat_model_dir, order_data, tmp_path / "auto", "--cache-ram", "1KiB", "--cache-dir",
+                    str(tmp_path), "--cache-limit", "50KiB")
+    assert main(argv) == 0
+    assert "prefix cache: off (its 135.5 KiB of prefix outputs pass --cache-limit 50KiB; raise --cache-limit to " \
+        "cache on disk)" in capsys.readouterr().err
+    assert old.exists() and [p.name for p in (tmp_path / "prefix").iterdir()] == ["old"]
+
+
 def test_a_model_is_hashed_once_until_a_weight_file_changes(tiny_chat_model_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -16,7 +16,9 @@ import torch
 from freezetune.config.fields import parse_size
 from freezetune.config.run import TrainConfig
 from freezetune.distributed.processes import process_state
+from freezetune.errors import FreezetuneError
 from freezetune.models.loading import DEFAULT_CACHE_DIR, LoadedModel, file_sha256
+from freezetune.plans.preview import human_bytes
 from freezetune.plans.resolution import ResolvedPlan
 from freezetune.runs.manifest import versions
 from freezetune.training.cache_folder import evict
@@ -148,6 +150,15 @@ def choose_cache(
     mode = config.prefix_cache
     if mode == "auto":
         mode = "memory" if size <= budget else "disk"
+    limit = parse_size(config.cache_limit, "--cache-limit")
+    # evicting every other cache would still leave this one past the cap the user set
+    if mode == "disk" and size > limit:
+        over = f"its {human_bytes(size)} of prefix outputs pass --cache-limit {config.cache_limit}"
+        if config.prefix_cache == "disk":
+            raise FreezetuneError(
+                f"--prefix-cache disk: {over}; raise --cache-limit, or give --prefix-cache off"
+            )
+        return None, f"prefix cache: off ({over}; raise --cache-limit to cache on disk)"
     path, removed = None, []
     cache = PrefixCache()
     if mode == "disk":
@@ -159,7 +170,7 @@ def choose_cache(
             base_sha256, resolved, config, train, held, dtype, loaded.model, loaded.path
         )
         path = root / f"{key}{shard}"
-        removed = evict(root, parse_size(config.cache_limit, "--cache-limit") - size, keep=path)
+        removed = evict(root, limit - size, keep=path)
         # its notices join the run's notes
         cache = DiskPrefixCache(path, budget, meta, warn=lambda message: None)
     where = f"on disk at {path}" if path else "in memory"
