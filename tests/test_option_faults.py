@@ -64,6 +64,12 @@ CASES = [
     Case("--max-new-tokens 0", train("--eval-generate", "2", "--max-new-tokens", "0"),
          "--max-new-tokens must be at least 1, got 0"),
     Case("--lora-targets without --lora-r", train("--lora-targets", "q_proj"), "--lora-targets is for LoRA: give --lora-r N"),
+    # peft refuses a list only when no name matches: 'bogus' was dropped without a word
+    Case("--lora-targets naming no module", train("--lora-r", "4", "--lora-targets", "q_proj,bogus"),
+         "--lora-targets q_proj,bogus: 'bogus' names no module of the model; its linear layers are down_proj, gate_proj"),
+    Case("compare lora targets naming no module",
+         ["compare", "--model", "{w}/model", "--strategy", "lora targets=q_proj,bogus", "--out", "{w}/cmp"],
+         "--strategy 'lora targets=q_proj,bogus': --lora-targets q_proj,bogus: 'bogus' names no module of the model"),
     Case("--beta without dpo", train("--beta", "0.5"), "--beta is for --objective dpo, which has a reference model"),
     # typed, an option is asked for even at its default value; beside the option that decides, it does nothing
     Case("--beta at its default without dpo", train("--beta", "0.1"), "--beta is for --objective dpo"),

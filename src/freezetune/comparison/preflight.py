@@ -19,6 +19,7 @@ from freezetune.models.positions import check_seq_len
 from freezetune.plans.anatomy import find_anatomy
 from freezetune.plans.resolution import ResolvedPlan, resolve
 from freezetune.runs.manifest import meaning_hashes, model_hash, read_json
+from freezetune.training.lora import check_targets
 
 
 def fingerprint(settings: CompareSettings, base_sha256: str, model_files: dict[str, str]) -> dict:
@@ -153,6 +154,10 @@ def validate(settings: CompareSettings, metric: str = "auto") -> tuple[object, s
             seen[runs] = strategy.name
         elif strategy.kind == "lora":
             lora = {**vars(settings.base_config), **strategy.lora}
+            try:
+                check_targets(loaded.model, lora["lora_targets"])
+            except FreezetuneError as exc:
+                raise FreezetuneError(f"--strategy '{strategy.name}': {exc}") from None
             targets = frozenset(t.strip() for t in lora["lora_targets"].split(","))
             runs = ("lora", lora["lora_r"], lora["lora_alpha"], targets, strategy.lr)
             # 'lora' and 'lora r=8 alpha=16' are the same adapters
