@@ -8,7 +8,6 @@ import pytest
 from freezetune.cli.commands import main
 from freezetune.comparison.settings import CompareOptions
 from freezetune.comparison.strategies import parse_strategy
-from freezetune.errors import FreezetuneError
 
 RATES = ["--lr-full", "1e-4", "--lr-lora", "1e-3", "--lr-plan", "1e-3"]  # given rates: no search, one worker per strategy
 
@@ -115,24 +114,6 @@ def test_a_failing_strategy_is_reported_and_the_others_finish(tiny_chat_model_di
     assert "Failed: lora targets=no_such_proj (" in (out / "report.md").read_text()
     timing = json.loads((out / "results.json").read_text())["timing"]
     assert timing["training"] > 0 and timing["runs_timed"] == timing["runs"] - 1  # the failed run has no timing
-
-
-def test_parse_strategy():
-    assert parse_strategy("full").plan == "train all" and parse_strategy("full").lr is None
-    lora = parse_strategy("lora r=16 alpha=32 targets=q_proj,v_proj")
-    assert lora.lora == {"lora_r": 16, "lora_alpha": 32, "lora_targets": "q_proj,v_proj"}
-    assert parse_strategy("freeze bottom 75%; train mlp@layers 20-29").kind == "plan"
-    assert parse_strategy("freeze bottom 75%").slug == "freeze-bottom-75"
-    fixed = parse_strategy("freeze bottom 75% lr=3e-4")
-    assert (fixed.plan, fixed.lr, fixed.name) == ("freeze bottom 75%", 3e-4, "freeze bottom 75% lr=3e-4")
-    assert parse_strategy("lora r=4 lr=1e-3").lora == {"lora_r": 4} and parse_strategy("full lr=1e-5").lr == 1e-5
-    with pytest.raises(FreezetuneError, match="expected r=N, alpha=N or targets=a,b after 'lora', not 'rank=4'"):
-        parse_strategy("lora rank=4")
-    with pytest.raises(FreezetuneError, match="lr must be a positive number, not 'fast'"):
-        parse_strategy("full lr=fast")
-    # no adapter to train: every search run failed on "matches no parameter", then "every strategy failed"
-    with pytest.raises(FreezetuneError, match=r"^--strategy 'lora r=0': r must be at least 1, not 0$"):
-        parse_strategy("lora r=0")
 
 
 def test_bad_comparisons_stop_before_training(tiny_chat_model_dir, order_data, tmp_path, capsys, retain_text):
@@ -270,7 +251,6 @@ def test_the_seeds_of_a_freeze_plan_share_its_prefix_outputs(tiny_chat_model_dir
 
 
 def test_options_that_no_run_of_the_comparison_reads_are_said(tiny_chat_model_dir, order_data, tmp_path, capsys):
-    from freezetune.comparison.strategies import parse_strategy
 
     options = compare_options(tiny_chat_model_dir, order_data, tmp_path / "cmp", lr_lora=1e-3, search_steps=3,
                               retain_limit=5, lr_grid="0.5,2")

@@ -80,6 +80,7 @@ def parse_strategy(text: str) -> Strategy:
         return Strategy(name, "full", "train all", lr=rate, rules=FreezePlan.parse("train all"))
     if words[0] == "advise":
         budget, pilot = None, parse_budget(PILOT_STEPS, "pilot")
+        keys = [word.partition("=")[0] for word in words[1:]]
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key not in ("budget", "pilot") or not value:
@@ -87,6 +88,8 @@ def parse_strategy(text: str) -> Strategy:
                     f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) or pilot=STEPS|TIME|none "
                     f"(e.g. pilot=80, pilot=5min) after 'advise', not '{word}'"
                 )
+            if keys.count(key) > 1:
+                raise FreezetuneError(f"--strategy '{name}': {key} is given twice")
             if key == "budget":
                 budget = parse_size(value, f"--strategy '{name}': budget")
             else:
@@ -95,7 +98,7 @@ def parse_strategy(text: str) -> Strategy:
                 )
         return Strategy(name, "plan", "", lr=rate, advise=True, budget=budget, pilot=pilot)
     if words[0] == "lora":
-        lora = {"lora_r": 8}
+        lora, given = {"lora_r": 8}, set()
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key not in LORA_WORDS or not value:
@@ -110,6 +113,9 @@ def parse_strategy(text: str) -> Strategy:
             # r=0 is no adapter: every search run failed on "matches no parameter"
             if key != "targets" and int(value) < 1:
                 raise FreezetuneError(f"--strategy '{text}': {key} must be at least 1, not {value}")
+            if key in given:  # which of the two was meant is not ours to guess
+                raise FreezetuneError(f"--strategy '{text}': {key} is given twice")
+            given.add(key)
             lora[LORA_WORDS[key]] = value if key == "targets" else int(value)
         return Strategy(name, "lora", LORA_PLAN, lora, rate)
     if (
