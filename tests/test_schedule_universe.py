@@ -151,3 +151,12 @@ def test_compare_refuses_a_schedule_its_search_runs_cannot_vary(tiny_chat_model_
     assert main(base + ["--strategy", "lisa layers=1 every=8 lr=1e-3"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("give every=7 or less, or more --max-steps")
     assert not (out / "runs").exists()  # before anything trained
+
+
+@pytest.mark.parametrize("text, key", [("lisa layers=1 every=2 every=3", "every"), ("gradual every=2 start=1 start=2", "start"),
+                                       ("lisa layers=1 every=2 freeze-outside freeze-outside", "freeze-outside"),
+                                       ("lisa layers=1 every=2 sample=gradient sample=uniform", "sample")])
+def test_a_setting_given_twice_is_refused(text, key):
+    # the last value won without a word: 'every=2 every=3' ran every=3
+    with pytest.raises(FreezetuneError, match=f"^--schedule '{text}': {key} is given twice$"):
+        Schedule.parse(text)

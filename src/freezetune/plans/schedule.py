@@ -61,6 +61,10 @@ class Schedule:
         required, allowed = KEYS[kind]
         values: dict = {}
         for word in words[1:]:
+            named = word.partition("=")[0]
+            # 'every=2 every=3': which was meant is not ours to guess
+            if named.replace("-", "_") in values:
+                raise FreezetuneError(f"--schedule '{text}': {named} is given twice")
             if word in FLAGS[kind]:
                 values[word.replace("-", "_")] = True
                 continue
