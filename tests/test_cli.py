@@ -111,6 +111,9 @@ def test_bad_verdict_settings_are_one_line_and_exit_2(capsys, tmp_path, tiny_lla
     m = str(tiny_llama_dir)
     for argv, message in ((["compare", "--model", m, "--margin", "kl=5%"], "--margin 'kl=5%': expected METRIC=SIZE with METRIC"),
                           (["report", m, "--out", str(tmp_path), "--margin", "eval_loss=x"], "SIZE must be a number or a percentage"),
+                          # the second value won without a word
+                          (["report", m, "--out", str(tmp_path), "--margin", "eval_loss=1%", "--margin", "eval_loss=2%"],
+                           "--margin 'eval_loss=2%': eval_loss is given twice"),
                           (["compare", "--model", m, "--search-extensions", "-1"], "--search-extensions must be 0 or more, got -1")):
         code, out, err = run(capsys, *argv)
         lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # the fixture's progress bar

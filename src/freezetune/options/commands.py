@@ -30,6 +30,8 @@ def parse_margins(texts: list[str] | None) -> dict[str, tuple[str, float]]:
             raise FreezetuneError(
                 f"--margin '{text}': expected METRIC=SIZE with METRIC one of {', '.join(MARGIN_METRICS)}"
             )
+        if name in margins:  # repeatable across metrics; one metric twice would drop a value
+            raise FreezetuneError(f"--margin '{text}': {name} is given twice")
         try:
             value = float(size.removesuffix("%")) / (100 if size.endswith("%") else 1)
         except ValueError:
