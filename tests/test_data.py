@@ -1,6 +1,7 @@
 """Data: every file format, each SFT record shape, loss masks, packing, and bad records."""
 
 import json
+import re
 
 import pytest
 
@@ -170,6 +171,20 @@ def test_missing_unsupported_and_empty_data(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(FreezetuneError, match="no usable SFT example"):
         sft_examples(read_records(str(tmp_path / "empty.jsonl")), TOKENIZER, 32)
+
+
+@pytest.mark.parametrize("record, said", [
+    ({"prompt": "a", "completion": "b"}, "(found completion, prompt); records of this shape train with --objective sft"),
+    ({"messages": [{"role": "user", "content": "a"}]}, "(found messages (a list of 1 objects)); records of this shape train with --objective sft"),
+    ({"prompt": "a", "chosen": "b", "rejected": "c"}, "records of this shape train with --objective dpo"),
+    ({"question": "a"}, "field 'text' is missing"),  # no shape freezetune knows: no objective to name
+])
+def test_cpt_on_records_of_another_objective_names_it(tmp_path, record, said):
+    """It said only "field 'text' is missing" to a user who forgot --objective sft."""
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(FreezetuneError, match=re.escape("data.jsonl line 1: field 'text' is missing") + ".*") as caught:
+        cpt_examples(read_records(str(tmp_path / "data.jsonl")), TOKENIZER, 32)
+    assert str(caught.value).endswith(said)
 
 
 def test_the_ticket_task_routes_messages_to_five_queues_without_a_held_out_message_in_training():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from freezetune.data.files import Record
-from freezetune.data.shapes import string_field, to_messages
+from freezetune.data.shapes import SHAPES, string_field, to_messages
 from freezetune.errors import FreezetuneError
 
 IGNORE = -100
@@ -164,11 +164,25 @@ def render_sft(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
     return data
 
 
+def _objective_of(record: Record) -> str | None:
+    """The objective whose records this one looks like (preference pairs, or an SFT shape), if any."""
+    if record.fields.get("chosen") is not None and record.fields.get("rejected") is not None:
+        return "dpo"
+    shaped = any(record.fields.get(k) is not None for keys in SHAPES.values() for k in keys)
+    return "sft" if shaped else None
+
+
 def cpt_examples(records: list[Record], tokenizer, seq_len: int) -> TokenizedData:
     """Raw text (a 'text' field) tokenized, joined with EOS, packed into seq_len blocks."""
     errors: list[str] = []
     stream: list[int] = []
     for record in records:
+        if record.fields.get("text") is None and (objective := _objective_of(record)):
+            errors.append(
+                f"{record.where}: field 'text' is missing (found {record.given}); "
+                f"records of this shape train with --objective {objective}"
+            )
+            continue
         text = string_field(record, "text", errors)
         if text is not None:
             stream += _encode(tokenizer, text) + [tokenizer.eos_token_id]
