@@ -161,14 +161,14 @@ def fixed_metric(run_dirs: list[Path]) -> tuple[str, str] | None:
         return None
     folders = {Path(d).resolve().parents[2] for d in run_dirs}  # OUT/runs/<strategy>/seed-N
     verdicts = [(read_json(f / "results.json") or {}).get("verdict") or {} for f in folders]
-    fixed = {
-        (v.get("metric"), v.get("metric_reason"))
+    # a comparison without a verdict yet, or one re-ranked after training, fixed nothing
+    if not all(
+        v.get("metric") and v.get("metric_chosen", "before training") == "before training"
         for v in verdicts
-        if v.get("metric") and v.get("metric_chosen", "before training") == "before training"
-    }
-    return (
-        fixed.pop() if len(fixed) == 1 and len(verdicts) == len(folders) and all(verdicts) else None
-    )
+    ):
+        return None
+    fixed = {(v["metric"], v.get("metric_reason")) for v in verdicts}
+    return fixed.pop() if len(fixed) == 1 else None
 
 
 def write_report(

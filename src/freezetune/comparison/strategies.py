@@ -79,8 +79,7 @@ def parse_strategy(text: str) -> Strategy:
     if text.strip() == "full":
         return Strategy(name, "full", "train all", lr=rate, rules=FreezePlan.parse("train all"))
     if words[0] == "advise":
-        budget, pilot = None, parse_budget(PILOT_STEPS, "pilot")
-        keys = [word.partition("=")[0] for word in words[1:]]
+        budget, pilot, given = None, parse_budget(PILOT_STEPS, "pilot"), set()
         for word in words[1:]:
             key, _, value = word.partition("=")
             if key not in ("budget", "pilot") or not value:
@@ -88,8 +87,9 @@ def parse_strategy(text: str) -> Strategy:
                     f"--strategy '{name}': expected budget=SIZE (e.g. budget=8GiB) or pilot=STEPS|TIME|none "
                     f"(e.g. pilot=80, pilot=5min) after 'advise', not '{word}'"
                 )
-            if keys.count(key) > 1:
+            if key in given:  # which of the two was meant is not ours to guess
                 raise FreezetuneError(f"--strategy '{name}': {key} is given twice")
+            given.add(key)
             if key == "budget":
                 budget = parse_size(value, f"--strategy '{name}': budget")
             else:
