@@ -91,7 +91,6 @@ class Reference:
         self.model, self.precomputed = model, precompute
         params = dict(model.named_parameters())
         self.tensors = {} if precompute else {n: params[n].detach().clone() for n in names}
-        self.frozen = len(params) - len(self.tensors)  # the weights policy and reference share
         self.memo: dict[str, float] = {}
 
     @property
@@ -102,9 +101,11 @@ class Reference:
         if self.precomputed:
             return "reference: every pair scored by the base model before training (--precompute-ref); no weights held"
         copied = f"a copy of the {len(self.tensors)} tensors the policy trains ({self.nbytes / 2**20:.1f} MiB)"
-        if not self.frozen:  # full fine-tuning: nothing to share
+        # the weights policy and reference share: every one the copy does not stand in for
+        frozen = sum(1 for _ in self.model.parameters()) - len(self.tensors)
+        if not frozen:  # full fine-tuning: nothing to share
             return f"reference: the base model, as {copied}"
-        return f"reference: the base model, as the policy's {self.frozen} frozen tensors (shared) and {copied}"
+        return f"reference: the base model, as the policy's {frozen} frozen tensors (shared) and {copied}"
 
     def known(self, keys: list[str]) -> bool:
         return all(k in self.memo for k in keys)
