@@ -180,14 +180,19 @@ def validate(settings: CompareSettings, metric: str = "auto") -> tuple[object, s
                 f"--retain {settings.retain} holds no text (a .txt file, or records with a 'text' field)"
             )
     from freezetune.comparison.verdict import choose_metric
-    from freezetune.training.answers import answer_lengths, check_answers_fit, out_of_reach
+    from freezetune.training.answers import (
+        answer_lengths,
+        check_answers_fit,
+        chosen_answers,
+        out_of_reach,
+    )
     from freezetune.training.session import check_batches, run_data
 
     # a malformed record, too few examples, an answer past the positions: before compare.json pins --out
     config = settings.base_config
     train, held, _ = run_data(loaded.tokenizer, config)
     check_answers_fit(loaded.model, held.examples, config)
-    lengths = answer_lengths(held.examples, loaded.tokenizer, config)
+    lengths = answer_lengths(chosen_answers(held.examples, config), loaded.tokenizer)
     ranked_by, _ = choose_metric(metric, config.objective, config.eval_generate)
     # a metric no run can score above zero would rank nothing; some answers out of reach are a notice
     if ranked_by == "exact_match" and lengths and min(lengths) > config.max_new_tokens:

@@ -38,9 +38,8 @@ def check_answers_fit(model, examples: list[Example], config) -> None:
         check_generation_length(model, longest, config.max_new_tokens)
 
 
-def answer_lengths(examples: list[Example], tokenizer, config) -> list[int]:
-    """Tokens of each answered item's reference, as the model would generate its text."""
-    chosen = chosen_answers(examples, config)
+def answer_lengths(chosen: list[tuple[int, Example]], tokenizer) -> list[int]:
+    """Tokens of each chosen item's reference (chosen_answers), as the model would generate its text."""
     if not chosen:
         return []
     encoded = tokenizer([e.reference.strip() for _, e in chosen], add_special_tokens=False)
@@ -78,5 +77,5 @@ def answer_notices(examples: list[Example], tokenizer, config) -> list[str]:
             f"exact match is scored on the {len(chosen)} held-out example{'s' * (len(chosen) != 1)} "
             f"with an answer, fewer than --eval-generate {config.eval_generate} asks for"
         )
-    reach = out_of_reach(answer_lengths(examples, tokenizer, config), config.max_new_tokens)
+    reach = out_of_reach(answer_lengths(chosen, tokenizer), config.max_new_tokens)
     return notices + [reach] * bool(reach)
